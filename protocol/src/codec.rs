@@ -1,0 +1,268 @@
+//! Strict decoding and encoding of Platen messages.
+//!
+//! Decoding refuses, with an error that says what is wrong: payloads over
+//! [`MAX_MESSAGE_BYTES`], invalid UTF-8/JSON, unknown fields, wrong types, nesting
+//! deeper than serde_json's limit (128), and messages that fail the type's own checks.
+
+use crate::{ApplyReport, DesiredConfig, Health};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Largest message accepted or produced, in bytes. The MQTT client's maximum packet
+/// size is set above this, so an oversized message is refused by us, with a reason,
+/// rather than by the transport.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("invalid {kind} JSON: {source}")]
+    Json {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid {kind}: {reason}")]
+    Invalid { kind: &'static str, reason: String },
+}
+
+/// A message type that can be checked after parsing.
+pub trait Message: Serialize + DeserializeOwned {
+    const KIND: &'static str;
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Message for DesiredConfig {
+    const KIND: &'static str = "desired config";
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Message for ApplyReport {
+    const KIND: &'static str = "apply report";
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Message for Health {
+    const KIND: &'static str = "health";
+}
+
+/// Decode a message strictly.
+pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    // serde's derived structs also accept JSON arrays; the protocol is objects only.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(DecodeError::Invalid {
+            kind: T::KIND,
+            reason: "expected a JSON object".into(),
+        });
+    }
+    let msg: T = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+        kind: T::KIND,
+        source,
+    })?;
+    msg.check().map_err(|reason| DecodeError::Invalid {
+        kind: T::KIND,
+        reason,
+    })?;
+    Ok(msg)
+}
+
+/// Encode a message as compact JSON.
+pub fn encode<T: Message>(msg: &T) -> Vec<u8> {
+    // Serialising these plain structs (string keys, no maps with non-string keys)
+    // cannot fail; fall back to an empty object rather than panic if it ever did.
+    serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Code, ReportStatus, SettingValue};
+
+    const GOLDEN_DESIRED: &str = include_str!("../golden/desired_config.json");
+    const GOLDEN_REPORT: &str = include_str!("../golden/apply_report.json");
+    const GOLDEN_HEALTH_UP: &str = include_str!("../golden/health_up.json");
+
+    fn reparse<T: Message + PartialEq + std::fmt::Debug>(golden: &str) -> T {
+        let msg: T = decode(golden.as_bytes()).unwrap();
+        let again: T = decode(&encode(&msg)).unwrap();
+        assert_eq!(msg, again);
+        // The golden file is the canonical pretty form of the message.
+        let pretty = serde_json::to_string_pretty(&msg).unwrap();
+        assert_eq!(pretty.trim(), golden.trim(), "golden file is not canonical");
+        msg
+    }
+
+    #[test]
+    fn golden_desired_config_round_trips() {
+        let c: DesiredConfig = reparse(GOLDEN_DESIRED);
+        assert_eq!(c.version, 7);
+        assert_eq!(
+            c.settings["sysLocation"],
+            SettingValue::Text("Floor 2, room 214".into())
+        );
+        assert_eq!(c.settings["prtInputDefaultIndex"], SettingValue::Integer(2));
+    }
+
+    #[test]
+    fn golden_report_round_trips() {
+        let r: ApplyReport = reparse(GOLDEN_REPORT);
+        assert_eq!(r.status, ReportStatus::PartiallyApplied);
+        assert_eq!(r.settings[1].code, Code::NotWritable);
+    }
+
+    #[test]
+    fn golden_health_round_trips() {
+        let _: Health = reparse(GOLDEN_HEALTH_UP);
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong() {
+        let ok = GOLDEN_DESIRED;
+        let cases: Vec<(String, &str)> = vec![
+            (
+                ok.replacen("\"version\"", "\"extra\": 1, \"version\"", 1),
+                "unknown field `extra`",
+            ),
+            (
+                ok.replacen("\"version\": 7", "\"version\": \"7\"", 1),
+                "invalid type",
+            ),
+            (
+                ok.replacen("\"version\": 7", "\"version\": 0", 1),
+                "version must be at least 1",
+            ),
+            (
+                ok.replacen("\"version\": 7", "\"version\": -1", 1),
+                "invalid value",
+            ),
+            (
+                ok.replacen("\"printer_id\": \"p1\"", "\"printer_id\": \"p+1\"", 1),
+                "'+'",
+            ),
+            (
+                ok.replacen(
+                    "\"prtInputDefaultIndex\": 2",
+                    "\"prtInputDefaultIndex\": 2.5",
+                    1,
+                ),
+                "did not match any variant",
+            ),
+            (
+                ok.replacen(
+                    "\"prtInputDefaultIndex\": 2",
+                    "\"prtInputDefaultIndex\": true",
+                    1,
+                ),
+                "did not match any variant",
+            ),
+            (
+                ok.replacen(
+                    "\"issued_at\": \"2026-11-22T09:30:00Z\"",
+                    "\"issued_at\": \"yesterday\"",
+                    1,
+                ),
+                "input contains invalid characters",
+            ),
+            (ok[..ok.len() / 2].to_string(), "EOF"),
+            ("".to_string(), "expected a JSON object"),
+            (
+                "[\"p1\", 7, \"2026-11-22T09:30:00Z\", {}]".to_string(),
+                "expected a JSON object",
+            ),
+            ("\u{0}".to_string(), "expected a JSON object"),
+        ];
+        for (input, want) in cases {
+            let err = decode::<DesiredConfig>(input.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(want),
+                "input {input:?}\n error {err}\n wanted {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_and_deeply_nested_messages_are_refused() {
+        let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert!(matches!(
+            decode::<DesiredConfig>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let deep = GOLDEN_DESIRED.replacen(
+            "\"prtInputDefaultIndex\": 2",
+            &format!(
+                "\"prtInputDefaultIndex\": {}{}",
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+            1,
+        );
+        let err = decode::<DesiredConfig>(deep.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn too_many_settings_or_long_text_is_refused() {
+        let mut c: DesiredConfig = decode(GOLDEN_DESIRED.as_bytes()).unwrap();
+        c.settings
+            .insert("x".into(), SettingValue::Text("y".repeat(2000)));
+        let err = decode::<DesiredConfig>(&encode(&c))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit is 1024"), "{err}");
+        c.settings.clear();
+        for i in 0..300 {
+            c.settings.insert(format!("s{i}"), SettingValue::Integer(i));
+        }
+        let err = decode::<DesiredConfig>(&encode(&c))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limit is 256"), "{err}");
+    }
+
+    #[test]
+    fn report_id_must_match_its_fields() {
+        let mut r: ApplyReport = decode(GOLDEN_REPORT.as_bytes()).unwrap();
+        r.config_version += 1;
+        let err = decode::<ApplyReport>(&encode(&r)).unwrap_err().to_string();
+        assert!(err.contains("does not match"), "{err}");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic sweep; the fuzz targets go much further.
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        let seeds = [GOLDEN_DESIRED.as_bytes(), GOLDEN_REPORT.as_bytes()];
+        for round in 0..20_000 {
+            let seed = seeds[round % 2];
+            let mut buf = seed.to_vec();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % buf.len();
+                buf[i] = (x >> 32) as u8;
+            }
+            buf.truncate((x as usize >> 8) % (buf.len() + 1));
+            let _ = decode::<DesiredConfig>(&buf);
+            let _ = decode::<ApplyReport>(&buf);
+        }
+    }
+}

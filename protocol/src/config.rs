@@ -1,0 +1,103 @@
+//! The desired configuration of one printer.
+
+use crate::ids::Id;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Most settings one desired config may carry.
+pub const MAX_SETTINGS: usize = 256;
+/// Longest text value, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+/// Longest setting name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// What the cloud wants one printer's configuration to be.
+///
+/// Published retained with QoS 1 on `platen/v1/{tenant}/{printer}/config/desired`.
+/// `version` is monotonic per printer: an agent never applies a version lower than or
+/// equal to the last one it completed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DesiredConfig {
+    pub printer_id: Id,
+    pub version: u64,
+    pub issued_at: DateTime<Utc>,
+    /// Setting name (from the agent's profile) → value. Ordered, so reports are stable.
+    pub settings: BTreeMap<String, SettingValue>,
+}
+
+/// A setting's value: an integer or a text. Enumerated integers (e.g.
+/// `prtConsoleDisable`) may be given by label (`"disabled"`) or number (`4`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SettingValue {
+    Integer(i64),
+    Text(String),
+}
+
+impl fmt::Display for SettingValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingValue::Integer(i) => write!(f, "{i}"),
+            SettingValue::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl From<&str> for SettingValue {
+    fn from(s: &str) -> Self {
+        SettingValue::Text(s.to_string())
+    }
+}
+impl From<i64> for SettingValue {
+    fn from(i: i64) -> Self {
+        SettingValue::Integer(i)
+    }
+}
+
+/// Check a setting name: 1–64 bytes of `[A-Za-z0-9_.-]`.
+pub fn validate_setting_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "setting name must be 1..={MAX_NAME_BYTES} bytes, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("setting name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+impl DesiredConfig {
+    /// Structural checks beyond the JSON shape. Whether a setting exists on the
+    /// printer is the agent's business (it reports 404), not a parse error.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version == 0 {
+            return Err("version must be at least 1".into());
+        }
+        if self.settings.len() > MAX_SETTINGS {
+            return Err(format!(
+                "{} settings; the limit is {MAX_SETTINGS}",
+                self.settings.len()
+            ));
+        }
+        for (name, value) in &self.settings {
+            validate_setting_name(name)?;
+            if let SettingValue::Text(t) = value {
+                if t.len() > MAX_TEXT_BYTES {
+                    return Err(format!(
+                        "setting {name}: text of {} bytes; the limit is {MAX_TEXT_BYTES}",
+                        t.len()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

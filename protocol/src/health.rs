@@ -1,0 +1,28 @@
+//! The agent's retained health message.
+
+use crate::ids::Id;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Up,
+    Down,
+}
+
+/// Published retained on `platen/v1/agents/{agent}/health`. The same topic carries
+/// the MQTT last will with `status: down`, so a vanished agent shows as down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub agent_id: Id,
+    pub status: HealthStatus,
+    /// The agent's version (crate version).
+    pub version: String,
+    /// When this status was set. For the last will, when the agent connected.
+    pub since: DateTime<Utc>,
+    /// Why the agent is not up, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,28 @@
+//! Platen's wire protocol: MQTT topics, message types and per-setting reason codes.
+//!
+//! This crate does no I/O. Everything that crosses the broker between the cloud and
+//! an agent is defined here, so both sides parse and format it the same way:
+//!
+//! - [`topics`]: versioned topics as types (`platen/v1/{tenant}/{printer}/config/desired`, …)
+//!   that parse and format, rejecting wildcards and invalid ids.
+//! - [`DesiredConfig`]: what the cloud wants a printer to look like (retained, QoS 1).
+//! - [`ApplyReport`]: what the agent did about it, per setting, with a [`Code`].
+//! - [`Health`]: the agent's retained liveness message (its last will says `down`).
+//! - [`codec`]: strict decoding with a size limit; unknown fields are errors.
+//!
+//! The codes are documented in `protocol/README.md`; golden examples live in
+//! `protocol/golden/` and are round-tripped by the tests.
+
+pub mod codec;
+pub mod config;
+pub mod health;
+pub mod ids;
+pub mod report;
+pub mod topics;
+
+pub use codec::{decode, encode, DecodeError, MAX_MESSAGE_BYTES};
+pub use config::{DesiredConfig, SettingValue, MAX_SETTINGS};
+pub use health::{Health, HealthStatus};
+pub use ids::{Id, IdError};
+pub use report::{ApplyReport, Code, ReportStatus, SettingResult};
+pub use topics::{Topic, TopicError};
