@@ -1,0 +1,866 @@
+//! Applying one desired config to one printer: SET what differs, read back, decide.
+//!
+//! The procedure, per desired config version:
+//! 1. **Plan**: unknown setting names → 404; values that break the profile → 400
+//!    (no SNMP traffic for either).
+//! 2. **Device index**: settings under the Printer MIB need the printer's
+//!    hrDeviceIndex, found by walking hrDeviceType (cached by the caller).
+//! 3. **Pre-read**: one GET of every planned object. Settings that already have the
+//!    desired value are verified (200, 0 attempts); a timeout makes all 504.
+//! 4. **SET** each differing setting on its own PDU (clear attribution), in profile
+//!    order (prerequisites first, disruptive last). Retryable errors (genErr,
+//!    resourceUnavailable) are retried with bounded backoff. A timeout marks the
+//!    printer unreachable: the remaining settings are 504 without more traffic.
+//!    Before each SET, a newer desired version makes the rest 409 (superseded).
+//! 5. **Read-back** after the settle delay: one GET of everything that was SET,
+//!    repeated with backoff for values still differing (stale read-backs), then 412.
+//!    A read-back that times out after a successful SET is 202.
+//!
+//! Generic over [`Snmp`], so it runs against the real client and a scripted fake.
+
+use crate::catalog::{Prepared, Profile, SettingDef, HR_DEVICE_PRINTER, HR_DEVICE_TYPE};
+use crate::snmp::{ErrorStatus, ObjectId, Snmp, SnmpError, SnmpValue};
+use crate::verdict::{classify, exception_code};
+use chrono::Utc;
+use platen_protocol::{Code, DesiredConfig, SettingResult, SettingValue};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ApplyParams {
+    pub settle: Duration,
+    pub readback_retries: u32,
+    pub retry_backoff: Duration,
+    pub max_set_attempts: u32,
+}
+
+impl From<&crate::config::ApplyConfig> for ApplyParams {
+    fn from(c: &crate::config::ApplyConfig) -> Self {
+        ApplyParams {
+            settle: Duration::from_millis(c.settle_ms),
+            readback_retries: c.readback_retries,
+            retry_backoff: Duration::from_millis(c.retry_backoff_ms),
+            max_set_attempts: c.max_set_attempts.max(1),
+        }
+    }
+}
+
+/// The per-setting results (ordered by setting name) and whether a newer version
+/// interrupted the apply.
+#[derive(Debug)]
+pub struct Outcome {
+    pub results: Vec<SettingResult>,
+    pub superseded: bool,
+}
+
+struct Item<'a> {
+    name: &'a str,
+    desired: &'a SettingValue,
+    def: &'a SettingDef,
+    prepared: Prepared,
+    oid: ObjectId,
+    attempts: u32,
+    read_back: Option<SettingValue>,
+}
+
+struct Results<'c> {
+    desired: &'c DesiredConfig,
+    map: BTreeMap<String, SettingResult>,
+}
+
+impl<'c> Results<'c> {
+    fn done(
+        &mut self,
+        name: &str,
+        code: Code,
+        detail: impl Into<String>,
+        read_back: Option<SettingValue>,
+        attempts: u32,
+    ) {
+        let desired = self
+            .desired
+            .settings
+            .get(name)
+            .cloned()
+            .unwrap_or(SettingValue::Integer(0));
+        let verified_at = (code == Code::Verified).then(Utc::now);
+        self.map.insert(
+            name.to_string(),
+            SettingResult {
+                name: name.to_string(),
+                desired,
+                read_back,
+                code,
+                detail: detail.into(),
+                attempts,
+                verified_at,
+            },
+        );
+    }
+    fn item(&mut self, it: &Item, code: Code, detail: impl Into<String>) {
+        self.done(it.name, code, detail, it.read_back.clone(), it.attempts);
+    }
+}
+
+/// Find the printer's hrDeviceIndex: the first hrDeviceType row equal to hrDevicePrinter.
+pub async fn discover_device_index<S: Snmp>(snmp: &S) -> Result<Option<u32>, SnmpError> {
+    let prefix: ObjectId = HR_DEVICE_TYPE.parse().map_err(SnmpError::Other)?;
+    let printer: ObjectId = HR_DEVICE_PRINTER.parse().map_err(SnmpError::Other)?;
+    let rows = snmp.walk(&prefix, 256).await?;
+    Ok(rows.into_iter().find_map(|(oid, v)| match v {
+        SnmpValue::ObjectId(t) if t == printer && oid.0.len() == prefix.0.len() + 1 => {
+            oid.0.last().copied()
+        }
+        _ => None,
+    }))
+}
+
+/// GET that tolerates SNMPv1's whole-PDU noSuchName: the named object becomes
+/// NoSuchObject and the rest is asked again.
+async fn get_values<S: Snmp>(snmp: &S, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+    let mut missing: HashSet<usize> = HashSet::new();
+    loop {
+        let ask: Vec<(usize, ObjectId)> = oids
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(i, _)| !missing.contains(i))
+            .collect();
+        if ask.is_empty() {
+            return Ok(vec![SnmpValue::NoSuchObject; oids.len()]);
+        }
+        let req: Vec<ObjectId> = ask.iter().map(|(_, o)| o.clone()).collect();
+        match snmp.get(&req).await {
+            Ok(vals) => {
+                let mut out = vec![SnmpValue::NoSuchObject; oids.len()];
+                for ((i, _), v) in ask.into_iter().zip(vals) {
+                    out[i] = v;
+                }
+                return Ok(out);
+            }
+            Err(SnmpError::Status {
+                status: ErrorStatus::NoSuchName,
+                index,
+            }) if index >= 1 && (index as usize) <= ask.len() => {
+                missing.insert(ask[index as usize - 1].0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.min(10))
+}
+
+/// Apply `desired` to the printer behind `snmp`. `device` caches the hrDeviceIndex
+/// between applies; `superseded` says whether a newer version has arrived.
+pub async fn apply<S: Snmp>(
+    snmp: &S,
+    profile: &Profile,
+    desired: &DesiredConfig,
+    device: &mut Option<u32>,
+    params: &ApplyParams,
+    superseded: impl Fn() -> bool,
+) -> Outcome {
+    let mut res = Results {
+        desired,
+        map: BTreeMap::new(),
+    };
+    let mut was_superseded = false;
+
+    // 1. Plan.
+    let mut planned: Vec<(&str, &SettingValue, &SettingDef, Prepared)> = Vec::new();
+    for (name, value) in &desired.settings {
+        match profile.get(name) {
+            None => res.done(
+                name,
+                Code::NotSupported,
+                format!("unknown setting: not in profile {:?}", profile.name),
+                None,
+                0,
+            ),
+            Some(def) => match def.prepare(value) {
+                Ok(p) => planned.push((name, value, def, p)),
+                Err(why) => res.done(name, Code::ValueRejected, why, None, 0),
+            },
+        }
+    }
+
+    // 2. Device index, if any planned setting needs it.
+    if device.is_none() && planned.iter().any(|(_, _, d, _)| d.oid.needs_device()) {
+        match discover_device_index(snmp).await {
+            Ok(found) => *device = found,
+            Err(e) => {
+                let v = classify(&e);
+                for (name, ..) in &planned {
+                    res.done(name, v.code, format!("finding hrDeviceIndex: {e}"), None, 0);
+                }
+                return finish(res, false);
+            }
+        }
+    }
+    let mut items: Vec<Item> = Vec::new();
+    for (name, value, def, prepared) in planned {
+        match def.oid.resolve(*device) {
+            Some(oid) => items.push(Item {
+                name,
+                desired: value,
+                def,
+                prepared,
+                oid,
+                attempts: 0,
+                read_back: None,
+            }),
+            None => res.done(
+                name,
+                Code::NotSupported,
+                "printer has no hrDeviceType = hrDevicePrinter row",
+                None,
+                0,
+            ),
+        }
+    }
+    let order = profile.apply_order(&items.iter().map(|i| i.name).collect::<Vec<_>>());
+    items.sort_by_key(|i| order.iter().position(|n| *n == i.name));
+
+    // 3. Pre-read.
+    if items.is_empty() {
+        return finish(res, false);
+    }
+    let oids: Vec<ObjectId> = items.iter().map(|i| i.oid.clone()).collect();
+    let current = match get_values(snmp, &oids).await {
+        Ok(v) => v,
+        Err(e) => {
+            let v = classify(&e);
+            for it in &items {
+                res.item(it, v.code, format!("reading current value: {e}"));
+            }
+            return finish(res, false);
+        }
+    };
+    let mut to_set: Vec<Item> = Vec::new();
+    for (mut it, value) in items.into_iter().zip(current) {
+        if let Some(code) = exception_code(&value) {
+            res.item(
+                &it,
+                code,
+                format!("{} is not implemented by this printer ({value:?})", it.oid),
+            );
+            continue;
+        }
+        match it.def.normalize(&value, it.desired) {
+            Ok(n) if it.def.matches(&n, &it.prepared) => {
+                it.read_back = Some(n);
+                res.item(&it, Code::Verified, "already set; verified by read");
+            }
+            Ok(n) => {
+                it.read_back = Some(n);
+                to_set.push(it);
+            }
+            Err(why) => res.item(&it, Code::AgentError, why),
+        }
+    }
+
+    // 4. SET, one PDU per setting.
+    let mut unreachable: Option<String> = None;
+    let mut failed: HashSet<&str> = HashSet::new();
+    let mut set_ok: Vec<Item> = Vec::new();
+    for mut it in to_set {
+        if let Some(why) = &unreachable {
+            res.item(&it, Code::Unreachable, format!("not attempted: {why}"));
+            failed.insert(it.name);
+            continue;
+        }
+        if was_superseded || superseded() {
+            was_superseded = true;
+            res.item(
+                &it,
+                Code::Superseded,
+                "a newer desired version arrived before this setting was applied",
+            );
+            continue;
+        }
+        if let Some(r) = it.def.requires.iter().find(|r| failed.contains(r.as_str())) {
+            res.item(
+                &it,
+                Code::PrerequisiteFailed,
+                format!("prerequisite {r} failed"),
+            );
+            failed.insert(it.name);
+            continue;
+        }
+        loop {
+            it.attempts += 1;
+            match snmp.set(&it.oid, it.prepared.to_snmp()).await {
+                Ok(v) => {
+                    if let Some(code) = exception_code(&v) {
+                        res.item(&it, code, format!("printer answered the SET with {v:?}"));
+                        failed.insert(it.name);
+                    } else {
+                        set_ok.push(it);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let v = classify(&e);
+                    if v.unreachable {
+                        unreachable = Some(e.to_string());
+                        res.item(&it, v.code, e.to_string());
+                        failed.insert(it.name);
+                        break;
+                    }
+                    if v.retryable && it.attempts < params.max_set_attempts {
+                        tokio::time::sleep(backoff(params.retry_backoff, it.attempts - 1)).await;
+                        continue;
+                    }
+                    res.item(&it, v.code, e.to_string());
+                    failed.insert(it.name);
+                    break;
+                }
+            }
+        }
+    }
+
+    // 5. Read-back.
+    if !set_ok.is_empty() {
+        tokio::time::sleep(params.settle).await;
+        let mut pending = set_ok;
+        let mut round: u32 = 0;
+        loop {
+            let oids: Vec<ObjectId> = pending.iter().map(|i| i.oid.clone()).collect();
+            let values = match get_values(snmp, &oids).await {
+                Ok(v) => v,
+                Err(e) => {
+                    let v = classify(&e);
+                    let code = if v.unreachable {
+                        Code::AcceptedPending
+                    } else {
+                        v.code
+                    };
+                    for it in &pending {
+                        res.item(it, code, format!("SET accepted; read-back failed: {e}"));
+                    }
+                    break;
+                }
+            };
+            let mut still: Vec<Item> = Vec::new();
+            for (mut it, value) in pending.into_iter().zip(values) {
+                if let Some(code) = exception_code(&value) {
+                    res.item(&it, code, format!("read-back of {} gave {value:?}", it.oid));
+                    continue;
+                }
+                match it.def.normalize(&value, it.desired) {
+                    Ok(n) if it.def.matches(&n, &it.prepared) => {
+                        it.read_back = Some(n);
+                        res.item(&it, Code::Verified, "verified by read-back");
+                    }
+                    Ok(n) => {
+                        it.read_back = Some(n);
+                        still.push(it);
+                    }
+                    Err(why) => res.item(&it, Code::AgentError, why),
+                }
+            }
+            if still.is_empty() {
+                break;
+            }
+            if round >= params.readback_retries {
+                for it in &still {
+                    let got = it
+                        .read_back
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_default();
+                    res.item(
+                        it,
+                        Code::ReadBackMismatch,
+                        format!("read back {got} after {} reads", round + 1),
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(backoff(params.retry_backoff, round)).await;
+            round += 1;
+            pending = still;
+        }
+    }
+    finish(res, was_superseded)
+}
+
+fn finish(res: Results, superseded: bool) -> Outcome {
+    Outcome {
+        results: res.map.into_values().collect(),
+        superseded,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// An in-memory printer for unit tests of the apply logic.
+    #[derive(Default)]
+    pub struct FakePrinter {
+        pub values: Mutex<HashMap<ObjectId, SnmpValue>>,
+        pub set_errors: Mutex<HashMap<ObjectId, Vec<SnmpError>>>,
+        /// Reads of an OID that still return the old value after a SET.
+        pub stale_reads: Mutex<HashMap<ObjectId, u32>>,
+        pub old: Mutex<HashMap<ObjectId, SnmpValue>>,
+        pub timeout_all: bool,
+        pub timeout_gets_after_set: bool,
+        pub sets: Mutex<Vec<ObjectId>>,
+        pub gets: Mutex<u32>,
+    }
+
+    fn o(s: &str) -> ObjectId {
+        s.parse().unwrap()
+    }
+
+    fn timeout() -> SnmpError {
+        SnmpError::Timeout {
+            target: "127.0.0.1:1".into(),
+            retries: 2,
+        }
+    }
+
+    impl FakePrinter {
+        pub fn standard() -> FakePrinter {
+            let f = FakePrinter::default();
+            {
+                let mut v = f.values.lock().unwrap();
+                v.insert(
+                    o("1.3.6.1.2.1.1.4.0"),
+                    SnmpValue::OctetString(b"old contact".to_vec()),
+                );
+                v.insert(
+                    o("1.3.6.1.2.1.1.5.0"),
+                    SnmpValue::OctetString(b"sim".to_vec()),
+                );
+                v.insert(
+                    o("1.3.6.1.2.1.1.6.0"),
+                    SnmpValue::OctetString(b"Unknown".to_vec()),
+                );
+                v.insert(
+                    o("1.3.6.1.2.1.25.3.2.1.2.1"),
+                    SnmpValue::ObjectId(o("1.3.6.1.2.1.25.3.1.1")),
+                );
+                v.insert(
+                    o("1.3.6.1.2.1.25.3.2.1.2.3"),
+                    SnmpValue::ObjectId(o(HR_DEVICE_PRINTER)),
+                );
+                v.insert(o("1.3.6.1.2.1.43.5.1.1.6.3"), SnmpValue::Integer(1));
+                v.insert(o("1.3.6.1.2.1.43.5.1.1.13.3"), SnmpValue::Integer(3));
+            }
+            f
+        }
+        fn read(&self, oid: &ObjectId) -> SnmpValue {
+            let mut stale = self.stale_reads.lock().unwrap();
+            if let Some(n) = stale.get_mut(oid) {
+                if *n > 0 {
+                    *n -= 1;
+                    if let Some(v) = self.old.lock().unwrap().get(oid) {
+                        return v.clone();
+                    }
+                }
+            }
+            self.values
+                .lock()
+                .unwrap()
+                .get(oid)
+                .cloned()
+                .unwrap_or(SnmpValue::NoSuchObject)
+        }
+    }
+
+    impl Snmp for FakePrinter {
+        async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+            *self.gets.lock().unwrap() += 1;
+            if self.timeout_all
+                || (self.timeout_gets_after_set && !self.sets.lock().unwrap().is_empty())
+            {
+                return Err(timeout());
+            }
+            Ok(oids.iter().map(|o| self.read(o)).collect())
+        }
+        async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
+            self.sets.lock().unwrap().push(oid.clone());
+            if self.timeout_all {
+                return Err(timeout());
+            }
+            if let Some(errs) = self.set_errors.lock().unwrap().get_mut(oid) {
+                if !errs.is_empty() {
+                    return Err(errs.remove(0));
+                }
+            }
+            let mut vals = self.values.lock().unwrap();
+            match vals.get(oid) {
+                None => Ok(SnmpValue::NoSuchObject),
+                Some(old) => {
+                    self.old.lock().unwrap().insert(oid.clone(), old.clone());
+                    vals.insert(oid.clone(), value.clone());
+                    Ok(value)
+                }
+            }
+        }
+        async fn walk(
+            &self,
+            prefix: &ObjectId,
+            limit: usize,
+        ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+            if self.timeout_all {
+                return Err(timeout());
+            }
+            let vals = self.values.lock().unwrap();
+            let mut rows: Vec<_> = vals
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            rows.truncate(limit);
+            Ok(rows)
+        }
+    }
+
+    fn params() -> ApplyParams {
+        ApplyParams {
+            settle: Duration::from_millis(100),
+            readback_retries: 2,
+            retry_backoff: Duration::from_millis(50),
+            max_set_attempts: 3,
+        }
+    }
+
+    fn desired(settings: &[(&str, SettingValue)]) -> DesiredConfig {
+        DesiredConfig {
+            printer_id: "p1".parse().unwrap(),
+            version: 1,
+            issued_at: Utc::now(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
+
+    fn t(s: &str) -> SettingValue {
+        SettingValue::Text(s.into())
+    }
+
+    async fn run(f: &FakePrinter, cfg: &DesiredConfig) -> (Outcome, Option<u32>) {
+        let mut dev = None;
+        let out = apply(
+            f,
+            &Profile::builtin_default(),
+            cfg,
+            &mut dev,
+            &params(),
+            || false,
+        )
+        .await;
+        (out, dev)
+    }
+
+    fn codes(o: &Outcome) -> Vec<(String, u16, u32)> {
+        o.results
+            .iter()
+            .map(|r| (r.name.clone(), r.code.as_u16(), r.attempts))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn applies_verifies_and_discovers_the_device_index() {
+        let f = FakePrinter::standard();
+        let cfg = desired(&[
+            ("sysLocation", t("Room 1")),
+            ("sysContact", t("old contact")),
+            ("prtInputDefaultIndex", SettingValue::Integer(2)),
+            ("prtConsoleDisable", t("disabled")),
+        ]);
+        let (out, dev) = run(&f, &cfg).await;
+        assert_eq!(
+            dev,
+            Some(3),
+            "hrDeviceIndex is discovered, not assumed to be 1"
+        );
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("prtConsoleDisable".into(), 200, 1),
+                ("prtInputDefaultIndex".into(), 200, 1),
+                ("sysContact".into(), 200, 0),
+                ("sysLocation".into(), 200, 1),
+            ]
+        );
+        assert_eq!(out.results[0].read_back, Some(t("disabled")));
+        assert!(out.results.iter().all(|r| r.verified_at.is_some()));
+        assert_eq!(
+            f.sets.lock().unwrap().len(),
+            3,
+            "the unchanged setting is not written"
+        );
+        assert_eq!(*f.gets.lock().unwrap(), 2, "one pre-read and one read-back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn classifies_rejections_without_touching_the_printer() {
+        let f = FakePrinter::standard();
+        let cfg = desired(&[
+            ("colourMode", t("mono")),
+            ("prtInputDefaultIndex", SettingValue::Integer(0)),
+            ("sysName", SettingValue::Integer(1)),
+        ]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("colourMode".into(), 404, 0),
+                ("prtInputDefaultIndex".into(), 400, 0),
+                ("sysName".into(), 400, 0)
+            ]
+        );
+        assert!(f.sets.lock().unwrap().is_empty());
+        assert_eq!(*f.gets.lock().unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn printer_errors_map_to_codes_and_retries_are_bounded() {
+        let f = FakePrinter::standard();
+        let st = |status| SnmpError::Status { status, index: 1 };
+        f.set_errors
+            .lock()
+            .unwrap()
+            .insert(o("1.3.6.1.2.1.1.6.0"), vec![st(ErrorStatus::NotWritable)]);
+        f.set_errors
+            .lock()
+            .unwrap()
+            .insert(o("1.3.6.1.2.1.1.4.0"), vec![st(ErrorStatus::GenErr); 5]);
+        f.set_errors
+            .lock()
+            .unwrap()
+            .insert(o("1.3.6.1.2.1.1.5.0"), vec![st(ErrorStatus::GenErr)]);
+        let cfg = desired(&[
+            ("sysLocation", t("x")),
+            ("sysContact", t("y")),
+            ("sysName", t("z")),
+        ]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("sysContact".into(), 500, 3),
+                ("sysLocation".into(), 403, 1),
+                ("sysName".into(), 200, 2)
+            ]
+        );
+        assert_eq!(
+            out.results[1].read_back,
+            Some(t("Unknown")),
+            "a failed setting reports the value in use"
+        );
+        assert_eq!(out.results[1].detail, "notWritable (index 1)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unreachable_printer_is_504_for_everything() {
+        let f = FakePrinter {
+            timeout_all: true,
+            ..FakePrinter::standard()
+        };
+        let cfg = desired(&[
+            ("sysLocation", t("x")),
+            ("prtInputDefaultIndex", SettingValue::Integer(2)),
+        ]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("prtInputDefaultIndex".into(), 504, 0),
+                ("sysLocation".into(), 504, 0)
+            ]
+        );
+        assert!(
+            out.results[1].detail.contains("no answer"),
+            "{}",
+            out.results[1].detail
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_read_back_is_retried_then_412() {
+        let f = FakePrinter::standard();
+        f.stale_reads
+            .lock()
+            .unwrap()
+            .insert(o("1.3.6.1.2.1.1.6.0"), 2);
+        f.stale_reads
+            .lock()
+            .unwrap()
+            .insert(o("1.3.6.1.2.1.1.4.0"), 10);
+        let cfg = desired(&[("sysLocation", t("x")), ("sysContact", t("y"))]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("sysContact".into(), 412, 1),
+                ("sysLocation".into(), 200, 1)
+            ]
+        );
+        assert_eq!(out.results[0].read_back, Some(t("old contact")));
+        assert_eq!(
+            out.results[0].detail,
+            "read back \"old contact\" after 3 reads"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_back_timeout_after_accepted_set_is_202() {
+        let f = FakePrinter {
+            timeout_gets_after_set: true,
+            ..FakePrinter::standard()
+        };
+        let (out, _) = run(&f, &desired(&[("sysLocation", t("x"))])).await;
+        assert_eq!(codes(&out), vec![("sysLocation".into(), 202, 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_answered_with_no_such_instance_is_404() {
+        // snmpsim's behaviour: error-status noError, varbind noSuchInstance.
+        let f = FakePrinter::standard();
+        f.values.lock().unwrap().insert(
+            o("1.3.6.1.2.1.1.6.0"),
+            SnmpValue::OctetString(b"a".to_vec()),
+        );
+        struct Quirky(FakePrinter);
+        impl Snmp for Quirky {
+            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+                self.0.get(oids).await
+            }
+            async fn set(&self, _: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
+                Ok(SnmpValue::NoSuchInstance)
+            }
+            async fn walk(
+                &self,
+                p: &ObjectId,
+                l: usize,
+            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+                self.0.walk(p, l).await
+            }
+        }
+        let q = Quirky(f);
+        let mut dev = None;
+        let out = apply(
+            &q,
+            &Profile::builtin_default(),
+            &desired(&[("sysLocation", t("x"))]),
+            &mut dev,
+            &params(),
+            || false,
+        )
+        .await;
+        assert_eq!(codes(&out), vec![("sysLocation".into(), 404, 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn newer_version_supersedes_the_rest() {
+        let f = FakePrinter::standard();
+        let cfg = desired(&[
+            ("sysContact", t("a")),
+            ("sysLocation", t("b")),
+            ("sysName", t("c")),
+        ]);
+        let mut dev = None;
+        let calls = std::cell::Cell::new(0);
+        let out = apply(
+            &f,
+            &Profile::builtin_default(),
+            &cfg,
+            &mut dev,
+            &params(),
+            || {
+                calls.set(calls.get() + 1);
+                calls.get() > 1
+            },
+        )
+        .await;
+        assert!(out.superseded);
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("sysContact".into(), 200, 1),
+                ("sysLocation".into(), 409, 0),
+                ("sysName".into(), 409, 0)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn printer_without_printer_row_gets_404_for_printer_mib_settings() {
+        let f = FakePrinter::standard();
+        f.values
+            .lock()
+            .unwrap()
+            .retain(|k, _| !k.starts_with(&o(HR_DEVICE_TYPE)));
+        let cfg = desired(&[
+            ("sysLocation", t("x")),
+            ("prtInputDefaultIndex", SettingValue::Integer(2)),
+        ]);
+        let (out, dev) = run(&f, &cfg).await;
+        assert_eq!(dev, None);
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("prtInputDefaultIndex".into(), 404, 0),
+                ("sysLocation".into(), 200, 1)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn v1_no_such_name_on_get_is_isolated() {
+        struct V1(FakePrinter);
+        impl Snmp for V1 {
+            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+                let vals = self.0.get(oids).await?;
+                match vals.iter().position(|v| v.is_exception()) {
+                    Some(i) => Err(SnmpError::Status {
+                        status: ErrorStatus::NoSuchName,
+                        index: i as u32 + 1,
+                    }),
+                    None => Ok(vals),
+                }
+            }
+            async fn set(&self, o: &ObjectId, v: SnmpValue) -> Result<SnmpValue, SnmpError> {
+                self.0.set(o, v).await
+            }
+            async fn walk(
+                &self,
+                p: &ObjectId,
+                l: usize,
+            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+                self.0.walk(p, l).await
+            }
+        }
+        let f = FakePrinter::standard();
+        f.values.lock().unwrap().remove(&o("1.3.6.1.2.1.1.5.0"));
+        let v1 = V1(f);
+        let mut dev = None;
+        let cfg = desired(&[("sysName", t("x")), ("sysLocation", t("y"))]);
+        let out = apply(
+            &v1,
+            &Profile::builtin_default(),
+            &cfg,
+            &mut dev,
+            &params(),
+            || false,
+        )
+        .await;
+        assert_eq!(
+            codes(&out),
+            vec![("sysLocation".into(), 200, 1), ("sysName".into(), 404, 0)]
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! `platen-agent`: runs beside printers, applies desired configuration over SNMP and
+//! reports the outcome over MQTT, durably.
+//!
+//! Data flow (see `ARCHITECTURE.md`):
+//! MQTT `config/desired` → [`mqtt`] (manual ack) → [`store`] (sled, flushed) → ack →
+//! [`reconciler`] (one task per printer) → [`apply`] (SET, settle, GET read-back,
+//! [`verdict`]) → report into the [`store`] outbox (flushed) → [`mqtt`] publishes it
+//! and deletes it only on the broker's PUBACK.
+
+pub mod apply;
+pub mod backoff;
+pub mod catalog;
+pub mod config;
+pub mod mqtt;
+pub mod reconciler;
+pub mod run;
+pub mod secret;
+pub mod snmp;
+pub mod store;
+pub mod verdict;

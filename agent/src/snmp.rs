@@ -1,0 +1,429 @@
+//! SNMP behind a small trait of ours.
+//!
+//! The reconciler talks to printers through [`Snmp`], with our own [`ObjectId`],
+//! [`SnmpValue`] and [`SnmpError`] types, so the SNMP library is one module deep and
+//! unit tests can use a scripted fake. [`AsyncSnmp`] implements it with the
+//! `async-snmp` crate (pinned exactly in the workspace manifest). Many printers share
+//! one UDP socket ([`SharedTransport`]).
+//!
+//! Communities are handed to async-snmp and never formatted by this module.
+
+use crate::secret::Secret;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A numeric OID.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId(pub Vec<u32>);
+
+impl ObjectId {
+    pub fn child(&self, arc: u32) -> ObjectId {
+        let mut v = self.0.clone();
+        v.push(arc);
+        ObjectId(v)
+    }
+    pub fn starts_with(&self, prefix: &ObjectId) -> bool {
+        self.0.starts_with(&prefix.0)
+    }
+}
+
+impl FromStr for ObjectId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.strip_prefix('.').unwrap_or(s);
+        let arcs: Result<Vec<u32>, _> = s.split('.').map(|a| a.parse::<u32>()).collect();
+        match arcs {
+            Ok(a) if a.len() >= 2 && a.len() <= 128 => Ok(ObjectId(a)),
+            Ok(_) => Err(format!("OID {s:?} must have 2 to 128 arcs")),
+            Err(_) => Err(format!(
+                "OID {s:?} is not numeric (dotted decimal, e.g. 1.3.6.1.2.1.1.6.0)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for a in &self.0 {
+            if !first {
+                f.write_str(".")?;
+            }
+            write!(f, "{a}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// A value read from or written to a printer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnmpValue {
+    Integer(i64),
+    OctetString(Vec<u8>),
+    ObjectId(ObjectId),
+    /// Counter32, Gauge32, TimeTicks, Counter64 and the like.
+    Unsigned(u64),
+    Null,
+    NoSuchObject,
+    NoSuchInstance,
+    EndOfMibView,
+    /// Any other type, described.
+    Other(String),
+}
+
+impl SnmpValue {
+    pub fn is_exception(&self) -> bool {
+        matches!(
+            self,
+            SnmpValue::NoSuchObject | SnmpValue::NoSuchInstance | SnmpValue::EndOfMibView
+        )
+    }
+}
+
+/// SNMP error-status values (RFC 3416), by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorStatus {
+    TooBig,
+    NoSuchName,
+    BadValue,
+    ReadOnly,
+    GenErr,
+    NoAccess,
+    WrongType,
+    WrongLength,
+    WrongEncoding,
+    WrongValue,
+    NoCreation,
+    InconsistentValue,
+    ResourceUnavailable,
+    CommitFailed,
+    UndoFailed,
+    AuthorizationError,
+    NotWritable,
+    InconsistentName,
+    Other(i32),
+}
+
+impl fmt::Display for ErrorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorStatus::TooBig => "tooBig",
+            ErrorStatus::NoSuchName => "noSuchName",
+            ErrorStatus::BadValue => "badValue",
+            ErrorStatus::ReadOnly => "readOnly",
+            ErrorStatus::GenErr => "genErr",
+            ErrorStatus::NoAccess => "noAccess",
+            ErrorStatus::WrongType => "wrongType",
+            ErrorStatus::WrongLength => "wrongLength",
+            ErrorStatus::WrongEncoding => "wrongEncoding",
+            ErrorStatus::WrongValue => "wrongValue",
+            ErrorStatus::NoCreation => "noCreation",
+            ErrorStatus::InconsistentValue => "inconsistentValue",
+            ErrorStatus::ResourceUnavailable => "resourceUnavailable",
+            ErrorStatus::CommitFailed => "commitFailed",
+            ErrorStatus::UndoFailed => "undoFailed",
+            ErrorStatus::AuthorizationError => "authorizationError",
+            ErrorStatus::NotWritable => "notWritable",
+            ErrorStatus::InconsistentName => "inconsistentName",
+            ErrorStatus::Other(n) => return write!(f, "errorStatus({n})"),
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnmpError {
+    /// No answer after the configured retries.
+    #[error("no answer from {target} after {retries} retries")]
+    Timeout { target: String, retries: u32 },
+    /// The printer answered with an error status; `index` is 1-based (0 = whole PDU).
+    #[error("{status} (index {index})")]
+    Status { status: ErrorStatus, index: u32 },
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the agent needs from SNMP. One instance talks to one printer.
+pub trait Snmp: Send + Sync {
+    /// GET several objects in one request; one value per OID, in order.
+    fn get(
+        &self,
+        oids: &[ObjectId],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send;
+    /// SET one object; returns the value in the response varbind.
+    fn set(
+        &self,
+        oid: &ObjectId,
+        value: SnmpValue,
+    ) -> impl Future<Output = Result<SnmpValue, SnmpError>> + Send;
+    /// Walk a subtree (GETNEXT), at most `limit` rows.
+    fn walk(
+        &self,
+        prefix: &ObjectId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(ObjectId, SnmpValue)>, SnmpError>> + Send;
+}
+
+// ---------------------------------------------------------------------------
+// async-snmp implementation
+
+use async_snmp::transport::{UdpHandle, UdpTransport};
+use async_snmp::{Auth, Client, Oid, Retry, Value};
+
+/// One UDP socket shared by every printer of an agent.
+#[derive(Clone)]
+pub struct SharedTransport(UdpTransport);
+
+impl SharedTransport {
+    pub async fn bind() -> Result<Self, SnmpError> {
+        UdpTransport::bind("0.0.0.0:0")
+            .await
+            .map(SharedTransport)
+            .map_err(|e| SnmpError::Network(e.to_string()))
+    }
+}
+
+/// Connection parameters for one printer.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub address: String,
+    pub port: u16,
+    pub v1: bool,
+    pub community: Secret,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// [`Snmp`] over async-snmp.
+pub struct AsyncSnmp {
+    client: Client<UdpHandle>,
+    target: String,
+    retries: u32,
+}
+
+impl AsyncSnmp {
+    pub async fn connect(t: &Target, transport: &SharedTransport) -> Result<Self, SnmpError> {
+        let community = t.community.expose().to_string();
+        let auth = if t.v1 {
+            Auth::v1(community)
+        } else {
+            Auth::v2c(community)
+        };
+        let retry =
+            Retry::fixed(t.retries, Duration::ZERO).map_err(|e| SnmpError::Other(e.to_string()))?;
+        let client = Client::builder((t.address.as_str(), t.port), auth)
+            .request_timeout(t.timeout)
+            .retry(retry)
+            .strict_source(true)
+            .build_with(&transport.0)
+            .await
+            .map_err(|e| convert_error(*e, t.retries))?;
+        Ok(AsyncSnmp {
+            client,
+            target: format!("{}:{}", t.address, t.port),
+            retries: t.retries,
+        })
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+fn to_oid(o: &ObjectId) -> Oid {
+    Oid::from(o.0.clone())
+}
+
+fn from_oid(o: &Oid) -> ObjectId {
+    ObjectId(o.arcs().to_vec())
+}
+
+fn from_value(v: &Value) -> SnmpValue {
+    match v {
+        Value::Integer(i) => SnmpValue::Integer(i64::from(*i)),
+        Value::OctetString(b) => SnmpValue::OctetString(b.to_vec()),
+        Value::ObjectIdentifier(o) => SnmpValue::ObjectId(from_oid(o)),
+        Value::Counter32(n) | Value::Gauge32(n) | Value::UInteger32(n) | Value::TimeTicks(n) => {
+            SnmpValue::Unsigned(u64::from(*n))
+        }
+        Value::Counter64(n) => SnmpValue::Unsigned(*n),
+        Value::Null => SnmpValue::Null,
+        Value::NoSuchObject => SnmpValue::NoSuchObject,
+        Value::NoSuchInstance => SnmpValue::NoSuchInstance,
+        Value::EndOfMibView => SnmpValue::EndOfMibView,
+        other => SnmpValue::Other(format!("{other:?}")),
+    }
+}
+
+fn to_value(v: SnmpValue) -> Result<Value, SnmpError> {
+    match v {
+        SnmpValue::Integer(i) => i32::try_from(i)
+            .map(Value::Integer)
+            .map_err(|_| SnmpError::Other(format!("integer {i} does not fit INTEGER (32 bits)"))),
+        SnmpValue::OctetString(b) => Ok(Value::OctetString(bytes::Bytes::from(b))),
+        SnmpValue::ObjectId(o) => Ok(Value::ObjectIdentifier(to_oid(&o))),
+        other => Err(SnmpError::Other(format!(
+            "cannot SET a value of this kind: {other:?}"
+        ))),
+    }
+}
+
+fn convert_status(s: &async_snmp::ErrorStatus) -> ErrorStatus {
+    use async_snmp::ErrorStatus as E;
+    match s {
+        E::TooBig => ErrorStatus::TooBig,
+        E::NoSuchName => ErrorStatus::NoSuchName,
+        E::BadValue => ErrorStatus::BadValue,
+        E::ReadOnly => ErrorStatus::ReadOnly,
+        E::GenErr => ErrorStatus::GenErr,
+        E::NoAccess => ErrorStatus::NoAccess,
+        E::WrongType => ErrorStatus::WrongType,
+        E::WrongLength => ErrorStatus::WrongLength,
+        E::WrongEncoding => ErrorStatus::WrongEncoding,
+        E::WrongValue => ErrorStatus::WrongValue,
+        E::NoCreation => ErrorStatus::NoCreation,
+        E::InconsistentValue => ErrorStatus::InconsistentValue,
+        E::ResourceUnavailable => ErrorStatus::ResourceUnavailable,
+        E::CommitFailed => ErrorStatus::CommitFailed,
+        E::UndoFailed => ErrorStatus::UndoFailed,
+        E::AuthorizationError => ErrorStatus::AuthorizationError,
+        E::NotWritable => ErrorStatus::NotWritable,
+        E::InconsistentName => ErrorStatus::InconsistentName,
+        E::Unknown(n) => ErrorStatus::Other(*n),
+        // NoError as an error, or a future variant: keep the number-less name.
+        _ => ErrorStatus::Other(-1),
+    }
+}
+
+fn convert_error(e: async_snmp::Error, retries: u32) -> SnmpError {
+    use async_snmp::Error as E;
+    match e {
+        E::SharedOperation { source } => convert_error(clone_error(&source), retries),
+        E::Exchange { source, .. } => convert_error(*source, retries),
+        E::Timeout {
+            target, retries, ..
+        } => SnmpError::Timeout {
+            target: target.to_string(),
+            retries,
+        },
+        E::ConstructionTimeout { target, .. } => SnmpError::Timeout {
+            target: format!("{target:?}"),
+            retries,
+        },
+        E::Snmp { status, index, .. } => SnmpError::Status {
+            status: convert_status(&status),
+            index,
+        },
+        E::Network { source, .. } => SnmpError::Network(source.to_string()),
+        E::Decode(d) => SnmpError::Malformed(d.to_string()),
+        E::MalformedResponse { target } => SnmpError::Malformed(format!("from {target}")),
+        E::ResponseShape { target, .. } => {
+            SnmpError::Malformed(format!("unexpected response shape from {target}"))
+        }
+        E::WalkAborted { target, reason } => {
+            SnmpError::Malformed(format!("walk of {target} aborted: {reason}"))
+        }
+        other => SnmpError::Other(other.to_string()),
+    }
+}
+
+/// `SharedOperation` holds an `Arc<Error>`; we only need its classification.
+fn clone_error(e: &async_snmp::Error) -> async_snmp::Error {
+    use async_snmp::Error as E;
+    match e {
+        E::Timeout {
+            target,
+            elapsed,
+            retries,
+        } => E::Timeout {
+            target: *target,
+            elapsed: *elapsed,
+            retries: *retries,
+        },
+        other => E::Config(other.to_string().into()),
+    }
+}
+
+impl Snmp for AsyncSnmp {
+    async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+        let req: Vec<Oid> = oids.iter().map(to_oid).collect();
+        let resp = self
+            .client
+            .get_many(&req)
+            .await
+            .map_err(|e| convert_error(*e, self.retries))?;
+        if resp.varbinds.len() != oids.len() {
+            return Err(SnmpError::Malformed(format!(
+                "asked for {} objects, got {}",
+                oids.len(),
+                resp.varbinds.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(oids.len());
+        for (vb, want) in resp.varbinds.iter().zip(oids) {
+            if from_oid(&vb.oid) != *want {
+                return Err(SnmpError::Malformed(format!(
+                    "asked for {want}, got {}",
+                    vb.oid
+                )));
+            }
+            out.push(from_value(&vb.value));
+        }
+        Ok(out)
+    }
+
+    async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
+        let v = to_value(value)?;
+        let resp = self
+            .client
+            .set(&to_oid(oid), v)
+            .await
+            .map_err(|e| convert_error(*e, self.retries))?;
+        match resp.varbinds.first() {
+            Some(vb) => Ok(from_value(&vb.value)),
+            None => Err(SnmpError::Malformed("SET response without varbinds".into())),
+        }
+    }
+
+    async fn walk(
+        &self,
+        prefix: &ObjectId,
+        limit: usize,
+    ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+        let mut stream = self
+            .client
+            .walk_getnext(to_oid(prefix))
+            .map_err(|e| convert_error(*e, self.retries))?;
+        let mut out = Vec::new();
+        while let Some(item) = stream.next().await {
+            let vb = item.map_err(|e| convert_error(*e, self.retries))?;
+            out.push((from_oid(&vb.oid), from_value(&vb.value)));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oids_parse_and_print() {
+        let o: ObjectId = "1.3.6.1.2.1.1.6.0".parse().unwrap();
+        assert_eq!(o.to_string(), "1.3.6.1.2.1.1.6.0");
+        assert_eq!(".1.3.6".parse::<ObjectId>().unwrap().to_string(), "1.3.6");
+        for bad in ["", "1", "1.x.3", "1..3", "1.3.99999999999", "sysLocation.0"] {
+            assert!(bad.parse::<ObjectId>().is_err(), "{bad}");
+        }
+    }
+}

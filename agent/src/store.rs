@@ -1,0 +1,375 @@
+//! Durable agent state in sled.
+//!
+//! Trees:
+//! - `desired`: printer id → the latest accepted desired config (+ tenant, received_at)
+//! - `completed`: printer id → the last config version that reached a final report
+//! - `outbox`: sequence number (big-endian u64, so iteration is oldest first) → a
+//!   report waiting for the broker's PUBACK
+//! - `meta`: `format_version`
+//!
+//! Invariants: a desired config is flushed before its MQTT message is acknowledged;
+//! a report and its printer's `completed` version are written in one transaction and
+//! flushed before the report is published; an outbox entry is removed only after
+//! the broker acknowledged it.
+
+use chrono::{DateTime, Utc};
+use platen_protocol::{DesiredConfig, Id};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// On-disk format written by this version.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state directory {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state directory {path} has format version {found}; this agent reads up to {FORMAT_VERSION}")]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("state database error: {0}")]
+    Db(#[from] sled::Error),
+    #[error("corrupt {what} record: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoredDesired {
+    pub tenant: Id,
+    pub config: DesiredConfig,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub topic: String,
+    pub payload: String,
+}
+
+/// The result of offering a newly received desired config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Stored; the reconciler should apply it.
+    Accepted,
+    /// The same version is already stored (e.g. a retained message after reconnect).
+    Duplicate,
+    /// Older than what is stored or completed: ignored.
+    Stale { latest: u64 },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    desired: sled::Tree,
+    completed: sled::Tree,
+    outbox: sled::Tree,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: dir.into(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(sled::Error::Io(e)))?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .map_err(open_err)?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("format_version")? {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        what: "format_version",
+                        detail: format!("{} bytes", v.len()),
+                    })?);
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: dir.into(),
+                        found,
+                    });
+                }
+            }
+            None => {
+                meta.insert("format_version", &FORMAT_VERSION.to_be_bytes())?;
+            }
+        }
+        Ok(Store {
+            desired: db.open_tree("desired")?,
+            completed: db.open_tree("completed")?,
+            outbox: db.open_tree("outbox")?,
+            db,
+            outbox_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Notified whenever a report enters the outbox.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
+    }
+
+    pub fn desired(&self, printer: &Id) -> Result<Option<StoredDesired>, StoreError> {
+        match self.desired.get(printer.as_str())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    what: "desired",
+                    detail: e.to_string(),
+                }),
+        }
+    }
+
+    pub fn completed(&self, printer: &Id) -> Result<u64, StoreError> {
+        match self.completed.get(printer.as_str())? {
+            None => Ok(0),
+            Some(b) => Ok(u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    what: "completed",
+                    detail: format!("{} bytes", b.len()),
+                }
+            })?)),
+        }
+    }
+
+    /// Store a desired config if it is newer than anything stored or completed for
+    /// its printer, and flush before returning.
+    pub async fn offer_desired(
+        &self,
+        tenant: &Id,
+        config: DesiredConfig,
+        received_at: DateTime<Utc>,
+    ) -> Result<Offer, StoreError> {
+        let printer = config.printer_id.clone();
+        let stored = self
+            .desired(&printer)?
+            .map(|d| d.config.version)
+            .unwrap_or(0);
+        let completed = self.completed(&printer)?;
+        let v = config.version;
+        if v == stored {
+            return Ok(Offer::Duplicate);
+        }
+        if v < stored || v <= completed {
+            return Ok(Offer::Stale {
+                latest: stored.max(completed),
+            });
+        }
+        let rec = StoredDesired {
+            tenant: tenant.clone(),
+            config,
+            received_at,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
+            what: "desired",
+            detail: e.to_string(),
+        })?;
+        self.desired.insert(printer.as_str(), bytes)?;
+        self.db.flush_async().await?;
+        Ok(Offer::Accepted)
+    }
+
+    /// Record that `version` of `printer` is final and queue its report, atomically,
+    /// then flush. Returns the outbox key.
+    pub async fn complete(
+        &self,
+        printer: &Id,
+        version: u64,
+        entry: &OutboxEntry,
+    ) -> Result<u64, StoreError> {
+        let key = self.db.generate_id()?;
+        let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
+            what: "outbox",
+            detail: e.to_string(),
+        })?;
+        (&self.completed, &self.outbox)
+            .transaction(|(completed, outbox)| {
+                completed.insert(printer.as_str(), &version.to_be_bytes())?;
+                outbox.insert(&key.to_be_bytes(), value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(s) => StoreError::Db(s),
+                TransactionError::Abort(()) => StoreError::Corrupt {
+                    what: "outbox",
+                    detail: "transaction aborted".into(),
+                },
+            })?;
+        self.db.flush_async().await?;
+        self.outbox_wake.notify_one();
+        Ok(key)
+    }
+
+    /// Up to `limit` outbox entries, oldest first. Undecodable entries are skipped
+    /// with a warning and kept (never deleted unread).
+    pub fn outbox_peek(&self, limit: usize) -> Vec<(u64, OutboxEntry)> {
+        let mut out = Vec::new();
+        for item in self.outbox.iter() {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading outbox");
+                    break;
+                }
+            };
+            let Ok(key) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
+                tracing::warn!("outbox key of {} bytes skipped", k.len());
+                continue;
+            };
+            match serde_json::from_slice::<OutboxEntry>(&v) {
+                Ok(e) => out.push((key, e)),
+                Err(e) => tracing::warn!(key, error = %e, "undecodable outbox entry skipped"),
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Remove an acknowledged entry. Not flushed at once: losing a removal in a crash
+    /// only causes a resend, which the cloud deduplicates.
+    pub fn remove_outbox(&self, key: u64) -> Result<(), StoreError> {
+        self.outbox.remove(key.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cfg(v: u64) -> DesiredConfig {
+        DesiredConfig {
+            printer_id: "p1".parse().unwrap(),
+            version: v,
+            issued_at: Utc::now(),
+            settings: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_are_monotonic_and_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant: Id = "acme".parse().unwrap();
+        let p1: Id = "p1".parse().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                s.offer_desired(&tenant, cfg(2), Utc::now()).await.unwrap(),
+                Offer::Accepted
+            );
+            assert_eq!(
+                s.offer_desired(&tenant, cfg(2), Utc::now()).await.unwrap(),
+                Offer::Duplicate
+            );
+            assert_eq!(
+                s.offer_desired(&tenant, cfg(1), Utc::now()).await.unwrap(),
+                Offer::Stale { latest: 2 }
+            );
+            let e = OutboxEntry {
+                topic: "t".into(),
+                payload: "{}".into(),
+            };
+            s.complete(&p1, 2, &e).await.unwrap();
+            assert_eq!(s.outbox_len(), 1);
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.completed(&p1).unwrap(), 2);
+        assert_eq!(s.desired(&p1).unwrap().unwrap().config.version, 2);
+        assert_eq!(
+            s.offer_desired(&tenant, cfg(2), Utc::now()).await.unwrap(),
+            Offer::Duplicate
+        );
+        assert_eq!(
+            s.offer_desired(&tenant, cfg(3), Utc::now()).await.unwrap(),
+            Offer::Accepted
+        );
+        let peek = s.outbox_peek(10);
+        assert_eq!(peek.len(), 1);
+        s.remove_outbox(peek[0].0).unwrap();
+        assert_eq!(s.outbox_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn completed_version_is_stale_even_if_desired_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let p1: Id = "p1".parse().unwrap();
+        s.complete(
+            &p1,
+            5,
+            &OutboxEntry {
+                topic: "t".into(),
+                payload: "{}".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let tenant: Id = "acme".parse().unwrap();
+        assert_eq!(
+            s.offer_desired(&tenant, cfg(5), Utc::now()).await.unwrap(),
+            Offer::Stale { latest: 5 }
+        );
+    }
+
+    #[tokio::test]
+    async fn outbox_is_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let p1: Id = "p1".parse().unwrap();
+        for v in 1..=300u64 {
+            s.complete(
+                &p1,
+                v,
+                &OutboxEntry {
+                    topic: format!("t{v}"),
+                    payload: "{}".into(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        let topics: Vec<String> = s
+            .outbox_peek(300)
+            .into_iter()
+            .map(|(_, e)| e.topic)
+            .collect();
+        let want: Vec<String> = (1..=300).map(|v| format!("t{v}")).collect();
+        assert_eq!(topics, want);
+    }
+
+    #[test]
+    fn refuses_a_newer_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format_version", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("format version 99"), "{err}");
+    }
+}
