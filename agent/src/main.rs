@@ -38,7 +38,7 @@ enum ConfigCommand {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,async_snmp=warn,rumqttc=warn,sled=warn")
+        tracing_subscriber::EnvFilter::new("info,async_snmp=off,rumqttc=warn,sled=warn")
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,0 +1,267 @@
+//! `platen-demo`: the whole apply → verify → report loop on one machine, with no setup.
+//!
+//! Starts, on free loopback ports: an embedded MQTT broker (rumqttd; demo only —
+//! production uses Mosquitto), the cloud stub, three simulated printers (p3 has a
+//! read-only sysLocation) and an agent. The cloud publishes one desired config per
+//! printer; the demo prints each report as it arrives and exits 0 once all three
+//! are in (non-zero if they are not within 30 s).
+
+use platen_agent::config::AgentConfig;
+use platen_cloud::{Cloud, ReportEvent};
+use platen_printer_sim::{oid, serve, Faults, SimPrinter};
+use platen_protocol::{ApplyReport, DesiredConfig, Id, ReportStatus, SettingValue};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(18830)
+}
+
+/// Start rumqttd on a free port, in its own thread (its `start` blocks).
+fn start_broker() -> Result<u16, String> {
+    let port = free_port();
+    let text = format!(
+        r#"
+id = 0
+[router]
+max_connections = 64
+max_outgoing_packet_count = 512
+max_segment_size = 10485760
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 256
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config =
+        toml::from_str(&text).map_err(|e| format!("broker config: {e}"))?;
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            eprintln!("embedded broker stopped: {e}");
+        }
+    });
+    // Wait until it accepts connections.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("embedded broker did not listen on port {port}"))
+}
+
+fn agent_config(
+    broker_port: u16,
+    state: &Path,
+    printers: &[(String, std::net::SocketAddr)],
+) -> Result<AgentConfig, String> {
+    let mut text = format!(
+        "agent_id = \"gw-demo\"\ntenant = \"acme\"\nstate_dir = {:?}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n",
+        state.display().to_string()
+    );
+    for (id, addr) in printers {
+        text.push_str(&format!(
+            "[[printer]]\nid = \"{id}\"\naddress = \"{}\"\nport = {}\ncommunity = \"private\"\ntimeout_ms = 500\nretries = 1\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    AgentConfig::parse(&text, Path::new("<demo>")).map_err(|e| e.to_string())
+}
+
+fn show(v: &Option<SettingValue>) -> String {
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_report(r: &ApplyReport, latency: Duration) {
+    println!();
+    println!(
+        "printer {}  version {}  {}  ({} ms from publish to report)",
+        r.printer_id,
+        r.config_version,
+        r.status.as_str().to_uppercase(),
+        latency.as_millis()
+    );
+    println!(
+        "  {:<30} {:<26} {:<26} {:>4}  {:>8}  detail",
+        "setting", "desired", "read back", "code", "attempts"
+    );
+    for s in &r.settings {
+        println!(
+            "  {:<30} {:<26} {:<26} {:>4}  {:>8}  {}",
+            s.name,
+            s.desired.to_string(),
+            show(&s.read_back),
+            s.code.as_u16(),
+            s.attempts,
+            s.detail
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error,rumqttd=off,async_snmp=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match demo().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo() -> Result<(), String> {
+    let broker_port = start_broker()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+
+    // Three printers; p3 refuses writes to sysLocation.
+    let mut sims = Vec::new();
+    for id in ["p1", "p2", "p3"] {
+        let mut faults = Faults::default();
+        if id == "p3" {
+            faults.read_only.insert(oid("1.3.6.1.2.1.1.6.0"));
+        }
+        sims.push(
+            serve(
+                id,
+                SimPrinter::standard(id, faults),
+                "127.0.0.1:0",
+                "private",
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        );
+    }
+    let printers: Vec<(String, std::net::SocketAddr)> =
+        sims.iter().map(|s| (s.id.clone(), s.addr)).collect();
+
+    let cloud = Cloud::start(
+        "127.0.0.1",
+        broker_port,
+        "platen-cloud-demo",
+        &dir.path().join("cloud"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut events = cloud.subscribe_events();
+    let agent = platen_agent::run::start(agent_config(
+        broker_port,
+        &dir.path().join("agent"),
+        &printers,
+    )?)
+    .await
+    .map_err(|e| e.to_string())?;
+    if !cloud.wait_connected(Duration::from_secs(10)).await {
+        return Err("cloud could not connect to the embedded broker".into());
+    }
+
+    println!(
+        "Platen demo: embedded MQTT broker on 127.0.0.1:{broker_port}, cloud stub, agent gw-demo,"
+    );
+    println!(
+        "three simulated printers: {}",
+        printers
+            .iter()
+            .map(|(id, a)| format!("{id} at {a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("(p3 is configured with a read-only sysLocation)");
+
+    let tenant: Id = "acme"
+        .parse()
+        .map_err(|e: platen_protocol::IdError| e.to_string())?;
+    let mut published = BTreeMap::new();
+    for (id, _) in &printers {
+        let mut settings = BTreeMap::new();
+        settings.insert(
+            "sysLocation".to_string(),
+            SettingValue::Text(format!("Building A, floor 2, {id}")),
+        );
+        settings.insert(
+            "sysContact".to_string(),
+            SettingValue::Text("helpdesk@acme.example".into()),
+        );
+        settings.insert(
+            "prtGeneralPrinterName".to_string(),
+            SettingValue::Text(format!("ACME-{}", id.to_uppercase())),
+        );
+        settings.insert("prtInputDefaultIndex".to_string(), SettingValue::Integer(2));
+        settings.insert(
+            "prtConsoleDisable".to_string(),
+            SettingValue::Text("disabled".into()),
+        );
+        let config = DesiredConfig {
+            printer_id: id
+                .parse()
+                .map_err(|e: platen_protocol::IdError| e.to_string())?,
+            version: 1,
+            issued_at: chrono::Utc::now(),
+            settings,
+        };
+        cloud
+            .publish_desired(&tenant, &config)
+            .await
+            .map_err(|e| e.to_string())?;
+        published.insert(id.clone(), Instant::now());
+    }
+    println!(
+        "cloud: published desired config version 1 (5 settings) for acme/p1, acme/p2, acme/p3"
+    );
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut reports = Vec::new();
+    while reports.len() < printers.len() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => {
+                return Err(format!(
+                    "only {} of {} reports arrived within 30 s",
+                    reports.len(),
+                    printers.len()
+                ))
+            }
+            Ok(Ok(ReportEvent::New(r))) => {
+                let latency = published
+                    .get(r.report.printer_id.as_str())
+                    .map(|t| t.elapsed())
+                    .unwrap_or_default();
+                print_report(&r.report, latency);
+                reports.push(r.report.clone());
+            }
+            Ok(Ok(_)) | Ok(Err(_)) => {}
+        }
+    }
+    let count = |s: ReportStatus| reports.iter().filter(|r| r.status == s).count();
+    println!();
+    println!(
+        "summary: {} applied, {} partially_applied, {} not_applied; {} duplicate deliveries dropped by the cloud",
+        count(ReportStatus::Applied),
+        count(ReportStatus::PartiallyApplied),
+        count(ReportStatus::NotApplied),
+        cloud.counters.duplicates.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    agent.shutdown().await;
+    cloud.shutdown().await;
+    Ok(())
+}
