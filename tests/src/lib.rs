@@ -1,0 +1,461 @@
+//! Harness for end-to-end tests: real peers on free loopback ports, stopped on drop.
+//!
+//! - [`Mosquitto`]: the Debian `mosquitto` broker (persistence on or off).
+//! - [`Snmpd`]: net-snmp's `snmpd` with a writable community.
+//! - [`Sim`]: the `platen-printer-sim` binary.
+//! - [`AgentProc`]: the `platen-agent` binary with a generated config.
+//!
+//! A missing peer fails the test with what to install; nothing is skipped silently.
+//! Binaries are taken from the same target directory as the test executable; run
+//! `cargo build --workspace --bins` first (`scripts/test` does).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// Path of a binary from this workspace, next to the test executable.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Path of a system program, or a failure saying which Debian package provides it.
+pub fn system_bin(name: &str, package: &str) -> PathBuf {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed: install the Debian package `{package}` (scripts/test installs it: apt-get install -y {package})");
+}
+
+fn wait_tcp(port: u16, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn kill(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A Mosquitto broker on a free port.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    persistence: bool,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(persistence: bool) -> Mosquitto {
+        let mut m = Mosquitto {
+            port: free_tcp_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            persistence,
+            child: None,
+        };
+        m.launch();
+        m
+    }
+
+    fn launch(&mut self) {
+        let bin = system_bin("mosquitto", "mosquitto");
+        let conf = self.dir.path().join("mosquitto.conf");
+        let mut text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 10000\n",
+            self.port
+        );
+        if self.persistence {
+            // Started as root, mosquitto drops to its own user: give it a directory it can write.
+            let data = self.dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("broker data dir");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+            text.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                data.display()
+            ));
+        } else {
+            text.push_str("persistence false\n");
+        }
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log file");
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        assert!(
+            wait_tcp(self.port, Duration::from_secs(10)),
+            "mosquitto did not listen on {}: {}",
+            self.port,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Stop (SIGTERM, so a persistent broker saves its state).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "TERM");
+        }
+    }
+
+    /// Start again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// net-snmp's snmpd with `rwcommunity private` on a free UDP port.
+pub struct Snmpd {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Snmpd {
+    pub fn start() -> Snmpd {
+        let bin = system_bin("snmpd", "snmpd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_udp_port();
+        let conf = dir.path().join("snmpd.conf");
+        // sysLocation/sysContact are not set here: a value in snmpd.conf makes them read-only.
+        std::fs::write(&conf, format!("agentAddress udp:127.0.0.1:{port}\nrwcommunity private 127.0.0.1\nrocommunity public 127.0.0.1\n"))
+            .expect("write snmpd.conf");
+        let child = Command::new(bin)
+            .args(["-f", "-C", "-Lf"])
+            .arg(dir.path().join("snmpd.log"))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir.path().join("snmpd.pid"))
+            .env("SNMP_PERSISTENT_DIR", dir.path())
+            .env("MIBS", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start snmpd");
+        let s = Snmpd {
+            port,
+            _dir: dir,
+            child,
+        };
+        // Ready when it answers a GET.
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if snmpget("public", &format!("127.0.0.1:{port}"), "1.3.6.1.2.1.1.3.0").is_ok() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("snmpd did not answer on udp/{port}");
+    }
+}
+
+impl Drop for Snmpd {
+    fn drop(&mut self) {
+        kill(&mut self.child, "TERM");
+    }
+}
+
+/// `snmpget -v2c` with numeric output; Ok(stdout) or Err(stderr).
+pub fn snmpget(community: &str, target: &str, oid: &str) -> Result<String, String> {
+    net_snmp(
+        "snmpget",
+        &[
+            "-v2c", "-c", community, "-On", "-t", "1", "-r", "1", target, oid,
+        ],
+    )
+}
+
+/// `snmpset -v2c`; Ok(stdout) or Err(stderr).
+pub fn snmpset(
+    community: &str,
+    target: &str,
+    oid: &str,
+    kind: &str,
+    value: &str,
+) -> Result<String, String> {
+    net_snmp(
+        "snmpset",
+        &[
+            "-v2c", "-c", community, "-On", "-t", "1", "-r", "1", target, oid, kind, value,
+        ],
+    )
+}
+
+fn net_snmp(tool: &str, args: &[&str]) -> Result<String, String> {
+    let bin = system_bin(tool, "snmp");
+    let out = Command::new(bin)
+        .args(args)
+        .env("MIBS", "")
+        .output()
+        .expect("run net-snmp tool");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The simulator binary serving one or more printers.
+pub struct Sim {
+    pub printers: Vec<(String, SocketAddr)>,
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Sim {
+    /// `specs` as for `--printer` (e.g. `p2,read-only=1.3.6.1.2.1.1.6.0`).
+    pub fn start(specs: &[&str]) -> Sim {
+        let mut cmd = Command::new(workspace_bin("platen-printer-sim"));
+        for s in specs {
+            cmd.arg("--printer").arg(s);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start simulator");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut printers = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).expect("read simulator output");
+            assert!(n > 0, "simulator exited before it was ready");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["printer", id, addr] => {
+                    printers.push((id.to_string(), addr.parse().expect("address")))
+                }
+                ["ready"] => break,
+                _ => {}
+            }
+        }
+        Sim {
+            printers,
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn addr(&self, id: &str) -> SocketAddr {
+        self.printers
+            .iter()
+            .find(|(p, _)| p == id)
+            .map(|(_, a)| *a)
+            .expect("printer id")
+    }
+
+    /// Send a control command (`reboot p1`, `writable p1 OID`, …) and expect `ok`.
+    pub fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("write command");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read reply");
+        assert_eq!(line.trim(), "ok", "simulator refused {cmd:?}");
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        kill(&mut self.child, "TERM");
+    }
+}
+
+/// One printer entry of an agent config.
+pub struct PrinterEntry {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub timeout_ms: u64,
+    pub retries: u32,
+}
+
+impl PrinterEntry {
+    pub fn new(id: &str, addr: SocketAddr) -> PrinterEntry {
+        PrinterEntry {
+            id: id.into(),
+            addr,
+            timeout_ms: 500,
+            retries: 1,
+        }
+    }
+}
+
+/// An agent config text for tests.
+pub fn agent_toml(
+    agent_id: &str,
+    broker_port: u16,
+    state_dir: &Path,
+    printers: &[PrinterEntry],
+) -> String {
+    let mut text = format!(
+        "agent_id = \"{agent_id}\"\ntenant = \"acme\"\nstate_dir = \"{}\"\n\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\nreconnect_min_ms = 100\nreconnect_max_ms = 1000\n\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n",
+        state_dir.display()
+    );
+    for p in printers {
+        text.push_str(&format!(
+            "\n[[printer]]\nid = \"{}\"\naddress = \"{}\"\nport = {}\ncommunity = \"private\"\ntimeout_ms = {}\nretries = {}\n",
+            p.id,
+            p.addr.ip(),
+            p.addr.port(),
+            p.timeout_ms,
+            p.retries
+        ));
+    }
+    text
+}
+
+/// The agent binary, running.
+pub struct AgentProc {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    pub fn start(dir: &Path, config_text: &str) -> AgentProc {
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, config_text).expect("write agent.toml");
+        let state_dir = dir.join("state");
+        let mut a = AgentProc {
+            config,
+            state_dir,
+            log: dir.join("agent.log"),
+            child: None,
+        };
+        a.launch();
+        a
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new(workspace_bin("platen-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "debug,async_snmp=off,sled=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "KILL");
+        }
+    }
+
+    /// SIGTERM; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        kill(&mut c, "TERM");
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
