@@ -135,7 +135,11 @@ impl MqttLink {
         } else if let Some(u) = &b.username {
             opts.set_credentials(u.clone(), String::new());
         }
-        let (client, eventloop) = AsyncClient::new(opts, 4 * WINDOW + 64);
+        let (client, mut eventloop) = AsyncClient::new(opts, 4 * WINDOW + 64);
+        // Small MQTT packets must not wait for Nagle + delayed ACK (~40 ms per hop).
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let link = MqttLink {
             client,
             state: Arc::new(Mutex::new(LinkState::default())),

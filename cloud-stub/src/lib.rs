@@ -81,6 +81,9 @@ impl Cloud {
             .set_manual_acks(true)
             .set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let (pubacks, _) = broadcast::channel(64);
         let (events, _) = broadcast::channel(1024);
         let (conn_tx, connected) = watch::channel(false);

@@ -34,11 +34,13 @@ pub fn free_udp_port() -> u16 {
 /// Path of a binary from this workspace, next to the test executable.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf();
+    // Tests run from target/<profile>/deps; bench binaries from target/<profile>.
+    let here = exe.parent().expect("exe dir");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target dir")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -117,7 +119,7 @@ impl Mosquitto {
         let bin = system_bin("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 10000\n",
+            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 10000\n",
             self.port
         );
         if self.persistence {
