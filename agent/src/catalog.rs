@@ -501,13 +501,14 @@ mod tests {
         let t = |s: &str| SettingValue::Text(s.into());
         let os = |s: &[u8]| SnmpValue::OctetString(s.to_vec());
         // (def, read, desired, normalised, equal?)
-        let cases: Vec<(
-            &SettingDef,
+        type Case<'a> = (
+            &'a SettingDef,
             SnmpValue,
             SettingValue,
             Result<SettingValue, ()>,
             bool,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             (loc, os(b"Room 1"), t("Room 1"), Ok(t("Room 1")), true),
             (loc, os(b"Room 1\0\0"), t("Room 1"), Ok(t("Room 1")), true),
             (loc, os(b"Room 1  "), t("Room 1"), Ok(t("Room 1")), true),

@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn rejects_wildcards_and_bad_shapes() {
-        let cases: &[(&str, fn(&TopicError) -> bool)] = &[
+        type Check = fn(&TopicError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("platen/v1/+/p1/config/desired", |e| {
                 matches!(e, TopicError::InvalidId { .. })
             }),
