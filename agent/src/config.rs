@@ -338,6 +338,17 @@ community = "private"
     }
 
     #[test]
+    fn the_packaged_example_is_valid() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/agent.example.toml"
+        ));
+        let c = AgentConfig::load(path).unwrap();
+        assert_eq!(c.printers.len(), 1);
+        assert_eq!(c.apply.settle_ms, ApplyConfig::default().settle_ms);
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let c = parse(&GOOD.replace(
             "[broker]",
