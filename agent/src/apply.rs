@@ -149,6 +149,35 @@ async fn get_values<S: Snmp>(snmp: &S, oids: &[ObjectId]) -> Result<Vec<SnmpValu
     }
 }
 
+/// What one value read from the printer says about a setting.
+enum Reading {
+    Equal,
+    Differs,
+    Failed(Code, String),
+}
+
+/// Judge a value read back (or pre-read) for `it`, recording the normalised value.
+fn judge(it: &mut Item, value: &SnmpValue) -> Reading {
+    if let Some(code) = exception_code(value) {
+        return Reading::Failed(
+            code,
+            format!("{} is not implemented by this printer ({value:?})", it.oid),
+        );
+    }
+    match it.def.normalize(value, it.desired) {
+        Ok(n) => {
+            let equal = it.def.matches(&n, &it.prepared);
+            it.read_back = Some(n);
+            if equal {
+                Reading::Equal
+            } else {
+                Reading::Differs
+            }
+        }
+        Err(why) => Reading::Failed(Code::AgentError, why),
+    }
+}
+
 fn backoff(base: Duration, attempt: u32) -> Duration {
     base.saturating_mul(1u32 << attempt.min(10))
 }
@@ -241,24 +270,10 @@ pub async fn apply<S: Snmp>(
     };
     let mut to_set: Vec<Item> = Vec::new();
     for (mut it, value) in items.into_iter().zip(current) {
-        if let Some(code) = exception_code(&value) {
-            res.item(
-                &it,
-                code,
-                format!("{} is not implemented by this printer ({value:?})", it.oid),
-            );
-            continue;
-        }
-        match it.def.normalize(&value, it.desired) {
-            Ok(n) if it.def.matches(&n, &it.prepared) => {
-                it.read_back = Some(n);
-                res.item(&it, Code::Verified, "already set; verified by read");
-            }
-            Ok(n) => {
-                it.read_back = Some(n);
-                to_set.push(it);
-            }
-            Err(why) => res.item(&it, Code::AgentError, why),
+        match judge(&mut it, &value) {
+            Reading::Equal => res.item(&it, Code::Verified, "already set; verified by read"),
+            Reading::Differs => to_set.push(it),
+            Reading::Failed(code, why) => res.item(&it, code, why),
         }
     }
 
@@ -346,20 +361,10 @@ pub async fn apply<S: Snmp>(
             };
             let mut still: Vec<Item> = Vec::new();
             for (mut it, value) in pending.into_iter().zip(values) {
-                if let Some(code) = exception_code(&value) {
-                    res.item(&it, code, format!("read-back of {} gave {value:?}", it.oid));
-                    continue;
-                }
-                match it.def.normalize(&value, it.desired) {
-                    Ok(n) if it.def.matches(&n, &it.prepared) => {
-                        it.read_back = Some(n);
-                        res.item(&it, Code::Verified, "verified by read-back");
-                    }
-                    Ok(n) => {
-                        it.read_back = Some(n);
-                        still.push(it);
-                    }
-                    Err(why) => res.item(&it, Code::AgentError, why),
+                match judge(&mut it, &value) {
+                    Reading::Equal => res.item(&it, Code::Verified, "verified by read-back"),
+                    Reading::Differs => still.push(it),
+                    Reading::Failed(code, why) => res.item(&it, code, why),
                 }
             }
             if still.is_empty() {

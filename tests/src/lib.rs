@@ -436,6 +436,19 @@ impl AgentProc {
         s
     }
 
+    /// Wait until the agent's log contains `needle`; fail with the log otherwise.
+    pub fn wait_log(&self, needle: &str, within: Duration) {
+        let end = Instant::now() + within;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "agent log never showed {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -262,25 +262,9 @@ async fn report_in_the_outbox_survives_a_kill_and_keeps_its_id() {
         .await
         .unwrap();
     // Wait until the agent has the config, then take the broker away.
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("applying desired config") {
-        assert!(
-            std::time::Instant::now() < end,
-            "agent never started applying:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.wait_log("applying desired config", Duration::from_secs(10));
     broker.stop();
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    while !agent.log().contains("report queued") {
-        assert!(
-            std::time::Instant::now() < end,
-            "agent never finished:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_log("report queued", Duration::from_secs(15));
     agent.kill9();
 
     // The report is on disk, unsent.
@@ -310,15 +294,7 @@ async fn report_in_the_outbox_survives_a_kill_and_keeps_its_id() {
     .await;
     assert_eq!(r.report.status, ReportStatus::Applied);
     // Once acknowledged, the outbox drains; a graceful stop flushes that and exits 0.
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("report acknowledged by broker") {
-        assert!(
-            std::time::Instant::now() < end,
-            "no PUBACK for the report:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_log("report acknowledged by broker", Duration::from_secs(10));
     assert_eq!(
         agent.terminate(),
         Some(0),
@@ -362,15 +338,7 @@ async fn agent_killed_mid_apply_reapplies_and_reports_once() {
         )
         .await
         .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.log().contains("applying desired config") {
-        assert!(
-            std::time::Instant::now() < end,
-            "agent never started applying:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.wait_log("applying desired config", Duration::from_secs(10));
     tokio::time::sleep(Duration::from_millis(400)).await;
     agent.kill9();
     assert!(
