@@ -59,34 +59,6 @@ async fn wait_report(
     }
 }
 
-async fn wait_report_or(
-    cloud: &Cloud,
-    id: &str,
-    within: Duration,
-    agent: &AgentProc,
-    broker: &Mosquitto,
-) -> ReceivedReport {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(r) = cloud.report(id) {
-            return r;
-        }
-        if tokio::time::Instant::now() > end {
-            panic!(
-                "no {id}\n--- broker ---\n{}\n--- agent ---\n{}",
-                broker.log(),
-                agent
-                    .log()
-                    .lines()
-                    .filter(|l| !l.contains("sled"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 fn code_of(r: &ReceivedReport, name: &str) -> Code {
     r.report
         .settings
@@ -284,14 +256,7 @@ async fn report_in_the_outbox_survives_a_kill_and_keeps_its_id() {
 
     broker.restart();
     agent.restart();
-    let r = wait_report_or(
-        &cloud,
-        "gw-e2e:p1:v1",
-        Duration::from_secs(30),
-        &agent,
-        &broker,
-    )
-    .await;
+    let r = wait_report(&cloud, "gw-e2e:p1:v1", Duration::from_secs(30), &agent).await;
     assert_eq!(r.report.status, ReportStatus::Applied);
     // Once acknowledged, the outbox drains; a graceful stop flushes that and exits 0.
     agent.wait_log("report acknowledged by broker", Duration::from_secs(10));
