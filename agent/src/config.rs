@@ -61,6 +61,8 @@ pub struct BrokerConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max_ms: u64,
+    /// `[broker.tls]`: connect with TLS (and optionally a client certificate).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// How the reconciler applies and verifies settings.
@@ -346,6 +348,27 @@ community = "private"
         let c = AgentConfig::load(path).unwrap();
         assert_eq!(c.printers.len(), 1);
         assert_eq!(c.apply.settle_ms, ApplyConfig::default().settle_ms);
+        assert!(c.broker.tls.is_none());
+        // The commented TLS section, switched on, parses as documented.
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("# [broker.tls]", "[broker.tls]")
+            .replace("# ca_file =", "ca_file =")
+            .replace("# cert_file =", "cert_file =")
+            .replace("# key_file =", "key_file =");
+        let tls = parse(&text).unwrap().broker.tls.unwrap();
+        assert_eq!(tls.ca_file, Path::new("/etc/platen/ca.pem"));
+        assert_eq!(tls.key_file.unwrap(), Path::new("/etc/platen/gw-01.key"));
+    }
+
+    #[test]
+    fn unknown_tls_field_is_named() {
+        let err = parse(&GOOD.replace(
+            "[broker]",
+            "[broker.tls]\nca_file = \"/x\"\ncafile = \"/y\"\n\n[broker]",
+        ))
+        .unwrap_err();
+        assert!(err.contains("cafile"), "{err}");
     }
 
     #[test]

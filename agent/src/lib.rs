@@ -17,4 +17,5 @@ pub mod run;
 pub mod secret;
 pub mod snmp;
 pub mod store;
+pub mod tls;
 pub mod verdict;

@@ -43,6 +43,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // No colour escapes in files and the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -95,6 +97,9 @@ fn main() -> ExitCode {
 
 fn check(file: &std::path::Path) -> Result<usize, String> {
     let cfg = AgentConfig::load(file).map_err(|e| e.to_string())?;
+    if let Some(tls) = &cfg.broker.tls {
+        platen_agent::tls::client_config(tls).map_err(|e| format!("broker.tls: {e}"))?;
+    }
     for p in &cfg.printers {
         platen_agent::catalog::Profile::load(&p.profile)
             .map_err(|e| format!("printer {}: {e}", p.id))?;

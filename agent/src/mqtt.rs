@@ -105,6 +105,7 @@ impl MqttLink {
     /// receiver and must be acknowledged with [`MqttLink::ack`] once persisted.
     pub fn start(
         cfg: &AgentConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
         store: Store,
         subscriptions: Vec<String>,
     ) -> (MqttLink, mpsc::UnboundedReceiver<Publish>, LinkTasks) {
@@ -134,6 +135,11 @@ impl MqttLink {
             opts.set_credentials(u.clone(), p.expose().to_string());
         } else if let Some(u) = &b.username {
             opts.set_credentials(u.clone(), String::new());
+        }
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 4 * WINDOW + 64);
         // Small MQTT packets must not wait for Nagle + delayed ACK (~40 ms per hop).

@@ -23,6 +23,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error("broker TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("printer {printer}: {source}")]
     Snmp {
         printer: Id,
@@ -74,6 +76,13 @@ impl AgentHandle {
 
 /// Start the agent described by `cfg`.
 pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
+    // TLS material first: a bad certificate must stop the agent before it does anything.
+    let tls = cfg
+        .broker
+        .tls
+        .as_ref()
+        .map(crate::tls::client_config)
+        .transpose()?;
     let store = Store::open(&cfg.state_dir)?;
     let params = ApplyParams::from(&cfg.apply);
     let transport = SharedTransport::bind().await.map_err(RunError::Socket)?;
@@ -121,7 +130,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
     }
 
     let filters = mqtt::desired_filters(cfg.printers.iter().map(|p| (p.tenant(&cfg), &p.id)));
-    let (link, mut inbound, link_tasks) = MqttLink::start(&cfg, store.clone(), filters);
+    let (link, mut inbound, link_tasks) = MqttLink::start(&cfg, tls, store.clone(), filters);
     let (l, s) = (link.clone(), store.clone());
     let mut stop = stop_rx.clone();
     workers.push(tokio::spawn(async move {

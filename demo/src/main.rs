@@ -122,6 +122,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "error,rumqttd=off,async_snmp=off".into()),
         )
         .with_writer(std::io::stderr)
+        // No colour escapes in files and the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match demo().await {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,8 @@
 //! Binaries are taken from the same target directory as the test executable; run
 //! `cargo build --workspace --bins` first (`scripts/test` does).
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -95,20 +97,42 @@ fn kill(child: &mut Child, signal: &str) {
     let _ = child.wait();
 }
 
-/// A Mosquitto broker on a free port.
+/// A TLS listener for [`Mosquitto::start_tls`].
+pub struct TlsListener {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Refuse clients without a certificate signed by `ca_file`.
+    pub require_certificate: bool,
+}
+
+/// A Mosquitto broker on a free port (plain MQTT on `port`; TLS on `tls_port` if asked).
 pub struct Mosquitto {
     pub port: u16,
+    pub tls_port: Option<u16>,
     dir: tempfile::TempDir,
     persistence: bool,
+    tls: Option<TlsListener>,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     pub fn start(persistence: bool) -> Mosquitto {
+        Self::start_with(persistence, None)
+    }
+
+    /// Plain listener on `port` (for the cloud in tests) and a TLS listener on `tls_port`.
+    pub fn start_tls(tls: TlsListener) -> Mosquitto {
+        Self::start_with(false, Some(tls))
+    }
+
+    fn start_with(persistence: bool, tls: Option<TlsListener>) -> Mosquitto {
         let mut m = Mosquitto {
             port: free_tcp_port(),
+            tls_port: tls.as_ref().map(|_| free_tcp_port()),
             dir: tempfile::tempdir().expect("tempdir"),
             persistence,
+            tls,
             child: None,
         };
         m.launch();
@@ -122,6 +146,15 @@ impl Mosquitto {
             "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 10000\n",
             self.port
         );
+        if let (Some(tls), Some(port)) = (&self.tls, self.tls_port) {
+            text.push_str(&format!(
+                "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.ca_file.display(),
+                tls.cert_file.display(),
+                tls.key_file.display(),
+                tls.require_certificate
+            ));
+        }
         if self.persistence {
             // Started as root, mosquitto drops to its own user: give it a directory it can write.
             let data = self.dir.path().join("data");
@@ -147,12 +180,13 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
-        assert!(
-            wait_tcp(self.port, Duration::from_secs(10)),
-            "mosquitto did not listen on {}: {}",
-            self.port,
-            self.log()
-        );
+        for port in std::iter::once(self.port).chain(self.tls_port) {
+            assert!(
+                wait_tcp(port, Duration::from_secs(10)),
+                "mosquitto did not listen on {port}: {}",
+                self.log()
+            );
+        }
     }
 
     pub fn log(&self) -> String {
@@ -456,6 +490,18 @@ impl AgentProc {
         }
     }
 
+    /// The exit code if the agent has exited (without waiting); -1 for a signal.
+    pub fn try_exit_code(&mut self) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.child = None;
+                Some(status.code().unwrap_or(-1))
+            }
+            _ => None,
+        }
+    }
+
     /// SIGTERM; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -473,4 +519,69 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+// ---- helpers shared by the end-to-end tests (cloud side) ----
+
+use platen_cloud::{Cloud, ReceivedReport};
+use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
+use std::collections::BTreeMap;
+
+pub fn tenant() -> Id {
+    "acme".parse().unwrap()
+}
+
+pub fn desired(printer: &str, version: u64, settings: &[(&str, SettingValue)]) -> DesiredConfig {
+    DesiredConfig {
+        printer_id: printer.parse().unwrap(),
+        version,
+        issued_at: chrono::Utc::now(),
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+pub fn t(s: &str) -> SettingValue {
+    SettingValue::Text(s.into())
+}
+
+pub async fn start_cloud(port: u16, dir: &std::path::Path) -> Cloud {
+    let cloud = Cloud::start("127.0.0.1", port, "platen-cloud-test", &dir.join("cloud")).unwrap();
+    assert!(
+        cloud.wait_connected(Duration::from_secs(10)).await,
+        "cloud could not connect"
+    );
+    cloud
+}
+
+pub async fn wait_report(
+    cloud: &Cloud,
+    report_id: &str,
+    within: Duration,
+    agent: &AgentProc,
+) -> ReceivedReport {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(r) = cloud.report(report_id) {
+            return r;
+        }
+        if tokio::time::Instant::now() > end {
+            panic!(
+                "report {report_id} did not arrive within {within:?}\n--- agent log ---\n{}",
+                agent.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn code_of(r: &ReceivedReport, name: &str) -> Code {
+    r.report
+        .settings
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no setting {name}"))
+        .code
 }

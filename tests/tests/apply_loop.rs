@@ -1,72 +1,11 @@
 //! End to end: real Mosquitto, the simulator and the agent as processes, the cloud
 //! stub in-process; net-snmp's snmpd and tools for interoperability.
 
-use platen_cloud::{Cloud, ReceivedReport};
 use platen_e2e::*;
-use platen_protocol::{Code, DesiredConfig, Id, ReportStatus, SettingValue};
-use std::collections::BTreeMap;
+use platen_protocol::{Code, ReportStatus, SettingValue};
 use std::time::Duration;
 
 const SYS_LOCATION: &str = "1.3.6.1.2.1.1.6.0";
-
-fn tenant() -> Id {
-    "acme".parse().unwrap()
-}
-
-fn desired(printer: &str, version: u64, settings: &[(&str, SettingValue)]) -> DesiredConfig {
-    DesiredConfig {
-        printer_id: printer.parse().unwrap(),
-        version,
-        issued_at: chrono::Utc::now(),
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
-
-fn t(s: &str) -> SettingValue {
-    SettingValue::Text(s.into())
-}
-
-async fn start_cloud(port: u16, dir: &std::path::Path) -> Cloud {
-    let cloud = Cloud::start("127.0.0.1", port, "platen-cloud-test", &dir.join("cloud")).unwrap();
-    assert!(
-        cloud.wait_connected(Duration::from_secs(10)).await,
-        "cloud could not connect"
-    );
-    cloud
-}
-
-async fn wait_report(
-    cloud: &Cloud,
-    report_id: &str,
-    within: Duration,
-    agent: &AgentProc,
-) -> ReceivedReport {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(r) = cloud.report(report_id) {
-            return r;
-        }
-        if tokio::time::Instant::now() > end {
-            panic!(
-                "report {report_id} did not arrive within {within:?}\n--- agent log ---\n{}",
-                agent.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn code_of(r: &ReceivedReport, name: &str) -> Code {
-    r.report
-        .settings
-        .iter()
-        .find(|s| s.name == name)
-        .unwrap_or_else(|| panic!("no setting {name}"))
-        .code
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_verify_report_and_read_only_setting() {
