@@ -7,6 +7,10 @@
 //! so reports sent while it is offline are delivered when it returns.
 //! The contract engine and compensation come on top of this (see the issues).
 
+pub mod compensation;
+pub mod model;
+pub mod period;
+
 use chrono::{DateTime, Utc};
 use platen_protocol::{codec, ApplyReport, DesiredConfig, Id, Topic, MAX_MESSAGE_BYTES};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
