@@ -7,9 +7,14 @@
 //! so reports sent while it is offline are delivered when it returns.
 //! The contract engine and compensation come on top of this (see the issues).
 
+pub mod api;
 pub mod compensation;
+pub mod contracts;
+pub mod engine;
 pub mod model;
+pub mod ops;
 pub mod period;
+pub mod server;
 
 use chrono::{DateTime, Utc};
 use platen_protocol::{codec, ApplyReport, DesiredConfig, Id, Topic, MAX_MESSAGE_BYTES};
@@ -56,10 +61,15 @@ pub struct Counters {
     pub refused: AtomicU64,
 }
 
+fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String {
+    format!("{tenant}/{printer}/{version:020}/{report_id}")
+}
+
 #[derive(Clone)]
 pub struct Cloud {
     client: AsyncClient,
     reports: sled::Tree,
+    report_index: sled::Tree,
     db: sled::Db,
     publish_lock: Arc<Mutex<()>>,
     pubacks: broadcast::Sender<u16>,
@@ -79,6 +89,7 @@ impl Cloud {
         std::fs::create_dir_all(state_dir).map_err(|e| CloudError::Store(sled::Error::Io(e)))?;
         let db = sled::open(state_dir.join("db"))?;
         let reports = db.open_tree("reports")?;
+        let report_index = db.open_tree("report_index")?;
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -94,6 +105,7 @@ impl Cloud {
         let cloud = Cloud {
             client: client.clone(),
             reports,
+            report_index,
             db,
             publish_lock: Arc::new(Mutex::new(())),
             pubacks: pubacks.clone(),
@@ -174,8 +186,8 @@ impl Cloud {
                 reason,
             })
         };
-        let printer = match topic.parse::<Topic>() {
-            Ok(Topic::ConfigReport { printer, .. }) => printer,
+        let (tenant, printer) = match topic.parse::<Topic>() {
+            Ok(Topic::ConfigReport { tenant, printer }) => (tenant, printer),
             Ok(_) => return refused("not a report topic".into()),
             Err(e) => return refused(e.to_string()),
         };
@@ -196,15 +208,29 @@ impl Cloud {
         let bytes = serde_json::to_vec(&rec).map_err(|e| CloudError::Invalid(e.to_string()))?;
         let id = rec.report.report_id.clone();
         // Insert only if absent: the first delivery wins, later ones are duplicates.
-        match self
-            .reports
-            .compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
-        {
-            Ok(()) => {
-                self.reports.flush()?;
-                Ok(ReportEvent::New(Box::new(rec)))
-            }
-            Err(_) => Ok(ReportEvent::Duplicate { report_id: id }),
+        // The report and its index entry are written in one transaction.
+        use sled::Transactional;
+        let key = index_key(&tenant, &printer, rec.report.config_version, &id);
+        let inserted = (&self.reports, &self.report_index)
+            .transaction(|(reports, index)| {
+                if reports.get(id.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                reports.insert(id.as_bytes(), bytes.as_slice())?;
+                index.insert(key.as_bytes(), id.as_bytes())?;
+                Ok(true)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => CloudError::Store(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    CloudError::Invalid("transaction aborted".into())
+                }
+            })?;
+        if inserted {
+            self.db.flush()?;
+            Ok(ReportEvent::New(Box::new(rec)))
+        } else {
+            Ok(ReportEvent::Duplicate { report_id: id })
         }
     }
 
@@ -250,6 +276,23 @@ impl Cloud {
             .filter_map(|kv| kv.ok())
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect()
+    }
+
+    /// Reports for `tenant`/`printer` with version ≥ `min_version`, oldest version first.
+    pub fn reports_for(&self, tenant: &Id, printer: &Id, min_version: u64) -> Vec<ReceivedReport> {
+        let prefix = format!("{tenant}/{printer}/");
+        let start = index_key(tenant, printer, min_version, "");
+        self.report_index
+            .range(start.as_bytes()..)
+            .filter_map(|kv| kv.ok())
+            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+            .filter_map(|(_, id)| self.report(&String::from_utf8_lossy(&id)))
+            .collect()
+    }
+
+    /// The sled database (the contract store keeps its trees in it too).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     pub fn report(&self, report_id: &str) -> Option<ReceivedReport> {

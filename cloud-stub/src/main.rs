@@ -1,4 +1,9 @@
-//! `platen-cloud` command line (stub): publish desired configs, collect reports.
+//! `platen-cloud` command line.
+//!
+//! `serve` runs the cloud: MQTT (reports in, desired configs out), the setup and
+//! compensation engine, and the HTTP API. `tenant`, `plan`, `contract` and `ledger`
+//! are clients of that API (`--api`). `publish`, `collect` and `reports` talk MQTT
+//! directly (diagnostics).
 
 use clap::{Parser, Subcommand};
 use platen_cloud::{Cloud, ReportEvent};
@@ -52,6 +57,337 @@ enum Command {
     },
     /// Print every stored report as a JSON line.
     Reports,
+    /// Run the cloud: report collection, setup engine, compensation, HTTP API.
+    /// Prints `api <address>` then `ready`; SIGTERM or Ctrl-C stops it.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api_listen: std::net::SocketAddr,
+        /// Base URL of the service provider.
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        provider_url: String,
+        /// A published config without a report after this long is a fault.
+        #[arg(long, default_value_t = 60)]
+        report_deadline_secs: u64,
+        /// After a failed attempt, publish the settings again after this long.
+        #[arg(long, default_value_t = 30)]
+        republish_after_secs: u64,
+        /// How often open changes are re-examined.
+        #[arg(long, default_value_t = 500)]
+        tick_ms: u64,
+    },
+    /// Tenants (HTTP API client).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCmd,
+    },
+    /// Plans (HTTP API client).
+    Plan {
+        #[command(subcommand)]
+        command: PlanCmd,
+    },
+    /// Contracts (HTTP API client).
+    Contract {
+        #[command(subcommand)]
+        command: ContractCmd,
+    },
+    /// List the compensation ledger (HTTP API client).
+    Ledger {
+        #[arg(long)]
+        contract: Option<Id>,
+        #[arg(long)]
+        tenant: Option<Id>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    Create {
+        #[arg(long)]
+        id: Id,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    /// Create a plan from a JSON or TOML file (see packaging/plans.example.toml).
+    Create {
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContractCmd {
+    Create {
+        #[arg(long)]
+        id: Id,
+        #[arg(long)]
+        tenant: Id,
+        #[arg(long = "printer", required = true)]
+        printers: Vec<Id>,
+        #[arg(long)]
+        plan: Id,
+        /// RFC 3339; default now.
+        #[arg(long)]
+        effective_at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "UTC")]
+        time_zone: String,
+        #[arg(long)]
+        currency: String,
+        /// NAME=VALUE overrides on the plan's config template.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        settings: Vec<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    /// Change the plan and/or settings.
+    Change {
+        id: Id,
+        #[arg(long)]
+        plan: Option<Id>,
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        settings: Vec<String>,
+        #[arg(long)]
+        effective_at: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    /// Status: plan, changes, faults, page caps, credits.
+    Show {
+        id: Id,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+    /// The evidence timeline.
+    Timeline {
+        id: Id,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+    },
+}
+
+fn settings_map(list: &[String]) -> Result<BTreeMap<String, SettingValue>, String> {
+    list.iter()
+        .map(|s| parse_setting(s).map_err(|e| format!("--set {e}")))
+        .collect()
+}
+
+/// Call the API; print the JSON answer (pretty) or the error. Exit 0 / 1 / 2.
+async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> ExitCode {
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut req = client.request(method, &url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot reach the API at {url}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    if status.is_success() {
+        println!("{pretty}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("HTTP {status}\n{pretty}");
+        ExitCode::FAILURE
+    }
+}
+
+fn read_plan(file: &std::path::Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if file.extension().is_some_and(|e| e == "toml") {
+        let v: toml::Value =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        serde_json::to_value(v).map_err(|e| format!("{}: {e}", file.display()))
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+async fn client(command: Command) -> ExitCode {
+    use reqwest::Method;
+    let fail = |e: String| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    };
+    match command {
+        Command::Tenant {
+            command: TenantCmd::Create { id, name, api },
+        } => {
+            call(
+                Method::POST,
+                format!("{api}/v1/tenants"),
+                Some(serde_json::json!({"id": id, "name": name})),
+            )
+            .await
+        }
+        Command::Tenant {
+            command: TenantCmd::List { api },
+        } => call(Method::GET, format!("{api}/v1/tenants"), None).await,
+        Command::Plan {
+            command: PlanCmd::Create { file, api },
+        } => match read_plan(&file) {
+            Ok(v) => call(Method::POST, format!("{api}/v1/plans"), Some(v)).await,
+            Err(e) => fail(e),
+        },
+        Command::Plan {
+            command: PlanCmd::List { api },
+        } => call(Method::GET, format!("{api}/v1/plans"), None).await,
+        Command::Contract {
+            command:
+                ContractCmd::Create {
+                    id,
+                    tenant,
+                    printers,
+                    plan,
+                    effective_at,
+                    time_zone,
+                    currency,
+                    settings,
+                    api,
+                },
+        } => {
+            let settings = match settings_map(&settings) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let body = serde_json::json!({
+                "id": id, "tenant": tenant, "printers": printers, "plan": plan,
+                "effective_at": effective_at, "time_zone": time_zone, "currency": currency, "settings": settings,
+            });
+            call(Method::POST, format!("{api}/v1/contracts"), Some(body)).await
+        }
+        Command::Contract {
+            command:
+                ContractCmd::Change {
+                    id,
+                    plan,
+                    settings,
+                    effective_at,
+                    api,
+                },
+        } => {
+            let settings = match settings_map(&settings) {
+                Ok(s) => s,
+                Err(e) => return fail(e),
+            };
+            let body = serde_json::json!({"plan": plan, "settings": settings, "effective_at": effective_at});
+            call(
+                Method::POST,
+                format!("{api}/v1/contracts/{id}/changes"),
+                Some(body),
+            )
+            .await
+        }
+        Command::Contract {
+            command: ContractCmd::Show { id, api },
+        } => call(Method::GET, format!("{api}/v1/contracts/{id}"), None).await,
+        Command::Contract {
+            command: ContractCmd::Timeline { id, api },
+        } => {
+            call(
+                Method::GET,
+                format!("{api}/v1/contracts/{id}/timeline"),
+                None,
+            )
+            .await
+        }
+        Command::Ledger {
+            contract,
+            tenant,
+            api,
+        } => {
+            let mut q = Vec::new();
+            if let Some(c) = contract {
+                q.push(format!("contract={c}"));
+            }
+            if let Some(t) = tenant {
+                q.push(format!("tenant={t}"));
+            }
+            call(
+                Method::GET,
+                format!("{api}/v1/ledger?{}", q.join("&")),
+                None,
+            )
+            .await
+        }
+        _ => fail("not an API command".into()),
+    }
+}
+
+async fn serve(
+    cli: &Cli,
+    api_listen: std::net::SocketAddr,
+    engine: platen_cloud::engine::EngineConfig,
+) -> ExitCode {
+    let cfg = platen_cloud::server::ServerConfig {
+        broker_host: cli.host.clone(),
+        broker_port: cli.port,
+        client_id: cli.client_id.clone(),
+        state_dir: cli.state_dir.clone(),
+        api_listen,
+        engine,
+    };
+    let server = match platen_cloud::server::Server::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("api {}", server.api_addr());
+    println!("ready");
+    wait_for_signal().await;
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn parse_setting(s: &str) -> Result<(String, SettingValue), String> {
@@ -76,6 +412,31 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Serve {
+            api_listen,
+            provider_url,
+            report_deadline_secs,
+            republish_after_secs,
+            tick_ms,
+        } => {
+            let engine = platen_cloud::engine::EngineConfig {
+                tick: Duration::from_millis(*tick_ms),
+                report_deadline: Duration::from_secs(*report_deadline_secs),
+                republish_after: Duration::from_secs(*republish_after_secs),
+                provider_url: provider_url.clone(),
+                ..Default::default()
+            };
+            return serve(&cli, *api_listen, engine).await;
+        }
+        Command::Tenant { .. }
+        | Command::Plan { .. }
+        | Command::Contract { .. }
+        | Command::Ledger { .. } => {
+            return client(cli.command).await;
+        }
+        _ => {}
+    }
     let cloud = match Cloud::start(&cli.host, cli.port, &cli.client_id, &cli.state_dir) {
         Ok(c) => c,
         Err(e) => {
@@ -166,5 +527,6 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        _ => ExitCode::from(2),
     }
 }

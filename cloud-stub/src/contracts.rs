@@ -1,0 +1,436 @@
+//! Durable contract state in sled: tenants, plans, contracts, contract changes with
+//! their setup state, the append-only evidence timeline, and the idempotent ledger.
+//!
+//! Trees (one sled database with the report store):
+//! * `tenants`, `plans`, `contracts`: id → JSON;
+//! * `changes`: change id → [`ChangeRecord`] JSON (the change and its setup state);
+//! * `versions`: `{tenant}/{printer}` → last published config version (u64 BE);
+//! * `timeline`: `{change id}/{seq:020}` → [`TimelineEntry`] JSON, never rewritten;
+//! * `ledger`: `{change id}/{period}` → [`LedgerEntry`] JSON, inserted only if absent;
+//! * `shipments_sent`: ledger key → time the provider accepted the order.
+//!
+//! Every write is flushed before the call returns.
+
+use crate::compensation::{NotOwed, Part};
+use crate::model::{ChangeKind, Contract, ContractChange, Plan, Tenant};
+use chrono::{DateTime, Utc};
+use platen_protocol::{Id, ReportStatus};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key} is unreadable: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// A fault determination, with when and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultNote {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Device-side setup of one printer for one change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrinterSetup {
+    /// The versions published for this change, with their publication times.
+    pub published: BTreeMap<u64, DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub confirmed_version: Option<u64>,
+    /// Report ids already entered in the timeline.
+    pub seen_reports: BTreeSet<String>,
+    /// When the latest version was judged failed (a re-publish follows later).
+    pub failed_at: Option<DateTime<Utc>>,
+    pub deadline_noted: bool,
+}
+
+impl PrinterSetup {
+    pub fn latest(&self) -> Option<(u64, DateTime<Utc>)> {
+        self.published.iter().next_back().map(|(v, t)| (*v, *t))
+    }
+}
+
+/// Provider-side setup of one printer's service for one change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSetup {
+    pub set_up: bool,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Setup state of a change; advanced by the engine, persisted after every step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupState {
+    pub printers: BTreeMap<Id, PrinterSetup>,
+    pub services: BTreeMap<Id, ServiceSetup>,
+    pub config_fault: Option<FaultNote>,
+    pub service_fault: Option<FaultNote>,
+    /// T1: the later of the config and the service confirmations.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The final decision is recorded and every shipment accepted: nothing left to do.
+    pub settled: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub change: ContractChange,
+    pub setup: SetupState,
+}
+
+/// One line of evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    ChangeRequested {
+        change: ChangeKind,
+        plan: Id,
+        effective_at: DateTime<Utc>,
+    },
+    ConfigPublished {
+        printer: Id,
+        version: u64,
+        settings: usize,
+    },
+    ReportReceived {
+        printer: Id,
+        version: u64,
+        report_id: String,
+        status: ReportStatus,
+        /// min(report completed_at, received by the cloud), not before publication.
+        report_time: DateTime<Utc>,
+        codes: BTreeMap<String, u16>,
+    },
+    ConfigConfirmed {
+        printer: Id,
+        version: u64,
+        at: DateTime<Utc>,
+    },
+    ConfigFault {
+        printer: Id,
+        reason: String,
+    },
+    ProviderCall {
+        call: String,
+        printer: Option<Id>,
+        ok: bool,
+        result: String,
+    },
+    ServiceConfirmed {
+        printer: Id,
+        at: DateTime<Utc>,
+    },
+    ServiceFault {
+        printer: Id,
+        reason: String,
+    },
+    SetupCompleted {
+        t0: DateTime<Utc>,
+        t1: DateTime<Utc>,
+        config_confirmed_at: DateTime<Utc>,
+        service_confirmed_at: DateTime<Utc>,
+    },
+    NoCompensation {
+        #[serde(flatten)]
+        reason: NotOwed,
+    },
+    Compensation {
+        ledger_key: String,
+        currency: String,
+        part: Box<Part>,
+    },
+    ShipmentAccepted {
+        ledger_key: String,
+        item: String,
+        quantity: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub change_id: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// One compensation: at most one per (change, period), never rewritten.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// `{change id}/{period}`: deterministic, so a recomputation finds it.
+    pub key: String,
+    pub tenant: Id,
+    pub contract: Id,
+    pub change_id: String,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub part: Part,
+}
+
+pub fn ledger_key(change_id: &str, period_label: &str) -> String {
+    format!("{change_id}/{period_label}")
+}
+
+#[derive(Clone)]
+pub struct ContractStore {
+    db: sled::Db,
+    tenants: sled::Tree,
+    plans: sled::Tree,
+    contracts: sled::Tree,
+    changes: sled::Tree,
+    versions: sled::Tree,
+    timeline: sled::Tree,
+    ledger: sled::Tree,
+    shipments_sent: sled::Tree,
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("plain data serializes")
+}
+
+/// Result of an insert-if-absent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Exists,
+}
+
+impl ContractStore {
+    pub fn open(db: &sled::Db) -> Result<ContractStore, StoreError> {
+        Ok(ContractStore {
+            db: db.clone(),
+            tenants: db.open_tree("tenants")?,
+            plans: db.open_tree("plans")?,
+            contracts: db.open_tree("contracts")?,
+            changes: db.open_tree("changes")?,
+            versions: db.open_tree("versions")?,
+            timeline: db.open_tree("timeline")?,
+            ledger: db.open_tree("ledger")?,
+            shipments_sent: db.open_tree("shipments_sent")?,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+        match tree.get(key.as_bytes())? {
+            Some(v) => Ok(Some(decode(key.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn insert_new<T: Serialize>(
+        tree: &sled::Tree,
+        key: &str,
+        v: &T,
+    ) -> Result<Inserted, StoreError> {
+        let r = tree.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(encode(v)))?;
+        tree.flush()?;
+        Ok(if r.is_ok() {
+            Inserted::New
+        } else {
+            Inserted::Exists
+        })
+    }
+
+    pub fn add_tenant(&self, t: &Tenant) -> Result<Inserted, StoreError> {
+        Self::insert_new(&self.tenants, t.id.as_str(), t)
+    }
+    pub fn tenant(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        Self::get(&self.tenants, id)
+    }
+    pub fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        Self::all(&self.tenants)
+    }
+
+    pub fn add_plan(&self, p: &Plan) -> Result<Inserted, StoreError> {
+        Self::insert_new(&self.plans, p.id.as_str(), p)
+    }
+    pub fn plan(&self, id: &str) -> Result<Option<Plan>, StoreError> {
+        Self::get(&self.plans, id)
+    }
+    pub fn plans(&self) -> Result<Vec<Plan>, StoreError> {
+        Self::all(&self.plans)
+    }
+
+    pub fn contract(&self, id: &str) -> Result<Option<Contract>, StoreError> {
+        Self::get(&self.contracts, id)
+    }
+    pub fn contracts(&self) -> Result<Vec<Contract>, StoreError> {
+        Self::all(&self.contracts)
+    }
+
+    /// Create a contract and its start change atomically (both or neither).
+    pub fn create_contract(
+        &self,
+        c: &Contract,
+        start: &ContractChange,
+    ) -> Result<Inserted, StoreError> {
+        use sled::Transactional;
+        let rec = ChangeRecord {
+            change: start.clone(),
+            setup: SetupState::default(),
+        };
+        let r = (&self.contracts, &self.changes).transaction(|(contracts, changes)| {
+            if contracts.get(c.id.as_str())?.is_some() {
+                return Ok(Inserted::Exists);
+            }
+            contracts.insert(c.id.as_str(), encode(c))?;
+            changes.insert(start.id.as_str(), encode(&rec))?;
+            Ok(Inserted::New)
+        });
+        let r = r.map_err(|e: sled::transaction::TransactionError<()>| match e {
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+            sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                key: c.id.to_string(),
+                message: "transaction aborted".into(),
+            },
+        })?;
+        self.db.flush()?;
+        Ok(r)
+    }
+
+    /// Add a change (its id must be new).
+    pub fn add_change(&self, change: &ContractChange) -> Result<Inserted, StoreError> {
+        let rec = ChangeRecord {
+            change: change.clone(),
+            setup: SetupState::default(),
+        };
+        Self::insert_new(&self.changes, &change.id, &rec)
+    }
+
+    pub fn save_change(&self, rec: &ChangeRecord) -> Result<(), StoreError> {
+        self.changes.insert(rec.change.id.as_bytes(), encode(rec))?;
+        self.changes.flush()?;
+        Ok(())
+    }
+
+    pub fn change(&self, id: &str) -> Result<Option<ChangeRecord>, StoreError> {
+        Self::get(&self.changes, id)
+    }
+
+    /// Changes of one contract in order.
+    pub fn changes_of(&self, contract: &Id) -> Result<Vec<ChangeRecord>, StoreError> {
+        let prefix = format!("{contract}.");
+        let mut v: Vec<ChangeRecord> = self
+            .changes
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        v.sort_by_key(|r| r.change.seq);
+        Ok(v)
+    }
+
+    pub fn open_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        Ok(Self::all::<ChangeRecord>(&self.changes)?
+            .into_iter()
+            .filter(|r| !r.setup.settled)
+            .collect())
+    }
+
+    /// Next config version for a printer (monotonic across contracts and restarts).
+    pub fn next_version(&self, tenant: &Id, printer: &Id) -> Result<u64, StoreError> {
+        let key = format!("{tenant}/{printer}");
+        let v = self.versions.update_and_fetch(key.as_bytes(), |old| {
+            let n = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((n + 1).to_be_bytes().to_vec())
+        })?;
+        self.versions.flush()?;
+        Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(1))
+    }
+
+    pub fn append(&self, change_id: &str, event: Event) -> Result<TimelineEntry, StoreError> {
+        let seq = self.db.generate_id()?;
+        let entry = TimelineEntry {
+            seq,
+            at: Utc::now(),
+            change_id: change_id.to_string(),
+            event,
+        };
+        let key = format!("{change_id}/{seq:020}");
+        self.timeline.insert(key.as_bytes(), encode(&entry))?;
+        self.timeline.flush()?;
+        Ok(entry)
+    }
+
+    pub fn timeline(&self, change_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let prefix = format!("{change_id}/");
+        self.timeline
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn add_ledger(&self, e: &LedgerEntry) -> Result<Inserted, StoreError> {
+        Self::insert_new(&self.ledger, &e.key, e)
+    }
+
+    pub fn ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        Self::get(&self.ledger, key)
+    }
+
+    pub fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        Self::all(&self.ledger)
+    }
+
+    pub fn shipment_sent(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.shipments_sent.contains_key(key.as_bytes())?)
+    }
+
+    pub fn mark_shipment_sent(&self, key: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.shipments_sent.insert(key.as_bytes(), encode(&at))?;
+        self.shipments_sent.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_monotonic_and_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let (t, p): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+        {
+            let db = sled::open(d.path()).unwrap();
+            let s = ContractStore::open(&db).unwrap();
+            assert_eq!(s.next_version(&t, &p).unwrap(), 1);
+            assert_eq!(s.next_version(&t, &p).unwrap(), 2);
+        }
+        let db = sled::open(d.path()).unwrap();
+        let s = ContractStore::open(&db).unwrap();
+        assert_eq!(s.next_version(&t, &p).unwrap(), 3);
+    }
+}

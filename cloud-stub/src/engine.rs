@@ -1,0 +1,771 @@
+//! The setup engine: drives every open contract change to completion and settles
+//! what is owed.
+//!
+//! For each open change, on every tick and whenever a report arrives:
+//! 1. publish the change's settings to each printer as a new version (retained), and
+//!    publish again (a newer version) `republish_after` a failed attempt;
+//! 2. read the reports for those versions: a report confirms when every required
+//!    setting has code 200; a `not_applied` / `partially_applied` report, or no report
+//!    within `report_deadline`, is a fault in config distribution;
+//! 3. set the service up at the provider and read its status until it says active; a
+//!    status that cannot be obtained (error, timeout, unreachable) is a fault in the
+//!    service setting; calls are retried with exponential backoff;
+//! 4. T1 = the later of the two confirmations; then [`compensation::decide`] says what
+//!    is owed, and each part goes into the ledger under its deterministic key (once),
+//!    shipments are ordered from the provider under the same key (idempotent there too).
+//!
+//! Every observation goes into the change's timeline. State is saved after each step,
+//! so a restart continues where it stopped and never pays twice.
+
+use crate::compensation::{self, Decision};
+use crate::contracts::{
+    ledger_key, ChangeRecord, ContractStore, Event, FaultNote, Inserted, LedgerEntry, StoreError,
+};
+use crate::model::{Contract, Plan};
+use crate::{Cloud, ReceivedReport};
+use chrono::{DateTime, Utc};
+use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How often open changes are re-examined (reports also wake the engine).
+    pub tick: Duration,
+    /// A published version without a report after this long is a config fault.
+    pub report_deadline: Duration,
+    /// After a failed attempt, publish the settings again (as a newer version) this much later.
+    pub republish_after: Duration,
+    /// Base URL of the service provider, e.g. `http://127.0.0.1:8090`.
+    pub provider_url: String,
+    pub provider_timeout: Duration,
+    /// Upper bound of the provider retry backoff.
+    pub provider_retry_max: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            tick: Duration::from_millis(500),
+            report_deadline: Duration::from_secs(60),
+            republish_after: Duration::from_secs(30),
+            provider_url: "http://127.0.0.1:8090".into(),
+            provider_timeout: Duration::from_secs(5),
+            provider_retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("change {0} refers to a missing {1}")]
+    Missing(String, &'static str),
+}
+
+/// How a report bears on a change's required settings.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportVerdict {
+    Confirms,
+    Fails(String),
+}
+
+/// A report confirms when every required setting is present with code 200.
+pub fn judge_report(
+    r: &ReceivedReport,
+    required: &BTreeMap<String, SettingValue>,
+) -> ReportVerdict {
+    let mut problems = Vec::new();
+    for name in required.keys() {
+        match r.report.settings.iter().find(|s| &s.name == name) {
+            Some(s) if s.code == Code::Verified => {}
+            Some(s) => problems.push(format!("{name}: {} {}", s.code.as_u16(), s.detail)),
+            None => problems.push(format!("{name}: missing from report")),
+        }
+    }
+    if problems.is_empty() {
+        ReportVerdict::Confirms
+    } else {
+        ReportVerdict::Fails(format!(
+            "report {} is {}: {}",
+            r.report.report_id,
+            r.report.status,
+            problems.join("; ")
+        ))
+    }
+}
+
+/// A report's time: min(agent's completed_at, cloud's receipt), never before the
+/// config was published (agents' clocks drift).
+pub fn report_time(r: &ReceivedReport, published_at: DateTime<Utc>) -> DateTime<Utc> {
+    r.report.completed_at.min(r.received_at).max(published_at)
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    cloud: Cloud,
+    store: ContractStore,
+    cfg: EngineConfig,
+    http: reqwest::Client,
+    wake: Arc<Notify>,
+}
+
+fn backoff(base: Duration, attempts: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempts.min(16)).min(max)
+}
+
+fn chrono_dur(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Engine {
+    pub fn new(cloud: Cloud, store: ContractStore, cfg: EngineConfig) -> Engine {
+        let http = reqwest::Client::builder()
+            .timeout(cfg.provider_timeout)
+            .connect_timeout(cfg.provider_timeout)
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        Engine {
+            cloud,
+            store,
+            cfg,
+            http,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &ContractStore {
+        &self.store
+    }
+
+    /// Ask for a step now (after a new contract or change).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Run until `stop` turns true.
+    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut events = self.cloud.subscribe_events();
+            loop {
+                if let Err(e) = self.step_all().await {
+                    warn!(error = %e, "engine step failed; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.tick) => {}
+                    _ = events.recv() => {}
+                    _ = self.wake.notified() => {}
+                    _ = stop.changed() => return,
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// One pass over every open change.
+    pub async fn step_all(&self) -> Result<(), EngineError> {
+        for mut rec in self.store.open_changes()? {
+            let before = rec.clone();
+            let r = self.step(&mut rec).await;
+            if rec != before {
+                self.store.save_change(&rec)?;
+            }
+            if let Err(e) = r {
+                warn!(change = %rec.change.id, error = %e, "change step failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn note(&self, rec: &ChangeRecord, event: Event) -> Result<(), StoreError> {
+        debug!(change = %rec.change.id, ?event, "timeline");
+        self.store.append(&rec.change.id, event).map(|_| ())
+    }
+
+    async fn step(&self, rec: &mut ChangeRecord) -> Result<(), EngineError> {
+        let id = rec.change.id.clone();
+        let contract = self
+            .store
+            .contract(rec.change.contract.as_str())?
+            .ok_or_else(|| EngineError::Missing(id.clone(), "contract"))?;
+        let plan = self
+            .store
+            .plan(rec.change.plan.as_str())?
+            .ok_or_else(|| EngineError::Missing(id.clone(), "plan"))?;
+        if rec.setup.completed_at.is_none() {
+            for printer in &contract.printers {
+                self.config_step(rec, &contract, printer).await?;
+                self.service_step(rec, &contract, &plan, printer).await?;
+            }
+            self.completion_step(rec, &contract)?;
+        }
+        self.compensation_step(rec, &contract, &plan).await
+    }
+
+    async fn config_step(
+        &self,
+        rec: &mut ChangeRecord,
+        contract: &Contract,
+        printer: &Id,
+    ) -> Result<(), EngineError> {
+        let now = Utc::now();
+        let ps = rec.setup.printers.entry(printer.clone()).or_default();
+        if ps.confirmed_at.is_some() {
+            return Ok(());
+        }
+        let republish = match ps.failed_at {
+            _ if ps.published.is_empty() => true,
+            Some(f) => now - f >= chrono_dur(self.cfg.republish_after),
+            None => false,
+        };
+        if republish {
+            let version = self.store.next_version(&contract.tenant, printer)?;
+            let desired = DesiredConfig {
+                printer_id: printer.clone(),
+                version,
+                issued_at: now,
+                settings: rec.change.settings.clone(),
+            };
+            match self.cloud.publish_desired(&contract.tenant, &desired).await {
+                Ok(()) => {
+                    let ps = rec.setup.printers.entry(printer.clone()).or_default();
+                    ps.published.insert(version, Utc::now());
+                    ps.failed_at = None;
+                    ps.deadline_noted = false;
+                    info!(change = %rec.change.id, %printer, version, "config published");
+                    self.note(
+                        rec,
+                        Event::ConfigPublished {
+                            printer: printer.clone(),
+                            version,
+                            settings: desired.settings.len(),
+                        },
+                    )?;
+                }
+                Err(e) => {
+                    // The version number is spent; the next attempt takes a newer one.
+                    warn!(change = %rec.change.id, %printer, error = %e, "publish failed; will retry");
+                    return Ok(());
+                }
+            }
+        }
+        let ps = rec.setup.printers.entry(printer.clone()).or_default();
+        let Some((first, first_at)) = ps.published.iter().next().map(|(v, t)| (*v, *t)) else {
+            return Ok(());
+        };
+        let (latest, latest_at) = ps.latest().unwrap_or((first, first_at));
+        let mut events = Vec::new();
+        let mut fault = None;
+        for r in self.cloud.reports_for(&contract.tenant, printer, first) {
+            if !ps.seen_reports.insert(r.report.report_id.clone()) {
+                continue;
+            }
+            let v = r.report.config_version;
+            // The publication this report answers (ours, or the latest before it).
+            let published_at = ps
+                .published
+                .range(..=v)
+                .next_back()
+                .map(|(_, t)| *t)
+                .unwrap_or(first_at);
+            let at = report_time(&r, published_at);
+            events.push(Event::ReportReceived {
+                printer: printer.clone(),
+                version: v,
+                report_id: r.report.report_id.clone(),
+                status: r.report.status,
+                report_time: at,
+                codes: r
+                    .report
+                    .settings
+                    .iter()
+                    .map(|s| (s.name.clone(), s.code.as_u16()))
+                    .collect(),
+            });
+            match judge_report(&r, &rec.change.settings) {
+                ReportVerdict::Confirms => {
+                    if ps.confirmed_at.is_none() {
+                        ps.confirmed_at = Some(at);
+                        ps.confirmed_version = Some(v);
+                        events.push(Event::ConfigConfirmed {
+                            printer: printer.clone(),
+                            version: v,
+                            at,
+                        });
+                    }
+                }
+                ReportVerdict::Fails(reason) => {
+                    if v >= latest && ps.confirmed_at.is_none() {
+                        ps.failed_at = Some(Utc::now());
+                        fault = Some(reason);
+                    }
+                }
+            }
+        }
+        if ps.confirmed_at.is_none() && ps.failed_at.is_none() && !ps.deadline_noted {
+            let answered = ps
+                .seen_reports
+                .iter()
+                .any(|id| id.ends_with(&format!(":v{latest}")));
+            if !answered && now - latest_at >= chrono_dur(self.cfg.report_deadline) {
+                ps.deadline_noted = true;
+                ps.failed_at = Some(now);
+                fault = Some(format!(
+                    "no report for version {latest} within {} s of its publication",
+                    self.cfg.report_deadline.as_secs()
+                ));
+            }
+        }
+        for e in events {
+            self.note(rec, e)?;
+        }
+        if let Some(reason) = fault {
+            warn!(change = %rec.change.id, %printer, %reason, "config distribution fault");
+            if rec.setup.config_fault.is_none() {
+                rec.setup.config_fault = Some(FaultNote {
+                    at: Utc::now(),
+                    reason: reason.clone(),
+                });
+            }
+            self.note(
+                rec,
+                Event::ConfigFault {
+                    printer: printer.clone(),
+                    reason,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn provider_fault(
+        &self,
+        rec: &mut ChangeRecord,
+        printer: &Id,
+        reason: String,
+    ) -> Result<(), StoreError> {
+        warn!(change = %rec.change.id, %printer, %reason, "service setting fault");
+        if rec.setup.service_fault.is_none() {
+            rec.setup.service_fault = Some(FaultNote {
+                at: Utc::now(),
+                reason: reason.clone(),
+            });
+        }
+        self.note(
+            rec,
+            Event::ServiceFault {
+                printer: printer.clone(),
+                reason,
+            },
+        )
+    }
+
+    fn retry_later(&self, rec: &mut ChangeRecord, printer: &Id) {
+        let ss = rec.setup.services.entry(printer.clone()).or_default();
+        ss.attempts = ss.attempts.saturating_add(1);
+        let wait = backoff(self.cfg.tick, ss.attempts, self.cfg.provider_retry_max);
+        ss.next_attempt_at = Some(Utc::now() + chrono_dur(wait));
+    }
+
+    async fn service_step(
+        &self,
+        rec: &mut ChangeRecord,
+        contract: &Contract,
+        plan: &Plan,
+        printer: &Id,
+    ) -> Result<(), EngineError> {
+        let ss = rec.setup.services.entry(printer.clone()).or_default();
+        if ss.confirmed_at.is_some() || ss.next_attempt_at.is_some_and(|t| Utc::now() < t) {
+            return Ok(());
+        }
+        let url = format!(
+            "{}/v1/services/{}/{}",
+            self.cfg.provider_url.trim_end_matches('/'),
+            contract.id,
+            printer
+        );
+        if !ss.set_up {
+            let body = serde_json::json!({
+                "service": plan.service.name(),
+                "plan": plan.id,
+                "params": plan.service,
+            });
+            let r = self.http.put(&url).json(&body).send().await;
+            match call_result(r).await {
+                Ok(_) => {
+                    rec.setup
+                        .services
+                        .entry(printer.clone())
+                        .or_default()
+                        .set_up = true;
+                    self.note(
+                        rec,
+                        Event::ProviderCall {
+                            call: "setup".into(),
+                            printer: Some(printer.clone()),
+                            ok: true,
+                            result: "accepted".into(),
+                        },
+                    )?;
+                }
+                Err(reason) => {
+                    self.note(
+                        rec,
+                        Event::ProviderCall {
+                            call: "setup".into(),
+                            printer: Some(printer.clone()),
+                            ok: false,
+                            result: reason.clone(),
+                        },
+                    )?;
+                    self.provider_fault(rec, printer, format!("service setup failed: {reason}"))?;
+                    self.retry_later(rec, printer);
+                    return Ok(());
+                }
+            }
+        }
+        let r = self.http.get(&url).send().await;
+        match call_result(r).await {
+            Ok(v) if v.get("status").and_then(|s| s.as_str()) == Some("active") => {
+                let at = Utc::now();
+                let ss = rec.setup.services.entry(printer.clone()).or_default();
+                ss.confirmed_at = Some(at);
+                ss.attempts = 0;
+                self.note(
+                    rec,
+                    Event::ProviderCall {
+                        call: "status".into(),
+                        printer: Some(printer.clone()),
+                        ok: true,
+                        result: "active".into(),
+                    },
+                )?;
+                self.note(
+                    rec,
+                    Event::ServiceConfirmed {
+                        printer: printer.clone(),
+                        at,
+                    },
+                )?;
+            }
+            Ok(v) => {
+                let status = v
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("unknown")
+                    .to_string();
+                self.note(
+                    rec,
+                    Event::ProviderCall {
+                        call: "status".into(),
+                        printer: Some(printer.clone()),
+                        ok: true,
+                        result: status,
+                    },
+                )?;
+                self.retry_later(rec, printer);
+            }
+            Err(reason) => {
+                self.note(
+                    rec,
+                    Event::ProviderCall {
+                        call: "status".into(),
+                        printer: Some(printer.clone()),
+                        ok: false,
+                        result: reason.clone(),
+                    },
+                )?;
+                self.provider_fault(
+                    rec,
+                    printer,
+                    format!("service status unobtainable: {reason}"),
+                )?;
+                self.retry_later(rec, printer);
+            }
+        }
+        Ok(())
+    }
+
+    fn completion_step(
+        &self,
+        rec: &mut ChangeRecord,
+        contract: &Contract,
+    ) -> Result<(), StoreError> {
+        let mut config_at: Option<DateTime<Utc>> = None;
+        let mut service_at: Option<DateTime<Utc>> = None;
+        for p in &contract.printers {
+            match rec.setup.printers.get(p).and_then(|s| s.confirmed_at) {
+                Some(t) => config_at = Some(config_at.map_or(t, |c| c.max(t))),
+                None => return Ok(()),
+            }
+            match rec.setup.services.get(p).and_then(|s| s.confirmed_at) {
+                Some(t) => service_at = Some(service_at.map_or(t, |c| c.max(t))),
+                None => return Ok(()),
+            }
+        }
+        let (Some(c), Some(s)) = (config_at, service_at) else {
+            return Ok(());
+        };
+        let t1 = c.max(s);
+        rec.setup.completed_at = Some(t1);
+        info!(change = %rec.change.id, %t1, "setup completed");
+        self.note(
+            rec,
+            Event::SetupCompleted {
+                t0: rec.change.effective_at,
+                t1,
+                config_confirmed_at: c,
+                service_confirmed_at: s,
+            },
+        )
+    }
+
+    async fn compensation_step(
+        &self,
+        rec: &mut ChangeRecord,
+        contract: &Contract,
+        plan: &Plan,
+    ) -> Result<(), EngineError> {
+        let decision = compensation::decide(&compensation::Input {
+            service: &plan.service,
+            tz: contract.tz(),
+            t0: rec.change.effective_at,
+            t1: rec.setup.completed_at,
+            fault: rec.setup.config_fault.is_some() || rec.setup.service_fault.is_some(),
+            now: Utc::now(),
+        });
+        let (parts, last) = match decision {
+            Decision::Pending => return Ok(()),
+            Decision::NotOwed(reason) => {
+                info!(change = %rec.change.id, ?reason, "no compensation");
+                self.note(rec, Event::NoCompensation { reason })?;
+                rec.setup.settled = true;
+                return Ok(());
+            }
+            Decision::Interim { parts } => (parts, false),
+            Decision::Final { parts } => (parts, true),
+        };
+        let mut all_shipped = true;
+        for part in parts {
+            let key = ledger_key(&rec.change.id, &part.period.label());
+            let entry = LedgerEntry {
+                key: key.clone(),
+                tenant: contract.tenant.clone(),
+                contract: contract.id.clone(),
+                change_id: rec.change.id.clone(),
+                currency: contract.currency.clone(),
+                created_at: Utc::now(),
+                part: part.clone(),
+            };
+            if self.store.add_ledger(&entry)? == Inserted::New {
+                info!(change = %rec.change.id, key, credit = part.fee_credit, "compensation recorded");
+                self.note(
+                    rec,
+                    Event::Compensation {
+                        ledger_key: key.clone(),
+                        currency: contract.currency.clone(),
+                        part: Box::new(part),
+                    },
+                )?;
+            }
+            // The ledger entry is the truth (a recomputation may differ in `now`).
+            let Some(stored) = self.store.ledger_entry(&key)? else {
+                continue;
+            };
+            if let Some(s) = &stored.part.shipment {
+                if s.quantity > 0
+                    && !self.store.shipment_sent(&key)?
+                    && !self.order_shipment(rec, contract, &key, s).await?
+                {
+                    all_shipped = false;
+                }
+            }
+        }
+        if last && all_shipped {
+            rec.setup.settled = true;
+        }
+        Ok(())
+    }
+
+    /// Order a shipment under the ledger key; true when the provider accepted it.
+    async fn order_shipment(
+        &self,
+        rec: &ChangeRecord,
+        contract: &Contract,
+        key: &str,
+        s: &compensation::Shipment,
+    ) -> Result<bool, StoreError> {
+        let url = format!(
+            "{}/v1/shipments",
+            self.cfg.provider_url.trim_end_matches('/')
+        );
+        let body = serde_json::json!({"key": key, "contract": contract.id, "item": s.item, "quantity": s.quantity});
+        let r = self.http.post(&url).json(&body).send().await;
+        match call_result(r).await {
+            Ok(_) => {
+                self.store.mark_shipment_sent(key, Utc::now())?;
+                self.note(
+                    rec,
+                    Event::ShipmentAccepted {
+                        ledger_key: key.into(),
+                        item: s.item.clone(),
+                        quantity: s.quantity,
+                    },
+                )?;
+                Ok(true)
+            }
+            Err(reason) => {
+                self.note(
+                    rec,
+                    Event::ProviderCall {
+                        call: "shipment".into(),
+                        printer: None,
+                        ok: false,
+                        result: reason,
+                    },
+                )?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// A provider call's JSON body, or why it failed (error status, timeout, unreachable).
+async fn call_result(
+    r: Result<reqwest::Response, reqwest::Error>,
+) -> Result<serde_json::Value, String> {
+    let resp = r.map_err(|e| {
+        if e.is_timeout() {
+            "timeout".to_string()
+        } else if e.is_connect() {
+            "unreachable (connection refused)".to_string()
+        } else {
+            format!("request failed: {e}")
+        }
+    })?;
+    let status = resp.status();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("reading answer: {e}"))?;
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(format!("HTTP {status}: {text}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platen_protocol::{ApplyReport, ReportStatus, SettingResult};
+
+    fn report(codes: &[(&str, Code)], completed: &str, received: &str) -> ReceivedReport {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        ReceivedReport {
+            report: ApplyReport {
+                report_id: "gw:p1:v3".into(),
+                agent_id: "gw".parse().unwrap(),
+                printer_id: "p1".parse().unwrap(),
+                config_version: 3,
+                status: ReportStatus::NotApplied,
+                settings: codes
+                    .iter()
+                    .map(|(n, c)| SettingResult {
+                        name: n.to_string(),
+                        desired: SettingValue::Text("x".into()),
+                        read_back: None,
+                        code: *c,
+                        detail: String::new(),
+                        attempts: 1,
+                        verified_at: None,
+                    })
+                    .collect(),
+                received_at: t(completed),
+                completed_at: t(completed),
+            },
+            received_at: t(received),
+        }
+    }
+
+    fn required(names: &[&str]) -> BTreeMap<String, SettingValue> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), SettingValue::Text("x".into())))
+            .collect()
+    }
+
+    #[test]
+    fn report_verdicts() {
+        let t = "2026-01-01T00:00:10Z";
+        let all = report(&[("a", Code::Verified), ("b", Code::Verified)], t, t);
+        assert_eq!(
+            judge_report(&all, &required(&["a", "b"])),
+            ReportVerdict::Confirms
+        );
+        // Settings beyond the required ones do not matter.
+        let extra = report(&[("a", Code::Verified), ("z", Code::NotWritable)], t, t);
+        assert_eq!(
+            judge_report(&extra, &required(&["a"])),
+            ReportVerdict::Confirms
+        );
+        let partial = report(&[("a", Code::Verified), ("b", Code::NotWritable)], t, t);
+        let ReportVerdict::Fails(why) = judge_report(&partial, &required(&["a", "b"])) else {
+            panic!()
+        };
+        assert!(why.contains("b: 403"), "{why}");
+        let ReportVerdict::Fails(why) = judge_report(&all, &required(&["a", "c"])) else {
+            panic!()
+        };
+        assert!(why.contains("c: missing"), "{why}");
+    }
+
+    #[test]
+    fn report_time_is_the_earlier_clock_but_not_before_publication() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let published = t("2026-01-01T00:00:00Z");
+        let cases = [
+            // (agent completed_at, cloud received_at, expected)
+            (
+                "2026-01-01T00:00:05Z",
+                "2026-01-01T00:00:07Z",
+                "2026-01-01T00:00:05Z",
+            ),
+            (
+                "2026-01-01T00:00:09Z",
+                "2026-01-01T00:00:07Z",
+                "2026-01-01T00:00:07Z",
+            ),
+            // Agent clock far behind: clamped to the publication.
+            (
+                "2025-12-31T23:00:00Z",
+                "2026-01-01T00:00:07Z",
+                "2026-01-01T00:00:00Z",
+            ),
+        ];
+        for (c, r, want) in cases {
+            assert_eq!(
+                report_time(&report(&[], c, r), published),
+                t(want),
+                "{c} {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let b = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        assert_eq!(backoff(b, 1, max), Duration::from_millis(200));
+        assert_eq!(backoff(b, 3, max), Duration::from_millis(800));
+        assert_eq!(backoff(b, 40, max), max);
+    }
+}

@@ -1,0 +1,628 @@
+//! Operations on tenants, plans and contracts, with validation and machine-readable
+//! errors. The HTTP API and the CLI are thin layers over these.
+
+use crate::contracts::{
+    ChangeRecord, ContractStore, Event, Inserted, LedgerEntry, StoreError, TimelineEntry,
+};
+use crate::engine::Engine;
+use crate::model::{
+    change_id, check_currency, parse_time_zone, ChangeKind, Contract, ContractChange, Plan,
+    ServiceKind, Tenant,
+};
+use crate::period;
+use chrono::{DateTime, Utc};
+use platen_protocol::{DesiredConfig, Id, SettingValue};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Most printers one contract may cover.
+pub const MAX_PRINTERS: usize = 1000;
+
+/// An error for the API: HTTP status, stable code, message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.code, self.status, self.message)
+    }
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn invalid(message: impl Into<String>) -> ApiError {
+        Self::new(422, "invalid", message)
+    }
+    fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+        Self::new(404, code, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::new(500, "storage", e.to_string())
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewContract {
+    pub id: Id,
+    pub tenant: Id,
+    pub printers: Vec<Id>,
+    pub plan: Id,
+    /// Default: now.
+    pub effective_at: Option<DateTime<Utc>>,
+    pub time_zone: String,
+    pub currency: String,
+    /// Overrides on top of the plan's config template.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRequest {
+    /// A new plan (its template replaces the old plan's), or none for a settings change.
+    pub plan: Option<Id>,
+    /// Setting overrides to merge.
+    #[serde(default)]
+    pub settings: BTreeMap<String, SettingValue>,
+    /// Default: now.
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChangeSummary {
+    pub id: String,
+    pub seq: u32,
+    pub change: ChangeKind,
+    pub plan: Id,
+    pub effective_at: DateTime<Utc>,
+    /// `setting_up`, `completed` (compensation may still be pending) or `settled`.
+    pub state: String,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub config_fault: Option<String>,
+    pub service_fault: Option<String>,
+    pub printers: BTreeMap<Id, PrinterState>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrinterState {
+    pub versions: Vec<u64>,
+    pub config_confirmed_at: Option<DateTime<Utc>>,
+    pub service_confirmed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PageCap {
+    pub period: String,
+    pub base: u64,
+    pub extra: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContractStatus {
+    pub contract: Contract,
+    pub plan: Plan,
+    pub settings: BTreeMap<String, SettingValue>,
+    pub changes: Vec<ChangeSummary>,
+    /// Page caps of the periods that have extra pages, and the current one.
+    pub page_caps: Vec<PageCap>,
+    /// Sum of fee credits in the ledger, in minor units of `contract.currency`.
+    pub credits_total: u64,
+}
+
+#[derive(Clone)]
+pub struct Ops {
+    store: ContractStore,
+    engine: Option<Engine>,
+}
+
+fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiError> {
+    // The same limits as a desired config on the wire.
+    DesiredConfig {
+        printer_id: "check".parse().expect("valid id"),
+        version: 1,
+        issued_at: Utc::now(),
+        settings: settings.clone(),
+    }
+    .validate()
+    .map_err(|e| ApiError::invalid(format!("settings: {e}")))
+}
+
+impl Ops {
+    pub fn new(store: ContractStore, engine: Option<Engine>) -> Ops {
+        Ops { store, engine }
+    }
+
+    pub fn store(&self) -> &ContractStore {
+        &self.store
+    }
+
+    fn wake(&self) {
+        if let Some(e) = &self.engine {
+            e.wake();
+        }
+    }
+
+    pub fn create_tenant(&self, t: Tenant) -> Result<Tenant, ApiError> {
+        if t.name.trim().is_empty() {
+            return Err(ApiError::invalid("name must not be empty"));
+        }
+        match self.store.add_tenant(&t)? {
+            Inserted::New => Ok(t),
+            Inserted::Exists => Err(ApiError::new(
+                409,
+                "tenant_exists",
+                format!("tenant {} exists", t.id),
+            )),
+        }
+    }
+
+    pub fn create_plan(&self, p: Plan) -> Result<Plan, ApiError> {
+        p.validate().map_err(ApiError::invalid)?;
+        check_settings(&p.config_template)?;
+        match self.store.add_plan(&p)? {
+            Inserted::New => Ok(p),
+            Inserted::Exists => Err(ApiError::new(
+                409,
+                "plan_exists",
+                format!("plan {} exists", p.id),
+            )),
+        }
+    }
+
+    fn plan(&self, id: &Id) -> Result<Plan, ApiError> {
+        self.store
+            .plan(id.as_str())?
+            .ok_or_else(|| ApiError::new(422, "unknown_plan", format!("no plan {id}")))
+    }
+
+    pub fn create_contract(&self, n: NewContract) -> Result<(Contract, ContractChange), ApiError> {
+        if self.store.tenant(n.tenant.as_str())?.is_none() {
+            return Err(ApiError::new(
+                422,
+                "unknown_tenant",
+                format!("no tenant {}", n.tenant),
+            ));
+        }
+        let plan = self.plan(&n.plan)?;
+        parse_time_zone(&n.time_zone).map_err(ApiError::invalid)?;
+        check_currency(&n.currency).map_err(ApiError::invalid)?;
+        if n.printers.is_empty() || n.printers.len() > MAX_PRINTERS {
+            return Err(ApiError::invalid(format!(
+                "printers: between 1 and {MAX_PRINTERS}"
+            )));
+        }
+        if n.printers.iter().collect::<BTreeSet<_>>().len() != n.printers.len() {
+            return Err(ApiError::invalid("printers: duplicate printer id"));
+        }
+        let mut settings = plan.config_template.clone();
+        settings.extend(n.settings.clone());
+        check_settings(&settings)?;
+        let now = Utc::now();
+        let contract = Contract {
+            id: n.id.clone(),
+            tenant: n.tenant,
+            printers: n.printers,
+            plan: n.plan.clone(),
+            effective_at: n.effective_at.unwrap_or(now),
+            time_zone: n.time_zone,
+            currency: n.currency,
+            created_at: now,
+        };
+        let start = ContractChange {
+            id: change_id(&contract.id, 1),
+            contract: contract.id.clone(),
+            seq: 1,
+            change: ChangeKind::Start,
+            effective_at: contract.effective_at,
+            requested_at: now,
+            plan: n.plan,
+            settings,
+        };
+        if self.store.create_contract(&contract, &start)? == Inserted::Exists {
+            return Err(ApiError::new(
+                409,
+                "contract_exists",
+                format!("contract {} exists", contract.id),
+            ));
+        }
+        self.store.append(
+            &start.id,
+            Event::ChangeRequested {
+                change: start.change.clone(),
+                plan: start.plan.clone(),
+                effective_at: start.effective_at,
+            },
+        )?;
+        self.wake();
+        Ok((contract, start))
+    }
+
+    fn contract(&self, id: &str) -> Result<Contract, ApiError> {
+        self.store
+            .contract(id)?
+            .ok_or_else(|| ApiError::not_found("unknown_contract", format!("no contract {id}")))
+    }
+
+    pub fn change_contract(
+        &self,
+        id: &str,
+        req: ChangeRequest,
+    ) -> Result<ContractChange, ApiError> {
+        let contract = self.contract(id)?;
+        let changes = self.store.changes_of(&contract.id)?;
+        let last = changes
+            .last()
+            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))?;
+        let (kind, plan, mut settings) = match &req.plan {
+            Some(p) if *p != last.change.plan => {
+                let plan = self.plan(p)?;
+                (
+                    ChangeKind::PlanChange {
+                        from: last.change.plan.clone(),
+                        to: p.clone(),
+                    },
+                    p.clone(),
+                    plan.config_template,
+                )
+            }
+            _ => {
+                if req.settings.is_empty() {
+                    return Err(ApiError::invalid(
+                        "nothing to change: give a different plan or settings",
+                    ));
+                }
+                (
+                    ChangeKind::SettingsChange {
+                        settings: req.settings.clone(),
+                    },
+                    last.change.plan.clone(),
+                    last.change.settings.clone(),
+                )
+            }
+        };
+        settings.extend(req.settings);
+        check_settings(&settings)?;
+        let now = Utc::now();
+        let seq = last.change.seq + 1;
+        let change = ContractChange {
+            id: change_id(&contract.id, seq),
+            contract: contract.id.clone(),
+            seq,
+            change: kind,
+            effective_at: req.effective_at.unwrap_or(now),
+            requested_at: now,
+            plan,
+            settings,
+        };
+        if self.store.add_change(&change)? == Inserted::Exists {
+            return Err(ApiError::new(
+                409,
+                "conflict",
+                "a concurrent change took this sequence number; retry",
+            ));
+        }
+        self.store.append(
+            &change.id,
+            Event::ChangeRequested {
+                change: change.change.clone(),
+                plan: change.plan.clone(),
+                effective_at: change.effective_at,
+            },
+        )?;
+        self.wake();
+        Ok(change)
+    }
+
+    pub fn contract_status(&self, id: &str) -> Result<ContractStatus, ApiError> {
+        let contract = self.contract(id)?;
+        let changes = self.store.changes_of(&contract.id)?;
+        let current = changes
+            .last()
+            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))?;
+        let plan = self.plan(&current.change.plan)?;
+        let ledger: Vec<LedgerEntry> = self.ledger(Some(&contract.id), None)?;
+        let mut extra: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &ledger {
+            if let Some(x) = &e.part.extra_pages {
+                *extra.entry(x.period.clone()).or_default() += x.pages;
+            }
+        }
+        let mut page_caps = Vec::new();
+        if let ServiceKind::FlatRatePrint { page_cap, .. } = plan.service {
+            extra
+                .entry(period::containing(contract.tz(), Utc::now()).label())
+                .or_default();
+            for (period, extra) in extra {
+                page_caps.push(PageCap {
+                    period,
+                    base: page_cap,
+                    extra,
+                    total: page_cap.saturating_add(extra),
+                });
+            }
+        }
+        Ok(ContractStatus {
+            credits_total: ledger
+                .iter()
+                .map(|e| e.part.fee_credit)
+                .fold(0u64, u64::saturating_add),
+            settings: current.change.settings.clone(),
+            changes: changes.iter().map(summary).collect(),
+            contract,
+            plan,
+            page_caps,
+        })
+    }
+
+    pub fn timeline(&self, id: &str) -> Result<Vec<TimelineEntry>, ApiError> {
+        let contract = self.contract(id)?;
+        let mut all = Vec::new();
+        for c in self.store.changes_of(&contract.id)? {
+            all.extend(self.store.timeline(&c.change.id)?);
+        }
+        Ok(all)
+    }
+
+    pub fn ledger(
+        &self,
+        contract: Option<&Id>,
+        tenant: Option<&Id>,
+    ) -> Result<Vec<LedgerEntry>, ApiError> {
+        Ok(self
+            .store
+            .ledger()?
+            .into_iter()
+            .filter(|e| contract.is_none_or(|c| &e.contract == c))
+            .filter(|e| tenant.is_none_or(|t| &e.tenant == t))
+            .collect())
+    }
+}
+
+fn summary(r: &ChangeRecord) -> ChangeSummary {
+    let s = &r.setup;
+    let mut printers: BTreeMap<Id, PrinterState> = BTreeMap::new();
+    for (p, ps) in &s.printers {
+        printers
+            .entry(p.clone())
+            .or_insert(PrinterState {
+                versions: vec![],
+                config_confirmed_at: None,
+                service_confirmed_at: None,
+            })
+            .versions = ps.published.keys().copied().collect();
+        printers
+            .get_mut(p)
+            .expect("just inserted")
+            .config_confirmed_at = ps.confirmed_at;
+    }
+    for (p, ss) in &s.services {
+        printers
+            .entry(p.clone())
+            .or_insert(PrinterState {
+                versions: vec![],
+                config_confirmed_at: None,
+                service_confirmed_at: None,
+            })
+            .service_confirmed_at = ss.confirmed_at;
+    }
+    ChangeSummary {
+        id: r.change.id.clone(),
+        seq: r.change.seq,
+        change: r.change.change.clone(),
+        plan: r.change.plan.clone(),
+        effective_at: r.change.effective_at,
+        state: if s.settled {
+            "settled"
+        } else if s.completed_at.is_some() {
+            "completed"
+        } else {
+            "setting_up"
+        }
+        .into(),
+        completed_at: s.completed_at,
+        config_fault: s.config_fault.as_ref().map(|f| f.reason.clone()),
+        service_fault: s.service_fault.as_ref().map(|f| f.reason.clone()),
+        printers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> (tempfile::TempDir, Ops) {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path()).unwrap();
+        (d, Ops::new(ContractStore::open(&db).unwrap(), None))
+    }
+
+    fn setup(o: &Ops) {
+        o.create_tenant(Tenant {
+            id: "acme".parse().unwrap(),
+            name: "Acme".into(),
+        })
+        .unwrap();
+        o.create_plan(serde_json::from_str(r#"{"id":"flat","name":"Flat 1000","service":{"kind":"flat_rate_print","monthly_fee":4900,"page_cap":1000},"config_template":{"sysContact":"billing@acme"}}"#).unwrap()).unwrap();
+        o.create_plan(
+            serde_json::from_str(
+                r#"{"id":"basic","name":"Basic","service":{"kind":"basic","monthly_fee":900}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn new_contract(id: &str) -> NewContract {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "tenant": "acme", "printers": ["p1"], "plan": "flat",
+            "time_zone": "Europe/Berlin", "currency": "EUR", "settings": {"sysLocation": "Floor 1"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn errors_have_codes() {
+        let (_d, o) = ops();
+        setup(&o);
+        let cases: Vec<(NewContract, u16, &str)> = vec![
+            (
+                NewContract {
+                    tenant: "nobody".parse().unwrap(),
+                    ..new_contract("c1")
+                },
+                422,
+                "unknown_tenant",
+            ),
+            (
+                NewContract {
+                    plan: "nope".parse().unwrap(),
+                    ..new_contract("c1")
+                },
+                422,
+                "unknown_plan",
+            ),
+            (
+                NewContract {
+                    time_zone: "Mars/Base".into(),
+                    ..new_contract("c1")
+                },
+                422,
+                "invalid",
+            ),
+            (
+                NewContract {
+                    currency: "euro".into(),
+                    ..new_contract("c1")
+                },
+                422,
+                "invalid",
+            ),
+            (
+                NewContract {
+                    printers: vec![],
+                    ..new_contract("c1")
+                },
+                422,
+                "invalid",
+            ),
+            (
+                NewContract {
+                    printers: vec!["p1".parse().unwrap(), "p1".parse().unwrap()],
+                    ..new_contract("c1")
+                },
+                422,
+                "invalid",
+            ),
+        ];
+        for (n, status, code) in cases {
+            let e = o.create_contract(n).unwrap_err();
+            assert_eq!((e.status, e.code), (status, code), "{e}");
+        }
+        o.create_contract(new_contract("c1")).unwrap();
+        let e = o.create_contract(new_contract("c1")).unwrap_err();
+        assert_eq!((e.status, e.code), (409, "contract_exists"));
+        let e = o
+            .create_tenant(Tenant {
+                id: "acme".parse().unwrap(),
+                name: "again".into(),
+            })
+            .unwrap_err();
+        assert_eq!(e.code, "tenant_exists");
+        let e = o
+            .change_contract(
+                "zzz",
+                ChangeRequest {
+                    plan: None,
+                    settings: BTreeMap::new(),
+                    effective_at: None,
+                },
+            )
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (404, "unknown_contract"));
+        let e = o
+            .change_contract(
+                "c1",
+                ChangeRequest {
+                    plan: Some("flat".parse().unwrap()),
+                    settings: BTreeMap::new(),
+                    effective_at: None,
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.code, "invalid",
+            "same plan, no settings: nothing to change"
+        );
+    }
+
+    #[test]
+    fn start_and_changes_derive_settings() {
+        let (_d, o) = ops();
+        setup(&o);
+        let (_, start) = o.create_contract(new_contract("c1")).unwrap();
+        assert_eq!(start.id, "c1.1");
+        assert_eq!(
+            start.settings.len(),
+            2,
+            "template + override: {:?}",
+            start.settings
+        );
+        let mut s = BTreeMap::new();
+        s.insert("sysName".to_string(), SettingValue::Text("PRN-1".into()));
+        let c2 = o
+            .change_contract(
+                "c1",
+                ChangeRequest {
+                    plan: None,
+                    settings: s,
+                    effective_at: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(c2.seq, 2);
+        assert_eq!(c2.settings.len(), 3);
+        assert!(matches!(c2.change, ChangeKind::SettingsChange { .. }));
+        let c3 = o
+            .change_contract(
+                "c1",
+                ChangeRequest {
+                    plan: Some("basic".parse().unwrap()),
+                    settings: BTreeMap::new(),
+                    effective_at: None,
+                },
+            )
+            .unwrap();
+        assert!(
+            matches!(&c3.change, ChangeKind::PlanChange { from, to } if from.as_str() == "flat" && to.as_str() == "basic")
+        );
+        assert!(
+            c3.settings.is_empty(),
+            "the basic plan's template has no settings"
+        );
+        let st = o.contract_status("c1").unwrap();
+        assert_eq!(st.changes.len(), 3);
+        assert_eq!(st.plan.id.as_str(), "basic");
+        assert!(st.changes.iter().all(|c| c.state == "setting_up"));
+        assert_eq!(
+            o.timeline("c1").unwrap().len(),
+            3,
+            "one change_requested per change"
+        );
+    }
+}
