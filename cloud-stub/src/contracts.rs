@@ -108,7 +108,7 @@ pub enum Event {
     ConfigConfirmed {
         printer: Id,
         version: u64,
-        at: DateTime<Utc>,
+        confirmed_at: DateTime<Utc>,
     },
     ConfigFault {
         printer: Id,
@@ -122,7 +122,7 @@ pub enum Event {
     },
     ServiceConfirmed {
         printer: Id,
-        at: DateTime<Utc>,
+        confirmed_at: DateTime<Utc>,
     },
     ServiceFault {
         printer: Id,
@@ -432,5 +432,81 @@ mod tests {
         let db = sled::open(d.path()).unwrap();
         let s = ContractStore::open(&db).unwrap();
         assert_eq!(s.next_version(&t, &p).unwrap(), 3);
+    }
+
+    #[test]
+    fn every_event_kind_reads_back() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path()).unwrap();
+        let s = ContractStore::open(&db).unwrap();
+        let p: Id = "p1".parse().unwrap();
+        let now = Utc::now();
+        let events = vec![
+            Event::ChangeRequested {
+                change: ChangeKind::Start,
+                plan: "x".parse().unwrap(),
+                effective_at: now,
+            },
+            Event::ConfigPublished {
+                printer: p.clone(),
+                version: 1,
+                settings: 2,
+            },
+            Event::ReportReceived {
+                printer: p.clone(),
+                version: 1,
+                report_id: "r".into(),
+                status: ReportStatus::Applied,
+                report_time: now,
+                codes: BTreeMap::new(),
+            },
+            Event::ConfigConfirmed {
+                printer: p.clone(),
+                version: 1,
+                confirmed_at: now,
+            },
+            Event::ConfigFault {
+                printer: p.clone(),
+                reason: "r".into(),
+            },
+            Event::ProviderCall {
+                call: "setup".into(),
+                printer: Some(p.clone()),
+                ok: true,
+                result: "ok".into(),
+            },
+            Event::ServiceConfirmed {
+                printer: p.clone(),
+                confirmed_at: now,
+            },
+            Event::ServiceFault {
+                printer: p.clone(),
+                reason: "r".into(),
+            },
+            Event::SetupCompleted {
+                t0: now,
+                t1: now,
+                config_confirmed_at: now,
+                service_confirmed_at: now,
+            },
+            Event::NoCompensation {
+                reason: NotOwed::NoFault,
+            },
+            Event::ShipmentAccepted {
+                ledger_key: "k".into(),
+                item: "i".into(),
+                quantity: 1,
+            },
+        ];
+        for e in &events {
+            s.append("c.1", e.clone()).unwrap();
+        }
+        let back: Vec<Event> = s
+            .timeline("c.1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(back, events);
     }
 }

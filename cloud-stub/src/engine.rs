@@ -298,7 +298,7 @@ impl Engine {
                         events.push(Event::ConfigConfirmed {
                             printer: printer.clone(),
                             version: v,
-                            at,
+                            confirmed_at: at,
                         });
                     }
                 }
@@ -452,7 +452,7 @@ impl Engine {
                     rec,
                     Event::ServiceConfirmed {
                         printer: printer.clone(),
-                        at,
+                        confirmed_at: at,
                     },
                 )?;
             }

@@ -310,11 +310,79 @@ fn net_snmp(tool: &str, args: &[&str]) -> Result<String, String> {
 }
 
 /// The simulator binary serving one or more printers.
-pub struct Sim {
-    pub printers: Vec<(String, SocketAddr)>,
-    child: Child,
+/// A child process that prints lines up to `ready` and takes commands on stdin,
+/// each answered by one line (`ok` or `error: …`).
+pub struct LineProc {
+    /// Lines printed before `ready`.
+    pub banner: Vec<String>,
+    child: Option<Child>,
     stdin: ChildStdin,
     stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl LineProc {
+    pub fn spawn(mut cmd: Command, what: &str) -> LineProc {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut banner = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = stdout.read_line(&mut line).expect("read output");
+            assert!(n > 0, "{what} exited before it was ready");
+            if line.trim() == "ready" {
+                break;
+            }
+            banner.push(line.trim().to_string());
+        }
+        LineProc {
+            banner,
+            child: Some(child),
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The words after `key` in the banner line that starts with it.
+    pub fn banner_value(&self, key: &str) -> Option<String> {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
+    }
+
+    /// Send a control command and expect `ok`.
+    pub fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("write command");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read reply");
+        assert_eq!(line.trim(), "ok", "{cmd:?} refused");
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "KILL");
+        }
+    }
+}
+
+impl Drop for LineProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, "TERM");
+        }
+    }
+}
+
+/// The printer simulator process.
+pub struct Sim {
+    pub printers: Vec<(String, SocketAddr)>,
+    proc: LineProc,
 }
 
 impl Sim {
@@ -324,34 +392,18 @@ impl Sim {
         for s in specs {
             cmd.arg("--printer").arg(s);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start simulator");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut printers = Vec::new();
-        loop {
-            let mut line = String::new();
-            let n = stdout.read_line(&mut line).expect("read simulator output");
-            assert!(n > 0, "simulator exited before it was ready");
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["printer", id, addr] => {
-                    printers.push((id.to_string(), addr.parse().expect("address")))
-                }
-                ["ready"] => break,
-                _ => {}
-            }
-        }
-        Sim {
-            printers,
-            child,
-            stdin,
-            stdout,
-        }
+        let proc = LineProc::spawn(cmd, "simulator");
+        let printers = proc
+            .banner
+            .iter()
+            .filter_map(
+                |l| match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    ["printer", id, addr] => Some((id.to_string(), addr.parse().expect("address"))),
+                    _ => None,
+                },
+            )
+            .collect();
+        Sim { printers, proc }
     }
 
     pub fn addr(&self, id: &str) -> SocketAddr {
@@ -364,18 +416,114 @@ impl Sim {
 
     /// Send a control command (`reboot p1`, `writable p1 OID`, …) and expect `ok`.
     pub fn command(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").expect("write command");
-        self.stdin.flush().expect("flush");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read reply");
-        assert_eq!(line.trim(), "ok", "simulator refused {cmd:?}");
+        self.proc.command(cmd);
     }
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        kill(&mut self.child, "TERM");
+/// The stand-in service provider (`platen-provider`), with its stdin fault knobs.
+pub struct ProviderProc {
+    pub url: String,
+    proc: LineProc,
+}
+
+impl ProviderProc {
+    pub fn start() -> ProviderProc {
+        let mut cmd = Command::new(workspace_bin("platen-provider"));
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{}", free_tcp_port()));
+        let proc = LineProc::spawn(cmd, "provider");
+        let addr = proc.banner_value("listening").expect("provider address");
+        ProviderProc {
+            url: format!("http://{addr}"),
+            proc,
+        }
     }
+
+    /// `down`, `up`, `slow MS`, `errors N`, `status-unobtainable MS`, `activation MS`.
+    pub fn command(&mut self, cmd: &str) {
+        self.proc.command(cmd);
+    }
+}
+
+/// `platen-cloud serve` as a process (MQTT, engine, HTTP API), restartable on its state.
+pub struct CloudProc {
+    pub api: String,
+    args: Vec<String>,
+    proc: Option<LineProc>,
+}
+
+impl CloudProc {
+    /// Short deadlines for tests: report deadline 5 s, re-publish 2 s after a failure.
+    pub fn start(broker_port: u16, state_dir: &Path, provider_url: &str) -> CloudProc {
+        let api_port = free_tcp_port();
+        let args = vec![
+            "--port".into(),
+            broker_port.to_string(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--client-id".into(),
+            "platen-cloud-e2e".into(),
+            "serve".into(),
+            "--api-listen".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--provider-url".into(),
+            provider_url.into(),
+            "--report-deadline-secs".into(),
+            "5".into(),
+            "--republish-after-secs".into(),
+            "2".into(),
+            "--tick-ms".into(),
+            "200".into(),
+        ];
+        let mut c = CloudProc {
+            api: format!("http://127.0.0.1:{api_port}"),
+            args,
+            proc: None,
+        };
+        c.launch();
+        c
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(workspace_bin("platen-cloud"));
+        cmd.args(&self.args)
+            .env("RUST_LOG", "info,sled=warn,rumqttc=warn");
+        self.proc = Some(LineProc::spawn(cmd, "platen-cloud"));
+    }
+
+    /// SIGKILL, then start again on the same state and ports.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        self.launch();
+    }
+}
+
+/// A minimal blocking HTTP JSON call for tests: (status, body as JSON or Null).
+pub async fn http_json(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut req = client.request(method.parse().expect("method"), url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// One printer entry of an agent config.
