@@ -351,15 +351,20 @@ impl ContractStore {
             .collect())
     }
 
-    /// Next config version for a printer (monotonic across contracts and restarts).
+    /// Next config version for a printer: max(last + 1, now in Unix milliseconds).
+    ///
+    /// Monotonic across contracts and restarts, and — because it follows the clock —
+    /// also above anything a previous installation published, should this cloud's
+    /// state be lost: the agent ignores versions at or below the last it completed.
     pub fn next_version(&self, tenant: &Id, printer: &Id) -> Result<u64, StoreError> {
         let key = format!("{tenant}/{printer}");
+        let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0);
         let v = self.versions.update_and_fetch(key.as_bytes(), |old| {
             let n = old
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            Some((n + 1).to_be_bytes().to_vec())
+            Some(n.saturating_add(1).max(now_ms).to_be_bytes().to_vec())
         })?;
         self.versions.flush()?;
         Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
@@ -423,15 +428,23 @@ mod tests {
     fn versions_are_monotonic_and_survive_reopen() {
         let d = tempfile::tempdir().unwrap();
         let (t, p): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
-        {
+        let before = Utc::now().timestamp_millis() as u64;
+        let (v1, v2) = {
             let db = sled::open(d.path()).unwrap();
             let s = ContractStore::open(&db).unwrap();
-            assert_eq!(s.next_version(&t, &p).unwrap(), 1);
-            assert_eq!(s.next_version(&t, &p).unwrap(), 2);
-        }
+            (
+                s.next_version(&t, &p).unwrap(),
+                s.next_version(&t, &p).unwrap(),
+            )
+        };
+        assert!(v1 >= before && v2 > v1, "{before} {v1} {v2}");
         let db = sled::open(d.path()).unwrap();
         let s = ContractStore::open(&db).unwrap();
-        assert_eq!(s.next_version(&t, &p).unwrap(), 3);
+        // A version far in the future (clock stepped back later) still only grows.
+        s.versions
+            .insert(b"acme/p1", &(u64::MAX - 5).to_be_bytes())
+            .unwrap();
+        assert_eq!(s.next_version(&t, &p).unwrap(), u64::MAX - 4);
     }
 
     #[test]

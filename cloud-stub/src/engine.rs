@@ -353,19 +353,21 @@ impl Engine {
         reason: String,
     ) -> Result<(), StoreError> {
         warn!(change = %rec.change.id, %printer, %reason, "service setting fault");
+        // The fault is determined once; later failures are in the provider-call entries.
         if rec.setup.service_fault.is_none() {
             rec.setup.service_fault = Some(FaultNote {
                 at: Utc::now(),
                 reason: reason.clone(),
             });
+            self.note(
+                rec,
+                Event::ServiceFault {
+                    printer: printer.clone(),
+                    reason,
+                },
+            )?;
         }
-        self.note(
-            rec,
-            Event::ServiceFault {
-                printer: printer.clone(),
-                reason,
-            },
-        )
+        Ok(())
     }
 
     fn retry_later(&self, rec: &mut ChangeRecord, printer: &Id) {

@@ -7,9 +7,13 @@
 //! are in (non-zero if they are not within 30 s).
 
 use platen_agent::config::AgentConfig;
+use platen_cloud::contracts::{Event, TimelineEntry};
+use platen_cloud::engine::EngineConfig;
+use platen_cloud::server::{Server, ServerConfig};
 use platen_cloud::{Cloud, ReportEvent};
 use platen_printer_sim::{oid, serve, Faults, SimPrinter};
 use platen_protocol::{ApplyReport, DesiredConfig, Id, ReportStatus, SettingValue};
+use platen_provider::Provider;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
@@ -263,7 +267,201 @@ async fn demo() -> Result<(), String> {
         count(ReportStatus::NotApplied),
         cloud.counters.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     );
+    let p3 = sims
+        .iter()
+        .find(|s| s.id == "p3")
+        .map(|s| s.printer.clone())
+        .ok_or("no p3")?;
+    contract_demo(broker_port, dir.path(), p3).await?;
     agent.shutdown().await;
     cloud.shutdown().await;
+    Ok(())
+}
+
+fn money(minor: u64, currency: &str) -> String {
+    format!("{}.{:02} {currency}", minor / 100, minor % 100)
+}
+
+/// One timeline entry as a line of the demo's output.
+fn describe(e: &TimelineEntry) -> String {
+    match &e.event {
+        Event::ChangeRequested {
+            change,
+            plan,
+            effective_at,
+        } => {
+            format!(
+                "contract change requested: {} to plan {plan}, effective {effective_at}",
+                match change {
+                    platen_cloud::model::ChangeKind::Start => "start",
+                    platen_cloud::model::ChangeKind::PlanChange { .. } => "plan change",
+                    platen_cloud::model::ChangeKind::SettingsChange { .. } => "settings change",
+                }
+            )
+        }
+        Event::ConfigPublished {
+            printer,
+            version,
+            settings,
+        } => format!("config v{version} published to {printer} ({settings} settings)"),
+        Event::ReportReceived {
+            printer,
+            version,
+            status,
+            codes,
+            ..
+        } => format!(
+            "report from {printer} for v{version}: {status} [{}]",
+            codes
+                .iter()
+                .map(|(k, c)| format!("{k} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Event::ConfigConfirmed {
+            printer, version, ..
+        } => format!("config confirmed on {printer} (v{version}, every setting read back)"),
+        Event::ConfigFault { reason, .. } => format!("FAULT in config distribution: {reason}"),
+        Event::ProviderCall {
+            call, ok, result, ..
+        } => format!(
+            "provider {call}: {}{result}",
+            if *ok { "" } else { "failed: " }
+        ),
+        Event::ServiceConfirmed { printer, .. } => format!("provider service active for {printer}"),
+        Event::ServiceFault { reason, .. } => format!("FAULT in service setting: {reason}"),
+        Event::SetupCompleted { t0, t1, .. } => format!(
+            "setup complete: T1 = {t1}, T0 = {t0}, unavailable {} s",
+            (*t1 - *t0).num_seconds()
+        ),
+        Event::NoCompensation { reason } => format!("no compensation: {reason:?}"),
+        Event::Compensation {
+            ledger_key,
+            currency,
+            part,
+        } => {
+            let mut s = format!(
+                "COMPENSATION {ledger_key}: period {} ({} s), unavailable {} s\n             fee credit {} = {}",
+                part.period.label(), part.period_secs, part.unavailable_secs, money(part.fee_credit, currency), part.fee_arithmetic
+            );
+            if let Some(x) = &part.extra_pages {
+                s.push_str(&format!(
+                    "\n             +{} pages on the {} page cap = {}",
+                    x.pages, x.period, x.arithmetic
+                ));
+            }
+            if let Some(x) = &part.shipment {
+                s.push_str(&format!(
+                    "\n             shipment {} × {} = {}",
+                    x.quantity, x.item, x.arithmetic
+                ));
+            }
+            s
+        }
+        Event::ShipmentAccepted { item, quantity, .. } => {
+            format!("provider accepted shipment {quantity} × {item}")
+        }
+    }
+}
+
+/// A contract on p3: its sysLocation is refused for a while and the service provider
+/// is down at first, so setup completes late and the engine compensates.
+async fn contract_demo(broker_port: u16, dir: &Path, p3: SimPrinter) -> Result<(), String> {
+    let mut provider = Provider::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
+        .await
+        .map_err(|e| e.to_string())?;
+    provider.go_down().await;
+    let server = Server::start(ServerConfig {
+        broker_host: "127.0.0.1".into(),
+        broker_port,
+        client_id: "platen-cloud-contracts-demo".into(),
+        state_dir: dir.join("contracts"),
+        api_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+        engine: EngineConfig {
+            tick: Duration::from_millis(200),
+            report_deadline: Duration::from_secs(10),
+            republish_after: Duration::from_secs(2),
+            provider_url: format!("http://{}", provider.addr),
+            ..Default::default()
+        },
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if !server.cloud.wait_connected(Duration::from_secs(10)).await {
+        return Err("contract engine could not connect".into());
+    }
+    let api = |e: platen_cloud::ops::ApiError| e.to_string();
+    let ops = &server.ops;
+    let json = |v: serde_json::Value| v;
+    ops.create_tenant(
+        serde_json::from_value(json(serde_json::json!({"id": "acme", "name": "ACME Ltd"})))
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(api)?;
+    ops.create_plan(serde_json::from_value(json(serde_json::json!({
+        "id": "flat-5000", "name": "Flat rate 5000 pages",
+        "service": {"kind": "flat_rate_print", "monthly_fee": 49_900, "page_cap": 5000},
+        "config_template": {"sysLocation": "Print room, 3rd floor", "sysContact": "billing@acme.example"}
+    })))
+    .map_err(|e| e.to_string())?)
+    .map_err(api)?;
+    // The contract took effect six hours ago; its setup is only requested now.
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(6);
+    ops.create_contract(
+        serde_json::from_value(json(serde_json::json!({
+            "id": "acme-2026-001", "tenant": "acme", "printers": ["p3"], "plan": "flat-5000",
+            "effective_at": t0, "time_zone": "Europe/Berlin", "currency": "EUR"
+        })))
+        .map_err(|e| e.to_string())?,
+    )
+    .map_err(api)?;
+    println!();
+    println!(
+        "Contract demo: acme-2026-001, plan flat-5000 (499.00 EUR/month, 5000 pages), printer p3,"
+    );
+    println!("effective 6 h ago. p3 still refuses sysLocation; the service provider is down.");
+    let start = Instant::now();
+    let mut shown = 0;
+    let mut cleared = false;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let tl = ops.timeline("acme-2026-001").map_err(api)?;
+        for e in &tl[shown..] {
+            println!(
+                "  +{:>5.1}s  {}",
+                start.elapsed().as_secs_f64(),
+                describe(e)
+            );
+        }
+        shown = tl.len();
+        if !cleared && start.elapsed() > Duration::from_secs(2) {
+            p3.set_read_only(oid("1.3.6.1.2.1.1.6.0"), false);
+            provider.come_up().await.map_err(|e| e.to_string())?;
+            println!(
+                "  +{:>5.1}s  (faults cleared: p3 accepts sysLocation, provider is back)",
+                start.elapsed().as_secs_f64()
+            );
+            cleared = true;
+        }
+        let status = ops.contract_status("acme-2026-001").map_err(api)?;
+        if status.changes.first().is_some_and(|c| c.state == "settled") {
+            let cap = status.page_caps.last();
+            println!();
+            println!(
+                "ledger: {} credited; page cap {}: {}",
+                money(status.credits_total, &status.contract.currency),
+                cap.map(|c| c.period.clone()).unwrap_or_default(),
+                cap.map(|c| format!("{} + {} = {} pages", c.base, c.extra, c.total))
+                    .unwrap_or_default()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the contract was not settled within 40 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
+    provider.go_down().await;
     Ok(())
 }
