@@ -1,0 +1,150 @@
+//! The `platen-cloud` command line and the HTTP API's error answers, against a
+//! running `platen-cloud serve` (real Mosquitto and provider).
+
+use platen_e2e::*;
+use std::process::Command;
+
+fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("platen-cloud"))
+        .args(args)
+        .arg("--api")
+        .arg(api)
+        .output()
+        .expect("run platen-cloud");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_drives_the_api_and_errors_are_machine_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(false);
+    let provider = ProviderProc::start();
+    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+    let api = cloud.api.as_str();
+    let plan_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/plan.example.toml"
+    );
+
+    let (code, out, err) = cli(api, &["tenant", "create", "--id", "acme", "--name", "Acme"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"acme\""), "{out}");
+    let (code, out, err) = cli(api, &["plan", "create", plan_file]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("flat_rate_print"), "{out}");
+    let create = [
+        "contract",
+        "create",
+        "--id",
+        "c9",
+        "--tenant",
+        "acme",
+        "--printer",
+        "p9",
+        "--plan",
+        "flat-5000",
+        "--currency",
+        "EUR",
+        "--time-zone",
+        "Europe/Berlin",
+        "--set",
+        "sysLocation=Hall 9",
+    ];
+    let (code, out, err) = cli(api, &create);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"c9.1\""), "{out}");
+    let (code, _, err) = cli(api, &create);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("409") && err.contains("contract_exists"),
+        "{err}"
+    );
+    let (code, out, err) = cli(api, &["contract", "change", "c9", "--set", "sysName=PRN-9"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("settings_change"), "{out}");
+    let (code, out, _) = cli(api, &["contract", "show", "c9"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(status["settings"]["sysName"], "PRN-9");
+    assert_eq!(status["settings"]["sysLocation"], "Hall 9");
+    let (code, out, _) = cli(api, &["contract", "timeline", "c9"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("change_requested"), "{out}");
+    let (code, out, _) = cli(api, &["ledger", "--contract", "c9"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let (code, _, err) = cli(api, &["contract", "show", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown_contract"), "{err}");
+    let (code, _, err) = cli("http://127.0.0.1:1", &["tenant", "list"]);
+    assert_eq!(code, 2, "unreachable API is exit 2: {err}");
+
+    // HTTP errors: status + {"error": {"code", "message"}}.
+    let cases: Vec<(&str, &str, Option<serde_json::Value>, u16, &str)> = vec![
+        ("GET", "/v1/nope", None, 404, "not_found"),
+        ("GET", "/v1/contracts/zzz", None, 404, "unknown_contract"),
+        (
+            "POST",
+            "/v1/tenants",
+            Some(serde_json::json!({"id": "bad id!", "name": "x"})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tenants",
+            Some(serde_json::json!({"id": "t2", "name": "x", "extra": 1})),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/plans",
+            Some(
+                serde_json::json!({"id": "p", "name": "P", "service": {"kind": "basic", "monthly_fee": -1}}),
+            ),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/contracts",
+            Some(
+                serde_json::json!({"id": "c10", "tenant": "acme", "printers": ["p1"], "plan": "flat-5000", "time_zone": "Nowhere/City", "currency": "EUR"}),
+            ),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/contracts/c9/changes",
+            Some(serde_json::json!({"plan": "gold"})),
+            422,
+            "unknown_plan",
+        ),
+        (
+            "POST",
+            "/v1/tenants",
+            Some(serde_json::Value::String("x".repeat(300 * 1024))),
+            413,
+            "too_large",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (s, v) = http_json(method, &format!("{api}{path}"), body).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{method} {path}: {v}"
+        );
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let (s, _) = http_json("GET", &format!("{api}/v1/tenants"), None).await;
+    assert_eq!(s, 200, "the server survived bad input");
+}
