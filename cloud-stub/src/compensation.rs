@@ -379,6 +379,55 @@ mod tests {
     }
 
     #[test]
+    fn worked_example_in_the_readme() {
+        let s = flat(49_900, 5000);
+        let d = decide(&Input {
+            service: &s,
+            tz: chrono_tz::Europe::Berlin,
+            t0: utc("2026-03-28T23:00:00Z"),
+            t1: Some(utc("2026-04-01T10:00:00Z")),
+            fault: true,
+            now: utc("2026-04-01T10:00:00Z"),
+        });
+        let p = parts(d);
+        let rows: Vec<_> = p
+            .iter()
+            .map(|p| {
+                let x = p.extra_pages.as_ref().unwrap();
+                (
+                    p.period.label(),
+                    p.period_secs,
+                    p.unavailable_secs,
+                    p.fee_credit,
+                    x.pages,
+                    x.period.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    "2026-03".to_string(),
+                    2_674_800,
+                    255_600,
+                    4768,
+                    478,
+                    "2026-04".to_string()
+                ),
+                (
+                    "2026-04".to_string(),
+                    2_592_000,
+                    43_200,
+                    832,
+                    84,
+                    "2026-04".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn fees_up_to_a_trillion_minor_units() {
         let p = 2_678_400;
         assert_eq!(fee_credit(1_000_000_000_000, p, p), 1_000_000_000_000);
