@@ -28,6 +28,9 @@ struct Cli {
     /// MQTT client id (stable, for a persistent session).
     #[arg(long, default_value = "platen-cloud", global = true)]
     client_id: String,
+    /// The HTTP API, for the tenant, plan, contract and ledger commands.
+    #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
+    api: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,8 +99,6 @@ enum Command {
         contract: Option<Id>,
         #[arg(long)]
         tenant: Option<Id>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
     },
 }
 
@@ -108,27 +109,17 @@ enum TenantCmd {
         id: Id,
         #[arg(long)]
         name: String,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
     },
-    List {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-    },
+    List,
 }
 
 #[derive(Subcommand)]
 enum PlanCmd {
-    /// Create a plan from a JSON or TOML file (see packaging/plans.example.toml).
+    /// Create a plan from a JSON or TOML file (see packaging/plan.example.toml).
     Create {
         file: PathBuf,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
     },
-    List {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -152,8 +143,6 @@ enum ContractCmd {
         /// NAME=VALUE overrides on the plan's config template.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         settings: Vec<String>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
     },
     /// Change the plan and/or settings.
     Change {
@@ -164,21 +153,11 @@ enum ContractCmd {
         settings: Vec<String>,
         #[arg(long)]
         effective_at: Option<chrono::DateTime<chrono::Utc>>,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
     },
     /// Status: plan, changes, faults, page caps, credits.
-    Show {
-        id: Id,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-    },
+    Show { id: Id },
     /// The evidence timeline.
-    Timeline {
-        id: Id,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        api: String,
-    },
+    Timeline { id: Id },
 }
 
 fn settings_map(list: &[String]) -> Result<BTreeMap<String, SettingValue>, String> {
@@ -237,7 +216,8 @@ fn read_plan(file: &std::path::Path) -> Result<serde_json::Value, String> {
     }
 }
 
-async fn client(command: Command) -> ExitCode {
+async fn client(api: String, command: Command) -> ExitCode {
+    let api = api.trim_end_matches('/').to_string();
     use reqwest::Method;
     let fail = |e: String| {
         eprintln!("{e}");
@@ -245,7 +225,7 @@ async fn client(command: Command) -> ExitCode {
     };
     match command {
         Command::Tenant {
-            command: TenantCmd::Create { id, name, api },
+            command: TenantCmd::Create { id, name },
         } => {
             call(
                 Method::POST,
@@ -255,16 +235,16 @@ async fn client(command: Command) -> ExitCode {
             .await
         }
         Command::Tenant {
-            command: TenantCmd::List { api },
+            command: TenantCmd::List,
         } => call(Method::GET, format!("{api}/v1/tenants"), None).await,
         Command::Plan {
-            command: PlanCmd::Create { file, api },
+            command: PlanCmd::Create { file },
         } => match read_plan(&file) {
             Ok(v) => call(Method::POST, format!("{api}/v1/plans"), Some(v)).await,
             Err(e) => fail(e),
         },
         Command::Plan {
-            command: PlanCmd::List { api },
+            command: PlanCmd::List,
         } => call(Method::GET, format!("{api}/v1/plans"), None).await,
         Command::Contract {
             command:
@@ -277,7 +257,6 @@ async fn client(command: Command) -> ExitCode {
                     time_zone,
                     currency,
                     settings,
-                    api,
                 },
         } => {
             let settings = match settings_map(&settings) {
@@ -297,7 +276,6 @@ async fn client(command: Command) -> ExitCode {
                     plan,
                     settings,
                     effective_at,
-                    api,
                 },
         } => {
             let settings = match settings_map(&settings) {
@@ -313,10 +291,10 @@ async fn client(command: Command) -> ExitCode {
             .await
         }
         Command::Contract {
-            command: ContractCmd::Show { id, api },
+            command: ContractCmd::Show { id },
         } => call(Method::GET, format!("{api}/v1/contracts/{id}"), None).await,
         Command::Contract {
-            command: ContractCmd::Timeline { id, api },
+            command: ContractCmd::Timeline { id },
         } => {
             call(
                 Method::GET,
@@ -325,11 +303,7 @@ async fn client(command: Command) -> ExitCode {
             )
             .await
         }
-        Command::Ledger {
-            contract,
-            tenant,
-            api,
-        } => {
+        Command::Ledger { contract, tenant } => {
             let mut q = Vec::new();
             if let Some(c) = contract {
                 q.push(format!("contract={c}"));
@@ -433,7 +407,7 @@ async fn main() -> ExitCode {
         | Command::Plan { .. }
         | Command::Contract { .. }
         | Command::Ledger { .. } => {
-            return client(cli.command).await;
+            return client(cli.api, cli.command).await;
         }
         _ => {}
     }

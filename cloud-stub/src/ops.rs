@@ -98,7 +98,7 @@ pub struct ChangeSummary {
     pub printers: BTreeMap<Id, PrinterState>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PrinterState {
     pub versions: Vec<u64>,
     pub config_confirmed_at: Option<DateTime<Utc>>,
@@ -398,28 +398,12 @@ fn summary(r: &ChangeRecord) -> ChangeSummary {
     let s = &r.setup;
     let mut printers: BTreeMap<Id, PrinterState> = BTreeMap::new();
     for (p, ps) in &s.printers {
-        printers
-            .entry(p.clone())
-            .or_insert(PrinterState {
-                versions: vec![],
-                config_confirmed_at: None,
-                service_confirmed_at: None,
-            })
-            .versions = ps.published.keys().copied().collect();
-        printers
-            .get_mut(p)
-            .expect("just inserted")
-            .config_confirmed_at = ps.confirmed_at;
+        let st = printers.entry(p.clone()).or_default();
+        st.versions = ps.published.keys().copied().collect();
+        st.config_confirmed_at = ps.confirmed_at;
     }
     for (p, ss) in &s.services {
-        printers
-            .entry(p.clone())
-            .or_insert(PrinterState {
-                versions: vec![],
-                config_confirmed_at: None,
-                service_confirmed_at: None,
-            })
-            .service_confirmed_at = ss.confirmed_at;
+        printers.entry(p.clone()).or_default().service_confirmed_at = ss.confirmed_at;
     }
     ChangeSummary {
         id: r.change.id.clone(),

@@ -344,6 +344,16 @@ impl Provider {
 mod tests {
     use super::*;
 
+    async fn order(c: &reqwest::Client, base: &str, body: serde_json::Value) -> u16 {
+        let r = c
+            .post(format!("{base}/v1/shipments"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
+
     async fn started() -> (Provider, String) {
         let p = Provider::start("127.0.0.1:0".parse().unwrap())
             .await
@@ -379,31 +389,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(s.status, "active");
-        let order =
+        let order_body =
             serde_json::json!({"key": "k1", "contract": "c1", "item": "toner", "quantity": 2});
-        let r = c
-            .post(format!("{base}/v1/shipments"))
-            .json(&order)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        let r = c
-            .post(format!("{base}/v1/shipments"))
-            .json(&order)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "a repeat is accepted once");
+        assert_eq!(order(&c, &base, order_body.clone()).await, 201);
+        assert_eq!(
+            order(&c, &base, order_body).await,
+            200,
+            "a repeat is accepted once"
+        );
         let other =
             serde_json::json!({"key": "k1", "contract": "c1", "item": "toner", "quantity": 3});
-        let r = c
-            .post(format!("{base}/v1/shipments"))
-            .json(&other)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 409);
+        assert_eq!(order(&c, &base, other).await, 409);
         assert_eq!(p.state.shipments().len(), 1);
         let r = c
             .post(format!("{base}/v1/shipments"))
