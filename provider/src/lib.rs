@@ -354,6 +354,15 @@ mod tests {
         r.status().as_u16()
     }
 
+    async fn status(c: &reqwest::Client, base: &str) -> ServiceStatus {
+        let r = c
+            .get(format!("{base}/v1/services/c1/p1"))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
     async fn started() -> (Provider, String) {
         let p = Provider::start("127.0.0.1:0".parse().unwrap())
             .await
@@ -380,14 +389,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let s: ServiceStatus = c
-            .get(format!("{base}/v1/services/c1/p1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = status(&c, &base).await;
         assert_eq!(s.status, "active");
         let order_body =
             serde_json::json!({"key": "k1", "contract": "c1", "item": "toner", "quantity": 2});
@@ -448,14 +450,7 @@ mod tests {
         assert_eq!(r.status(), 503);
         p.state.set_faults(|f| f.status_unobtainable_until = None);
         tokio::time::sleep(Duration::from_millis(350)).await;
-        let s: ServiceStatus = c
-            .get(format!("{base}/v1/services/c1/p1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = status(&c, &base).await;
         assert_eq!(s.status, "active");
 
         p.go_down().await;
@@ -465,14 +460,7 @@ mod tests {
             "down means connection refused"
         );
         p.come_up().await.unwrap();
-        let s: ServiceStatus = fresh
-            .get(format!("{base}/v1/services/c1/p1"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = status(&fresh, &base).await;
         assert_eq!(s.status, "active", "state survives down/up");
     }
 }
