@@ -157,6 +157,18 @@ async fn faults(state: &ProviderState, status_read: bool) -> Option<Response> {
     None
 }
 
+/// Fault knobs, then the JSON body: the common start of every write handler.
+async fn admit<T>(
+    state: &ProviderState,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Response> {
+    if let Some(r) = faults(state, false).await {
+        return Err(r);
+    }
+    body.map(|Json(b)| b)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
 fn status_of(contract: &str, printer: &str, s: &Service, activation: Duration) -> ServiceStatus {
     ServiceStatus {
         contract: contract.into(),
@@ -177,12 +189,9 @@ async fn put_service(
     Path((contract, printer)): Path<(String, String)>,
     body: Result<Json<ServiceSetup>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = faults(&state, false).await {
-        return r;
-    }
-    let Json(setup) = match body {
+    let setup = match admit(&state, body).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+        Err(r) => return r,
     };
     let mut g = state.lock();
     let activation = g.faults.activation;
@@ -215,12 +224,9 @@ async fn post_shipment(
     State(state): State<ProviderState>,
     body: Result<Json<ShipmentOrder>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = faults(&state, false).await {
-        return r;
-    }
-    let Json(order) = match body {
+    let order = match admit(&state, body).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+        Err(r) => return r,
     };
     if order.key.is_empty() || order.quantity == 0 {
         return error(
