@@ -117,7 +117,7 @@ pub async fn discover_device_index<S: Snmp>(snmp: &S) -> Result<Option<u32>, Snm
 
 /// GET that tolerates SNMPv1's whole-PDU noSuchName: the named object becomes
 /// NoSuchObject and the rest is asked again.
-async fn get_values<S: Snmp>(snmp: &S, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+pub async fn get_values<S: Snmp>(snmp: &S, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
     let mut missing: HashSet<usize> = HashSet::new();
     loop {
         let ask: Vec<(usize, ObjectId)> = oids

@@ -16,6 +16,12 @@ use std::path::Path;
 /// The built-in profile's text.
 pub const DEFAULT_PROFILE: &str = include_str!("../profiles/default.toml");
 
+/// Other built-in profiles, by name.
+pub const BUILTIN: &[(&str, &str)] = &[(
+    "konica-minolta",
+    include_str!("../profiles/konica-minolta.toml"),
+)];
+
 /// hrDeviceType (HOST-RESOURCES-MIB), walked to find the printer's hrDeviceIndex.
 pub const HR_DEVICE_TYPE: &str = "1.3.6.1.2.1.25.3.2.1.2";
 /// hrDevicePrinter, the hrDeviceType value of a printer.
@@ -189,6 +195,10 @@ pub struct Profile {
     pub name: String,
     pub description: String,
     settings: HashMap<String, SettingDef>,
+    /// Vendor page counters read with the telemetry (`[[counter]]`).
+    pub counters: Vec<crate::printer_mib::VendorCounter>,
+    /// The counter usage is computed from (`billing_counter` in `[profile]`).
+    pub billing_counter: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +207,16 @@ struct RawProfile {
     profile: RawHeader,
     #[serde(default, rename = "setting")]
     settings: Vec<RawSetting>,
+    #[serde(default, rename = "counter")]
+    counters: Vec<RawCounter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCounter {
+    name: String,
+    oid: String,
+    unit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +225,9 @@ struct RawHeader {
     name: String,
     #[serde(default)]
     description: String,
+    /// `"default"`: start from the built-in profile's settings.
+    extends: Option<String>,
+    billing_counter: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -234,10 +257,13 @@ impl Profile {
             .expect("built-in default profile is valid")
     }
 
-    /// `"default"` or a path to a profile file.
+    /// A built-in profile name (`default`, `konica-minolta`) or a path to a profile file.
     pub fn load(spec: &str) -> Result<Profile, ProfileError> {
         if spec == "default" {
             return Ok(Profile::builtin_default());
+        }
+        if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == spec) {
+            return Profile::parse(text, &format!("<built-in {spec}>"));
         }
         let text =
             std::fs::read_to_string(Path::new(spec)).map_err(|source| ProfileError::Read {
@@ -253,7 +279,52 @@ impl Profile {
             message,
         };
         let raw: RawProfile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let mut settings = HashMap::new();
+        let mut settings = match raw.profile.extends.as_deref() {
+            None => HashMap::new(),
+            Some("default") => Profile::builtin_default().settings,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "profile.extends: {other:?}; only \"default\" can be extended"
+                )))
+            }
+        };
+        let mut own = HashSet::new();
+        let mut counters = Vec::new();
+        for (i, c) in raw.counters.into_iter().enumerate() {
+            let at = format!("counter[{i}] ({})", c.name);
+            validate_setting_name(&c.name).map_err(|m| invalid(format!("{at}: {m}")))?;
+            if c.name.starts_with(crate::printer_mib::LIFE_COUNT) {
+                return Err(invalid(format!(
+                    "{at}: names starting with {} are the standard counters",
+                    crate::printer_mib::LIFE_COUNT
+                )));
+            }
+            if counters
+                .iter()
+                .any(|v: &crate::printer_mib::VendorCounter| v.name == c.name)
+            {
+                return Err(invalid(format!("{at}: duplicate counter name")));
+            }
+            counters.push(crate::printer_mib::VendorCounter {
+                oid: c
+                    .oid
+                    .parse()
+                    .map_err(|m| invalid(format!("{at}.oid: {m}")))?,
+                name: c.name,
+                unit: c.unit,
+            });
+        }
+        if let Some(b) = &raw.profile.billing_counter {
+            let standard = b
+                .strip_prefix(crate::printer_mib::LIFE_COUNT)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|m| m.parse::<u32>().is_ok());
+            if !standard && !counters.iter().any(|c| &c.name == b) {
+                return Err(invalid(format!(
+                    "profile.billing_counter: {b:?} is neither prtMarkerLifeCount.N nor a [[counter]] of this profile"
+                )));
+            }
+        }
         for (i, s) in raw.settings.into_iter().enumerate() {
             let at = format!("setting[{i}] ({})", s.name);
             validate_setting_name(&s.name).map_err(|m| invalid(format!("{at}: {m}")))?;
@@ -320,14 +391,18 @@ impl Profile {
                 disruptive: s.disruptive,
                 requires: s.requires,
             };
-            if settings.insert(s.name.clone(), def).is_some() {
+            // With `extends`, a setting may replace an inherited one, but not another of this file.
+            if !own.insert(s.name.clone()) {
                 return Err(invalid(format!("{at}: duplicate setting name")));
             }
+            settings.insert(s.name.clone(), def);
         }
         let profile = Profile {
             name: raw.profile.name,
             description: raw.profile.description,
             settings,
+            counters,
+            billing_counter: raw.profile.billing_counter,
         };
         profile.check_requires().map_err(invalid)?;
         Ok(profile)
@@ -615,6 +690,30 @@ type = "text"
     }
 
     #[test]
+    fn a_profile_can_extend_the_default_and_name_vendor_counters() {
+        let text = "[profile]\nname='km'\nextends='default'\nbilling_counter='printBlack'\n\
+            [[setting]]\nname='sysLocation'\noid='1.3.6.1.2.1.1.6.0'\ntype='text'\nmax_len=64\n\
+            [[counter]]\nname='printBlack'\noid='1.3.6.1.4.1.18334.1.1.1.5.7.2.2.1.5.1.2'\nunit='impressions'\n";
+        let p = Profile::parse(text, "km.toml").unwrap();
+        assert_eq!(p.names().len(), Profile::builtin_default().names().len());
+        assert!(matches!(
+            p.get("sysLocation").unwrap().kind,
+            Kind::Text { max_len: 64, .. }
+        ));
+        assert_eq!(p.counters.len(), 1);
+        assert_eq!(p.billing_counter.as_deref(), Some("printBlack"));
+        let bad = "[profile]\nname='x'\nbilling_counter='nope'\n";
+        let err = Profile::parse(bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("billing_counter"), "{err}");
+        let std = "[profile]\nname='x'\nbilling_counter='prtMarkerLifeCount.2'\n";
+        assert!(Profile::parse(std, "x.toml").is_ok());
+        let err = Profile::parse("[profile]\nname='x'\nextends='hp'\n", "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only \"default\""), "{err}");
+    }
+
+    #[test]
     fn profile_errors_are_specific() {
         let head = "[profile]\nname='t'\n";
         let cases = [
@@ -629,6 +728,9 @@ type = "text"
             ("[[setting]]\nname='a'\noid='1.3.6'\ntype='text'\nrequires=['b']\n[[setting]]\nname='b'\noid='1.3.7'\ntype='text'\nrequires=['a']\n", "cycle"),
             ("[[setting]]\nname='a b'\noid='1.3.6'\ntype='text'\n", "contains ' '"),
             ("[[setting]]\nname='a'\noid='1.3.6'\ntype='text'\nwritable=true\n", "unknown field `writable`"),
+            ("[[counter]]\nname='prtMarkerLifeCount.9'\noid='1.3.6'\n", "standard counters"),
+            ("[[counter]]\nname='c'\noid='1.3.x'\n", "counter[0] (c).oid"),
+            ("[[counter]]\nname='c'\noid='1.3.6'\n[[counter]]\nname='c'\noid='1.3.7'\n", "duplicate counter"),
         ];
         for (body, want) in cases {
             let err = Profile::parse(&format!("{head}{body}"), "t.toml")

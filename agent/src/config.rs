@@ -40,6 +40,12 @@ pub struct AgentConfig {
     pub broker: BrokerConfig,
     #[serde(default)]
     pub apply: ApplyConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub drift: DriftConfig,
+    #[serde(default)]
+    pub diagnostics: DiagnosticsConfig,
     #[serde(default, rename = "printer")]
     pub printers: Vec<PrinterConfig>,
 }
@@ -83,6 +89,50 @@ pub struct ApplyConfig {
     pub max_set_attempts: u32,
 }
 
+/// Polling printers for counters, supplies, status and alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Time between the starts of two polls of the fleet.
+    #[serde(default = "default_poll_interval")]
+    pub interval_secs: u64,
+    /// Send a message at least this often per printer, even when nothing changed.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// Send when a supply level moved by this many percentage points.
+    #[serde(default = "default_supply_change")]
+    pub supply_change_pct: u8,
+    /// Send when the billing counter advanced by this many pages.
+    #[serde(default = "default_pages_step")]
+    pub pages_step: u64,
+    /// A supply at or below this percentage is low (a receptacle with this little space is almost full).
+    #[serde(default = "default_low_percent")]
+    pub low_percent: u8,
+    /// Printers polled at the same time (each with at most 2 requests in flight).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// Re-reading verified settings to catch changes made outside Platen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Time between checks of one printer; 0 turns drift detection off.
+    #[serde(default = "default_drift_interval")]
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticsConfig {
+    /// Answer diagnostics requests on `…/{printer}/cmd/diag`. Off by default: a
+    /// diagnostics run sends SNMP traffic and reveals device details.
+    #[serde(default)]
+    pub remote: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnmpVersion {
@@ -113,8 +163,36 @@ pub struct PrinterConfig {
     /// Re-sends of an unanswered request before the printer counts as unreachable (504).
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Settings re-applied automatically when drift is found (`["*"]` for all);
+    /// the others are only reported.
+    #[serde(default)]
+    pub reapply_on_drift: Vec<String>,
 }
 
+fn yes() -> bool {
+    true
+}
+fn default_poll_interval() -> u64 {
+    60
+}
+fn default_heartbeat() -> u64 {
+    900
+}
+fn default_supply_change() -> u8 {
+    5
+}
+fn default_pages_step() -> u64 {
+    100
+}
+fn default_low_percent() -> u8 {
+    10
+}
+fn default_concurrency() -> usize {
+    128
+}
+fn default_drift_interval() -> u64 {
+    600
+}
 fn default_mqtt_port() -> u16 {
     1883
 }
@@ -163,6 +241,37 @@ impl Default for ApplyConfig {
             retry_backoff_ms: default_retry_backoff(),
             max_set_attempts: default_set_attempts(),
         }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            enabled: true,
+            interval_secs: default_poll_interval(),
+            heartbeat_secs: default_heartbeat(),
+            supply_change_pct: default_supply_change(),
+            pages_step: default_pages_step(),
+            low_percent: default_low_percent(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig {
+            interval_secs: default_drift_interval(),
+        }
+    }
+}
+
+impl PrinterConfig {
+    /// Whether drift on `setting` is re-applied automatically.
+    pub fn reapplies(&self, setting: &str) -> bool {
+        self.reapply_on_drift
+            .iter()
+            .any(|s| s == "*" || s == setting)
     }
 }
 
@@ -238,6 +347,31 @@ impl AgentConfig {
             return Err(invalid(
                 "apply.max_set_attempts".into(),
                 "must be at least 1",
+            ));
+        }
+        let t = &self.telemetry;
+        if t.interval_secs == 0 {
+            return Err(invalid(
+                "telemetry.interval_secs".into(),
+                "must be at least 1",
+            ));
+        }
+        if t.heartbeat_secs < t.interval_secs {
+            return Err(invalid(
+                "telemetry.heartbeat_secs".into(),
+                "must be at least telemetry.interval_secs",
+            ));
+        }
+        if t.concurrency == 0 {
+            return Err(invalid(
+                "telemetry.concurrency".into(),
+                "must be at least 1",
+            ));
+        }
+        if t.low_percent > 100 || t.supply_change_pct == 0 || t.supply_change_pct > 100 {
+            return Err(invalid(
+                "telemetry.low_percent".into(),
+                "low_percent must be 0..=100 and supply_change_pct 1..=100",
             ));
         }
         let mut seen = HashSet::new();

@@ -11,8 +11,9 @@
 use crate::apply::{apply, ApplyParams};
 use crate::catalog::Profile;
 use crate::snmp::Snmp;
-use crate::store::{OutboxEntry, Store};
+use crate::store::{OutboxEntry, Store, Verified};
 use chrono::Utc;
+use platen_protocol::diag::LastReport;
 use platen_protocol::{codec, ApplyReport, Id, ReportStatus, Topic};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,12 @@ pub struct PrinterTask<S> {
     pub store: Store,
     /// The latest accepted desired version, sent by the inbound handler.
     pub latest: watch::Receiver<u64>,
+    /// Held while applying; drift detection takes it too.
+    pub lock: PrinterLock,
 }
+
+/// One per printer: serialises applying and drift re-reads.
+pub type PrinterLock = Arc<tokio::sync::Mutex<()>>;
 
 impl<S: Snmp> PrinterTask<S> {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -64,6 +70,8 @@ impl<S: Snmp> PrinterTask<S> {
         if version <= self.store.completed(&self.printer)? {
             return Ok(false);
         }
+        // Drift checks on this printer wait while it is being configured.
+        let guard = self.lock.lock().await;
         info!(printer = %self.printer, version, settings = stored.config.settings.len(), "applying desired config");
         let latest = self.latest.clone();
         let outcome = apply(
@@ -90,17 +98,35 @@ impl<S: Snmp> PrinterTask<S> {
         if payload.len() > platen_protocol::MAX_MESSAGE_BYTES {
             warn!(printer = %self.printer, version, bytes = payload.len(), "report exceeds the message limit");
         }
-        let entry = OutboxEntry {
-            topic: Topic::report(&stored.tenant, &self.printer).to_string(),
+        let entry = OutboxEntry::new(
+            Topic::report(&stored.tenant, &self.printer).to_string(),
             payload,
-        };
-        self.store.complete(&self.printer, version, &entry).await?;
+        );
         let failed: Vec<String> = report
             .settings
             .iter()
             .filter(|s| s.code != platen_protocol::Code::Verified)
             .map(|s| format!("{}={}", s.name, s.code))
             .collect();
+        let verified = Verified {
+            version,
+            settings: report
+                .settings
+                .iter()
+                .filter(|s| s.code == platen_protocol::Code::Verified)
+                .map(|s| (s.name.clone(), s.desired.clone()))
+                .collect(),
+            report: Some(LastReport {
+                config_version: version,
+                status: status.to_string(),
+                completed_at: report.completed_at,
+                failed: failed.clone(),
+            }),
+        };
+        self.store
+            .complete(&self.printer, version, &entry, &verified)
+            .await?;
+        drop(guard);
         info!(printer = %self.printer, version, status = %status, failed = ?failed, "report queued");
         Ok(true)
     }

@@ -1,16 +1,24 @@
 //! Wiring: open the store, connect SNMP clients, start the MQTT link, the inbound
-//! handler and one reconciler per printer; stop them in order on shutdown.
+//! handler, one reconciler per printer, the fleet poller (telemetry and drift) and
+//! the status writer; stop them in order on shutdown.
 
 use crate::apply::ApplyParams;
 use crate::catalog::{Profile, ProfileError};
-use crate::config::{AgentConfig, SnmpVersion};
+use crate::config::{AgentConfig, PrinterConfig, SnmpVersion};
+use crate::diag::{diagnose, DiagParams};
+use crate::drift::DriftCheck;
+use crate::fleet::{Fleet, FleetPrinter};
 use crate::mqtt::{self, MqttLink};
-use crate::reconciler::PrinterTask;
+use crate::printer_mib::TelemetrySpec;
+use crate::reconciler::{PrinterLock, PrinterTask};
 use crate::snmp::{AsyncSnmp, SharedTransport, SnmpError, Target};
-use crate::store::{Offer, Store, StoreError};
+use crate::status::Board;
+use crate::store::{Offer, OutboxEntry, Store, StoreError};
+use crate::telemetry::{Thresholds, Tracker};
 use chrono::Utc;
-use platen_protocol::{codec, DesiredConfig, Id, Topic};
+use platen_protocol::{codec, DesiredConfig, DiagRequest, DiagResponse, Id, Topic};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,6 +41,12 @@ pub enum RunError {
     },
     #[error("SNMP socket: {0}")]
     Socket(SnmpError),
+    #[error("printer {printer}: reapply_on_drift names {setting}, which profile {profile} does not have")]
+    UnknownReapply {
+        printer: Id,
+        setting: String,
+        profile: String,
+    },
 }
 
 /// A running agent; [`AgentHandle::shutdown`] stops it gracefully.
@@ -42,6 +56,8 @@ pub struct AgentHandle {
     link_tasks: mqtt::LinkTasks,
     workers: Vec<JoinHandle<()>>,
     store: Store,
+    board: Board,
+    state_dir: PathBuf,
 }
 
 impl AgentHandle {
@@ -53,8 +69,8 @@ impl AgentHandle {
         self.link.is_connected()
     }
 
-    /// Stop taking work, let reconcilers stop, publish health `down`, disconnect,
-    /// flush the store.
+    /// Stop taking work, let reconcilers and the poller stop, publish health `down`,
+    /// disconnect, flush the store, write the final status.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for w in self.workers {
@@ -70,7 +86,73 @@ impl AgentHandle {
         if let Err(e) = self.store.flush().await {
             error!(error = %e, "flushing state at shutdown");
         }
+        refresh_board(&self.board, &self.store, false);
+        self.board.update(|s| s.pid = 0);
+        if let Err(e) = crate::status::write_snapshot(&self.state_dir, &self.board.get()) {
+            warn!(error = %e, "writing the final status file");
+        }
         info!("agent stopped");
+    }
+}
+
+/// Connection parameters for a printer from its config entry.
+pub fn target(p: &PrinterConfig) -> Target {
+    Target {
+        address: p.address.clone(),
+        port: p.port,
+        v1: p.snmp_version == SnmpVersion::V1,
+        community: p.community.clone(),
+        timeout: p.timeout(),
+        retries: p.retries,
+    }
+}
+
+/// The telemetry spec for a printer with `profile`.
+pub fn spec(cfg: &AgentConfig, profile: &Profile) -> TelemetrySpec {
+    TelemetrySpec {
+        vendor_counters: profile.counters.clone(),
+        billing_counter: profile.billing_counter.clone(),
+        low_percent: cfg.telemetry.low_percent,
+    }
+}
+
+/// Load every profile the config names (once each) and check `reapply_on_drift`.
+pub fn load_profiles(cfg: &AgentConfig) -> Result<HashMap<String, Arc<Profile>>, RunError> {
+    let mut profiles: HashMap<String, Arc<Profile>> = HashMap::new();
+    for p in &cfg.printers {
+        if !profiles.contains_key(&p.profile) {
+            profiles.insert(p.profile.clone(), Arc::new(Profile::load(&p.profile)?));
+        }
+        let profile = &profiles[&p.profile];
+        if let Some(s) = p
+            .reapply_on_drift
+            .iter()
+            .find(|s| *s != "*" && profile.get(s).is_none())
+        {
+            return Err(RunError::UnknownReapply {
+                printer: p.id.clone(),
+                setting: s.clone(),
+                profile: profile.name.clone(),
+            });
+        }
+    }
+    Ok(profiles)
+}
+
+/// What a remote diagnostics request needs for one printer.
+#[derive(Clone)]
+struct DiagContext {
+    snmp: AsyncSnmp,
+    profile: Arc<Profile>,
+    spec: Arc<TelemetrySpec>,
+    target: String,
+    version: &'static str,
+}
+
+fn version_name(v: SnmpVersion) -> &'static str {
+    match v {
+        SnmpVersion::V1 => "v1",
+        SnmpVersion::V2c => "v2c",
     }
 }
 
@@ -83,40 +165,66 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         .as_ref()
         .map(crate::tls::client_config)
         .transpose()?;
+    let profiles = load_profiles(&cfg)?;
     let store = Store::open(&cfg.state_dir)?;
     let params = ApplyParams::from(&cfg.apply);
     let transport = SharedTransport::bind().await.map_err(RunError::Socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let board = Board::new(cfg.agent_id.as_str(), std::process::id());
 
-    let mut profiles: HashMap<String, Arc<Profile>> = HashMap::new();
     let mut routes: HashMap<(Id, Id), watch::Sender<u64>> = HashMap::new();
+    let mut diag_ctx: HashMap<(Id, Id), DiagContext> = HashMap::new();
     let mut workers = Vec::new();
+    let mut fleet_printers = Vec::new();
     for p in &cfg.printers {
-        let profile = match profiles.get(&p.profile) {
-            Some(pr) => pr.clone(),
-            None => {
-                let pr = Arc::new(Profile::load(&p.profile)?);
-                profiles.insert(p.profile.clone(), pr.clone());
-                pr
-            }
-        };
-        let target = Target {
-            address: p.address.clone(),
-            port: p.port,
-            v1: p.snmp_version == SnmpVersion::V1,
-            community: p.community.clone(),
-            timeout: p.timeout(),
-            retries: p.retries,
-        };
-        let snmp = AsyncSnmp::connect(&target, &transport)
+        let profile = profiles[&p.profile].clone();
+        let snmp = AsyncSnmp::connect(&target(p), &transport)
             .await
             .map_err(|source| RunError::Snmp {
                 printer: p.id.clone(),
                 source,
             })?;
+        let tenant = p.tenant(&cfg).clone();
         let stored = store.desired(&p.id)?.map(|d| d.config.version).unwrap_or(0);
         let (tx, rx) = watch::channel(stored);
-        routes.insert((p.tenant(&cfg).clone(), p.id.clone()), tx);
+        routes.insert((tenant.clone(), p.id.clone()), tx);
+        let lock: PrinterLock = Arc::default();
+        let spec = Arc::new(spec(&cfg, &profile));
+        diag_ctx.insert(
+            (tenant.clone(), p.id.clone()),
+            DiagContext {
+                snmp: snmp.clone(),
+                profile: profile.clone(),
+                spec: spec.clone(),
+                target: format!("{}:{}", p.address, p.port),
+                version: version_name(p.snmp_version),
+            },
+        );
+        let drift = (cfg.drift.interval_secs > 0).then(|| {
+            DriftCheck::new(
+                cfg.agent_id.clone(),
+                p.id.clone(),
+                tenant.clone(),
+                profile.clone(),
+                params.clone(),
+                p.reapply_on_drift.clone(),
+                lock.clone(),
+            )
+        });
+        fleet_printers.push(FleetPrinter {
+            id: p.id.clone(),
+            tenant: tenant.clone(),
+            snmp: snmp.clone(),
+            spec,
+            device: None,
+            tracker: Tracker::new(
+                cfg.agent_id.clone(),
+                p.id.clone(),
+                store.seq(crate::store::SeqKind::Telemetry, &p.id)?,
+            ),
+            drift,
+            next_drift: None,
+        });
         let task = PrinterTask {
             agent: cfg.agent_id.clone(),
             printer: p.id.clone(),
@@ -125,20 +233,75 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
             params: params.clone(),
             store: store.clone(),
             latest: rx,
+            lock,
         };
         workers.push(tokio::spawn(task.run(stop_rx.clone())));
     }
 
-    let filters = mqtt::desired_filters(cfg.printers.iter().map(|p| (p.tenant(&cfg), &p.id)));
+    if cfg.telemetry.enabled || cfg.drift.interval_secs > 0 {
+        let t = &cfg.telemetry;
+        let fleet = Fleet {
+            printers: fleet_printers,
+            concurrency: t.concurrency,
+            thresholds: Thresholds {
+                heartbeat: Duration::from_secs(t.heartbeat_secs),
+                supply_change_pct: t.supply_change_pct,
+                pages_step: t.pages_step,
+            },
+            drift_interval: (cfg.drift.interval_secs > 0)
+                .then(|| Duration::from_secs(cfg.drift.interval_secs)),
+            store: Some(store.clone()),
+            board: board.clone(),
+            telemetry: t.enabled,
+        };
+        // Drift-only agents sweep at the drift interval.
+        let every = if t.enabled {
+            t.interval_secs
+        } else {
+            cfg.drift.interval_secs
+        };
+        workers.push(tokio::spawn(
+            fleet.run(Duration::from_secs(every), stop_rx.clone()),
+        ));
+    }
+
+    let mut filters = mqtt::desired_filters(cfg.printers.iter().map(|p| (p.tenant(&cfg), &p.id)));
+    if cfg.diagnostics.remote {
+        filters.extend(
+            cfg.printers
+                .iter()
+                .map(|p| Topic::diag_request(p.tenant(&cfg), &p.id).to_string()),
+        );
+    }
     let (link, mut inbound, link_tasks) = MqttLink::start(&cfg, tls, store.clone(), filters);
     let (l, s) = (link.clone(), store.clone());
     let mut stop = stop_rx.clone();
+    let agent_id = cfg.agent_id.clone();
+    let remote_diag = cfg.diagnostics.remote;
+    let board_in = board.clone();
     workers.push(tokio::spawn(async move {
         loop {
             let p = tokio::select! {
                 p = inbound.recv() => match p { Some(p) => p, None => return },
                 _ = stop.changed() => return,
             };
+            if let Ok(Topic::DiagRequest { tenant, printer }) = p.topic.parse::<Topic>() {
+                // Requests are not persisted: acknowledge, then answer through the outbox.
+                l.ack(&p).await;
+                if !remote_diag {
+                    warn!(topic = %p.topic, "diagnostics request ignored: [diagnostics] remote is off");
+                    continue;
+                }
+                match diag_ctx.get(&(tenant.clone(), printer.clone())) {
+                    Some(ctx) => {
+                        let (ctx, s, agent, board) =
+                            (ctx.clone(), s.clone(), agent_id.clone(), board_in.clone());
+                        tokio::spawn(answer_diag(ctx, s, agent, board, tenant, printer, p.payload.to_vec()));
+                    }
+                    None => warn!(topic = %p.topic, "diagnostics request for a printer this agent does not manage"),
+                }
+                continue;
+            }
             match handle_desired(&s, &routes, &p.topic, &p.payload).await {
                 Ok(()) => l.ack(&p).await,
                 // Not acknowledged: the broker redelivers it after a reconnect.
@@ -146,6 +309,13 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
             }
         }
     }));
+    workers.push(tokio::spawn(status_writer(
+        board.clone(),
+        store.clone(),
+        link.clone(),
+        cfg.state_dir.clone(),
+        stop_rx.clone(),
+    )));
     info!(agent = %cfg.agent_id, printers = cfg.printers.len(), outbox = store.outbox_len(), "agent started");
     Ok(AgentHandle {
         stop: stop_tx,
@@ -153,7 +323,106 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         link_tasks,
         workers,
         store,
+        board,
+        state_dir: cfg.state_dir.clone(),
     })
+}
+
+/// Run a diagnostics request and queue the response.
+async fn answer_diag(
+    ctx: DiagContext,
+    store: Store,
+    agent: Id,
+    board: Board,
+    tenant: Id,
+    printer: Id,
+    payload: Vec<u8>,
+) {
+    let req: DiagRequest = match codec::decode(&payload) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(printer = %printer, error = %e, "diagnostics request refused");
+            return;
+        }
+    };
+    info!(printer = %printer, request = %req.request_id, write_test = req.write_test, "remote diagnostics");
+    let last_report = board
+        .get()
+        .printers
+        .get(printer.as_str())
+        .and_then(|p| p.last_report.clone());
+    let result = diagnose(
+        &ctx.snmp,
+        DiagParams {
+            printer: &printer,
+            target: ctx.target.clone(),
+            snmp_version: ctx.version,
+            profile: &ctx.profile,
+            spec: &ctx.spec,
+            write_test: req.write_test,
+            last_report,
+        },
+    )
+    .await;
+    let resp = DiagResponse {
+        request_id: req.request_id,
+        agent_id: agent,
+        at: Utc::now(),
+        result,
+    };
+    let payload = String::from_utf8(codec::encode(&resp)).unwrap_or_default();
+    let entry = OutboxEntry::new(Topic::diag_response(&tenant, &printer).to_string(), payload);
+    if let Err(e) = store.enqueue(&entry).await {
+        error!(printer = %printer, error = %e, "could not queue the diagnostics response");
+    }
+}
+
+/// Fill the board's durable figures from the store.
+fn refresh_board(board: &Board, store: &Store, connected: bool) {
+    let depth = store.outbox_len();
+    let oldest = store.oldest_pending();
+    let ids: Vec<String> = board.get().printers.keys().cloned().collect();
+    board.update(|s| {
+        s.broker_connected = connected;
+        s.outbox_depth = depth;
+        s.oldest_pending_at = oldest;
+        s.written_at = Some(Utc::now());
+    });
+    for id in ids {
+        let Ok(pid) = Id::new(&id) else { continue };
+        let desired = store.desired(&pid).ok().flatten().map(|d| d.config.version);
+        let completed = store.completed(&pid).unwrap_or(0);
+        let verified = store.verified(&pid).ok().flatten();
+        board.printer(&id, |p| {
+            p.desired_version = desired.unwrap_or(0);
+            p.completed_version = completed;
+            p.last_report = verified.and_then(|v| v.report);
+        });
+    }
+}
+
+/// Keep `{state_dir}/status.json` current (every 2 s) for `status` and `diag`.
+async fn status_writer(
+    board: Board,
+    store: Store,
+    link: MqttLink,
+    dir: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        refresh_board(&board, &store, link.is_connected());
+        let snap = board.get();
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || crate::status::write_snapshot(&d, &snap)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "writing the status file"),
+            Err(e) => warn!(error = %e, "status writer task"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Validate and persist one inbound desired config. Bad input is logged and dropped

@@ -188,6 +188,12 @@ impl SharedTransport {
             .map(SharedTransport)
             .map_err(|e| SnmpError::Network(e.to_string()))
     }
+
+    /// Datagrams answered and requests expired so far on this socket.
+    pub fn stats(&self) -> (u64, u64) {
+        let s = self.0.stats();
+        (s.correlated_datagrams, s.expired_registrations)
+    }
 }
 
 /// Connection parameters for one printer.
@@ -201,7 +207,8 @@ pub struct Target {
     pub retries: u32,
 }
 
-/// [`Snmp`] over async-snmp.
+/// [`Snmp`] over async-snmp. Cheap to clone (clones share the socket).
+#[derive(Clone)]
 pub struct AsyncSnmp {
     client: Client<UdpHandle>,
     target: String,
@@ -245,7 +252,8 @@ fn from_oid(o: &Oid) -> ObjectId {
     ObjectId(o.arcs().to_vec())
 }
 
-fn from_value(v: &Value) -> SnmpValue {
+/// Convert an async-snmp value (also used to load recordings in tests).
+pub fn from_value(v: &Value) -> SnmpValue {
     match v {
         Value::Integer(i) => SnmpValue::Integer(i64::from(*i)),
         Value::OctetString(b) => SnmpValue::OctetString(b.to_vec()),
@@ -399,7 +407,7 @@ impl Snmp for AsyncSnmp {
     ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
         let mut stream = self
             .client
-            .walk_getnext(to_oid(prefix))
+            .walk(to_oid(prefix))
             .map_err(|e| convert_error(*e, self.retries))?;
         let mut out = Vec::new();
         while let Some(item) = stream.next().await {

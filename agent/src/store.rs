@@ -6,6 +6,10 @@
 //! - `outbox`: sequence number (big-endian u64, so iteration is oldest first) → a
 //!   report waiting for the broker's PUBACK
 //! - `meta`: `format_version`
+//! - `seqs`: `{kind}/{printer}` → the last sequence number used for telemetry (`t`)
+//!   and drift reports (`d`), written with the message that used it
+//! - `verified`: printer id → the settings verified by the last completed version
+//!   (what drift detection re-reads) and a summary of that report
 //!
 //! Invariants: a desired config is flushed before its MQTT message is acknowledged;
 //! a report and its printer's `completed` version are written in one transaction and
@@ -51,6 +55,45 @@ pub struct StoredDesired {
 pub struct OutboxEntry {
     pub topic: String,
     pub payload: String,
+    /// When the entry was queued (absent in entries written before this field existed).
+    #[serde(default)]
+    pub queued_at: Option<DateTime<Utc>>,
+}
+
+impl OutboxEntry {
+    pub fn new(topic: String, payload: String) -> OutboxEntry {
+        OutboxEntry {
+            topic,
+            payload,
+            queued_at: Some(Utc::now()),
+        }
+    }
+}
+
+/// What a completed version leaves behind for drift detection and `status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verified {
+    pub version: u64,
+    /// Settings that read back equal (code 200): name → desired value.
+    pub settings: std::collections::BTreeMap<String, platen_protocol::SettingValue>,
+    /// The report's summary.
+    pub report: Option<platen_protocol::diag::LastReport>,
+}
+
+/// Which per-printer sequence a queued message advances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqKind {
+    Telemetry,
+    Drift,
+}
+
+impl SeqKind {
+    fn key(self, printer: &Id) -> String {
+        match self {
+            SeqKind::Telemetry => format!("t/{printer}"),
+            SeqKind::Drift => format!("d/{printer}"),
+        }
+    }
 }
 
 /// The result of offering a newly received desired config.
@@ -70,7 +113,26 @@ pub struct Store {
     desired: sled::Tree,
     completed: sled::Tree,
     outbox: sled::Tree,
+    seqs: sled::Tree,
+    verified: sled::Tree,
     outbox_wake: Arc<Notify>,
+}
+
+fn corrupt(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
+    move |e| StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+fn tx_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(s) => StoreError::Db(s),
+        TransactionError::Abort(()) => StoreError::Corrupt {
+            what: "outbox",
+            detail: "transaction aborted".into(),
+        },
+    }
 }
 
 impl Store {
@@ -107,6 +169,8 @@ impl Store {
             desired: db.open_tree("desired")?,
             completed: db.open_tree("completed")?,
             outbox: db.open_tree("outbox")?,
+            seqs: db.open_tree("seqs")?,
+            verified: db.open_tree("verified")?,
             db,
             outbox_wake: Arc::new(Notify::new()),
         })
@@ -169,44 +233,98 @@ impl Store {
             config,
             received_at,
         };
-        let bytes = serde_json::to_vec(&rec).map_err(|e| StoreError::Corrupt {
-            what: "desired",
-            detail: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec(&rec).map_err(corrupt("desired"))?;
         self.desired.insert(printer.as_str(), bytes)?;
         self.db.flush_async().await?;
         Ok(Offer::Accepted)
     }
 
     /// Record that `version` of `printer` is final and queue its report, atomically,
-    /// then flush. Returns the outbox key.
+    /// then flush. `verified` (settings read back equal, and the report summary) is
+    /// written in the same transaction. Returns the outbox key.
     pub async fn complete(
         &self,
         printer: &Id,
         version: u64,
         entry: &OutboxEntry,
+        verified: &Verified,
     ) -> Result<u64, StoreError> {
         let key = self.db.generate_id()?;
-        let value = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt {
-            what: "outbox",
-            detail: e.to_string(),
-        })?;
-        (&self.completed, &self.outbox)
-            .transaction(|(completed, outbox)| {
+        let value = serde_json::to_vec(entry).map_err(corrupt("outbox"))?;
+        let ver = serde_json::to_vec(verified).map_err(corrupt("verified"))?;
+        (&self.completed, &self.outbox, &self.verified)
+            .transaction(|(completed, outbox, vt)| {
                 completed.insert(printer.as_str(), &version.to_be_bytes())?;
                 outbox.insert(&key.to_be_bytes(), value.as_slice())?;
+                vt.insert(printer.as_str(), ver.as_slice())?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                TransactionError::Storage(s) => StoreError::Db(s),
-                TransactionError::Abort(()) => StoreError::Corrupt {
-                    what: "outbox",
-                    detail: "transaction aborted".into(),
-                },
-            })?;
+            .map_err(tx_error)?;
         self.db.flush_async().await?;
         self.outbox_wake.notify_one();
         Ok(key)
+    }
+
+    /// Queue a message that advances a per-printer sequence (telemetry, drift), with
+    /// the sequence number in the same transaction, then flush.
+    pub async fn queue(
+        &self,
+        kind: SeqKind,
+        printer: &Id,
+        seq: u64,
+        entry: &OutboxEntry,
+    ) -> Result<u64, StoreError> {
+        let key = self.db.generate_id()?;
+        let value = serde_json::to_vec(entry).map_err(corrupt("outbox"))?;
+        let seq_key = kind.key(printer);
+        (&self.seqs, &self.outbox)
+            .transaction(|(seqs, outbox)| {
+                seqs.insert(seq_key.as_bytes(), &seq.to_be_bytes())?;
+                outbox.insert(&key.to_be_bytes(), value.as_slice())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(tx_error)?;
+        self.db.flush_async().await?;
+        self.outbox_wake.notify_one();
+        Ok(key)
+    }
+
+    /// Queue a message that has no sequence (diagnostics responses), then flush.
+    pub async fn enqueue(&self, entry: &OutboxEntry) -> Result<u64, StoreError> {
+        let key = self.db.generate_id()?;
+        let value = serde_json::to_vec(entry).map_err(corrupt("outbox"))?;
+        self.outbox.insert(key.to_be_bytes(), value)?;
+        self.db.flush_async().await?;
+        self.outbox_wake.notify_one();
+        Ok(key)
+    }
+
+    /// The oldest entry's queue time, if any entry carries one.
+    pub fn oldest_pending(&self) -> Option<DateTime<Utc>> {
+        self.outbox_peek(1).first().and_then(|(_, e)| e.queued_at)
+    }
+
+    /// The last sequence number used (0 if none).
+    pub fn seq(&self, kind: SeqKind, printer: &Id) -> Result<u64, StoreError> {
+        match self.seqs.get(kind.key(printer))? {
+            None => Ok(0),
+            Some(b) => Ok(u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    what: "seqs",
+                    detail: format!("{} bytes", b.len()),
+                }
+            })?)),
+        }
+    }
+
+    /// What the last completed version verified, if anything completed.
+    pub fn verified(&self, printer: &Id) -> Result<Option<Verified>, StoreError> {
+        match self.verified.get(printer.as_str())? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(corrupt("verified")),
+        }
     }
 
     /// Up to `limit` outbox entries, oldest first. Undecodable entries are skipped
@@ -286,14 +404,11 @@ mod tests {
                 s.offer_desired(&tenant, cfg(1), Utc::now()).await.unwrap(),
                 Offer::Stale { latest: 2 }
             );
-            let e = OutboxEntry {
-                topic: "t".into(),
-                payload: "{}".into(),
-            };
-            s.complete(&p1, 2, &e).await.unwrap();
+            let e = OutboxEntry::new("t".into(), "{}".into());
+            s.complete(&p1, 2, &e, &Verified::default()).await.unwrap();
             assert_eq!(s.outbox_len(), 1);
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         assert_eq!(s.completed(&p1).unwrap(), 2);
         assert_eq!(s.desired(&p1).unwrap().unwrap().config.version, 2);
         assert_eq!(
@@ -318,10 +433,8 @@ mod tests {
         s.complete(
             &p1,
             5,
-            &OutboxEntry {
-                topic: "t".into(),
-                payload: "{}".into(),
-            },
+            &OutboxEntry::new("t".into(), "{}".into()),
+            &Verified::default(),
         )
         .await
         .unwrap();
@@ -341,10 +454,8 @@ mod tests {
             s.complete(
                 &p1,
                 v,
-                &OutboxEntry {
-                    topic: format!("t{v}"),
-                    payload: "{}".into(),
-                },
+                &OutboxEntry::new(format!("t{v}"), "{}".into()),
+                &Verified::default(),
             )
             .await
             .unwrap();
@@ -356,6 +467,44 @@ mod tests {
             .collect();
         let want: Vec<String> = (1..=300).map(|v| format!("t{v}")).collect();
         assert_eq!(topics, want);
+    }
+
+    #[tokio::test]
+    async fn sequences_survive_reopen_and_entries_written_before_queued_at_decode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p1: Id = "p1".parse().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.seq(SeqKind::Telemetry, &p1).unwrap(), 0);
+            let e = OutboxEntry::new("t".into(), "{}".into());
+            s.queue(SeqKind::Telemetry, &p1, 7, &e).await.unwrap();
+            s.queue(SeqKind::Drift, &p1, 2, &e).await.unwrap();
+            // An entry in the session-1 format (no queued_at).
+            s.outbox
+                .insert(
+                    99u64.to_be_bytes(),
+                    &br#"{"topic":"old","payload":"{}"}"#[..],
+                )
+                .unwrap();
+        }
+        let s = reopen(dir.path());
+        assert_eq!(s.seq(SeqKind::Telemetry, &p1).unwrap(), 7);
+        assert_eq!(s.seq(SeqKind::Drift, &p1).unwrap(), 2);
+        let all = s.outbox_peek(10);
+        assert_eq!(all.len(), 3);
+        assert!(all
+            .iter()
+            .any(|(_, e)| e.topic == "old" && e.queued_at.is_none()));
+    }
+
+    fn reopen(dir: &Path) -> Store {
+        for _ in 0..50 {
+            if let Ok(s) = Store::open(dir) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Store::open(dir).unwrap()
     }
 
     #[test]

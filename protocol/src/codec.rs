@@ -53,6 +53,31 @@ impl Message for Health {
     const KIND: &'static str = "health";
 }
 
+impl Message for crate::Telemetry {
+    const KIND: &'static str = "telemetry";
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Message for crate::DriftReport {
+    const KIND: &'static str = "drift report";
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Message for crate::DiagRequest {
+    const KIND: &'static str = "diag request";
+    fn check(&self) -> Result<(), String> {
+        self.validate()
+    }
+}
+
+impl Message for crate::DiagResponse {
+    const KIND: &'static str = "diag response";
+}
+
 /// Decode a message strictly.
 pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {

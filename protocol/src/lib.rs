@@ -8,6 +8,9 @@
 //! - [`DesiredConfig`]: what the cloud wants a printer to look like (retained, QoS 1).
 //! - [`ApplyReport`]: what the agent did about it, per setting, with a [`Code`].
 //! - [`Health`]: the agent's retained liveness message (its last will says `down`).
+//! - [`Telemetry`]: counters, supplies, status, alerts and derived events.
+//! - [`DriftReport`]: verified settings changed outside Platen (code 203).
+//! - [`diag`]: remote diagnostics request and response.
 //! - [`codec`]: strict decoding with a size limit; unknown fields are errors.
 //!
 //! The codes are documented in `protocol/README.md`; golden examples live in
@@ -15,14 +18,20 @@
 
 pub mod codec;
 pub mod config;
+pub mod diag;
+pub mod drift;
 pub mod health;
 pub mod ids;
 pub mod report;
+pub mod telemetry;
 pub mod topics;
 
 pub use codec::{decode, encode, DecodeError, MAX_MESSAGE_BYTES};
 pub use config::{DesiredConfig, SettingValue, MAX_SETTINGS};
+pub use diag::{DiagRequest, DiagResponse, PrinterDiag};
+pub use drift::{DriftReport, DriftedSetting};
 pub use health::{Health, HealthStatus};
 pub use ids::{Id, IdError};
 pub use report::{ApplyReport, Code, ReportStatus, SettingResult};
+pub use telemetry::Telemetry;
 pub use topics::{Topic, TopicError};

@@ -4,7 +4,11 @@
 //! |---|---|---|
 //! | `platen/v1/{tenant}/{printer}/config/desired` | cloud → agent | 1, retained |
 //! | `platen/v1/{tenant}/{printer}/config/report` | agent → cloud | 1 |
+//! | `platen/v1/{tenant}/{printer}/config/drift` | agent → cloud | 1 |
 //! | `platen/v1/{tenant}/{printer}/telemetry` | agent → cloud | 1 |
+//! | `platen/v1/{tenant}/{printer}/cmd/diag` | operator → agent | 1 (only if enabled) |
+//! | `platen/v1/{tenant}/{printer}/cmd/diag/response` | agent → operator | 1 |
+//! | `platen/v1/agents/{agent}/echo` | agent → itself (`diag` broker test) | 1 |
 //! | `platen/v1/agents/{agent}/health` | agent → all | 1, retained; last will `down` |
 //!
 //! `agents` is reserved: it cannot be a tenant id. Parsing rejects wildcards,
@@ -22,8 +26,12 @@ pub const PROTOCOL_PREFIX: &str = "platen/v1";
 pub enum Topic {
     DesiredConfig { tenant: Id, printer: Id },
     ConfigReport { tenant: Id, printer: Id },
+    ConfigDrift { tenant: Id, printer: Id },
     Telemetry { tenant: Id, printer: Id },
+    DiagRequest { tenant: Id, printer: Id },
+    DiagResponse { tenant: Id, printer: Id },
     AgentHealth { agent: Id },
+    AgentEcho { agent: Id },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +69,29 @@ impl Topic {
             printer: printer.clone(),
         }
     }
+    pub fn drift(tenant: &Id, printer: &Id) -> Self {
+        Topic::ConfigDrift {
+            tenant: tenant.clone(),
+            printer: printer.clone(),
+        }
+    }
+    pub fn diag_request(tenant: &Id, printer: &Id) -> Self {
+        Topic::DiagRequest {
+            tenant: tenant.clone(),
+            printer: printer.clone(),
+        }
+    }
+    pub fn diag_response(tenant: &Id, printer: &Id) -> Self {
+        Topic::DiagResponse {
+            tenant: tenant.clone(),
+            printer: printer.clone(),
+        }
+    }
+    pub fn echo(agent: &Id) -> Self {
+        Topic::AgentEcho {
+            agent: agent.clone(),
+        }
+    }
     pub fn health(agent: &Id) -> Self {
         Topic::AgentHealth {
             agent: agent.clone(),
@@ -70,6 +101,16 @@ impl Topic {
     /// The subscription filter a cloud uses for every report of every tenant.
     pub fn all_reports_filter() -> String {
         format!("{PROTOCOL_PREFIX}/+/+/config/report")
+    }
+
+    /// The subscription filter for every printer's telemetry.
+    pub fn all_telemetry_filter() -> String {
+        format!("{PROTOCOL_PREFIX}/+/+/telemetry")
+    }
+
+    /// The subscription filter for every drift report.
+    pub fn all_drift_filter() -> String {
+        format!("{PROTOCOL_PREFIX}/+/+/config/drift")
     }
 
     /// The subscription filter for every agent's health.
@@ -87,10 +128,20 @@ impl fmt::Display for Topic {
             Topic::ConfigReport { tenant, printer } => {
                 write!(f, "{PROTOCOL_PREFIX}/{tenant}/{printer}/config/report")
             }
+            Topic::ConfigDrift { tenant, printer } => {
+                write!(f, "{PROTOCOL_PREFIX}/{tenant}/{printer}/config/drift")
+            }
             Topic::Telemetry { tenant, printer } => {
                 write!(f, "{PROTOCOL_PREFIX}/{tenant}/{printer}/telemetry")
             }
+            Topic::DiagRequest { tenant, printer } => {
+                write!(f, "{PROTOCOL_PREFIX}/{tenant}/{printer}/cmd/diag")
+            }
+            Topic::DiagResponse { tenant, printer } => {
+                write!(f, "{PROTOCOL_PREFIX}/{tenant}/{printer}/cmd/diag/response")
+            }
             Topic::AgentHealth { agent } => write!(f, "{PROTOCOL_PREFIX}/agents/{agent}/health"),
+            Topic::AgentEcho { agent } => write!(f, "{PROTOCOL_PREFIX}/agents/{agent}/echo"),
         }
     }
 }
@@ -117,6 +168,7 @@ impl FromStr for Topic {
         };
         match levels.as_slice() {
             ["agents", agent, "health"] => Ok(Topic::AgentHealth { agent: id(agent)? }),
+            ["agents", agent, "echo"] => Ok(Topic::AgentEcho { agent: id(agent)? }),
             ["agents", ..] => Err(TopicError::ReservedTenant {
                 topic: topic.into(),
             }),
@@ -128,7 +180,19 @@ impl FromStr for Topic {
                 tenant: id(tenant)?,
                 printer: id(printer)?,
             }),
+            [tenant, printer, "config", "drift"] => Ok(Topic::ConfigDrift {
+                tenant: id(tenant)?,
+                printer: id(printer)?,
+            }),
             [tenant, printer, "telemetry"] => Ok(Topic::Telemetry {
+                tenant: id(tenant)?,
+                printer: id(printer)?,
+            }),
+            [tenant, printer, "cmd", "diag"] => Ok(Topic::DiagRequest {
+                tenant: id(tenant)?,
+                printer: id(printer)?,
+            }),
+            [tenant, printer, "cmd", "diag", "response"] => Ok(Topic::DiagResponse {
                 tenant: id(tenant)?,
                 printer: id(printer)?,
             }),
@@ -151,7 +215,11 @@ mod tests {
             Topic::desired(&id("acme"), &id("p1")),
             Topic::report(&id("acme"), &id("p1")),
             Topic::telemetry(&id("acme"), &id("p1")),
+            Topic::drift(&id("acme"), &id("p1")),
+            Topic::diag_request(&id("acme"), &id("p1")),
+            Topic::diag_response(&id("acme"), &id("p1")),
             Topic::health(&id("gw-7")),
+            Topic::echo(&id("gw-7")),
         ];
         for t in all {
             let s = t.to_string();

@@ -1,0 +1,98 @@
+//! Remote diagnostics: a request on `platen/v1/{tenant}/{printer}/cmd/diag`, answered
+//! on `…/cmd/diag/response` with the same [`PrinterDiag`] that `platen-agent diag
+//! --json` prints for the printer. Off unless the agent's config enables it.
+
+use crate::config::SettingValue;
+use crate::ids::Id;
+use crate::telemetry::{Alert, Counter, Identity, Status, Supply};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagRequest {
+    /// Echoed in the response; 1–64 characters chosen by the requester.
+    pub request_id: String,
+    /// Write each setting's current value back to test writability.
+    #[serde(default)]
+    pub write_test: bool,
+}
+
+impl DiagRequest {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_id.is_empty() || self.request_id.len() > 64 {
+            return Err("request_id must be 1..=64 characters".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagResponse {
+    pub request_id: String,
+    pub agent_id: Id,
+    pub at: DateTime<Utc>,
+    pub result: PrinterDiag,
+}
+
+/// Everything a technician needs to know about one printer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrinterDiag {
+    pub printer_id: Id,
+    /// `address:port`, SNMP version. Never the community.
+    pub target: String,
+    pub snmp_version: String,
+    pub reachable: bool,
+    /// Round trip of the first GET, in milliseconds.
+    pub round_trip_ms: Option<f64>,
+    pub identity: Option<Identity>,
+    pub status: Option<Status>,
+    pub settings: Vec<SettingCheck>,
+    pub counters: Vec<Counter>,
+    pub supplies: Vec<Supply>,
+    pub alerts: Vec<Alert>,
+    pub last_report: Option<LastReport>,
+    pub problems: Vec<Problem>,
+}
+
+impl PrinterDiag {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// One profile setting as found on the printer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingCheck {
+    pub name: String,
+    pub oid: String,
+    /// The current value, normalised; absent when the printer does not have it.
+    pub value: Option<SettingValue>,
+    /// Only with the write test: whether writing the current value back worked.
+    pub writable: Option<bool>,
+    pub detail: String,
+}
+
+/// The last final report the agent made for a printer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastReport {
+    pub config_version: u64,
+    pub status: String,
+    pub completed_at: DateTime<Utc>,
+    /// Settings not verified, as `name=code`.
+    pub failed: Vec<String>,
+}
+
+/// Something wrong, with a one-line hint for the technician.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Problem {
+    /// Which check found it: `snmp`, `identity`, `write`, `supplies`, `status`, `broker`, `outbox`.
+    pub check: String,
+    pub message: String,
+    pub hint: String,
+}
