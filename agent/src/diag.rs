@@ -292,7 +292,8 @@ async fn settings<S: Snmp>(
             out.settings.push(check);
             continue;
         }
-        check.value = def.normalize(&v, &SettingValue::Integer(0)).ok();
+        // A text "desired" makes enumerated integers come back as their labels.
+        check.value = def.normalize(&v, &SettingValue::Text(String::new())).ok();
         if p.write_test {
             tested += 1;
             match write_back(snmp, &oid, &v).await {

@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod diag;
+pub mod discover;
 pub mod drift;
 pub mod fleet;
 pub mod mqtt;

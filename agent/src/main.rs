@@ -5,6 +5,8 @@ use platen_agent::config::AgentConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "platen-agent",
@@ -27,6 +29,50 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Check printers, the broker and the outbox; exit status 1 when something is wrong.
+    Diag {
+        /// Printers to check (default: all in the config).
+        printers: Vec<String>,
+        #[arg(long, short, default_value = "/etc/platen/agent.toml")]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Write each setting's current value back to test that it is writable.
+        #[arg(long)]
+        write_test: bool,
+        /// Skip the broker connection test.
+        #[arg(long)]
+        no_broker: bool,
+    },
+    /// Local state only, no network: agent running?, outbox, last reports, last readings.
+    Status {
+        #[arg(long, short, default_value = "/etc/platen/agent.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find printers in an address range (CIDR, A-B, or one address) by SNMP.
+    Discover {
+        range: String,
+        #[arg(long, default_value_t = 161)]
+        port: u16,
+        /// A read community is enough. Never printed.
+        #[arg(long, default_value = "public")]
+        community: String,
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
+        /// Hosts probed at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Print `[[printer]]` entries to paste into the agent config.
+        #[arg(long)]
+        toml: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -63,6 +109,35 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Diag {
+            printers,
+            config,
+            json,
+            write_test,
+            no_broker,
+        } => runtime_then(|| cli::diag(&config, &printers, json, write_test, !no_broker)),
+        Command::Status { config, json } => cli::status(&config, json),
+        Command::Discover {
+            range,
+            port,
+            community,
+            timeout_ms,
+            retries,
+            concurrency,
+            toml,
+            json,
+        } => runtime_then(|| {
+            cli::discover(
+                &range,
+                port,
+                community,
+                timeout_ms,
+                retries,
+                concurrency,
+                toml,
+                json,
+            )
+        }),
         Command::Run { config } => {
             init_logging();
             let cfg = match AgentConfig::load(&config) {
@@ -100,11 +175,23 @@ fn check(file: &std::path::Path) -> Result<usize, String> {
     if let Some(tls) = &cfg.broker.tls {
         platen_agent::tls::client_config(tls).map_err(|e| format!("broker.tls: {e}"))?;
     }
-    for p in &cfg.printers {
-        platen_agent::catalog::Profile::load(&p.profile)
-            .map_err(|e| format!("printer {}: {e}", p.id))?;
-    }
+    platen_agent::run::load_profiles(&cfg).map_err(|e| e.to_string())?;
     Ok(cfg.printers.len())
+}
+
+/// Run an async command on a fresh runtime.
+fn runtime_then<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -62,6 +62,8 @@ struct State {
     writable: HashMap<Oid, Constraint>,
     faults: Faults,
     booted: Instant,
+    /// The page counter is `page_base` + pages printed since `counter_epoch`.
+    counter_epoch: Instant,
     page_base: u32,
     stale: HashMap<Oid, (u32, Value)>,
     requests: u64,
@@ -134,7 +136,8 @@ pub fn default_mib(name: &str) -> BTreeMap<Oid, Value> {
     put("1.3.6.1.2.1.43.11.1.1.9.1.1", Value::Integer(80));
     // prtAlertTable: one informational alert.
     put("1.3.6.1.2.1.43.18.1.1.2.1.1", Value::Integer(4)); // severity: warning
-    put("1.3.6.1.2.1.43.18.1.1.7.1.1", Value::Integer(1801)); // code: tonerLow-ish
+    put("1.3.6.1.2.1.43.18.1.1.4.1.1", Value::Integer(11)); // group: markerSupplies
+    put("1.3.6.1.2.1.43.18.1.1.7.1.1", Value::Integer(1104)); // code: markerTonerAlmostEmpty
     put("1.3.6.1.2.1.43.18.1.1.8.1.1", text("Toner low"));
     m
 }
@@ -190,6 +193,7 @@ impl SimPrinter {
                 writable,
                 faults,
                 booted: Instant::now(),
+                counter_epoch: Instant::now(),
                 page_base,
                 stale: HashMap::new(),
                 requests: 0,
@@ -231,12 +235,33 @@ impl SimPrinter {
         f(&mut self.lock().faults);
     }
 
-    /// Reboot: sysUpTime restarts and every value written since the last boot is lost.
+    /// Reboot: sysUpTime restarts and every value written since the last boot is
+    /// lost; the page counter (non-volatile on real printers) keeps its count.
     pub fn reboot(&self) {
         let mut s = self.lock();
+        let pages = s.pages();
         s.values = s.initial.clone();
         s.booted = Instant::now();
         s.stale.clear();
+        s.set_pages(pages);
+    }
+
+    /// Change a value from outside SNMP (the printer's panel, a technician, wear):
+    /// supply levels, the page counter (which may go backwards), alerts, settings.
+    pub fn put(&self, o: Oid, v: Value) {
+        let mut s = self.lock();
+        if o == oid(PAGE_COUNTER) {
+            if let Value::Counter32(n) = v {
+                s.set_pages(n);
+            }
+        }
+        s.stale.remove(&o);
+        s.values.insert(o, v);
+    }
+
+    /// Remove an object (an alert that cleared).
+    pub fn remove(&self, o: &Oid) -> bool {
+        self.lock().values.remove(o).is_some()
     }
 
     /// Current value of an object (as a client would read it, without faults).
@@ -271,6 +296,21 @@ impl SimPrinter {
 }
 
 impl State {
+    fn pages(&self) -> u32 {
+        match self.read(&oid(PAGE_COUNTER)) {
+            Some(Value::Counter32(n)) => n,
+            _ => self.page_base,
+        }
+    }
+
+    fn set_pages(&mut self, n: u32) {
+        self.page_base = n;
+        self.counter_epoch = Instant::now();
+        if self.values.contains_key(&oid(PAGE_COUNTER)) {
+            self.values.insert(oid(PAGE_COUNTER), Value::Counter32(n));
+        }
+    }
+
     fn read(&self, o: &Oid) -> Option<Value> {
         if *o == oid(SYS_UPTIME) {
             let hundredths = self.booted.elapsed().as_millis() / 10;
@@ -280,7 +320,7 @@ impl State {
             && self.values.contains_key(o)
             && self.faults.pages_per_minute > 0
         {
-            let pages = self.booted.elapsed().as_secs_f64() / 60.0
+            let pages = self.counter_epoch.elapsed().as_secs_f64() / 60.0
                 * f64::from(self.faults.pages_per_minute);
             return Some(Value::Counter32(self.page_base.wrapping_add(pages as u32)));
         }

@@ -7,7 +7,10 @@
 //! Prints `printer <id> <address>` per printer, then `ready`. Runs until SIGTERM or
 //! Ctrl-C. Reads control commands on standard input, one per line:
 //! `reboot <id>`, `read-only <id> <oid>`, `writable <id> <oid>`, `delay <id> <ms>`,
-//! `drop <id> <n>`.
+//! `drop <id> <n>` (leave the next n requests unanswered; `drop <id> 0` answers
+//! again), `set <id> OID|TAG|VALUE` (snmprec syntax: change a value as if on the
+//! printer's panel — supply levels, the page counter, alerts, settings) and
+//! `unset <id> <oid>`.
 
 use clap::Parser;
 use platen_printer_sim::{oid, serve, snmprec, Faults, Running, SimPrinter};
@@ -23,7 +26,7 @@ use tokio::io::AsyncBufReadExt;
     about = "Simulated SNMP printers for Platen's tests and demo"
 )]
 struct Cli {
-    /// A printer: ID[,port=N][,read-only=OID]...[,snmprec=PATH][,delay-ms=N][,drop-first=N][,stale-reads=N][,pages-per-minute=N]
+    /// A printer: ID[,port=N][,host=ADDR][,read-only=OID]...[,snmprec=PATH][,delay-ms=N][,drop-first=N][,stale-reads=N][,pages-per-minute=N]
     #[arg(long = "printer", required = true)]
     printers: Vec<String>,
     /// Address to listen on.
@@ -37,6 +40,7 @@ struct Cli {
 struct Spec {
     id: String,
     port: u16,
+    host: Option<String>,
     snmprec: Option<String>,
     faults: Faults,
 }
@@ -51,6 +55,7 @@ fn parse_spec(s: &str) -> Result<Spec, String> {
     let mut spec = Spec {
         id,
         port: 0,
+        host: None,
         snmprec: None,
         faults: Faults::default(),
     };
@@ -72,6 +77,7 @@ fn parse_spec(s: &str) -> Result<Spec, String> {
                 spec.faults.read_only.insert(oid(v));
             }
             "snmprec" => spec.snmprec = Some(v.to_string()),
+            "host" => spec.host = Some(v.to_string()),
             "delay-ms" => spec.faults.delay = Duration::from_millis(u64::from(num(v)?)),
             "drop-first" => spec.faults.drop_first = num(v)?,
             "stale-reads" => spec.faults.stale_reads = num(v)?,
@@ -122,7 +128,11 @@ async fn main() -> ExitCode {
         match serve(
             &spec.id,
             printer,
-            &format!("{}:{}", cli.listen, spec.port),
+            &format!(
+                "{}:{}",
+                spec.host.as_deref().unwrap_or(&cli.listen),
+                spec.port
+            ),
             &cli.community,
         )
         .await
@@ -164,6 +174,15 @@ async fn main() -> ExitCode {
                     Ok(n) => find(id).map(|p| p.set_faults(|f| f.drop_first = n)),
                     Err(_) => None,
                 },
+                ["set", id, ..] => {
+                    // The rest of the line after "set <id> " is one snmprec line (values may hold spaces).
+                    let rest = line.trim_start()[3..].trim_start()[id.len()..].trim_start();
+                    match snmprec::parse_line(rest) {
+                        Ok((o, v)) => find(id).map(|p| p.put(o, v)),
+                        Err(_) => None,
+                    }
+                }
+                ["unset", id, o] => find(id).and_then(|p| p.remove(&oid(o)).then_some(())),
                 [] => Some(()),
                 _ => None,
             };

@@ -58,7 +58,8 @@ fn hex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn parse_line(line: &str) -> Result<(Oid, Value), String> {
+/// Parse one `OID|TAG|VALUE` line (also the simulator's `set` command syntax).
+pub fn parse_line(line: &str) -> Result<(Oid, Value), String> {
     let mut parts = line.splitn(3, '|');
     let oid = parse_oid(parts.next().unwrap_or(""))?;
     let tag = parts.next().ok_or("missing type tag")?;

@@ -263,7 +263,12 @@ async fn provider_down_then_up_is_a_service_fault_and_ships_consumables() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_reports_and_a_cloud_crash_pay_once() {
     let mut w = world(&format!("p1,read-only={SYS_LOCATION}"));
-    let tap = ReportTap::start(w.broker.port, "platen/v1/acme/p1/config/report").await;
+    let tap = Tap::start(
+        w.broker.port,
+        "report-tap",
+        &["platen/v1/acme/p1/config/report"],
+    )
+    .await;
     create(&w, "c3", json!({"kind": "basic", "monthly_fee": FEE})).await;
     wait_change(&w, "c3", "a config fault", |c| !c["config_fault"].is_null()).await;
     // Crash the cloud mid-way; it continues from sled.
@@ -302,61 +307,4 @@ async fn duplicate_reports_and_a_cloud_crash_pay_once() {
         "each report entered once: {tl:#}"
     );
     let _ = &w.dir;
-}
-
-/// A raw MQTT client that records report payloads and can publish them again.
-struct ReportTap {
-    client: rumqttc::AsyncClient,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-impl ReportTap {
-    async fn start(port: u16, topic: &str) -> ReportTap {
-        let mut opts = rumqttc::MqttOptions::new("report-tap", "127.0.0.1", port);
-        opts.set_max_packet_size(512 * 1024, 512 * 1024);
-        let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
-        client
-            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let s = seen.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                        if let Some(t) = ready_tx.take() {
-                            let _ = t.send(());
-                        }
-                    }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                        let mut g = s.lock().unwrap();
-                        if !g.contains(&p.payload.to_vec()) {
-                            g.push(p.payload.to_vec());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("tap subscribed")
-            .unwrap();
-        ReportTap { client, seen }
-    }
-
-    fn payloads(&self) -> Vec<Vec<u8>> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    async fn publish(&self, topic: &str, payload: Vec<u8>) {
-        self.client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
-    }
 }
