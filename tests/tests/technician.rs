@@ -1,0 +1,192 @@
+//! The technician's commands as processes: `diag`, `status`, `discover`, against
+//! simulated printers and a real Mosquitto, checking output and exit codes.
+
+use platen_e2e::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn agent_cmd(args: &[&str]) -> Output {
+    Command::new(workspace_bin("platen-agent"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run platen-agent")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_config(dir: &Path, broker_port: u16, printers: &[PrinterEntry]) -> String {
+    let cfg = agent_toml("gw-tech", broker_port, &dir.join("state"), printers);
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn diag_healthy_read_only_and_unreachable_printers() {
+    let broker = Mosquitto::start(false);
+    let sim = Sim::start(&["good", "ro,read-only=1.3.6.1.2.1.1.6.0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gone = PrinterEntry::new("gone", format!("127.0.0.1:{}", free_udp_port()).parse().unwrap());
+    gone.timeout_ms = 200;
+    let cfg = write_config(
+        dir.path(),
+        broker.port,
+        &[
+            PrinterEntry::new("good", sim.addr("good")),
+            PrinterEntry::new("ro", sim.addr("ro")),
+            gone,
+        ],
+    );
+
+    // Healthy printer, broker test included: exit 0.
+    let o = agent_cmd(&["diag", "good", "--config", &cfg, "--write-test"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("Platen SimPrinter 1000"), "{out}");
+    assert!(out.contains("SIM-good"), "{out}");
+    assert!(out.contains("Black Toner Cartridge SIM-TK1"), "{out}");
+    assert!(out.contains("prtMarkerLifeCount.1"), "{out}");
+    assert!(out.contains(&format!("broker 127.0.0.1:{}: ok", broker.port)), "{out}");
+    assert!(out.contains("no problems found"), "{out}");
+    assert!(!out.contains("NOT writable"), "{out}");
+    // Enumerated settings show their labels.
+    assert!(out.contains("\"enabled\""), "{out}");
+
+    // Read-only sysLocation: found by the write test, with a hint; exit 1.
+    let o = agent_cmd(&["diag", "ro", "--config", &cfg, "--write-test", "--no-broker"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("sysLocation is not writable (notWritable"), "{out}");
+    assert!(out.contains("hint: enable SNMP write access for sysLocation on printer ro"), "{out}");
+    // Without the write test nothing is written and nothing is wrong.
+    let o = agent_cmd(&["diag", "ro", "--config", &cfg, "--no-broker"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Unreachable: timing and a hint naming the community; JSON for tools.
+    let o = agent_cmd(&["diag", "gone", "--config", &cfg, "--no-broker", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("diag --json is JSON");
+    let p = &v["printers"][0];
+    assert_eq!(p["printer_id"], "gone");
+    assert_eq!(p["reachable"], false);
+    let problem = &p["problems"][0];
+    assert_eq!(problem["check"], "snmp");
+    assert!(problem["message"].as_str().unwrap().contains("after 2 attempts"), "{problem}");
+    assert!(problem["hint"].as_str().unwrap().contains("check `community` for printer gone"), "{problem}");
+    // The community itself is never printed.
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("private"));
+
+    // A broker that is not there: a broker problem with a hint; exit 1.
+    let cfg2 = write_config(&dir.path().join("x"), free_tcp_port(), &[PrinterEntry::new("good", sim.addr("good"))]);
+    let o = agent_cmd(&["diag", "--config", &cfg2]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("[broker]") && out.contains("check [broker] host and port"), "{out}");
+
+    // Usage errors are exit 2.
+    let o = agent_cmd(&["diag", "nope", "--config", &cfg]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_the_running_agent_then_the_store() {
+    let broker = Mosquitto::start(false);
+    let sim = Sim::start(&["p1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start_cloud(broker.port, dir.path()).await;
+    let cfg_text = agent_toml("gw-st", broker.port, &dir.path().join("state"), &[PrinterEntry::new("p1", sim.addr("p1"))])
+        + "\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n";
+    let mut agent = AgentProc::start(dir.path(), &cfg_text);
+    let cfg = agent.config.to_string_lossy().into_owned();
+    cloud
+        .publish_desired(&tenant(), &desired("p1", 3, &[("sysLocation", t("Lab"))]))
+        .await
+        .unwrap();
+    wait_report(&cloud, "gw-st:p1:v3", Duration::from_secs(15), &agent).await;
+    // While running: figures come from the agent's status file (the store is locked).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let o = agent_cmd(&["status", "--config", &cfg]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        if out.contains("v3 applied") && out.contains(" ok ") {
+            break out;
+        }
+        assert!(std::time::Instant::now() < end, "{out}\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(out.contains("running (pid"), "{out}");
+    assert!(out.contains("broker: connected"), "{out}");
+    assert!(out.contains("outbox: 0 pending"), "{out}");
+    assert!(out.contains("1000"), "pages from the last reading: {out}");
+
+    // Stopped: the store is read directly.
+    assert_eq!(agent.terminate(), Some(0));
+    let o = agent_cmd(&["status", "--config", &cfg, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["agent_running"], false);
+    assert_eq!(v["outbox"]["source"], "store");
+    assert_eq!(v["printers"][0]["completed_version"], 3);
+    assert_eq!(v["printers"][0]["last_report"]["status"], "applied");
+}
+
+#[test]
+fn discover_finds_printers_on_loopback_addresses() {
+    let port = free_udp_port();
+    let xerox = format!(
+        "xerox,host=127.0.0.4,port={port},snmprec={}/fixtures/snmprec/librenms-xerox.snmprec",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let _sim = Sim::start(&[&format!("sim,host=127.0.0.2,port={port}"), &xerox]);
+    let o = agent_cmd(&[
+        "discover",
+        "127.0.0.1-127.0.0.6",
+        "--port",
+        &port.to_string(),
+        "--community",
+        "private",
+        "--timeout-ms",
+        "300",
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.starts_with("2 printers in 6 addresses"), "{out}");
+    assert!(out.contains(&format!("127.0.0.2:{port}")) && out.contains("Platen SimPrinter 1000"), "{out}");
+    // The Xerox recording has no hrDevicePrinter row: found by its supplies table.
+    assert!(out.contains(&format!("127.0.0.4:{port}")) && out.contains("Xerox AltaLink"), "{out}");
+    // Pasteable config entries, checked by the agent's own config loader.
+    let o = agent_cmd(&[
+        "discover",
+        "127.0.0.2/31",
+        "--port",
+        &port.to_string(),
+        "--community",
+        "private",
+        "--toml",
+    ]);
+    let entries = String::from_utf8_lossy(&o.stdout).replace("<write community>", "secret");
+    assert!(entries.contains("address = \"127.0.0.2\""), "{entries}");
+    assert!(!entries.contains("private"), "the community is never printed: {entries}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        format!("agent_id='g'\ntenant='t'\nstate_dir='/tmp/x'\n[broker]\nhost='h'\n{entries}"),
+    )
+    .unwrap();
+    let o = agent_cmd(&["config", "check", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A range that is not one: exit 2.
+    let o = agent_cmd(&["discover", "10.0.0.0/8"]);
+    assert_eq!(o.status.code(), Some(2));
+}
