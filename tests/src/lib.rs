@@ -738,8 +738,11 @@ pub fn code_of(r: &ReceivedReport, name: &str) -> Code {
 /// payload once) and can publish.
 pub struct Tap {
     client: rumqttc::AsyncClient,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    seen: Seen,
 }
+
+/// (topic, payload) pairs, in arrival order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
 impl Tap {
     pub async fn start(port: u16, client_id: &str, filters: &[&str]) -> Tap {
@@ -752,7 +755,7 @@ impl Tap {
                 .await
                 .unwrap();
         }
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen: Seen = Default::default();
         let s = seen.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);

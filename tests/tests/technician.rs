@@ -35,7 +35,10 @@ fn diag_healthy_read_only_and_unreachable_printers() {
     let broker = Mosquitto::start(false);
     let sim = Sim::start(&["good", "ro,read-only=1.3.6.1.2.1.1.6.0"]);
     let dir = tempfile::tempdir().unwrap();
-    let mut gone = PrinterEntry::new("gone", format!("127.0.0.1:{}", free_udp_port()).parse().unwrap());
+    let mut gone = PrinterEntry::new(
+        "gone",
+        format!("127.0.0.1:{}", free_udp_port()).parse().unwrap(),
+    );
     gone.timeout_ms = 200;
     let cfg = write_config(
         dir.path(),
@@ -55,18 +58,34 @@ fn diag_healthy_read_only_and_unreachable_printers() {
     assert!(out.contains("SIM-good"), "{out}");
     assert!(out.contains("Black Toner Cartridge SIM-TK1"), "{out}");
     assert!(out.contains("prtMarkerLifeCount.1"), "{out}");
-    assert!(out.contains(&format!("broker 127.0.0.1:{}: ok", broker.port)), "{out}");
+    assert!(
+        out.contains(&format!("broker 127.0.0.1:{}: ok", broker.port)),
+        "{out}"
+    );
     assert!(out.contains("no problems found"), "{out}");
     assert!(!out.contains("NOT writable"), "{out}");
     // Enumerated settings show their labels.
     assert!(out.contains("\"enabled\""), "{out}");
 
     // Read-only sysLocation: found by the write test, with a hint; exit 1.
-    let o = agent_cmd(&["diag", "ro", "--config", &cfg, "--write-test", "--no-broker"]);
+    let o = agent_cmd(&[
+        "diag",
+        "ro",
+        "--config",
+        &cfg,
+        "--write-test",
+        "--no-broker",
+    ]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("sysLocation is not writable (notWritable"), "{out}");
-    assert!(out.contains("hint: enable SNMP write access for sysLocation on printer ro"), "{out}");
+    assert!(
+        out.contains("sysLocation is not writable (notWritable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hint: enable SNMP write access for sysLocation on printer ro"),
+        "{out}"
+    );
     // Without the write test nothing is written and nothing is wrong.
     let o = agent_cmd(&["diag", "ro", "--config", &cfg, "--no-broker"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -80,17 +99,36 @@ fn diag_healthy_read_only_and_unreachable_printers() {
     assert_eq!(p["reachable"], false);
     let problem = &p["problems"][0];
     assert_eq!(problem["check"], "snmp");
-    assert!(problem["message"].as_str().unwrap().contains("after 2 attempts"), "{problem}");
-    assert!(problem["hint"].as_str().unwrap().contains("check `community` for printer gone"), "{problem}");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{problem}"
+    );
+    assert!(
+        problem["hint"]
+            .as_str()
+            .unwrap()
+            .contains("check `community` for printer gone"),
+        "{problem}"
+    );
     // The community itself is never printed.
     assert!(!String::from_utf8_lossy(&o.stdout).contains("private"));
 
     // A broker that is not there: a broker problem with a hint; exit 1.
-    let cfg2 = write_config(&dir.path().join("x"), free_tcp_port(), &[PrinterEntry::new("good", sim.addr("good"))]);
+    let cfg2 = write_config(
+        &dir.path().join("x"),
+        free_tcp_port(),
+        &[PrinterEntry::new("good", sim.addr("good"))],
+    );
     let o = agent_cmd(&["diag", "--config", &cfg2]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("[broker]") && out.contains("check [broker] host and port"), "{out}");
+    assert!(
+        out.contains("[broker]") && out.contains("check [broker] host and port"),
+        "{out}"
+    );
 
     // Usage errors are exit 2.
     let o = agent_cmd(&["diag", "nope", "--config", &cfg]);
@@ -103,8 +141,12 @@ async fn status_reads_the_running_agent_then_the_store() {
     let sim = Sim::start(&["p1"]);
     let dir = tempfile::tempdir().unwrap();
     let cloud = start_cloud(broker.port, dir.path()).await;
-    let cfg_text = agent_toml("gw-st", broker.port, &dir.path().join("state"), &[PrinterEntry::new("p1", sim.addr("p1"))])
-        + "\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n";
+    let cfg_text = agent_toml(
+        "gw-st",
+        broker.port,
+        &dir.path().join("state"),
+        &[PrinterEntry::new("p1", sim.addr("p1"))],
+    ) + "\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n";
     let mut agent = AgentProc::start(dir.path(), &cfg_text);
     let cfg = agent.config.to_string_lossy().into_owned();
     cloud
@@ -161,9 +203,15 @@ fn discover_finds_printers_on_loopback_addresses() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.starts_with("2 printers in 6 addresses"), "{out}");
-    assert!(out.contains(&format!("127.0.0.2:{port}")) && out.contains("Platen SimPrinter 1000"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.2:{port}")) && out.contains("Platen SimPrinter 1000"),
+        "{out}"
+    );
     // The Xerox recording has no hrDevicePrinter row: found by its supplies table.
-    assert!(out.contains(&format!("127.0.0.4:{port}")) && out.contains("Xerox AltaLink"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.4:{port}")) && out.contains("Xerox AltaLink"),
+        "{out}"
+    );
     // Pasteable config entries, checked by the agent's own config loader.
     let o = agent_cmd(&[
         "discover",
@@ -176,7 +224,10 @@ fn discover_finds_printers_on_loopback_addresses() {
     ]);
     let entries = String::from_utf8_lossy(&o.stdout).replace("<write community>", "secret");
     assert!(entries.contains("address = \"127.0.0.2\""), "{entries}");
-    assert!(!entries.contains("private"), "the community is never printed: {entries}");
+    assert!(
+        !entries.contains("private"),
+        "the community is never printed: {entries}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
     std::fs::write(
