@@ -266,15 +266,6 @@ impl Default for DriftConfig {
     }
 }
 
-impl PrinterConfig {
-    /// Whether drift on `setting` is re-applied automatically.
-    pub fn reapplies(&self, setting: &str) -> bool {
-        self.reapply_on_drift
-            .iter()
-            .any(|s| s == "*" || s == setting)
-    }
-}
-
 impl BrokerConfig {
     pub fn client_id(&self, agent: &Id) -> String {
         self.client_id
@@ -459,6 +450,22 @@ community = "private"
             (
                 GOOD.replace("[broker]", "[broker]\npassword = \"pw\""),
                 "broker.password",
+            ),
+            (
+                format!("{GOOD}\n[telemetry]\ninterval_secs = 0\n"),
+                "telemetry.interval_secs",
+            ),
+            (
+                format!("{GOOD}\n[telemetry]\ninterval_secs = 120\nheartbeat_secs = 60\n"),
+                "telemetry.heartbeat_secs",
+            ),
+            (
+                format!("{GOOD}\n[telemetry]\nconcurrency = 0\n"),
+                "telemetry.concurrency",
+            ),
+            (
+                format!("{GOOD}\n[drift]\nevery = 5\n"),
+                "unknown field `every`",
             ),
             (
                 GOOD.replace("snmp", "x")

@@ -680,7 +680,8 @@ pub fn render_table(d: &DiagOutput) -> String {
             }
         }
     }
-    s
+    // Padded columns leave trailing blanks; drop them.
+    s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -480,3 +480,29 @@ async fn handle_desired(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reapply_names_must_be_in_the_profile() {
+        let base = "agent_id='a'\ntenant='t'\nstate_dir='/tmp/x'\n[broker]\nhost='h'\n[[printer]]\nid='p1'\naddress='h'\ncommunity='c'\n";
+        let ok = AgentConfig::parse(
+            &format!("{base}reapply_on_drift=['sysLocation', '*']\n"),
+            std::path::Path::new("a.toml"),
+        )
+        .unwrap();
+        assert!(load_profiles(&ok).is_ok());
+        let bad = AgentConfig::parse(
+            &format!("{base}reapply_on_drift=['sysLocaton']\n"),
+            std::path::Path::new("a.toml"),
+        )
+        .unwrap();
+        let err = load_profiles(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("printer p1: reapply_on_drift names sysLocaton"),
+            "{err}"
+        );
+    }
+}

@@ -120,6 +120,40 @@ mod tests {
     const GOLDEN_DESIRED: &str = include_str!("../golden/desired_config.json");
     const GOLDEN_REPORT: &str = include_str!("../golden/apply_report.json");
     const GOLDEN_HEALTH_UP: &str = include_str!("../golden/health_up.json");
+    const GOLDEN_TELEMETRY: &str = include_str!("../golden/telemetry.json");
+    const GOLDEN_DRIFT: &str = include_str!("../golden/drift_report.json");
+
+    #[test]
+    fn golden_telemetry_and_drift_round_trip() {
+        use crate::telemetry::{Event, Level, SpecialLevel};
+        let t: crate::Telemetry = reparse(GOLDEN_TELEMETRY);
+        let r = t.reading.as_ref().unwrap();
+        assert_eq!(r.billing_value(), Some(33810));
+        assert_eq!(
+            r.supplies[1].level,
+            Level::Special(SpecialLevel::SomeRemaining)
+        );
+        assert!(matches!(
+            t.events[1],
+            Event::CounterReset {
+                old: 34012,
+                new: 33810,
+                ..
+            }
+        ));
+        let d: crate::DriftReport = reparse(GOLDEN_DRIFT);
+        assert_eq!(d.settings[0].code, Code::Drift);
+        // Checks beyond shape: ids must match, drift entries must be 203.
+        let bad = GOLDEN_TELEMETRY.replace("\"seq\": 42", "\"seq\": 41");
+        assert!(decode::<crate::Telemetry>(bad.as_bytes()).is_err());
+        let bad = GOLDEN_DRIFT.replace("\"code\": 203", "\"code\": 200");
+        assert!(decode::<crate::DriftReport>(bad.as_bytes()).is_err());
+        let unknown_event = GOLDEN_TELEMETRY.replace("\"supply_low\"", "\"coffee_low\"");
+        assert!(decode::<crate::Telemetry>(unknown_event.as_bytes()).is_err());
+        let req: crate::DiagRequest = decode(br#"{"request_id":"t-1"}"#).unwrap();
+        assert!(!req.write_test);
+        assert!(decode::<crate::DiagRequest>(br#"{"request_id":""}"#).is_err());
+    }
 
     fn reparse<T: Message + PartialEq + std::fmt::Debug>(golden: &str) -> T {
         let msg: T = decode(golden.as_bytes()).unwrap();
