@@ -356,17 +356,40 @@ pub fn status(config: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn discover(
-    range: &str,
+#[derive(clap::Args)]
+pub struct DiscoverArgs {
+    range: String,
+    #[arg(long, default_value_t = 161)]
     port: u16,
+    /// A read community is enough. Never printed.
+    #[arg(long, default_value = "public")]
     community: String,
+    #[arg(long, default_value_t = 500)]
     timeout_ms: u64,
+    #[arg(long, default_value_t = 1)]
     retries: u32,
+    /// Hosts probed at once.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Print `[[printer]]` entries to paste into the agent config.
+    #[arg(long)]
     toml: bool,
+    #[arg(long)]
     json: bool,
-) -> ExitCode {
+}
+
+pub async fn discover(a: DiscoverArgs) -> ExitCode {
+    let DiscoverArgs {
+        range,
+        port,
+        community,
+        timeout_ms,
+        retries,
+        concurrency,
+        toml,
+        json,
+    } = a;
+    let range = range.as_str();
     let addresses = match platen_agent::discover::parse_range(range) {
         Ok(a) => a,
         Err(e) => return fail(e),

@@ -54,26 +54,7 @@ enum Command {
         json: bool,
     },
     /// Find printers in an address range (CIDR, A-B, or one address) by SNMP.
-    Discover {
-        range: String,
-        #[arg(long, default_value_t = 161)]
-        port: u16,
-        /// A read community is enough. Never printed.
-        #[arg(long, default_value = "public")]
-        community: String,
-        #[arg(long, default_value_t = 500)]
-        timeout_ms: u64,
-        #[arg(long, default_value_t = 1)]
-        retries: u32,
-        /// Hosts probed at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Print `[[printer]]` entries to paste into the agent config.
-        #[arg(long)]
-        toml: bool,
-        #[arg(long)]
-        json: bool,
-    },
+    Discover(cli::DiscoverArgs),
 }
 
 #[derive(Subcommand)]
@@ -117,27 +98,7 @@ fn main() -> ExitCode {
             no_broker,
         } => runtime_then(|| cli::diag(&config, &printers, json, write_test, !no_broker)),
         Command::Status { config, json } => cli::status(&config, json),
-        Command::Discover {
-            range,
-            port,
-            community,
-            timeout_ms,
-            retries,
-            concurrency,
-            toml,
-            json,
-        } => runtime_then(|| {
-            cli::discover(
-                &range,
-                port,
-                community,
-                timeout_ms,
-                retries,
-                concurrency,
-                toml,
-                json,
-            )
-        }),
+        Command::Discover(args) => runtime_then(|| cli::discover(args)),
         Command::Run { config } => {
             init_logging();
             let cfg = match AgentConfig::load(&config) {

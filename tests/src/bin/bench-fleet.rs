@@ -35,6 +35,27 @@ fn vm_hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// One sweep, with the requests counted on the socket.
+async fn measure(
+    fleet: &mut Fleet<AsyncSnmp>,
+    transport: &SharedTransport,
+    label: &str,
+    note: &str,
+) {
+    let (ok0, exp0) = transport.stats();
+    let s = fleet.sweep().await;
+    let (ok1, exp1) = transport.stats();
+    let reqs = (ok1 - ok0) + (exp1 - exp0);
+    println!(
+        "{label:>5}  {:>6.2}  {reqs:>8}  {:>9.0}  {:>8}  {:>10}  {:>15}{note}",
+        s.elapsed.as_secs_f64(),
+        reqs as f64 / s.elapsed.as_secs_f64(),
+        s.answered,
+        s.unanswered,
+        s.messages
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args()
@@ -107,35 +128,19 @@ async fn main() {
     println!();
     println!("sweep  time_s  requests  req_per_s  answered  unanswered  messages_queued");
     for sweep in 1..=3 {
-        let (ok0, exp0) = transport.stats();
-        let s = fleet.sweep().await;
-        let (ok1, exp1) = transport.stats();
-        let reqs = (ok1 - ok0) + (exp1 - exp0);
-        println!(
-            "{sweep:>5}  {:>6.2}  {reqs:>8}  {:>9.0}  {:>8}  {:>10}  {:>15}",
-            s.elapsed.as_secs_f64(),
-            reqs as f64 / s.elapsed.as_secs_f64(),
-            s.answered,
-            s.unanswered,
-            s.messages
-        );
+        measure(&mut fleet, &transport, &sweep.to_string(), "").await;
     }
     // The same poller over the answering printers only: throughput without timeouts.
     fleet.printers.retain(|p| !p.tracker.is_stale());
     for sweep in 1..=2 {
-        let (ok0, exp0) = transport.stats();
-        let s = fleet.sweep().await;
-        let (ok1, exp1) = transport.stats();
-        let reqs = (ok1 - ok0) + (exp1 - exp0);
-        println!(
-            "{:>5}  {:>6.2}  {reqs:>8}  {:>9.0}  {:>8}  {:>10}  {:>15}   (answering printers only)",
-            format!("L{sweep}"),
-            s.elapsed.as_secs_f64(),
-            reqs as f64 / s.elapsed.as_secs_f64(),
-            s.answered,
-            s.unanswered,
-            s.messages
-        );
+        let label = format!("L{sweep}");
+        measure(
+            &mut fleet,
+            &transport,
+            &label,
+            "   (answering printers only)",
+        )
+        .await;
     }
     println!();
     println!(
