@@ -9,7 +9,8 @@
 //!   normal apply path ([`crate::apply::apply`]: SET, settle, read-back) and the
 //!   outcome goes into the report's `reapplied`.
 //! - The same drift (same setting, same value found) is reported once, not on
-//!   every check; a setting that returns to its desired value is forgotten.
+//!   every check; a failed re-apply is not retried until the value changes again; a
+//!   setting that returns to its desired value (or was re-applied) is forgotten.
 
 use crate::apply::{apply, discover_device_index, get_values, ApplyParams};
 use crate::catalog::Profile;
@@ -145,7 +146,7 @@ impl DriftCheck {
             .retain(|name, _| found.iter().any(|d| &d.name == name));
         let new: Vec<Drifted> = found
             .into_iter()
-            .filter(|d| self.reported.get(&d.name) != Some(&d.found) || self.reapplies(&d.name))
+            .filter(|d| self.reported.get(&d.name) != Some(&d.found))
             .collect();
         if new.is_empty() {
             return Ok(None);

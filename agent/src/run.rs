@@ -87,7 +87,10 @@ impl AgentHandle {
             error!(error = %e, "flushing state at shutdown");
         }
         refresh_board(&self.board, &self.store, false);
-        self.board.update(|s| s.pid = 0);
+        self.board.update(|s| {
+            s.pid = 0;
+            s.written_at = Some(Utc::now());
+        });
         if let Err(e) = crate::status::write_snapshot(&self.state_dir, &self.board.get()) {
             warn!(error = %e, "writing the final status file");
         }
@@ -143,6 +146,8 @@ pub fn load_profiles(cfg: &AgentConfig) -> Result<HashMap<String, Arc<Profile>>,
 #[derive(Clone)]
 struct DiagContext {
     snmp: AsyncSnmp,
+    /// A write test must not interleave with an apply on the same printer.
+    lock: PrinterLock,
     profile: Arc<Profile>,
     spec: Arc<TelemetrySpec>,
     target: String,
@@ -194,6 +199,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
             (tenant.clone(), p.id.clone()),
             DiagContext {
                 snmp: snmp.clone(),
+                lock: lock.clone(),
                 profile: profile.clone(),
                 spec: spec.clone(),
                 target: format!("{}:{}", p.address, p.port),
@@ -351,6 +357,11 @@ async fn answer_diag(
         .printers
         .get(printer.as_str())
         .and_then(|p| p.last_report.clone());
+    let _guard = if req.write_test {
+        Some(ctx.lock.lock().await)
+    } else {
+        None
+    };
     let result = diagnose(
         &ctx.snmp,
         DiagParams {
@@ -386,7 +397,6 @@ fn refresh_board(board: &Board, store: &Store, connected: bool) {
         s.broker_connected = connected;
         s.outbox_depth = depth;
         s.oldest_pending_at = oldest;
-        s.written_at = Some(Utc::now());
     });
     for id in ids {
         let Ok(pid) = Id::new(&id) else { continue };
@@ -409,14 +419,25 @@ async fn status_writer(
     dir: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Gateways often run on flash: write when something changed, else every 30 s.
+    let mut last: Option<(crate::status::Snapshot, std::time::Instant)> = None;
     loop {
         refresh_board(&board, &store, link.is_connected());
-        let snap = board.get();
-        let d = dir.clone();
-        match tokio::task::spawn_blocking(move || crate::status::write_snapshot(&d, &snap)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "writing the status file"),
-            Err(e) => warn!(error = %e, "status writer task"),
+        let mut snap = board.get();
+        let unchanged = last.as_ref().is_some_and(|(prev, at)| {
+            let mut a = prev.clone();
+            a.written_at = snap.written_at;
+            a == snap && at.elapsed() < Duration::from_secs(30)
+        });
+        if !unchanged {
+            snap.written_at = Some(Utc::now());
+            let (d, s2) = (dir.clone(), snap.clone());
+            match tokio::task::spawn_blocking(move || crate::status::write_snapshot(&d, &s2)).await
+            {
+                Ok(Ok(())) => last = Some((snap, std::time::Instant::now())),
+                Ok(Err(e)) => warn!(error = %e, "writing the status file"),
+                Err(e) => warn!(error = %e, "status writer task"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
