@@ -562,6 +562,10 @@ pub fn render_table(d: &DiagOutput) -> String {
     }
     for p in d.printers.iter().filter(|p| p.reachable) {
         let _ = writeln!(s);
+        if let Some(d) = p.identity.as_ref().and_then(|i| i.sys_descr.as_deref()) {
+            // Firmware versions live here on most printers (there is no standard object).
+            let _ = writeln!(s, "{}: sysDescr (firmware): {d}", p.printer_id.as_str());
+        }
         let _ = writeln!(s, "{}: settings", p.printer_id.as_str());
         for c in &p.settings {
             let w = match c.writable {

@@ -56,6 +56,10 @@ fn diag_healthy_read_only_and_unreachable_printers() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("Platen SimPrinter 1000"), "{out}");
     assert!(out.contains("SIM-good"), "{out}");
+    assert!(
+        out.contains("sysDescr (firmware): Platen SimPrinter 1000; firmware 1.0.0"),
+        "{out}"
+    );
     assert!(out.contains("Black Toner Cartridge SIM-TK1"), "{out}");
     assert!(out.contains("prtMarkerLifeCount.1"), "{out}");
     assert!(
