@@ -21,7 +21,7 @@ use platen_protocol::{
     codec, Code, DesiredConfig, DriftReport, DriftedSetting, Id, SettingValue, Topic,
 };
 use std::collections::BTreeMap;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 /// A verified setting found different.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,7 +245,7 @@ impl DriftCheck {
             return Ok(BTreeMap::new());
         }
         let values = get_values(snmp, &oids).await?;
-        info!(printer = %self.printer, settings = names.len(), "drift check read");
+        debug!(printer = %self.printer, settings = names.len(), "drift check read");
         Ok(names.into_iter().zip(values).collect())
     }
 }

@@ -162,6 +162,9 @@ async fn poll_one<S: Snmp>(
     let mut queued = false;
     if let (Some(msg), Some(store), true) = (&msg, store, telemetry) {
         queued = queue(store, &p, msg).await;
+        if !queued {
+            p.tracker.unsent(msg.seq);
+        }
     }
     // Drift: only on a printer that just answered, when due.
     if let (true, Some(every), Some(store)) = (answered, drift_every, store) {
@@ -199,7 +202,8 @@ async fn queue<S>(store: &Store, p: &FleetPrinter<S>, msg: &Telemetry) -> bool {
             true
         }
         Err(e) => {
-            error!(printer = %p.id, seq = msg.seq, error = %e, "could not queue telemetry");
+            let events: Vec<&str> = msg.events.iter().map(|e| e.name()).collect();
+            error!(printer = %p.id, seq = msg.seq, events = ?events, error = %e, "could not queue telemetry");
             false
         }
     }

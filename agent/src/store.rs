@@ -40,6 +40,8 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: u32 },
     #[error("state database error: {0}")]
     Db(#[from] sled::Error),
+    #[error("flushing the state database: {0}")]
+    Flush(String),
     #[error("corrupt {what} record: {detail}")]
     Corrupt { what: &'static str, detail: String },
 }
@@ -392,10 +394,7 @@ impl Store {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| StoreError::Corrupt {
-                what: "flush",
-                detail: e.to_string(),
-            })??;
+            .map_err(|e| StoreError::Flush(e.to_string()))??;
         self.group.flushed.fetch_max(upto, SeqCst);
         Ok(())
     }

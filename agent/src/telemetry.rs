@@ -128,6 +128,14 @@ impl Tracker {
         self.seq
     }
 
+    /// The message numbered `seq` could not be stored: give its number back, so the
+    /// sequence stays gapless (its events are lost with it and were logged).
+    pub fn unsent(&mut self, seq: u64) {
+        if self.seq == seq {
+            self.seq -= 1;
+        }
+    }
+
     fn heartbeat_due(&self, now: DateTime<Utc>, t: &Thresholds) -> bool {
         match self.last_sent_at {
             None => true,
@@ -461,6 +469,20 @@ mod tests {
         assert!(tr
             .observe(Ok(reading(180, 120, 18100, 80)), at(180), &th)
             .is_some());
+    }
+
+    #[test]
+    fn a_message_that_could_not_be_stored_gives_its_number_back() {
+        let (mut tr, th) = (tracker(), Thresholds::default());
+        let m = tr
+            .observe(Ok(reading(0, 1000, 100, 80)), at(0), &th)
+            .unwrap();
+        tr.unsent(m.seq);
+        let m = tr.observe(Err("timeout".into()), at(60), &th).unwrap();
+        assert_eq!((m.seq, m.message_id.as_str()), (1, "gw:p1:t1"));
+        // Only the latest number can be given back.
+        tr.unsent(7);
+        assert_eq!(tr.seq(), 1);
     }
 
     #[test]
