@@ -62,16 +62,9 @@ pub struct Tracker {
     stale_since: Option<DateTime<Utc>>,
 }
 
-/// Counter32 wraps at 2^32; a drop from the top sixteenth to the bottom sixteenth
-/// is a wrap rather than a reset.
-const WRAP: u64 = 1 << 32;
-
+/// How a counter that went down went down (shared with the cloud's usage).
 pub fn reset_kind(old: u64, new: u64) -> ResetKind {
-    if (WRAP - WRAP / 16..WRAP).contains(&old) && new < WRAP / 16 {
-        ResetKind::Wrap
-    } else {
-        ResetKind::Backwards
-    }
+    ResetKind::classify(old, new)
 }
 
 fn supply_event(s: &Supply) -> Option<Event> {

@@ -7,12 +7,16 @@
 //! * `versions`: `{tenant}/{printer}` → last published config version (u64 BE);
 //! * `timeline`: `{change id}/{seq:020}` → [`TimelineEntry`] JSON, never rewritten;
 //! * `ledger`: `{change id}/{period}` → [`LedgerEntry`] JSON, inserted only if absent;
-//! * `shipments_sent`: ledger key → time the provider accepted the order.
+//! * `shipments_sent`: ledger key → time the provider accepted the order;
+//! * `resellers`: id → JSON; `migrations`: migration id → [`Migration`] JSON;
+//! * `readings`: see [`crate::usage::ReadingStore`].
 //!
 //! Every write is flushed before the call returns.
 
 use crate::compensation::{NotOwed, Part};
-use crate::model::{ChangeKind, Contract, ContractChange, Plan, Tenant};
+use crate::migration::{Migration, MigrationState};
+use crate::model::{ChangeKind, Contract, ContractChange, Plan, Reseller, Tenant};
+use crate::usage::ReadingStore;
 use chrono::{DateTime, Utc};
 use platen_protocol::{Id, ReportStatus};
 use serde::de::DeserializeOwned;
@@ -148,6 +152,13 @@ pub enum Event {
         item: String,
         quantity: u64,
     },
+    /// This change executes an allowed plan migration.
+    MigrationExecuted {
+        migration: String,
+        rule: String,
+        from: Id,
+        to: Id,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +199,9 @@ pub struct ContractStore {
     timeline: sled::Tree,
     ledger: sled::Tree,
     shipments_sent: sled::Tree,
+    resellers: sled::Tree,
+    migrations: sled::Tree,
+    pub readings: ReadingStore,
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
@@ -220,6 +234,9 @@ impl ContractStore {
             timeline: db.open_tree("timeline")?,
             ledger: db.open_tree("ledger")?,
             shipments_sent: db.open_tree("shipments_sent")?,
+            resellers: db.open_tree("resellers")?,
+            migrations: db.open_tree("migrations")?,
+            readings: ReadingStore::open(db)?,
         })
     }
 
@@ -266,11 +283,109 @@ impl ContractStore {
     pub fn add_plan(&self, p: &Plan) -> Result<Inserted, StoreError> {
         Self::insert_new(&self.plans, p.id.as_str(), p)
     }
+    /// Write a plan from the catalog file (the catalog is authoritative).
+    pub fn put_plan(&self, p: &Plan) -> Result<(), StoreError> {
+        self.plans.insert(p.id.as_str().as_bytes(), encode(p))?;
+        self.plans.flush()?;
+        Ok(())
+    }
     pub fn plan(&self, id: &str) -> Result<Option<Plan>, StoreError> {
         Self::get(&self.plans, id)
     }
     pub fn plans(&self) -> Result<Vec<Plan>, StoreError> {
         Self::all(&self.plans)
+    }
+
+    pub fn add_reseller(&self, r: &Reseller) -> Result<Inserted, StoreError> {
+        Self::insert_new(&self.resellers, r.id.as_str(), r)
+    }
+    pub fn reseller(&self, id: &str) -> Result<Option<Reseller>, StoreError> {
+        Self::get(&self.resellers, id)
+    }
+    pub fn resellers(&self) -> Result<Vec<Reseller>, StoreError> {
+        Self::all(&self.resellers)
+    }
+
+    /// A number never handed out before by this database.
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub fn add_migration(&self, m: &Migration) -> Result<Inserted, StoreError> {
+        Self::insert_new(&self.migrations, &m.id, m)
+    }
+    pub fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError> {
+        Self::get(&self.migrations, id)
+    }
+    pub fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
+        Self::all(&self.migrations)
+    }
+
+    /// Move a migration from `scheduled` to `state`, if it is still scheduled.
+    /// Returns whether it was.
+    pub fn finish_migration(&self, id: &str, state: MigrationState) -> Result<bool, StoreError> {
+        let done = self.update_scheduled(id, |m| m.state = state.clone())?;
+        self.migrations.flush()?;
+        Ok(done)
+    }
+
+    fn update_scheduled(&self, id: &str, f: impl Fn(&mut Migration)) -> Result<bool, StoreError> {
+        let mut done = false;
+        self.migrations.fetch_and_update(id.as_bytes(), |old| {
+            let mut m: Migration = serde_json::from_slice(old?).ok()?;
+            if m.state != MigrationState::Scheduled {
+                done = false;
+                return Some(encode(&m));
+            }
+            f(&mut m);
+            done = true;
+            Some(encode(&m))
+        })?;
+        Ok(done)
+    }
+
+    /// Execute a scheduled migration: its contract change is added and the migration
+    /// marked executed in one transaction, so a crash between the two cannot run it
+    /// twice. `Ok(false)`: it was no longer scheduled, or the change id was taken by
+    /// a concurrent change (the caller computes a new one and retries).
+    pub fn execute_migration(
+        &self,
+        migration_id: &str,
+        change: &ContractChange,
+    ) -> Result<bool, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let rec = ChangeRecord {
+            change: change.clone(),
+            setup: SetupState::default(),
+        };
+        let r = (&self.changes, &self.migrations).transaction(|(changes, migrations)| {
+            let Some(raw) = migrations.get(migration_id.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut m: Migration = serde_json::from_slice(&raw)
+                .map_err(|_| ConflictableTransactionError::Abort(()))?;
+            if m.state != MigrationState::Scheduled || changes.get(change.id.as_bytes())?.is_some()
+            {
+                return Ok(false);
+            }
+            changes.insert(change.id.as_bytes(), encode(&rec))?;
+            m.state = MigrationState::Executed {
+                change_id: change.id.clone(),
+                at: change.requested_at,
+            };
+            migrations.insert(migration_id.as_bytes(), encode(&m))?;
+            Ok(true)
+        });
+        let done = r.map_err(|e: TransactionError<()>| match e {
+            TransactionError::Storage(e) => StoreError::Sled(e),
+            TransactionError::Abort(()) => StoreError::Corrupt {
+                key: migration_id.to_string(),
+                message: "unreadable migration".into(),
+            },
+        })?;
+        self.db.flush()?;
+        Ok(done)
     }
 
     pub fn contract(&self, id: &str) -> Result<Option<Contract>, StoreError> {
@@ -518,6 +633,12 @@ mod tests {
                 ledger_key: "k".into(),
                 item: "i".into(),
                 quantity: 1,
+            },
+            Event::MigrationExecuted {
+                migration: "m".into(),
+                rule: "r".into(),
+                from: p.clone(),
+                to: p.clone(),
             },
         ];
         for e in &events {

@@ -8,13 +8,16 @@
 //! The contract engine and compensation come on top of this (see the issues).
 
 pub mod api;
+pub mod catalog;
 pub mod compensation;
 pub mod contracts;
 pub mod engine;
+pub mod migration;
 pub mod model;
 pub mod ops;
 pub mod period;
 pub mod server;
+pub mod usage;
 
 use chrono::{DateTime, Utc};
 use platen_protocol::{codec, ApplyReport, DesiredConfig, Id, Topic, MAX_MESSAGE_BYTES};
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use tracing::{debug, info, warn};
+use usage::ReadingStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -46,12 +50,24 @@ pub struct ReceivedReport {
     pub received_at: DateTime<Utc>,
 }
 
-/// What happened to an inbound report.
+/// What happened to an inbound report or telemetry message.
 #[derive(Clone, Debug)]
 pub enum ReportEvent {
     New(Box<ReceivedReport>),
-    Duplicate { report_id: String },
-    Refused { topic: String, reason: String },
+    Duplicate {
+        report_id: String,
+    },
+    Refused {
+        topic: String,
+        reason: String,
+    },
+    /// A telemetry message; `new_reading` when its reading was not stored before.
+    Telemetry {
+        tenant: Id,
+        printer: Id,
+        message_id: String,
+        new_reading: bool,
+    },
 }
 
 #[derive(Default)]
@@ -70,6 +86,7 @@ pub struct Cloud {
     client: AsyncClient,
     reports: sled::Tree,
     report_index: sled::Tree,
+    readings: ReadingStore,
     db: sled::Db,
     publish_lock: Arc<Mutex<()>>,
     pubacks: broadcast::Sender<u16>,
@@ -90,6 +107,7 @@ impl Cloud {
         let db = sled::open(state_dir.join("db"))?;
         let reports = db.open_tree("reports")?;
         let report_index = db.open_tree("report_index")?;
+        let readings = ReadingStore::open(&db)?;
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -106,6 +124,7 @@ impl Cloud {
             client: client.clone(),
             reports,
             report_index,
+            readings,
             db,
             publish_lock: Arc::new(Mutex::new(())),
             pubacks: pubacks.clone(),
@@ -125,6 +144,8 @@ impl Cloud {
                         let _ = conn_tx.send(true);
                         // Every reconnect may be a fresh session: subscribe again.
                         let _ = client.try_subscribe(Topic::all_reports_filter(), QoS::AtLeastOnce);
+                        let _ =
+                            client.try_subscribe(Topic::all_telemetry_filter(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if inbound_tx.send(p).is_err() {
@@ -148,8 +169,20 @@ impl Cloud {
         let c = cloud.clone();
         tokio::spawn(async move {
             while let Some(p) = inbound_rx.recv().await {
-                let ev = c.ingest(&p.topic, &p.payload);
+                let ev = match p.topic.parse::<Topic>() {
+                    Ok(Topic::Telemetry { tenant, printer }) => {
+                        c.ingest_telemetry(tenant, printer, &p.payload).await
+                    }
+                    _ => c.ingest(&p.topic, &p.payload),
+                };
                 match &ev {
+                    Ok(ReportEvent::Telemetry {
+                        message_id,
+                        new_reading,
+                        ..
+                    }) => {
+                        debug!(message_id, new_reading, "telemetry received");
+                    }
                     Ok(ReportEvent::New(r)) => {
                         c.counters.new.fetch_add(1, Ordering::Relaxed);
                         info!(report_id = %r.report.report_id, status = %r.report.status, "report received");
@@ -164,7 +197,7 @@ impl Cloud {
                     }
                     Err(e) => {
                         // Not acknowledged: the broker redelivers it.
-                        warn!(error = %e, "could not store report");
+                        warn!(error = %e, topic = %p.topic, "could not store message");
                         continue;
                     }
                 }
@@ -232,6 +265,41 @@ impl Cloud {
         } else {
             Ok(ReportEvent::Duplicate { report_id: id })
         }
+    }
+
+    /// Decode, check and keep the reading of one telemetry message (usage for the
+    /// migration rules). Bad input is a `Refused` event.
+    pub async fn ingest_telemetry(
+        &self,
+        tenant: Id,
+        printer: Id,
+        payload: &[u8],
+    ) -> Result<ReportEvent, CloudError> {
+        let t: platen_protocol::Telemetry = match codec::decode(payload) {
+            Ok(t) => t,
+            Err(e) => {
+                return Ok(ReportEvent::Refused {
+                    topic: Topic::Telemetry { tenant, printer }.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if t.printer_id != printer {
+            return Ok(ReportEvent::Refused {
+                topic: Topic::Telemetry { tenant, printer }.to_string(),
+                reason: format!("telemetry of printer {} on this topic", t.printer_id),
+            });
+        }
+        let new_reading = self.readings.record(&tenant, &t)?;
+        if new_reading {
+            self.readings.flush().await?;
+        }
+        Ok(ReportEvent::Telemetry {
+            tenant,
+            printer,
+            message_id: t.message_id,
+            new_reading,
+        })
     }
 
     pub fn subscribe_events(&self) -> broadcast::Receiver<ReportEvent> {

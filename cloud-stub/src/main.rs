@@ -74,9 +74,46 @@ enum Command {
         /// After a failed attempt, publish the settings again after this long.
         #[arg(long, default_value_t = 30)]
         republish_after_secs: u64,
-        /// How often open changes are re-examined.
+        /// How often open changes and scheduled migrations are re-examined.
         #[arg(long, default_value_t = 500)]
         tick_ms: u64,
+        /// Plan catalog and migration rules (TOML; see packaging/catalog.example.toml).
+        /// Without one, plans are created through the API and migrations are refused.
+        #[arg(long)]
+        catalog: Option<PathBuf>,
+    },
+    /// The plan catalog: check a file (locally), or show the loaded one (API).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCmd,
+    },
+    /// Resellers (HTTP API client).
+    Reseller {
+        #[command(subcommand)]
+        command: ResellerCmd,
+    },
+    /// Request a plan migration; the catalog's rules decide (HTTP API client).
+    /// Exit 0 accepted (or a dry run), 1 refused or an error, 2 no API.
+    Migrate {
+        #[arg(long)]
+        tenant: Id,
+        /// Needed when the tenant has more than one contract.
+        #[arg(long)]
+        contract: Option<Id>,
+        /// The target plan.
+        #[arg(long)]
+        plan: Id,
+        /// Show the decision, the rule and the usage; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Who asks: operator, tenant:ID or reseller:ID.
+        #[arg(long = "as", default_value = "operator")]
+        actor: String,
+    },
+    /// Scheduled, executed, refused and cancelled migrations (HTTP API client).
+    Migrations {
+        #[command(subcommand)]
+        command: MigrationsCmd,
     },
     /// Tenants (HTTP API client).
     Tenant {
@@ -109,8 +146,53 @@ enum TenantCmd {
         id: Id,
         #[arg(long)]
         name: String,
+        /// The reseller that may order migrations for this tenant.
+        #[arg(long)]
+        reseller: Option<Id>,
     },
     List,
+}
+
+#[derive(Subcommand)]
+enum ResellerCmd {
+    Create {
+        #[arg(long)]
+        id: Id,
+        #[arg(long)]
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum CatalogCmd {
+    /// Validate a catalog file: every problem with its line. Exit 0 valid (warnings
+    /// allowed), 1 invalid, 2 unreadable.
+    Check { file: PathBuf },
+    /// The catalog the running cloud loaded.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum MigrationsCmd {
+    List {
+        #[arg(long)]
+        tenant: Option<Id>,
+        #[arg(long)]
+        contract: Option<Id>,
+        /// refused, scheduled, executed, cancelled or superseded.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Cancel a scheduled migration.
+    Cancel {
+        id: String,
+        #[arg(long = "as", default_value = "operator")]
+        actor: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,19 +225,22 @@ enum ContractCmd {
         /// NAME=VALUE overrides on the plan's config template.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         settings: Vec<String>,
+        /// Minimum term in billing periods (default: month to month).
+        #[arg(long)]
+        term_months: Option<u32>,
     },
-    /// Change the plan and/or settings.
+    /// Change settings (plan changes: `platen-cloud migrate`).
     Change {
         id: Id,
-        #[arg(long)]
-        plan: Option<Id>,
-        #[arg(long = "set", value_name = "NAME=VALUE")]
+        #[arg(long = "set", value_name = "NAME=VALUE", required = true)]
         settings: Vec<String>,
         #[arg(long)]
         effective_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Status: plan, changes, faults, page caps, credits.
     Show { id: Id },
+    /// Pages used this period, from telemetry, as the migration rules see them.
+    Usage { id: Id },
     /// The evidence timeline.
     Timeline { id: Id },
 }
@@ -168,6 +253,16 @@ fn settings_map(list: &[String]) -> Result<BTreeMap<String, SettingValue>, Strin
 
 /// Call the API; print the JSON answer (pretty) or the error. Exit 0 / 1 / 2.
 async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> ExitCode {
+    call_as(method, url, body, None).await
+}
+
+/// [`call`] with a `Platen-Actor` header.
+async fn call_as(
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+    actor: Option<&str>,
+) -> ExitCode {
     let client = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -180,6 +275,9 @@ async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Val
         }
     };
     let mut req = client.request(method, &url);
+    if let Some(a) = actor {
+        req = req.header("Platen-Actor", a);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -225,15 +323,86 @@ async fn client(api: String, command: Command) -> ExitCode {
     };
     match command {
         Command::Tenant {
-            command: TenantCmd::Create { id, name },
+            command: TenantCmd::Create { id, name, reseller },
+        } => {
+            let mut body = serde_json::json!({"id": id, "name": name});
+            if let Some(r) = reseller {
+                body["reseller"] = serde_json::json!(r);
+            }
+            call(Method::POST, format!("{api}/v1/tenants"), Some(body)).await
+        }
+        Command::Reseller {
+            command: ResellerCmd::Create { id, name },
         } => {
             call(
                 Method::POST,
-                format!("{api}/v1/tenants"),
+                format!("{api}/v1/resellers"),
                 Some(serde_json::json!({"id": id, "name": name})),
             )
             .await
         }
+        Command::Reseller {
+            command: ResellerCmd::List,
+        } => call(Method::GET, format!("{api}/v1/resellers"), None).await,
+        Command::Catalog {
+            command: CatalogCmd::Show,
+        } => call(Method::GET, format!("{api}/v1/catalog"), None).await,
+        Command::Migrate {
+            tenant,
+            contract,
+            plan,
+            dry_run,
+            actor,
+        } => {
+            let body = serde_json::json!({"tenant": tenant, "contract": contract, "plan": plan, "dry_run": dry_run});
+            call_as(
+                Method::POST,
+                format!("{api}/v1/migrations"),
+                Some(body),
+                Some(&actor),
+            )
+            .await
+        }
+        Command::Migrations {
+            command:
+                MigrationsCmd::List {
+                    tenant,
+                    contract,
+                    state,
+                },
+        } => {
+            let q: Vec<String> = [
+                ("tenant", tenant.map(|t| t.to_string())),
+                ("contract", contract.map(|c| c.to_string())),
+                ("state", state),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
+            .collect();
+            call(
+                Method::GET,
+                format!("{api}/v1/migrations?{}", q.join("&")),
+                None,
+            )
+            .await
+        }
+        Command::Migrations {
+            command: MigrationsCmd::Show { id },
+        } => call(Method::GET, format!("{api}/v1/migrations/{id}"), None).await,
+        Command::Migrations {
+            command: MigrationsCmd::Cancel { id, actor },
+        } => {
+            call_as(
+                Method::DELETE,
+                format!("{api}/v1/migrations/{id}"),
+                None,
+                Some(&actor),
+            )
+            .await
+        }
+        Command::Contract {
+            command: ContractCmd::Usage { id },
+        } => call(Method::GET, format!("{api}/v1/contracts/{id}/usage"), None).await,
         Command::Tenant {
             command: TenantCmd::List,
         } => call(Method::GET, format!("{api}/v1/tenants"), None).await,
@@ -257,6 +426,7 @@ async fn client(api: String, command: Command) -> ExitCode {
                     time_zone,
                     currency,
                     settings,
+                    term_months,
                 },
         } => {
             let settings = match settings_map(&settings) {
@@ -266,6 +436,7 @@ async fn client(api: String, command: Command) -> ExitCode {
             let body = serde_json::json!({
                 "id": id, "tenant": tenant, "printers": printers, "plan": plan,
                 "effective_at": effective_at, "time_zone": time_zone, "currency": currency, "settings": settings,
+                "term_months": term_months,
             });
             call(Method::POST, format!("{api}/v1/contracts"), Some(body)).await
         }
@@ -273,7 +444,6 @@ async fn client(api: String, command: Command) -> ExitCode {
             command:
                 ContractCmd::Change {
                     id,
-                    plan,
                     settings,
                     effective_at,
                 },
@@ -282,7 +452,7 @@ async fn client(api: String, command: Command) -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
-            let body = serde_json::json!({"plan": plan, "settings": settings, "effective_at": effective_at});
+            let body = serde_json::json!({"settings": settings, "effective_at": effective_at});
             call(
                 Method::POST,
                 format!("{api}/v1/contracts/{id}/changes"),
@@ -326,7 +496,12 @@ async fn serve(
     cli: &Cli,
     api_listen: std::net::SocketAddr,
     engine: platen_cloud::engine::EngineConfig,
+    catalog: Option<&std::path::Path>,
 ) -> ExitCode {
+    let catalog = match catalog.map(load_catalog).transpose() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     let cfg = platen_cloud::server::ServerConfig {
         broker_host: cli.host.clone(),
         broker_port: cli.port,
@@ -334,6 +509,7 @@ async fn serve(
         state_dir: cli.state_dir.clone(),
         api_listen,
         engine,
+        catalog,
     };
     let server = match platen_cloud::server::Server::start(cfg).await {
         Ok(s) => s,
@@ -362,6 +538,36 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Read and validate a catalog file. Prints every problem as `FILE:LINE: error: …`
+/// (warnings too) on stderr; the error is the exit code (1 invalid, 2 unreadable).
+fn load_catalog(file: &std::path::Path) -> Result<platen_cloud::catalog::Catalog, ExitCode> {
+    use platen_cloud::catalog::{Catalog, Problem};
+    let text = std::fs::read(file).map_err(|e| {
+        eprintln!("{}: {e}", file.display());
+        ExitCode::from(2)
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        eprintln!("{}: not UTF-8 text", file.display());
+        ExitCode::from(2)
+    })?;
+    let show = |kind: &str, p: &Problem| match p.line {
+        0 => eprintln!("{}: {kind}: {}", file.display(), p.message),
+        n => eprintln!("{}:{n}: {kind}: {}", file.display(), p.message),
+    };
+    match Catalog::parse(&text) {
+        Ok(c) => {
+            c.warnings.iter().for_each(|p| show("warning", p));
+            Ok(c)
+        }
+        Err(e) => {
+            e.errors.iter().for_each(|p| show("error", p));
+            e.warnings.iter().for_each(|p| show("warning", p));
+            eprintln!("{}: {} errors", file.display(), e.errors.len());
+            Err(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn parse_setting(s: &str) -> Result<(String, SettingValue), String> {
@@ -393,6 +599,7 @@ async fn main() -> ExitCode {
             report_deadline_secs,
             republish_after_secs,
             tick_ms,
+            catalog,
         } => {
             let engine = platen_cloud::engine::EngineConfig {
                 tick: Duration::from_millis(*tick_ms),
@@ -401,9 +608,30 @@ async fn main() -> ExitCode {
                 provider_url: provider_url.clone(),
                 ..Default::default()
             };
-            return serve(&cli, *api_listen, engine).await;
+            return serve(&cli, *api_listen, engine, catalog.as_deref()).await;
+        }
+        Command::Catalog {
+            command: CatalogCmd::Check { file },
+        } => {
+            return match load_catalog(file) {
+                Ok(c) => {
+                    println!(
+                        "{}: valid: {} plans, {} rules, {} warnings",
+                        file.display(),
+                        c.plans.len(),
+                        c.rules.len(),
+                        c.warnings.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
         }
         Command::Tenant { .. }
+        | Command::Reseller { .. }
+        | Command::Catalog { .. }
+        | Command::Migrate { .. }
+        | Command::Migrations { .. }
         | Command::Plan { .. }
         | Command::Contract { .. }
         | Command::Ledger { .. } => {

@@ -17,6 +17,17 @@ pub const DEFAULT_SHIPMENT_UNIT_SECS: u64 = 7 * 86400;
 pub struct Tenant {
     pub id: Id,
     pub name: String,
+    /// The reseller that looks after this tenant; it may order migrations for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseller: Option<Id>,
+}
+
+/// A reseller: orders plan migrations on behalf of the tenants assigned to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reseller {
+    pub id: Id,
+    pub name: String,
 }
 
 /// What the customer buys; decides the kind of compensation.
@@ -68,6 +79,13 @@ pub struct Plan {
     pub id: Id,
     pub name: String,
     pub service: ServiceKind,
+    /// Plan groups this plan belongs to (`mono`, `color`, `tier:small`); migration
+    /// rules can name a group instead of a plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// What the plan includes (`duplex`, `scan`, `color`): shown, not enforced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
     /// The device settings this plan needs (setting name → value), all required.
     #[serde(default)]
     pub config_template: BTreeMap<String, SettingValue>,
@@ -93,6 +111,18 @@ impl Plan {
             }
             ServiceKind::FlatRatePrint { .. } | ServiceKind::Basic { .. } => {}
         }
+        for g in self.groups.iter().chain(&self.features) {
+            if g.is_empty()
+                || g.len() > 64
+                || !g
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+            {
+                return Err(format!(
+                    "group or feature {g:?}: 1-64 characters from a-z, 0-9, '-', '_', ':', '.'"
+                ));
+            }
+        }
         if self.config_template.len() > platen_protocol::config::MAX_SETTINGS {
             return Err("config_template has too many settings".into());
         }
@@ -112,6 +142,10 @@ pub struct Contract {
     pub time_zone: String,
     /// ISO 4217 code; fees and credits are in its minor unit.
     pub currency: String,
+    /// Minimum term in billing periods, renewed for the same length; none: month to
+    /// month (the term ends with each period). Used by `end_of_term` migrations.
+    #[serde(default)]
+    pub term_months: Option<u32>,
     pub created_at: DateTime<Utc>,
 }
 

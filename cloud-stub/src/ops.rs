@@ -1,19 +1,21 @@
 //! Operations on tenants, plans and contracts, with validation and machine-readable
 //! errors. The HTTP API and the CLI are thin layers over these.
 
+use crate::catalog::Catalog;
 use crate::contracts::{
     ChangeRecord, ContractStore, Event, Inserted, LedgerEntry, StoreError, TimelineEntry,
 };
 use crate::engine::Engine;
 use crate::model::{
     change_id, check_currency, parse_time_zone, ChangeKind, Contract, ContractChange, Plan,
-    ServiceKind, Tenant,
+    Reseller, ServiceKind, Tenant,
 };
 use crate::period;
 use chrono::{DateTime, Utc};
 use platen_protocol::{DesiredConfig, Id, SettingValue};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Most printers one contract may cover.
 pub const MAX_PRINTERS: usize = 1000;
@@ -69,12 +71,16 @@ pub struct NewContract {
     /// Overrides on top of the plan's config template.
     #[serde(default)]
     pub settings: BTreeMap<String, SettingValue>,
+    /// Minimum term in billing periods (none: month to month).
+    #[serde(default)]
+    pub term_months: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRequest {
-    /// A new plan (its template replaces the old plan's), or none for a settings change.
+    /// The contract's current plan, if given; another plan is refused
+    /// (`use_migrations`): plan changes are migrations, decided by the catalog.
     pub plan: Option<Id>,
     /// Setting overrides to merge.
     #[serde(default)]
@@ -127,8 +133,10 @@ pub struct ContractStatus {
 
 #[derive(Clone)]
 pub struct Ops {
-    store: ContractStore,
+    pub(crate) store: ContractStore,
     engine: Option<Engine>,
+    /// The plan catalog and migration rules, when one is loaded.
+    pub(crate) catalog: Option<Arc<Catalog>>,
 }
 
 fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiError> {
@@ -145,22 +153,63 @@ fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiEr
 
 impl Ops {
     pub fn new(store: ContractStore, engine: Option<Engine>) -> Ops {
-        Ops { store, engine }
+        Ops {
+            store,
+            engine,
+            catalog: None,
+        }
+    }
+
+    /// Use a catalog: its plans are written to the store (the file is authoritative
+    /// for the plans it defines) and plan migrations follow its rules.
+    pub fn with_catalog(mut self, catalog: Catalog) -> Result<Ops, StoreError> {
+        for p in catalog.plans.values() {
+            self.store.put_plan(p)?;
+        }
+        self.catalog = Some(Arc::new(catalog));
+        Ok(self)
+    }
+
+    pub fn catalog(&self) -> Option<&Catalog> {
+        self.catalog.as_deref()
     }
 
     pub fn store(&self) -> &ContractStore {
         &self.store
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         if let Some(e) = &self.engine {
             e.wake();
+        }
+    }
+
+    pub fn create_reseller(&self, r: Reseller) -> Result<Reseller, ApiError> {
+        if r.name.trim().is_empty() {
+            return Err(ApiError::invalid("name must not be empty"));
+        }
+        match self.store.add_reseller(&r)? {
+            Inserted::New => Ok(r),
+            Inserted::Exists => Err(ApiError::new(
+                409,
+                "reseller_exists",
+                format!("reseller {} exists", r.id),
+            )),
         }
     }
 
     pub fn create_tenant(&self, t: Tenant) -> Result<Tenant, ApiError> {
         if t.name.trim().is_empty() {
             return Err(ApiError::invalid("name must not be empty"));
+        }
+        if let Some(r) = &t.reseller {
+            if self.store.reseller(r.as_str())?.is_none() {
+                return Err(ApiError::new(
+                    422,
+                    "unknown_reseller",
+                    format!("no reseller {r}"),
+                ));
+            }
         }
         match self.store.add_tenant(&t)? {
             Inserted::New => Ok(t),
@@ -173,6 +222,13 @@ impl Ops {
     }
 
     pub fn create_plan(&self, p: Plan) -> Result<Plan, ApiError> {
+        if self.catalog.is_some() {
+            return Err(ApiError::new(
+                409,
+                "catalog_managed",
+                "plans come from the catalog file; edit it and restart the cloud",
+            ));
+        }
         p.validate().map_err(ApiError::invalid)?;
         check_settings(&p.config_template)?;
         match self.store.add_plan(&p)? {
@@ -185,7 +241,7 @@ impl Ops {
         }
     }
 
-    fn plan(&self, id: &Id) -> Result<Plan, ApiError> {
+    pub(crate) fn plan(&self, id: &Id) -> Result<Plan, ApiError> {
         self.store
             .plan(id.as_str())?
             .ok_or_else(|| ApiError::new(422, "unknown_plan", format!("no plan {id}")))
@@ -202,6 +258,9 @@ impl Ops {
         let plan = self.plan(&n.plan)?;
         parse_time_zone(&n.time_zone).map_err(ApiError::invalid)?;
         check_currency(&n.currency).map_err(ApiError::invalid)?;
+        if n.term_months.is_some_and(|m| m == 0 || m > 120) {
+            return Err(ApiError::invalid("term_months: between 1 and 120"));
+        }
         if n.printers.is_empty() || n.printers.len() > MAX_PRINTERS {
             return Err(ApiError::invalid(format!(
                 "printers: between 1 and {MAX_PRINTERS}"
@@ -222,6 +281,7 @@ impl Ops {
             effective_at: n.effective_at.unwrap_or(now),
             time_zone: n.time_zone,
             currency: n.currency,
+            term_months: n.term_months,
             created_at: now,
         };
         let start = ContractChange {
@@ -241,75 +301,53 @@ impl Ops {
                 format!("contract {} exists", contract.id),
             ));
         }
-        self.store.append(
-            &start.id,
-            Event::ChangeRequested {
-                change: start.change.clone(),
-                plan: start.plan.clone(),
-                effective_at: start.effective_at,
-            },
-        )?;
-        self.wake();
+        self.requested(&start)?;
         Ok((contract, start))
     }
 
-    fn contract(&self, id: &str) -> Result<Contract, ApiError> {
+    pub fn contract(&self, id: &str) -> Result<Contract, ApiError> {
         self.store
             .contract(id)?
             .ok_or_else(|| ApiError::not_found("unknown_contract", format!("no contract {id}")))
     }
 
+    /// A settings change. Plan changes go through [`Ops::migrate`], where the
+    /// catalog's rules decide: there is no other way to change a plan.
     pub fn change_contract(
         &self,
         id: &str,
         req: ChangeRequest,
     ) -> Result<ContractChange, ApiError> {
         let contract = self.contract(id)?;
-        let changes = self.store.changes_of(&contract.id)?;
-        let last = changes
-            .last()
-            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))?;
-        let (kind, plan, mut settings) = match &req.plan {
-            Some(p) if *p != last.change.plan => {
-                let plan = self.plan(p)?;
-                (
-                    ChangeKind::PlanChange {
-                        from: last.change.plan.clone(),
-                        to: p.clone(),
-                    },
-                    p.clone(),
-                    plan.config_template,
-                )
+        let last = self.last_change(&contract)?;
+        if let Some(p) = &req.plan {
+            self.plan(p)?;
+            if *p != last.change.plan {
+                return Err(ApiError::new(
+                    422,
+                    "use_migrations",
+                    format!(
+                        "plan changes go through POST /v1/migrations, where the catalog's rules decide whether and when {} may move to {p}",
+                        contract.tenant
+                    ),
+                ));
             }
-            _ => {
-                if req.settings.is_empty() {
-                    return Err(ApiError::invalid(
-                        "nothing to change: give a different plan or settings",
-                    ));
-                }
-                (
-                    ChangeKind::SettingsChange {
-                        settings: req.settings.clone(),
-                    },
-                    last.change.plan.clone(),
-                    last.change.settings.clone(),
-                )
-            }
-        };
-        settings.extend(req.settings);
-        check_settings(&settings)?;
-        let now = Utc::now();
-        let seq = last.change.seq + 1;
-        let change = ContractChange {
-            id: change_id(&contract.id, seq),
-            contract: contract.id.clone(),
-            seq,
-            change: kind,
-            effective_at: req.effective_at.unwrap_or(now),
-            requested_at: now,
-            plan,
+        }
+        if req.settings.is_empty() {
+            return Err(ApiError::invalid("nothing to change: give settings"));
+        }
+        let mut settings = last.change.settings.clone();
+        settings.extend(req.settings.clone());
+        let change = self.next_change(
+            &contract,
+            &last,
+            ChangeKind::SettingsChange {
+                settings: req.settings,
+            },
+            last.change.plan.clone(),
             settings,
-        };
+            req.effective_at.unwrap_or_else(Utc::now),
+        )?;
         if self.store.add_change(&change)? == Inserted::Exists {
             return Err(ApiError::new(
                 409,
@@ -317,6 +355,43 @@ impl Ops {
                 "a concurrent change took this sequence number; retry",
             ));
         }
+        self.requested(&change)?;
+        Ok(change)
+    }
+
+    pub(crate) fn last_change(&self, contract: &Contract) -> Result<ChangeRecord, ApiError> {
+        self.store
+            .changes_of(&contract.id)?
+            .pop()
+            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))
+    }
+
+    /// The change after `last`, with its settings checked.
+    pub(crate) fn next_change(
+        &self,
+        contract: &Contract,
+        last: &ChangeRecord,
+        kind: ChangeKind,
+        plan: Id,
+        settings: BTreeMap<String, SettingValue>,
+        effective_at: DateTime<Utc>,
+    ) -> Result<ContractChange, ApiError> {
+        check_settings(&settings)?;
+        let seq = last.change.seq + 1;
+        Ok(ContractChange {
+            id: change_id(&contract.id, seq),
+            contract: contract.id.clone(),
+            seq,
+            change: kind,
+            effective_at,
+            requested_at: Utc::now(),
+            plan,
+            settings,
+        })
+    }
+
+    /// Record that a change was requested and wake the engine.
+    pub(crate) fn requested(&self, change: &ContractChange) -> Result<(), ApiError> {
         self.store.append(
             &change.id,
             Event::ChangeRequested {
@@ -326,7 +401,7 @@ impl Ops {
             },
         )?;
         self.wake();
-        Ok(change)
+        Ok(())
     }
 
     pub fn contract_status(&self, id: &str) -> Result<ContractStatus, ApiError> {
@@ -440,6 +515,7 @@ mod tests {
         o.create_tenant(Tenant {
             id: "acme".parse().unwrap(),
             name: "Acme".into(),
+            reseller: None,
         })
         .unwrap();
         o.create_plan(serde_json::from_str(r#"{"id":"flat","name":"Flat 1000","service":{"kind":"flat_rate_print","monthly_fee":4900,"page_cap":1000},"config_template":{"sysContact":"billing@acme"}}"#).unwrap()).unwrap();
@@ -525,6 +601,7 @@ mod tests {
             .create_tenant(Tenant {
                 id: "acme".parse().unwrap(),
                 name: "again".into(),
+                reseller: None,
             })
             .unwrap_err();
         assert_eq!(e.code, "tenant_exists");
@@ -582,30 +659,25 @@ mod tests {
         assert_eq!(c2.seq, 2);
         assert_eq!(c2.settings.len(), 3);
         assert!(matches!(c2.change, ChangeKind::SettingsChange { .. }));
-        let c3 = o
+        // A plan change is not a settings change: no path around the migration rules.
+        let e = o
             .change_contract(
                 "c1",
                 ChangeRequest {
                     plan: Some("basic".parse().unwrap()),
                     settings: BTreeMap::new(),
-                    effective_at: None,
+                    effective_at: Some(Utc::now() - chrono::Duration::days(30)),
                 },
             )
-            .unwrap();
-        assert!(
-            matches!(&c3.change, ChangeKind::PlanChange { from, to } if from.as_str() == "flat" && to.as_str() == "basic")
-        );
-        assert!(
-            c3.settings.is_empty(),
-            "the basic plan's template has no settings"
-        );
+            .unwrap_err();
+        assert_eq!((e.status, e.code), (422, "use_migrations"));
         let st = o.contract_status("c1").unwrap();
-        assert_eq!(st.changes.len(), 3);
-        assert_eq!(st.plan.id.as_str(), "basic");
+        assert_eq!(st.changes.len(), 2);
+        assert_eq!(st.plan.id.as_str(), "flat");
         assert!(st.changes.iter().all(|c| c.state == "setting_up"));
         assert_eq!(
             o.timeline("c1").unwrap().len(),
-            3,
+            2,
             "one change_requested per change"
         );
     }

@@ -1,7 +1,8 @@
-//! The whole cloud process: MQTT link (reports), the setup engine and the HTTP API,
-//! started together and stopped explicitly.
+//! The whole cloud process: MQTT link (reports and telemetry), the setup engine, the
+//! migration scheduler and the HTTP API, started together and stopped explicitly.
 
 use crate::api;
+use crate::catalog::Catalog;
 use crate::contracts::ContractStore;
 use crate::engine::{Engine, EngineConfig};
 use crate::ops::Ops;
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -22,6 +23,8 @@ pub struct ServerConfig {
     /// HTTP API address (port 0: a free port; see [`Server::api_addr`]).
     pub api_listen: SocketAddr,
     pub engine: EngineConfig,
+    /// Plan catalog and migration rules (none: plans through the API, no migrations).
+    pub catalog: Option<Catalog>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,7 @@ pub struct Server {
     api_addr: SocketAddr,
     stop: watch::Sender<bool>,
     engine: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
     api: (oneshot::Sender<()>, JoinHandle<()>),
 }
 
@@ -57,9 +61,13 @@ impl Server {
         )?;
         let store = ContractStore::open(cloud.db())?;
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
-        let ops = Ops::new(store, Some(engine.clone()));
+        let mut ops = Ops::new(store, Some(engine.clone()));
+        if let Some(c) = cfg.catalog.clone() {
+            ops = ops.with_catalog(c)?;
+        }
         let (stop, stop_rx) = watch::channel(false);
-        let engine_task = engine.spawn(stop_rx);
+        let engine_task = engine.spawn(stop_rx.clone());
+        let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx);
         let listener = tokio::net::TcpListener::bind(cfg.api_listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -88,6 +96,7 @@ impl Server {
             api_addr,
             stop,
             engine: engine_task,
+            scheduler,
             api: (api_stop, api_task),
         })
     }
@@ -100,6 +109,7 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.engine).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.scheduler).await;
         let _ = self.api.0.send(());
         let abort = self.api.1.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), self.api.1)
@@ -110,4 +120,26 @@ impl Server {
         }
         self.cloud.shutdown().await;
     }
+}
+
+/// Runs scheduled migrations when their time comes: on start (catching up on any that
+/// fell due while the cloud was down) and then every `tick`.
+fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let o = ops.clone();
+            match tokio::task::spawn_blocking(move || o.run_due_migrations(chrono::Utc::now()))
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => info!(n, "scheduled migrations executed"),
+                Ok(Err(e)) => warn!(error = %e, "scheduled migrations: will retry"),
+                Err(e) => warn!(error = %e, "scheduled migrations task failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick.max(Duration::from_millis(100))) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
 }

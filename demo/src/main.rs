@@ -7,8 +7,12 @@
 //! are in (non-zero if they are not within 30 s).
 
 use platen_agent::config::AgentConfig;
+use platen_cloud::catalog::Decision;
 use platen_cloud::contracts::{Event, TimelineEntry};
 use platen_cloud::engine::EngineConfig;
+use platen_cloud::migration::{
+    Actor, MigrationDecision, MigrationRequest, MigrationState, Outcome,
+};
 use platen_cloud::server::{Server, ServerConfig};
 use platen_cloud::{Cloud, ReportEvent};
 use platen_printer_sim::{oid, serve, Faults, SimPrinter};
@@ -73,7 +77,7 @@ fn agent_config(
     printers: &[(String, std::net::SocketAddr)],
 ) -> Result<AgentConfig, String> {
     let mut text = format!(
-        "agent_id = \"gw-demo\"\ntenant = \"acme\"\nstate_dir = {:?}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n",
+        "agent_id = \"gw-demo\"\ntenant = \"acme\"\nstate_dir = {:?}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n",
         state.display().to_string()
     );
     for (id, addr) in printers {
@@ -171,6 +175,7 @@ async fn demo() -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let mut events = cloud.subscribe_events();
+    let (server, mut provider) = start_contract_cloud(broker_port, dir.path()).await?;
     let agent = platen_agent::run::start(agent_config(
         broker_port,
         &dir.path().join("agent"),
@@ -272,7 +277,9 @@ async fn demo() -> Result<(), String> {
         .find(|s| s.id == "p3")
         .map(|s| s.printer.clone())
         .ok_or("no p3")?;
-    contract_demo(broker_port, dir.path(), p3).await?;
+    contract_demo(&server, &mut provider, p3).await?;
+    server.shutdown().await;
+    provider.go_down().await;
     agent.shutdown().await;
     cloud.shutdown().await;
     Ok(())
@@ -361,12 +368,21 @@ fn describe(e: &TimelineEntry) -> String {
         Event::ShipmentAccepted { item, quantity, .. } => {
             format!("provider accepted shipment {quantity} × {item}")
         }
+        Event::MigrationExecuted {
+            migration,
+            rule,
+            from,
+            to,
+        } => format!("migration {migration} executed ({from} → {to}, allowed by rule {rule})"),
     }
 }
 
 /// A contract on p3: its sysLocation is refused for a while and the service provider
 /// is down at first, so setup completes late and the engine compensates.
-async fn contract_demo(broker_port: u16, dir: &Path, p3: SimPrinter) -> Result<(), String> {
+/// The contract cloud (engine, scheduler, API, example catalog) and the service
+/// provider, down at first. Started before the agent, so it sees every telemetry
+/// message from the first.
+async fn start_contract_cloud(broker_port: u16, dir: &Path) -> Result<(Server, Provider), String> {
     let mut provider = Provider::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .await
         .map_err(|e| e.to_string())?;
@@ -384,40 +400,55 @@ async fn contract_demo(broker_port: u16, dir: &Path, p3: SimPrinter) -> Result<(
             provider_url: format!("http://{}", provider.addr),
             ..Default::default()
         },
+        catalog: Some(
+            platen_cloud::catalog::Catalog::parse(CATALOG)
+                .map_err(|e| format!("example catalog: {e}"))?,
+        ),
     })
     .await
     .map_err(|e| e.to_string())?;
+    Ok((server, provider))
+}
+
+async fn contract_demo(
+    server: &Server,
+    provider: &mut Provider,
+    p3: SimPrinter,
+) -> Result<(), String> {
     if !server.cloud.wait_connected(Duration::from_secs(10)).await {
         return Err("contract engine could not connect".into());
     }
     let api = |e: platen_cloud::ops::ApiError| e.to_string();
     let ops = &server.ops;
     let json = |v: serde_json::Value| v;
-    ops.create_tenant(
-        serde_json::from_value(json(serde_json::json!({"id": "acme", "name": "ACME Ltd"})))
-            .map_err(|e| e.to_string())?,
+    ops.create_reseller(
+        serde_json::from_value(json(
+            serde_json::json!({"id": "r1", "name": "PrintPartner GmbH"}),
+        ))
+        .map_err(|e| e.to_string())?,
     )
     .map_err(api)?;
-    ops.create_plan(serde_json::from_value(json(serde_json::json!({
-        "id": "flat-5000", "name": "Flat rate 5000 pages",
-        "service": {"kind": "flat_rate_print", "monthly_fee": 49_900, "page_cap": 5000},
-        "config_template": {"sysLocation": "Print room, 3rd floor", "sysContact": "billing@acme.example"}
-    })))
-    .map_err(|e| e.to_string())?)
+    ops.create_tenant(
+        serde_json::from_value(json(
+            serde_json::json!({"id": "acme", "name": "ACME Ltd", "reseller": "r1"}),
+        ))
+        .map_err(|e| e.to_string())?,
+    )
     .map_err(api)?;
     // The contract took effect six hours ago; its setup is only requested now.
     let t0 = chrono::Utc::now() - chrono::Duration::hours(6);
     ops.create_contract(
         serde_json::from_value(json(serde_json::json!({
-            "id": "acme-2026-001", "tenant": "acme", "printers": ["p3"], "plan": "flat-5000",
-            "effective_at": t0, "time_zone": "Europe/Berlin", "currency": "EUR"
+            "id": "acme-2026-001", "tenant": "acme", "printers": ["p3"], "plan": "mono-1000",
+            "effective_at": t0, "time_zone": "Europe/Berlin", "currency": "EUR",
+            "settings": {"sysLocation": "Print room, 3rd floor", "sysContact": "billing@acme.example"}
         })))
         .map_err(|e| e.to_string())?,
     )
     .map_err(api)?;
     println!();
     println!(
-        "Contract demo: acme-2026-001, plan flat-5000 (499.00 EUR/month, 5000 pages), printer p3,"
+        "Contract demo: acme-2026-001, plan mono-1000 (49.00 EUR/month, 1000 pages), printer p3,"
     );
     println!("effective 6 h ago. p3 still refuses sysLocation; the service provider is down.");
     let start = Instant::now();
@@ -461,7 +492,126 @@ async fn contract_demo(broker_port: u16, dir: &Path, p3: SimPrinter) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.shutdown().await;
-    provider.go_down().await;
-    Ok(())
+    migration_demo(server, &p3).await
+}
+
+/// The example catalog (packaging/catalog.example.toml): plans and migration rules.
+const CATALOG: &str = include_str!("../../packaging/catalog.example.toml");
+
+fn describe_decision(m: &MigrationDecision) -> String {
+    let u = &m.usage;
+    let verdict = match &m.verdict.decision {
+        Decision::Refuse { code, message } => format!("REFUSED ({code}): {message}"),
+        Decision::Allow { timing } => format!(
+            "ALLOWED, {timing}, effective {}",
+            m.effective_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ),
+    };
+    format!(
+        "{} → {}: {verdict}\n    deciding rule: {} (catalog line {})\n    usage it saw: {} pages in {} (telemetry {}), {} days left, supplies {}",
+        m.from_plan,
+        m.to_plan,
+        m.verdict.rule,
+        m.verdict.rule_line,
+        u.used.map(|n| n.to_string()).unwrap_or_else(|| "no".into()),
+        m.period,
+        u.telemetry,
+        u.days_left,
+        u.supplies
+    )
+}
+
+/// p3 prints 600 pages; the agent's telemetry carries the counter to the cloud. The
+/// reseller's downgrade to mono-500 is refused (600 > 500), the tenant's upgrade to
+/// color-2000 is allowed at once and flows through config publication and read-back.
+async fn migration_demo(server: &Server, p3: &SimPrinter) -> Result<(), String> {
+    let ops = &server.ops;
+    let api = |e: platen_cloud::ops::ApiError| e.to_string();
+    let before = p3.page_counter();
+    p3.set_page_counter(before + 600);
+    println!();
+    println!("Migration demo: rules from packaging/catalog.example.toml; p3 prints 600 pages");
+    println!("(page counter {before} → {}).", before + 600);
+    let contract = ops.contract("acme-2026-001").map_err(api)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (seen, _) = ops.usage_of(&contract, chrono::Utc::now());
+        if seen.used >= Some(600) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the cloud saw {:?} pages after 20 s", seen.used));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ask = |who: &str, plan: &str| -> Result<Outcome, String> {
+        ops.migrate(
+            &who.parse::<Actor>()?,
+            MigrationRequest {
+                tenant: "acme"
+                    .parse()
+                    .map_err(|e: platen_protocol::IdError| e.to_string())?,
+                contract: None,
+                plan: plan
+                    .parse()
+                    .map_err(|e: platen_protocol::IdError| e.to_string())?,
+                dry_run: false,
+            },
+        )
+        .map_err(api)
+    };
+    println!();
+    println!("reseller:r1 asks to move acme to mono-500:");
+    match ask("reseller:r1", "mono-500")? {
+        Outcome::Refused(m) => println!("  {}", describe_decision(&m.decision)),
+        other => return Err(format!("expected a refusal, got {other:?}")),
+    }
+    println!();
+    println!("tenant:acme asks to move to color-2000:");
+    let m = match ask("tenant:acme", "color-2000")? {
+        Outcome::Accepted(m) => m,
+        other => return Err(format!("expected acceptance, got {other:?}")),
+    };
+    println!("  {}", describe_decision(&m.decision));
+    let MigrationState::Executed { change_id, .. } = &m.state else {
+        return Err(format!("an immediate migration is executed at once: {m:?}"));
+    };
+    let start = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut shown = 0;
+    loop {
+        let tl: Vec<TimelineEntry> = ops
+            .timeline("acme-2026-001")
+            .map_err(api)?
+            .into_iter()
+            .filter(|e| &e.change_id == change_id)
+            .collect();
+        for e in &tl[shown..] {
+            println!(
+                "  +{:>5.1}s  {}",
+                start.elapsed().as_secs_f64(),
+                describe(e)
+            );
+        }
+        shown = tl.len();
+        let status = ops.contract_status("acme-2026-001").map_err(api)?;
+        if status.changes.last().is_some_and(|c| c.state == "settled") {
+            println!();
+            println!(
+                "contract acme-2026-001 is now on plan {} ({}); p3 prtConsoleDisable = {}",
+                status.plan.id,
+                status.plan.name,
+                status
+                    .settings
+                    .get("prtConsoleDisable")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the migration's change was not settled within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

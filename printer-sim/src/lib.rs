@@ -259,6 +259,16 @@ impl SimPrinter {
         s.values.insert(o, v);
     }
 
+    /// The page counter (prtMarkerLifeCount.1.1) as a client would read it now.
+    pub fn page_counter(&self) -> u32 {
+        self.lock().pages()
+    }
+
+    /// Set the page counter (printing, or a counter reset when lower).
+    pub fn set_page_counter(&self, n: u32) {
+        self.put(oid(PAGE_COUNTER), Value::Counter32(n));
+    }
+
     /// Remove an object (an alert that cleared).
     pub fn remove(&self, o: &Oid) -> bool {
         self.lock().values.remove(o).is_some()

@@ -234,6 +234,31 @@ pub enum ResetKind {
     Wrap,
 }
 
+/// Counter32 wraps at 2^32.
+pub const COUNTER32_WRAP: u64 = 1 << 32;
+
+impl ResetKind {
+    /// A counter went from `old` down to `new`: a drop from the top sixteenth of the
+    /// Counter32 range to the bottom sixteenth is a wrap, anything else a reset.
+    pub fn classify(old: u64, new: u64) -> ResetKind {
+        let w = COUNTER32_WRAP;
+        if (w - w / 16..w).contains(&old) && new < w / 16 {
+            ResetKind::Wrap
+        } else {
+            ResetKind::Backwards
+        }
+    }
+
+    /// Pages printed across the drop: the way round the wrap, or none for a reset
+    /// (usage counts on from `new`; never negative).
+    pub fn pages_across(self, old: u64, new: u64) -> u64 {
+        match self {
+            ResetKind::Wrap => (COUNTER32_WRAP - old).saturating_add(new),
+            ResetKind::Backwards => 0,
+        }
+    }
+}
+
 /// Something the agent noticed between readings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]

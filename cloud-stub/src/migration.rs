@@ -1,0 +1,846 @@
+//! Plan migrations: requested by a tenant, a reseller for its tenants, or an
+//! operator; decided by the catalog's rules over the tenant's usage; stored; executed
+//! at their time by the scheduler ([`Ops::run_due_migrations`], called by the server
+//! on every tick, so scheduled migrations survive restarts).
+//!
+//! A refusal holds on every path: the request carries no date or policy, the
+//! contract-change endpoint refuses plan changes (`use_migrations`), and execution
+//! only runs what a rule allowed, at the time the rule gave.
+//!
+//! Execution creates the contract change (the new plan's config template plus the
+//! contract's own setting overrides) and the migration's `executed` state in one
+//! transaction; from there the change flows through config publication, read-back
+//! verification and, if a fault delays it, compensation. At execution the contract
+//! must still be on the migration's source plan, otherwise the migration is
+//! `superseded`. The rules are not asked again: the decision stands as given.
+
+use crate::catalog::{self, Decision, Usage, Verdict};
+use crate::contracts::{Event, Inserted};
+use crate::model::{ChangeKind, Contract, Plan, Tenant};
+use crate::ops::{ApiError, Ops};
+use crate::period;
+use crate::usage::{contract_usage, PrinterUsage};
+use chrono::{DateTime, Utc};
+use platen_protocol::{Id, SettingValue};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use tracing::{info, warn};
+
+/// Who asks. Until API authentication exists (security issue) the caller names
+/// itself in the `Platen-Actor` header; tokens will map to the same actors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    Operator,
+    Tenant(Id),
+    Reseller(Id),
+}
+
+impl FromStr for Actor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("actor {s:?}: write operator, tenant:ID or reseller:ID");
+        match s.split_once(':') {
+            None if s == "operator" => Ok(Actor::Operator),
+            Some(("tenant", id)) => id.parse().map(Actor::Tenant).map_err(|_| bad()),
+            Some(("reseller", id)) => id.parse().map(Actor::Reseller).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Operator => f.write_str("operator"),
+            Actor::Tenant(t) => write!(f, "tenant:{t}"),
+            Actor::Reseller(r) => write!(f, "reseller:{r}"),
+        }
+    }
+}
+
+impl Serialize for Actor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether `actor` may act for `tenant`: operators for all, a tenant for itself, a
+/// reseller for the tenants assigned to it. Pure.
+pub fn may_act_for(actor: &Actor, tenant: &Tenant) -> bool {
+    match actor {
+        Actor::Operator => true,
+        Actor::Tenant(t) => *t == tenant.id,
+        Actor::Reseller(r) => tenant.reseller.as_ref() == Some(r),
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationRequest {
+    pub tenant: Id,
+    /// Needed only when the tenant has more than one contract.
+    pub contract: Option<Id>,
+    /// The target plan.
+    pub plan: Id,
+    /// Decide and explain, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A decision with everything it was based on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationDecision {
+    pub tenant: Id,
+    pub contract: Id,
+    pub from_plan: Id,
+    pub to_plan: Id,
+    pub requested_by: Actor,
+    pub decided_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// When an allowed migration takes effect.
+    pub effective_at: Option<DateTime<Utc>>,
+    /// The usage figures the rules saw.
+    pub usage: Usage,
+    /// The period they are from, and each printer's part.
+    pub period: String,
+    pub printers: BTreeMap<Id, Option<PrinterUsage>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MigrationState {
+    Refused,
+    Scheduled,
+    Executed {
+        change_id: String,
+        at: DateTime<Utc>,
+    },
+    Cancelled {
+        by: Actor,
+        at: DateTime<Utc>,
+    },
+    /// The contract left the source plan before the migration's time.
+    Superseded {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// A stored migration request and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub id: String,
+    #[serde(flatten)]
+    pub decision: MigrationDecision,
+    #[serde(flatten)]
+    pub state: MigrationState,
+}
+
+/// The answer to a request.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `dry_run`: nothing was stored.
+    DryRun(MigrationDecision),
+    Refused(Migration),
+    Accepted(Migration),
+}
+
+/// The setting overrides of a contract: its settings minus what its plan's template
+/// gave (same name and value). They carry over to the new plan.
+fn overrides(
+    settings: &BTreeMap<String, SettingValue>,
+    template: &BTreeMap<String, SettingValue>,
+) -> BTreeMap<String, SettingValue> {
+    settings
+        .iter()
+        .filter(|(k, v)| template.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+impl Ops {
+    fn catalog_or_409(&self) -> Result<&catalog::Catalog, ApiError> {
+        self.catalog.as_deref().ok_or_else(|| {
+            ApiError::new(
+                409,
+                "no_catalog",
+                "no plan catalog is loaded (platen-cloud serve --catalog FILE)",
+            )
+        })
+    }
+
+    fn catalog_plan(&self, id: &Id) -> Result<Plan, ApiError> {
+        match self.catalog.as_deref().and_then(|c| c.plans.get(id)) {
+            Some(p) => Ok(p.clone()),
+            None => self.plan(id),
+        }
+    }
+
+    /// The tenant's contract for a request, checking who asks.
+    fn migration_target(
+        &self,
+        actor: &Actor,
+        tenant: &Id,
+        contract: Option<&Id>,
+    ) -> Result<Contract, ApiError> {
+        let t = self
+            .store
+            .tenant(tenant.as_str())?
+            .ok_or_else(|| ApiError::new(404, "unknown_tenant", format!("no tenant {tenant}")))?;
+        if !may_act_for(actor, &t) {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!("{actor} may not act for tenant {tenant}"),
+            ));
+        }
+        let mut own: Vec<Contract> = self
+            .store
+            .contracts()?
+            .into_iter()
+            .filter(|c| &c.tenant == tenant)
+            .collect();
+        match contract {
+            Some(id) => own.into_iter().find(|c| &c.id == id).ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "unknown_contract",
+                    format!("tenant {tenant} has no contract {id}"),
+                )
+            }),
+            None if own.len() == 1 => Ok(own.remove(0)),
+            None if own.is_empty() => Err(ApiError::new(
+                404,
+                "unknown_contract",
+                format!("tenant {tenant} has no contract"),
+            )),
+            None => Err(ApiError::new(
+                422,
+                "contract_required",
+                format!("tenant {tenant} has {} contracts: name one", own.len()),
+            )),
+        }
+    }
+
+    /// The usage the rules see for a contract now.
+    pub fn usage_of(
+        &self,
+        contract: &Contract,
+        now: DateTime<Utc>,
+    ) -> (Usage, crate::usage::ContractUsage) {
+        let tz = contract.tz();
+        let p = period::containing(tz, now);
+        let samples = contract
+            .printers
+            .iter()
+            .map(|pr| {
+                (
+                    pr.clone(),
+                    self.store.readings.samples(&contract.tenant, pr, &p),
+                )
+            })
+            .collect();
+        let cu = contract_usage(&p, &samples);
+        let seen = Usage {
+            used: cu.used,
+            telemetry: cu.telemetry,
+            days_left: catalog::days_left(tz, now),
+            supplies: cu.supplies,
+        };
+        (seen, cu)
+    }
+
+    /// Decide a migration request and, unless it is a dry run, store it (refused or
+    /// scheduled) and execute it at once if its time has come.
+    pub fn migrate(&self, actor: &Actor, req: MigrationRequest) -> Result<Outcome, ApiError> {
+        self.migrate_at(actor, req, Utc::now())
+    }
+
+    /// [`Ops::migrate`] as if it were `now` (tests; the API passes the clock).
+    pub fn migrate_at(
+        &self,
+        actor: &Actor,
+        req: MigrationRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, ApiError> {
+        let catalog = self.catalog_or_409()?;
+        let contract = self.migration_target(actor, &req.tenant, req.contract.as_ref())?;
+        let last = self.last_change(&contract)?;
+        let from = self.catalog_plan(&last.change.plan)?;
+        let to = catalog.plans.get(&req.plan).cloned().ok_or_else(|| {
+            ApiError::new(
+                422,
+                "unknown_plan",
+                format!("no plan {} in the catalog", req.plan),
+            )
+        })?;
+        if from.id == to.id {
+            return Err(ApiError::new(
+                422,
+                "same_plan",
+                format!("contract {} is on plan {} already", contract.id, to.id),
+            ));
+        }
+        let pending =
+            self.store.migrations()?.into_iter().find(|m| {
+                m.decision.contract == contract.id && m.state == MigrationState::Scheduled
+            });
+        if let (Some(p), false) = (&pending, req.dry_run) {
+            return Err(ApiError::new(
+                409,
+                "migration_pending",
+                format!(
+                    "migration {} to {} is scheduled for {}; cancel it first",
+                    p.id,
+                    p.decision.to_plan,
+                    p.decision
+                        .effective_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        let (seen, cu) = self.usage_of(&contract, now);
+        let verdict = catalog.decide(&from, &to, &seen).ok_or_else(|| {
+            ApiError::new(
+                500,
+                "no_rule",
+                "no rule matched: the catalog lacks a catch-all",
+            )
+        })?;
+        let effective_at = match &verdict.decision {
+            Decision::Allow { timing } => Some(catalog::effective_time(
+                *timing,
+                now,
+                contract.tz(),
+                (contract.effective_at, contract.term_months),
+            )),
+            Decision::Refuse { .. } => None,
+        };
+        let decision = MigrationDecision {
+            tenant: contract.tenant.clone(),
+            contract: contract.id.clone(),
+            from_plan: from.id.clone(),
+            to_plan: to.id.clone(),
+            requested_by: actor.clone(),
+            decided_at: now,
+            verdict,
+            effective_at,
+            usage: seen,
+            period: cu.period,
+            printers: cu.printers,
+        };
+        if req.dry_run {
+            return Ok(Outcome::DryRun(decision));
+        }
+        let refused = effective_at.is_none();
+        let m = Migration {
+            id: format!("{}.m{}", contract.id, self.store.next_id()?),
+            state: if refused {
+                MigrationState::Refused
+            } else {
+                MigrationState::Scheduled
+            },
+            decision,
+        };
+        if self.store.add_migration(&m)? == Inserted::Exists {
+            return Err(ApiError::new(409, "conflict", "migration id taken; retry"));
+        }
+        info!(migration = %m.id, rule = %m.decision.verdict.rule, by = %actor, refused, "migration decided");
+        if refused {
+            return Ok(Outcome::Refused(m));
+        }
+        self.run_due_migrations(now)?;
+        let m = self.store.migration(&m.id)?.unwrap_or(m);
+        Ok(Outcome::Accepted(m))
+    }
+
+    /// Execute every scheduled migration whose time has come. Idempotent: each runs
+    /// once, even across crashes (see [`crate::contracts::ContractStore::execute_migration`]).
+    pub fn run_due_migrations(&self, now: DateTime<Utc>) -> Result<usize, ApiError> {
+        let mut n = 0;
+        for m in self.store.migrations()? {
+            let due = m.state == MigrationState::Scheduled
+                && m.decision.effective_at.is_some_and(|t| t <= now);
+            if due && self.execute(&m)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn execute(&self, m: &Migration) -> Result<bool, ApiError> {
+        let d = &m.decision;
+        let contract = self.contract(d.contract.as_str())?;
+        for _ in 0..3 {
+            let last = self.last_change(&contract)?;
+            if last.change.plan != d.from_plan {
+                let reason = format!(
+                    "contract {} is on plan {}, not {}, at the migration's time",
+                    contract.id, last.change.plan, d.from_plan
+                );
+                warn!(migration = %m.id, %reason, "migration superseded");
+                self.store.finish_migration(
+                    &m.id,
+                    MigrationState::Superseded {
+                        reason,
+                        at: Utc::now(),
+                    },
+                )?;
+                return Ok(false);
+            }
+            let from = self.catalog_plan(&d.from_plan)?;
+            let to = self.catalog_plan(&d.to_plan)?;
+            let mut settings = to.config_template.clone();
+            settings.extend(overrides(&last.change.settings, &from.config_template));
+            let change = self.next_change(
+                &contract,
+                &last,
+                ChangeKind::PlanChange {
+                    from: d.from_plan.clone(),
+                    to: d.to_plan.clone(),
+                },
+                d.to_plan.clone(),
+                settings,
+                d.effective_at.unwrap_or_else(Utc::now),
+            )?;
+            if self.store.execute_migration(&m.id, &change)? {
+                self.requested(&change)?;
+                self.store.append(
+                    &change.id,
+                    Event::MigrationExecuted {
+                        migration: m.id.clone(),
+                        rule: d.verdict.rule.clone(),
+                        from: d.from_plan.clone(),
+                        to: d.to_plan.clone(),
+                    },
+                )?;
+                info!(migration = %m.id, change = %change.id, "migration executed");
+                return Ok(true);
+            }
+            match self.store.migration(&m.id)? {
+                Some(now) if now.state == MigrationState::Scheduled => continue,
+                _ => return Ok(false),
+            }
+        }
+        Err(ApiError::new(
+            409,
+            "conflict",
+            "the contract kept changing while the migration ran; it will be retried",
+        ))
+    }
+
+    pub fn migrations(
+        &self,
+        tenant: Option<&Id>,
+        contract: Option<&Id>,
+        state: Option<&str>,
+    ) -> Result<Vec<Migration>, ApiError> {
+        let state_name = |m: &Migration| {
+            serde_json::to_value(&m.state)
+                .ok()
+                .and_then(|v| v["state"].as_str().map(String::from))
+                .unwrap_or_default()
+        };
+        Ok(self
+            .store
+            .migrations()?
+            .into_iter()
+            .filter(|m| tenant.is_none_or(|t| &m.decision.tenant == t))
+            .filter(|m| contract.is_none_or(|c| &m.decision.contract == c))
+            .filter(|m| state.is_none_or(|s| state_name(m) == s))
+            .collect())
+    }
+
+    pub fn cancel_migration(&self, actor: &Actor, id: &str) -> Result<Migration, ApiError> {
+        let m = self
+            .store
+            .migration(id)?
+            .ok_or_else(|| ApiError::new(404, "unknown_migration", format!("no migration {id}")))?;
+        let tenant = self
+            .store
+            .tenant(m.decision.tenant.as_str())?
+            .ok_or_else(|| ApiError::new(500, "storage", "migration of an unknown tenant"))?;
+        if !may_act_for(actor, &tenant) {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!("{actor} may not act for tenant {}", tenant.id),
+            ));
+        }
+        let state = MigrationState::Cancelled {
+            by: actor.clone(),
+            at: Utc::now(),
+        };
+        if !self.store.finish_migration(id, state)? {
+            return Err(ApiError::new(
+                409,
+                "not_scheduled",
+                format!("migration {id} is not scheduled any more"),
+            ));
+        }
+        Ok(self.store.migration(id)?.unwrap_or(m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, TelemetryState};
+    use crate::contracts::ContractStore;
+    use crate::ops::NewContract;
+    use platen_protocol::Telemetry;
+
+    const EXAMPLE: &str = include_str!("../../packaging/catalog.example.toml");
+
+    struct World {
+        _dir: tempfile::TempDir,
+        ops: Ops,
+        seq: u64,
+    }
+
+    impl World {
+        /// Tenants acme (reseller r1) and other; contract c1 of acme on `plan`,
+        /// printers p1 and p2, started at the beginning of the current period.
+        fn new(plan: &str) -> World {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path()).unwrap();
+            let ops = Ops::new(ContractStore::open(&db).unwrap(), None)
+                .with_catalog(Catalog::parse(EXAMPLE).unwrap())
+                .unwrap();
+            ops.create_reseller(serde_json::from_str(r#"{"id":"r1","name":"R1"}"#).unwrap())
+                .unwrap();
+            ops.create_reseller(serde_json::from_str(r#"{"id":"r2","name":"R2"}"#).unwrap())
+                .unwrap();
+            ops.create_tenant(
+                serde_json::from_str(r#"{"id":"acme","name":"Acme","reseller":"r1"}"#).unwrap(),
+            )
+            .unwrap();
+            ops.create_tenant(serde_json::from_str(r#"{"id":"other","name":"Other"}"#).unwrap())
+                .unwrap();
+            let start = period::containing(chrono_tz::UTC, now()).start;
+            let n: NewContract = serde_json::from_value(serde_json::json!({
+                "id": "c1", "tenant": "acme", "printers": ["p1", "p2"], "plan": plan,
+                "effective_at": start, "time_zone": "UTC", "currency": "EUR",
+                "settings": {"sysLocation": "Floor 1"}
+            }))
+            .unwrap();
+            ops.create_contract(n).unwrap();
+            World {
+                _dir: dir,
+                ops,
+                seq: 0,
+            }
+        }
+
+        /// A telemetry reading of `printer`'s page counter, `ago` before now.
+        fn counter(&mut self, printer: &str, value: u64, ago: chrono::Duration) {
+            let mut t: Telemetry =
+                serde_json::from_str(include_str!("../../protocol/golden/telemetry.json")).unwrap();
+            self.seq += 1;
+            t.printer_id = printer.parse().unwrap();
+            t.seq = self.seq;
+            t.message_id = Telemetry::make_id(&t.agent_id, &t.printer_id, t.seq);
+            let r = t.reading.as_mut().unwrap();
+            r.read_at = now() - ago;
+            r.counters[0].value = value;
+            assert!(self
+                .ops
+                .store
+                .readings
+                .record(&"acme".parse().unwrap(), &t)
+                .unwrap());
+        }
+
+        fn ask(&self, actor: &str, plan: &str, dry_run: bool) -> Result<Outcome, ApiError> {
+            self.ops.migrate_at(
+                &actor.parse().unwrap(),
+                MigrationRequest {
+                    tenant: "acme".parse().unwrap(),
+                    contract: None,
+                    plan: plan.parse().unwrap(),
+                    dry_run,
+                },
+                now(),
+            )
+        }
+
+        fn plan_now(&self) -> String {
+            self.ops.contract_status("c1").unwrap().plan.id.to_string()
+        }
+    }
+
+    fn minutes(n: i64) -> chrono::Duration {
+        chrono::Duration::minutes(n)
+    }
+
+    /// The tests' clock: ten days into March 2026 (UTC), 21 days left.
+    fn now() -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 3, 11, 9, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn downgrade_refused_over_the_target_cap_with_the_rule_and_usage() {
+        let mut w = World::new("mono-1000");
+        w.counter("p1", 10_000, minutes(20));
+        w.counter("p1", 10_400, minutes(10));
+        w.counter("p2", 500, minutes(20));
+        w.counter("p2", 700, minutes(5));
+        let Outcome::Refused(m) = w.ask("tenant:acme", "mono-500", false).unwrap() else {
+            panic!("600 pages > 500: refused")
+        };
+        assert_eq!(m.decision.verdict.rule, "mono_500_over_cap");
+        assert!(
+            matches!(&m.decision.verdict.decision, Decision::Refuse { code, .. } if code == "usage_over_target_cap")
+        );
+        assert_eq!(m.decision.usage.used, Some(600));
+        assert_eq!(m.decision.usage.telemetry, TelemetryState::Complete);
+        assert_eq!(m.state, MigrationState::Refused);
+        assert_eq!(w.plan_now(), "mono-1000");
+        // The refusal is stored, nothing was scheduled, and the change path is shut.
+        assert_eq!(
+            w.ops.migrations(None, None, Some("refused")).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            w.ops
+                .store
+                .changes_of(&"c1".parse().unwrap())
+                .unwrap()
+                .len(),
+            1
+        );
+        // Timing by usage: mono-1000 → color-2000 is fine (600 ≤ 2000), at once.
+        let Outcome::Accepted(m) = w.ask("tenant:acme", "color-2000", false).unwrap() else {
+            panic!("upgrade accepted")
+        };
+        assert_eq!(m.decision.verdict.rule, "flat_change");
+        assert!(matches!(m.state, MigrationState::Executed { .. }), "{m:?}");
+        assert_eq!(w.plan_now(), "color-2000");
+        // Overrides carry over; the new template replaces the old one.
+        let st = w.ops.contract_status("c1").unwrap();
+        assert_eq!(
+            st.settings["sysLocation"],
+            SettingValue::Text("Floor 1".into())
+        );
+        assert_eq!(
+            st.settings["prtConsoleDisable"],
+            SettingValue::Text("disabled".into())
+        );
+        assert!(
+            matches!(&st.changes[1].change, ChangeKind::PlanChange { from, to } if from.as_str() == "mono-1000" && to.as_str() == "color-2000")
+        );
+        let tl = w.ops.timeline("c1").unwrap();
+        assert!(tl.iter().any(
+            |e| matches!(&e.event, Event::MigrationExecuted { rule, .. } if rule == "flat_change")
+        ));
+    }
+
+    #[test]
+    fn the_same_pair_waits_for_the_next_period_when_usage_is_over_the_cap() {
+        let mut w = World::new("color-2000");
+        w.counter("p1", 0, minutes(20));
+        w.counter("p1", 1200, minutes(1));
+        // 1200 > 1000: the downgrade to mono-1000 waits for the next period. The
+        // plan on the `from` side makes color_to_mono_end_of_term decide: month to
+        // month, so also the end of this period.
+        let Outcome::Accepted(m) = w.ask("operator", "mono-1000", false).unwrap() else {
+            panic!("allowed later")
+        };
+        let next = period::next(chrono_tz::UTC, &period::containing(chrono_tz::UTC, now())).start;
+        assert_eq!(m.decision.usage.days_left, 20);
+        assert_eq!(m.decision.verdict.rule, "color_to_mono_end_of_term");
+        assert_eq!(m.decision.effective_at, Some(next));
+        assert_eq!(m.state, MigrationState::Scheduled);
+        assert_eq!(w.plan_now(), "color-2000", "not yet");
+        // A second request while one is scheduled: 409.
+        let e = w.ask("operator", "mono-500", false).unwrap_err();
+        assert_eq!((e.status, e.code), (409, "migration_pending"));
+        // Not before its time…
+        assert_eq!(
+            w.ops
+                .run_due_migrations(next - chrono::Duration::seconds(1))
+                .unwrap(),
+            0
+        );
+        // …and once at it, however often the scheduler runs.
+        assert_eq!(w.ops.run_due_migrations(next).unwrap(), 1);
+        assert_eq!(w.ops.run_due_migrations(next).unwrap(), 0);
+        assert_eq!(w.plan_now(), "mono-1000");
+        let changes = w.ops.store.changes_of(&"c1".parse().unwrap()).unwrap();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(
+            changes[1].change.effective_at, next,
+            "effective at the rule's time"
+        );
+        let m = w.ops.store.migration(&m.id).unwrap().unwrap();
+        assert!(
+            matches!(&m.state, MigrationState::Executed { change_id, .. } if change_id == "c1.2")
+        );
+    }
+
+    #[test]
+    fn a_counter_reset_in_the_period_is_neither_negative_nor_doubled() {
+        let mut w = World::new("mono-1000");
+        w.counter("p1", 5000, minutes(40));
+        w.counter("p1", 5100, minutes(30));
+        w.counter("p1", 10, minutes(20)); // mainboard swapped: the counter restarts
+        w.counter("p1", 40, minutes(10));
+        w.counter("p2", 300, minutes(10)); // first reading ever: counts from here
+        let Outcome::DryRun(d) = w.ask("operator", "mono-500", true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.usage.used, Some(130), "100 before the reset, 30 after");
+        assert_eq!(d.verdict.rule, "mono_500");
+        let p1 = d.printers[&"p1".parse::<Id>().unwrap()].clone().unwrap();
+        assert_eq!(p1.resets.len(), 1, "flagged: {p1:?}");
+    }
+
+    #[test]
+    fn no_telemetry_is_its_own_state() {
+        let w = World::new("mono-1000");
+        let Outcome::DryRun(d) = w.ask("reseller:r1", "mono-500", true).unwrap() else {
+            panic!("dry run")
+        };
+        assert_eq!(d.verdict.rule, "mono_500_usage_unknown");
+        assert_eq!(
+            (d.usage.used, d.usage.telemetry),
+            (None, TelemetryState::None)
+        );
+        assert!(d.printers.values().all(Option::is_none));
+    }
+
+    #[test]
+    fn dry_runs_change_nothing_and_resellers_act_only_for_their_tenants() {
+        let w = World::new("mono-500");
+        let before = w.ops.store.changes_of(&"c1".parse().unwrap()).unwrap();
+        let Outcome::DryRun(d) = w.ask("reseller:r1", "color-2000", true).unwrap() else {
+            panic!("dry run")
+        };
+        assert_eq!(d.verdict.rule, "flat_change");
+        assert_eq!(d.requested_by.to_string(), "reseller:r1");
+        assert!(w.ops.migrations(None, None, None).unwrap().is_empty());
+        assert_eq!(
+            w.ops.store.changes_of(&"c1".parse().unwrap()).unwrap(),
+            before
+        );
+        assert_eq!(w.plan_now(), "mono-500");
+        for who in ["reseller:r2", "tenant:other"] {
+            let e = w.ask(who, "color-2000", true).unwrap_err();
+            assert_eq!((e.status, e.code), (403, "forbidden"), "{who}");
+        }
+        let e = w.ask("operator", "mono-500", false).unwrap_err();
+        assert_eq!(e.code, "same_plan");
+        let e = w.ask("operator", "gold", false).unwrap_err();
+        assert_eq!(e.code, "unknown_plan");
+    }
+
+    #[test]
+    fn cancelled_and_superseded_migrations_do_not_run() {
+        let w = World::new("color-2000");
+        // No telemetry: color → mono decided by color_to_mono_end_of_term.
+        let Outcome::Accepted(m) = w.ask("tenant:acme", "mono-1000", false).unwrap() else {
+            panic!()
+        };
+        let e = w
+            .ops
+            .cancel_migration(&"reseller:r2".parse().unwrap(), &m.id)
+            .unwrap_err();
+        assert_eq!(e.status, 403);
+        let c = w
+            .ops
+            .cancel_migration(&"reseller:r1".parse().unwrap(), &m.id)
+            .unwrap();
+        assert!(matches!(c.state, MigrationState::Cancelled { .. }));
+        let e = w
+            .ops
+            .cancel_migration(&"operator".parse().unwrap(), &m.id)
+            .unwrap_err();
+        assert_eq!(e.code, "not_scheduled");
+        let far = now() + chrono::Duration::days(400);
+        assert_eq!(w.ops.run_due_migrations(far).unwrap(), 0);
+        assert_eq!(w.plan_now(), "color-2000");
+        // Scheduled, then the contract moves on before its time: superseded.
+        let Outcome::Accepted(m) = w.ask("operator", "mono-1000", false).unwrap() else {
+            panic!()
+        };
+        let mut m2 = m.clone();
+        m2.id = "c1.mx".into();
+        m2.decision.to_plan = "toner-auto".parse().unwrap();
+        m2.decision.effective_at = Some(now());
+        w.ops.store.add_migration(&m2).unwrap();
+        assert_eq!(w.ops.run_due_migrations(now()).unwrap(), 1, "the toner one");
+        assert_eq!(w.plan_now(), "toner-auto");
+        assert_eq!(w.ops.run_due_migrations(far).unwrap(), 0);
+        let m = w.ops.store.migration(&m.id).unwrap().unwrap();
+        assert!(
+            matches!(m.state, MigrationState::Superseded { .. }),
+            "{m:?}"
+        );
+    }
+
+    #[test]
+    fn actors_parse_and_authorise() {
+        let acme = Tenant {
+            id: "acme".parse().unwrap(),
+            name: "Acme".into(),
+            reseller: Some("r1".parse().unwrap()),
+        };
+        let cases = [
+            ("operator", true),
+            ("tenant:acme", true),
+            ("tenant:other", false),
+            ("reseller:r1", true),
+            ("reseller:r2", false),
+        ];
+        for (s, may) in cases {
+            let a: Actor = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+            assert_eq!(may_act_for(&a, &acme), may, "{s}");
+        }
+        let orphan = Tenant {
+            reseller: None,
+            ..acme
+        };
+        assert!(!may_act_for(&"reseller:r1".parse().unwrap(), &orphan));
+        for bad in ["", "root", "tenant:", "reseller:Bad Id", "admin:x"] {
+            assert!(bad.parse::<Actor>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn overrides_survive_a_plan_change() {
+        let t = |pairs: &[(&str, &str)]| -> BTreeMap<String, SettingValue> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), SettingValue::Text(v.to_string())))
+                .collect()
+        };
+        let template = t(&[("sysContact", "billing"), ("prtConsoleDisable", "enabled")]);
+        let settings = t(&[
+            ("sysContact", "billing"),
+            ("prtConsoleDisable", "disabled"),
+            ("sysLocation", "Floor 1"),
+        ]);
+        assert_eq!(
+            overrides(&settings, &template),
+            t(&[
+                ("prtConsoleDisable", "disabled"),
+                ("sysLocation", "Floor 1")
+            ])
+        );
+    }
+}

@@ -1,0 +1,503 @@
+//! Usage: pages printed in a billing period, from the agents' page-counter telemetry.
+//!
+//! Every telemetry message carries the printer's last good reading; the cloud keeps
+//! one [`Sample`] per reading (its time, its billing counter and value, the worst
+//! state of its consumable supplies), keyed by reading time, so a message delivered
+//! twice or a stale message repeating an old reading is stored once.
+//!
+//! Pages in a period = the sum of the increases between consecutive samples, from
+//! the last sample before the period (if any) through the samples inside it. A step
+//! down is a flagged reset, never negative usage: a Counter32 wrap counts the pages
+//! round the wrap, any other drop counts none and usage counts on from the new
+//! value (unless a later reading climbs back to the value before the drop: then
+//! the low readings were outliers and are ignored); a change of counter source (another billing counter) likewise starts
+//! afresh. A period with no sample from a printer has no telemetry for it.
+//!
+//! [`pages_in`] and [`contract_usage`] are pure; [`ReadingStore`] is the sled edge.
+
+use crate::catalog::{SuppliesState, TelemetryState};
+use crate::period::Period;
+use chrono::{DateTime, Utc};
+use platen_protocol::telemetry::{ResetKind, SupplyClass, SupplyState};
+use platen_protocol::{Id, Telemetry};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What the cloud keeps of one reading.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    pub read_at: DateTime<Utc>,
+    /// The agent's message that first carried this reading.
+    pub message_id: String,
+    /// Name of the billing counter and its value, when it was read.
+    pub counter: Option<String>,
+    pub value: Option<u64>,
+    pub supplies: SuppliesState,
+}
+
+impl Sample {
+    /// The sample of a telemetry message's reading, if it has one.
+    pub fn of(t: &Telemetry) -> Option<Sample> {
+        let r = t.reading.as_ref()?;
+        Some(Sample {
+            read_at: r.read_at,
+            message_id: t.message_id.clone(),
+            counter: r.billing_counter.clone(),
+            value: r.billing_value(),
+            supplies: worst_supply(
+                r.supplies
+                    .iter()
+                    .filter_map(|s| (s.class == SupplyClass::Consumed).then_some(s.state)),
+            ),
+        })
+    }
+}
+
+/// The worst of some consumable supply states: empty, low, ok; unknown when none
+/// of them says.
+fn worst_supply(states: impl Iterator<Item = SupplyState>) -> SuppliesState {
+    let mut worst = SuppliesState::Unknown;
+    for s in states {
+        let this = match s {
+            SupplyState::Empty => SuppliesState::Empty,
+            SupplyState::Low => SuppliesState::Low,
+            SupplyState::Ok | SupplyState::SomeRemaining => SuppliesState::Ok,
+            _ => continue,
+        };
+        worst = worse(worst, this);
+    }
+    worst
+}
+
+fn worse(a: SuppliesState, b: SuppliesState) -> SuppliesState {
+    let rank = |s| match s {
+        SuppliesState::Unknown => 0,
+        SuppliesState::Ok => 1,
+        SuppliesState::Low => 2,
+        SuppliesState::Empty => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Why usage did not simply follow the counter between two samples.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reset {
+    /// The counter went down: nothing counted for the step.
+    Backwards {
+        old: u64,
+        new: u64,
+        at: DateTime<Utc>,
+    },
+    /// The Counter32 wrapped: the pages round the wrap were counted.
+    Wrap {
+        old: u64,
+        new: u64,
+        at: DateTime<Utc>,
+        pages: u64,
+    },
+    /// A reading below the counter that later readings climbed back above: ignored,
+    /// usage counts as if it had not been there.
+    Outlier { value: u64, at: DateTime<Utc> },
+    /// The billing counter changed (another profile): nothing counted for the step.
+    SourceChanged {
+        old: String,
+        new: String,
+        at: DateTime<Utc>,
+    },
+}
+
+/// One printer's usage in one period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrinterUsage {
+    pub pages: u64,
+    /// Samples inside the period.
+    pub samples: usize,
+    /// The counter value usage counts from (the last sample before the period, or
+    /// the first inside it), and the last value.
+    pub from_value: Option<u64>,
+    pub to_value: Option<u64>,
+    pub resets: Vec<Reset>,
+    /// Worst consumable supply state in the last sample.
+    pub supplies: SuppliesState,
+}
+
+/// Usage from one printer's samples (sorted by `read_at`, any range): `None` when
+/// none lies in the period.
+pub fn pages_in(samples: &[Sample], period: &Period) -> Option<PrinterUsage> {
+    let inside: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| period.contains(s.read_at))
+        .collect();
+    let last = *inside.last()?;
+    let before = samples.iter().rev().find(|s| s.read_at < period.start);
+    let counted: Vec<&Sample> = before
+        .into_iter()
+        .chain(inside.iter().copied())
+        .filter(|s| s.value.is_some() && s.counter.is_some())
+        .collect();
+    let mut pages: u64 = 0;
+    let mut resets = Vec::new();
+    // After a drop: the value before it, what was counted since, the reset's index.
+    let mut dropped: Option<(u64, u64, usize)> = None;
+    for w in counted.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let (Some(old), Some(new)) = (a.value, b.value) else {
+            continue;
+        };
+        if a.counter != b.counter {
+            dropped = None;
+            resets.push(Reset::SourceChanged {
+                old: a.counter.clone().unwrap_or_default(),
+                new: b.counter.clone().unwrap_or_default(),
+                at: b.read_at,
+            });
+        } else if new >= old {
+            match &mut dropped {
+                // Back at or above the value before the drop: the low readings were
+                // outliers. Count from the value before the drop instead, once.
+                Some((floor, since, i)) if new >= *floor => {
+                    pages = pages.saturating_sub(*since).saturating_add(new - *floor);
+                    if let Reset::Backwards { new: low, at, .. } = resets[*i] {
+                        resets[*i] = Reset::Outlier { value: low, at };
+                    }
+                    dropped = None;
+                }
+                Some((_, since, _)) => {
+                    *since += new - old;
+                    pages = pages.saturating_add(new - old);
+                }
+                None => pages = pages.saturating_add(new - old),
+            }
+        } else {
+            let kind = ResetKind::classify(old, new);
+            let across = kind.pages_across(old, new);
+            pages = pages.saturating_add(across);
+            resets.push(match kind {
+                ResetKind::Wrap => Reset::Wrap {
+                    old,
+                    new,
+                    at: b.read_at,
+                    pages: across,
+                },
+                ResetKind::Backwards => {
+                    dropped = match dropped {
+                        Some((floor, since, i)) => Some((floor.max(old), since, i)),
+                        None => Some((old, 0, resets.len())),
+                    };
+                    Reset::Backwards {
+                        old,
+                        new,
+                        at: b.read_at,
+                    }
+                }
+            });
+        }
+    }
+    Some(PrinterUsage {
+        pages,
+        samples: inside.len(),
+        from_value: counted.first().and_then(|s| s.value),
+        to_value: counted.last().and_then(|s| s.value),
+        resets,
+        supplies: last.supplies,
+    })
+}
+
+/// A contract's usage in one period: every printer's, and what the rules see.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractUsage {
+    pub period: String,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// Sum over the printers with telemetry; absent when none has any.
+    pub used: Option<u64>,
+    pub telemetry: TelemetryState,
+    pub supplies: SuppliesState,
+    /// Per printer; `null` for a printer without telemetry in the period.
+    pub printers: BTreeMap<Id, Option<PrinterUsage>>,
+}
+
+pub fn contract_usage(period: &Period, printers: &BTreeMap<Id, Vec<Sample>>) -> ContractUsage {
+    let per: BTreeMap<Id, Option<PrinterUsage>> = printers
+        .iter()
+        .map(|(id, s)| (id.clone(), pages_in(s, period)))
+        .collect();
+    let with = per.values().filter(|u| u.is_some()).count();
+    let telemetry = match with {
+        0 => TelemetryState::None,
+        n if n == per.len() => TelemetryState::Complete,
+        _ => TelemetryState::Partial,
+    };
+    let used = (with > 0).then(|| {
+        per.values()
+            .flatten()
+            .map(|u| u.pages)
+            .fold(0u64, u64::saturating_add)
+    });
+    let supplies = per
+        .values()
+        .flatten()
+        .map(|u| u.supplies)
+        .fold(SuppliesState::Unknown, worse);
+    ContractUsage {
+        period: period.label(),
+        period_start: period.start,
+        period_end: period.end,
+        used,
+        telemetry,
+        supplies,
+        printers: per,
+    }
+}
+
+/// The `readings` tree: `{tenant}/{printer}/{read_at ms:020}` → [`Sample`] JSON.
+#[derive(Clone)]
+pub struct ReadingStore {
+    tree: sled::Tree,
+}
+
+fn key(tenant: &Id, printer: &Id, at: DateTime<Utc>) -> String {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    format!("{tenant}/{printer}/{ms:020}")
+}
+
+impl ReadingStore {
+    pub fn open(db: &sled::Db) -> Result<ReadingStore, sled::Error> {
+        Ok(ReadingStore {
+            tree: db.open_tree("readings")?,
+        })
+    }
+
+    /// Keep the reading of a telemetry message if it is new. Returns whether it was.
+    /// The caller flushes (it acknowledges the message only after that).
+    pub fn record(&self, tenant: &Id, t: &Telemetry) -> Result<bool, sled::Error> {
+        let Some(sample) = Sample::of(t) else {
+            return Ok(false);
+        };
+        let k = key(tenant, &t.printer_id, sample.read_at);
+        let v = serde_json::to_vec(&sample).expect("plain data serializes");
+        Ok(self
+            .tree
+            .compare_and_swap(k.as_bytes(), None as Option<&[u8]>, Some(v))?
+            .is_ok())
+    }
+
+    /// The samples a period's usage needs: the last one before `period.start` and
+    /// every one inside the period, oldest first. Unreadable rows are skipped.
+    pub fn samples(&self, tenant: &Id, printer: &Id, period: &Period) -> Vec<Sample> {
+        let prefix = format!("{tenant}/{printer}/");
+        let start = key(tenant, printer, period.start);
+        let end = key(tenant, printer, period.end);
+        let decode = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
+            kv.ok()
+                .and_then(|(_, v)| serde_json::from_slice::<Sample>(&v).ok())
+        };
+        let mut out: Vec<Sample> = self
+            .tree
+            .range(prefix.as_bytes()..start.as_bytes())
+            .next_back()
+            .and_then(decode)
+            .into_iter()
+            .collect();
+        out.extend(
+            self.tree
+                .range(start.as_bytes()..end.as_bytes())
+                .filter_map(decode),
+        );
+        out
+    }
+
+    pub async fn flush(&self) -> Result<(), sled::Error> {
+        self.tree.flush_async().await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::period;
+    use chrono::TimeZone;
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()
+    }
+
+    fn s(read_at: DateTime<Utc>, value: u64) -> Sample {
+        Sample {
+            read_at,
+            message_id: format!("gw:p1:t{value}"),
+            counter: Some("prtMarkerLifeCount.1".into()),
+            value: Some(value),
+            supplies: SuppliesState::Ok,
+        }
+    }
+
+    fn march() -> Period {
+        period::month(chrono_tz::UTC, 2026, 3)
+    }
+
+    #[test]
+    fn usage_table() {
+        let feb = Utc.with_ymd_and_hms(2026, 2, 27, 12, 0, 0).unwrap();
+        let apr = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
+        let top = (1u64 << 32) - 100;
+        let mut other = s(at(10, 0), 7);
+        other.counter = Some("konica.total".into());
+        let cases: Vec<(&str, Vec<Sample>, Option<u64>, usize)> = vec![
+            ("nothing", vec![], None, 0),
+            ("only before the period", vec![s(feb, 100)], None, 0),
+            ("only after", vec![s(apr, 100)], None, 0),
+            (
+                "one sample: the first of all",
+                vec![s(at(2, 0), 100)],
+                Some(0),
+                0,
+            ),
+            (
+                "baseline before the period",
+                vec![s(feb, 100), s(at(2, 0), 150)],
+                Some(50),
+                0,
+            ),
+            (
+                "samples after the period are not counted",
+                vec![s(feb, 100), s(at(2, 0), 150), s(apr, 900)],
+                Some(50),
+                0,
+            ),
+            (
+                "reset: 100 printed, back to 0, then 30",
+                vec![
+                    s(at(1, 1), 5000),
+                    s(at(2, 0), 5100),
+                    s(at(3, 0), 10),
+                    s(at(4, 0), 40),
+                ],
+                Some(130),
+                1,
+            ),
+            (
+                "an outlier low reading, then back up: counted once, not doubled",
+                vec![
+                    s(at(1, 1), 1000),
+                    s(at(2, 0), 1010),
+                    s(at(3, 0), 5),
+                    s(at(3, 1), 7),
+                    s(at(4, 0), 1020),
+                ],
+                Some(20),
+                1,
+            ),
+            (
+                "two drops in a row, then back above the first",
+                vec![
+                    s(at(1, 1), 1000),
+                    s(at(2, 0), 3),
+                    s(at(3, 0), 1),
+                    s(at(4, 0), 1001),
+                ],
+                Some(1),
+                2,
+            ),
+            (
+                "Counter32 wrap: 100 to the top, 50 after",
+                vec![s(at(1, 1), top), s(at(2, 0), 50)],
+                Some(150),
+                1,
+            ),
+            (
+                "counter source changed",
+                vec![s(at(1, 1), 100), other.clone(), s(at(11, 0), 5)],
+                Some(0),
+                2,
+            ),
+        ];
+        for (name, samples, want, resets) in cases {
+            let got = pages_in(&samples, &march());
+            assert_eq!(got.as_ref().map(|u| u.pages), want, "{name}");
+            assert_eq!(got.map(|u| u.resets.len()).unwrap_or(0), resets, "{name}");
+        }
+    }
+
+    #[test]
+    fn contract_states() {
+        let p1: Id = "p1".parse().unwrap();
+        let p2: Id = "p2".parse().unwrap();
+        let mut low = s(at(3, 0), 300);
+        low.supplies = SuppliesState::Low;
+        let mut m = BTreeMap::new();
+        m.insert(p1.clone(), vec![]);
+        m.insert(p2.clone(), vec![]);
+        let u = contract_usage(&march(), &m);
+        assert_eq!(
+            (u.used, u.telemetry, u.supplies),
+            (None, TelemetryState::None, SuppliesState::Unknown)
+        );
+        m.insert(p1.clone(), vec![s(at(1, 1), 100), low]);
+        let u = contract_usage(&march(), &m);
+        assert_eq!(
+            (u.used, u.telemetry, u.supplies),
+            (Some(200), TelemetryState::Partial, SuppliesState::Low)
+        );
+        m.insert(p2.clone(), vec![s(at(2, 0), 7), s(at(5, 0), 17)]);
+        let u = contract_usage(&march(), &m);
+        assert_eq!((u.used, u.telemetry), (Some(210), TelemetryState::Complete));
+        assert_eq!(u.period, "2026-03");
+    }
+
+    #[test]
+    fn worst_supply_ignores_what_it_cannot_judge() {
+        use SupplyState::*;
+        let cases: Vec<(Vec<SupplyState>, SuppliesState)> = vec![
+            (vec![], SuppliesState::Unknown),
+            (vec![Unknown], SuppliesState::Unknown),
+            (vec![SomeRemaining, Unknown], SuppliesState::Ok),
+            (vec![Ok, Low, Ok], SuppliesState::Low),
+            (vec![Low, Empty], SuppliesState::Empty),
+            (vec![Full, AlmostFull], SuppliesState::Unknown),
+        ];
+        for (states, want) in cases {
+            assert_eq!(worst_supply(states.clone().into_iter()), want, "{states:?}");
+        }
+    }
+
+    #[test]
+    fn store_keeps_one_sample_per_reading_and_finds_the_baseline() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path()).unwrap();
+        let st = ReadingStore::open(&db).unwrap();
+        let tenant: Id = "acme".parse().unwrap();
+        let golden = include_str!("../../protocol/golden/telemetry.json");
+        let mut t: Telemetry = serde_json::from_str(golden).unwrap();
+        let mut put = |read_at: DateTime<Utc>, seq: u64| {
+            t.seq = seq;
+            t.reading.as_mut().unwrap().read_at = read_at;
+            st.record(&tenant, &t).unwrap()
+        };
+        assert!(put(Utc.with_ymd_and_hms(2026, 2, 20, 0, 0, 0).unwrap(), 1));
+        assert!(put(Utc.with_ymd_and_hms(2026, 2, 27, 0, 0, 0).unwrap(), 2));
+        assert!(put(at(5, 0), 3));
+        assert!(
+            !put(at(5, 0), 4),
+            "the same reading again (a stale message)"
+        );
+        assert!(put(Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap(), 5));
+        let got = st.samples(&tenant, &t.printer_id, &march());
+        let times: Vec<_> = got.iter().map(|s| s.read_at).collect();
+        assert_eq!(
+            times,
+            vec![
+                Utc.with_ymd_and_hms(2026, 2, 27, 0, 0, 0).unwrap(),
+                at(5, 0)
+            ]
+        );
+        assert!(st
+            .samples(&tenant, &"other".parse().unwrap(), &march())
+            .is_empty());
+    }
+}
