@@ -455,6 +455,16 @@ pub struct CloudProc {
 impl CloudProc {
     /// Short deadlines for tests: report deadline 5 s, re-publish 2 s after a failure.
     pub fn start(broker_port: u16, state_dir: &Path, provider_url: &str) -> CloudProc {
+        Self::start_with(broker_port, state_dir, provider_url, &[])
+    }
+
+    /// [`CloudProc::start`] with more `serve` options (e.g. `--catalog FILE`).
+    pub fn start_with(
+        broker_port: u16,
+        state_dir: &Path,
+        provider_url: &str,
+        extra: &[&str],
+    ) -> CloudProc {
         let api_port = free_tcp_port();
         let args = vec![
             "--port".into(),
@@ -475,6 +485,10 @@ impl CloudProc {
             "--tick-ms".into(),
             "200".into(),
         ];
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect();
         let mut c = CloudProc {
             api: format!("http://127.0.0.1:{api_port}"),
             args,
@@ -493,11 +507,35 @@ impl CloudProc {
 
     /// SIGKILL, then start again on the same state and ports.
     pub fn crash_and_restart(&mut self) {
+        self.crash();
+        self.launch();
+    }
+
+    /// SIGKILL; [`CloudProc::restart`] brings it back on the same state and ports.
+    pub fn crash(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill9();
         }
+    }
+
+    pub fn restart(&mut self) {
         self.launch();
     }
+}
+
+/// Run the `platen-cloud` CLI against `api`: (exit code, stdout, stderr).
+pub fn cloud_cli(api: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("platen-cloud"))
+        .args(args)
+        .arg("--api")
+        .arg(api)
+        .output()
+        .expect("run platen-cloud");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A minimal blocking HTTP JSON call for tests: (status, body as JSON or Null).
@@ -506,11 +544,24 @@ pub async fn http_json(
     url: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
+    http_json_as(method, url, body, None).await
+}
+
+/// [`http_json`] with a `Platen-Actor` header (`operator`, `tenant:ID`, `reseller:ID`).
+pub async fn http_json_as(
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+    actor: Option<&str>,
+) -> (u16, serde_json::Value) {
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
     let mut req = client.request(method.parse().expect("method"), url);
+    if let Some(a) = actor {
+        req = req.header("Platen-Actor", a);
+    }
     if let Some(b) = body {
         req = req.json(&b);
     }

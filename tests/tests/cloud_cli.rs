@@ -2,21 +2,8 @@
 //! running `platen-cloud serve` (real Mosquitto and provider).
 
 use platen_e2e::*;
-use std::process::Command;
 
-fn cli(api: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("platen-cloud"))
-        .args(args)
-        .arg("--api")
-        .arg(api)
-        .output()
-        .expect("run platen-cloud");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use platen_e2e::cloud_cli as cli;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_drives_the_api_and_errors_are_machine_readable() {
