@@ -5,7 +5,9 @@
 //! topic, stored in sled under its `report_id` if new (deduplication: agents deliver
 //! at least once), then acknowledged to the broker. Its MQTT session is persistent,
 //! so reports sent while it is offline are delivered when it returns.
-//! The contract engine and compensation come on top of this (see the issues).
+//! It also keeps one sample per telemetry reading (page counter, supply state) for
+//! the usage that migration rules see ([`usage`]). The contract engine, compensation
+//! and plan migrations sit on top ([`engine`], [`compensation`], [`migration`]).
 
 pub mod api;
 pub mod catalog;

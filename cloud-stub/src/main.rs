@@ -1,9 +1,10 @@
 //! `platen-cloud` command line.
 //!
-//! `serve` runs the cloud: MQTT (reports in, desired configs out), the setup and
-//! compensation engine, and the HTTP API. `tenant`, `plan`, `contract` and `ledger`
-//! are clients of that API (`--api`). `publish`, `collect` and `reports` talk MQTT
-//! directly (diagnostics).
+//! `serve` runs the cloud: MQTT (reports and telemetry in, desired configs out), the
+//! setup and compensation engine, the migration scheduler, and the HTTP API.
+//! `catalog check` validates a catalog file locally. `reseller`, `tenant`, `plan`,
+//! `contract`, `ledger`, `catalog show`, `migrate` and `migrations` are clients of the
+//! API (`--api`). `publish`, `collect` and `reports` talk MQTT directly (diagnostics).
 
 use clap::{Parser, Subcommand};
 use platen_cloud::{Cloud, ReportEvent};
