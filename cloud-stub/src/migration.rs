@@ -547,6 +547,11 @@ mod tests {
 
         /// A telemetry reading of `printer`'s page counter, `ago` before now.
         fn counter(&mut self, printer: &str, value: u64, ago: chrono::Duration) {
+            self.counter_at(printer, value, now() - ago);
+        }
+
+        /// A telemetry reading of `printer`'s page counter at `at`.
+        fn counter_at(&mut self, printer: &str, value: u64, at: DateTime<Utc>) {
             let mut t: Telemetry =
                 serde_json::from_str(include_str!("../../protocol/golden/telemetry.json")).unwrap();
             self.seq += 1;
@@ -554,17 +559,23 @@ mod tests {
             t.seq = self.seq;
             t.message_id = Telemetry::make_id(&t.agent_id, &t.printer_id, t.seq);
             let r = t.reading.as_mut().unwrap();
-            r.read_at = now() - ago;
+            r.read_at = at;
             r.counters[0].value = value;
-            assert!(self
-                .ops
-                .store
-                .readings
-                .record(&"acme".parse().unwrap(), &t)
-                .unwrap());
+            let tenant = "acme".parse().unwrap();
+            assert!(self.ops.store.readings.record(&tenant, &t).unwrap());
         }
 
         fn ask(&self, actor: &str, plan: &str, dry_run: bool) -> Result<Outcome, ApiError> {
+            self.ask_at(actor, plan, dry_run, now())
+        }
+
+        fn ask_at(
+            &self,
+            actor: &str,
+            plan: &str,
+            dry_run: bool,
+            at: DateTime<Utc>,
+        ) -> Result<Outcome, ApiError> {
             self.ops.migrate_at(
                 &actor.parse().unwrap(),
                 MigrationRequest {
@@ -573,7 +584,7 @@ mod tests {
                     plan: plan.parse().unwrap(),
                     dry_run,
                 },
-                now(),
+                at,
             )
         }
 
@@ -647,6 +658,38 @@ mod tests {
         assert!(tl.iter().any(
             |e| matches!(&e.event, Event::MigrationExecuted { rule, .. } if rule == "flat_change")
         ));
+    }
+
+    #[test]
+    fn a_refused_downgrade_is_allowed_in_the_next_period() {
+        use chrono::TimeZone;
+        let mut w = World::new("mono-1000");
+        w.counter("p1", 1000, minutes(60));
+        w.counter("p1", 1700, minutes(5));
+        let Outcome::Refused(m) = w.ask("tenant:acme", "mono-500", false).unwrap() else {
+            panic!("700 > 500")
+        };
+        assert_eq!(m.decision.verdict.rule, "mono_500_over_cap");
+        // 2 April: a new period. Before any reading in it, usage is unknown: refused
+        // by the rule for that case.
+        let april = Utc.with_ymd_and_hms(2026, 4, 2, 9, 0, 0).unwrap();
+        let Outcome::Refused(m) = w.ask_at("tenant:acme", "mono-500", false, april).unwrap() else {
+            panic!("no telemetry in April")
+        };
+        assert_eq!(m.decision.verdict.rule, "mono_500_usage_unknown");
+        assert_eq!(m.decision.period, "2026-04");
+        // Readings in April (from March's last value): 120 pages. Allowed, at once.
+        w.counter_at("p1", 1780, april - chrono::Duration::hours(8));
+        w.counter_at("p1", 1820, april - chrono::Duration::hours(1));
+        let Outcome::Accepted(m) = w.ask_at("tenant:acme", "mono-500", false, april).unwrap()
+        else {
+            panic!("120 ≤ 500 in April")
+        };
+        assert_eq!(m.decision.verdict.rule, "mono_500");
+        assert_eq!(m.decision.usage.used, Some(120));
+        assert_eq!(m.decision.effective_at, Some(april));
+        assert!(matches!(m.state, MigrationState::Executed { .. }));
+        assert_eq!(w.plan_now(), "mono-500");
     }
 
     #[test]
