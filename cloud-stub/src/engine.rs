@@ -115,6 +115,19 @@ pub struct Engine {
     wake: Arc<Notify>,
 }
 
+/// Wait for the next report event. Telemetry (a fleet sends a steady stream) does
+/// not wake the engine: only reports can advance a change.
+async fn next_report(events: &mut tokio::sync::broadcast::Receiver<crate::ReportEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(crate::ReportEvent::Telemetry { .. }) => continue,
+            Ok(_) | Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 fn backoff(base: Duration, attempts: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << attempts.min(16)).min(max)
 }
@@ -159,7 +172,7 @@ impl Engine {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.tick) => {}
-                    _ = events.recv() => {}
+                    _ = next_report(&mut events) => {}
                     _ = self.wake.notified() => {}
                     _ = stop.changed() => return,
                 }
