@@ -9,6 +9,7 @@
 //! * `ledger`: `{change id}/{period}` → [`LedgerEntry`] JSON, inserted only if absent;
 //! * `shipments_sent`: ledger key → time the provider accepted the order;
 //! * `resellers`: id → JSON; `migrations`: migration id → [`Migration`] JSON;
+//! * `scheduled`: migration id → [`Due`], exactly the scheduled migrations;
 //! * `readings`: see [`crate::usage::ReadingStore`].
 //!
 //! Every write is flushed before the call returns.
@@ -201,7 +202,36 @@ pub struct ContractStore {
     shipments_sent: sled::Tree,
     resellers: sled::Tree,
     migrations: sled::Tree,
+    scheduled: sled::Tree,
     pub readings: ReadingStore,
+}
+
+/// An entry of the `scheduled` index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Due {
+    pub id: String,
+    pub contract: Id,
+    pub effective_at: Option<DateTime<Utc>>,
+}
+
+impl Due {
+    fn of(m: &Migration) -> Due {
+        Due {
+            id: m.id.clone(),
+            contract: m.decision.contract.clone(),
+            effective_at: m.decision.effective_at,
+        }
+    }
+}
+
+fn tx_error(e: sled::transaction::TransactionError<()>, key: &str) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+            key: key.to_string(),
+            message: "unreadable record in a transaction".into(),
+        },
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
@@ -236,6 +266,7 @@ impl ContractStore {
             shipments_sent: db.open_tree("shipments_sent")?,
             resellers: db.open_tree("resellers")?,
             migrations: db.open_tree("migrations")?,
+            scheduled: db.open_tree("scheduled")?,
             readings: ReadingStore::open(db)?,
         })
     }
@@ -311,8 +342,23 @@ impl ContractStore {
         Ok(self.db.generate_id()?)
     }
 
+    /// Store a new migration; a scheduled one also goes into the `scheduled` index,
+    /// in the same transaction.
     pub fn add_migration(&self, m: &Migration) -> Result<Inserted, StoreError> {
-        Self::insert_new(&self.migrations, &m.id, m)
+        use sled::Transactional;
+        let r = (&self.migrations, &self.scheduled).transaction(|(migrations, scheduled)| {
+            if migrations.get(m.id.as_bytes())?.is_some() {
+                return Ok(Inserted::Exists);
+            }
+            migrations.insert(m.id.as_bytes(), encode(m))?;
+            if m.state == MigrationState::Scheduled {
+                scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
+            }
+            Ok(Inserted::New)
+        });
+        let r = r.map_err(|e| tx_error(e, &m.id))?;
+        self.db.flush()?;
+        Ok(r)
     }
     pub fn migration(&self, id: &str) -> Result<Option<Migration>, StoreError> {
         Self::get(&self.migrations, id)
@@ -321,69 +367,70 @@ impl ContractStore {
         Self::all(&self.migrations)
     }
 
+    /// The scheduled migrations only (an index: the scheduler reads this on every
+    /// tick, not the whole history).
+    pub fn scheduled(&self) -> Result<Vec<Due>, StoreError> {
+        Self::all(&self.scheduled)
+    }
+
     /// Move a migration from `scheduled` to `state`, if it is still scheduled.
     /// Returns whether it was.
     pub fn finish_migration(&self, id: &str, state: MigrationState) -> Result<bool, StoreError> {
-        let done = self.update_scheduled(id, |m| m.state = state.clone())?;
-        self.migrations.flush()?;
-        Ok(done)
+        self.leave_scheduled(id, state, None)
     }
 
-    fn update_scheduled(&self, id: &str, f: impl Fn(&mut Migration)) -> Result<bool, StoreError> {
-        let mut done = false;
-        self.migrations.fetch_and_update(id.as_bytes(), |old| {
-            let mut m: Migration = serde_json::from_slice(old?).ok()?;
-            if m.state != MigrationState::Scheduled {
-                done = false;
-                return Some(encode(&m));
-            }
-            f(&mut m);
-            done = true;
-            Some(encode(&m))
-        })?;
-        Ok(done)
-    }
-
-    /// Execute a scheduled migration: its contract change is added and the migration
-    /// marked executed in one transaction, so a crash between the two cannot run it
-    /// twice. `Ok(false)`: it was no longer scheduled, or the change id was taken by
-    /// a concurrent change (the caller computes a new one and retries).
+    /// Execute a scheduled migration: its contract change is added, the migration
+    /// marked executed and taken out of the index in one transaction, so a crash
+    /// between them cannot run it twice. `Ok(false)`: it was no longer scheduled, or
+    /// the change id was taken by a concurrent change (the caller computes a new one
+    /// and retries).
     pub fn execute_migration(
         &self,
         migration_id: &str,
         change: &ContractChange,
     ) -> Result<bool, StoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
-        let rec = ChangeRecord {
-            change: change.clone(),
-            setup: SetupState::default(),
+        let state = MigrationState::Executed {
+            change_id: change.id.clone(),
+            at: change.requested_at,
         };
-        let r = (&self.changes, &self.migrations).transaction(|(changes, migrations)| {
-            let Some(raw) = migrations.get(migration_id.as_bytes())? else {
-                return Ok(false);
-            };
-            let mut m: Migration = serde_json::from_slice(&raw)
-                .map_err(|_| ConflictableTransactionError::Abort(()))?;
-            if m.state != MigrationState::Scheduled || changes.get(change.id.as_bytes())?.is_some()
-            {
-                return Ok(false);
-            }
-            changes.insert(change.id.as_bytes(), encode(&rec))?;
-            m.state = MigrationState::Executed {
-                change_id: change.id.clone(),
-                at: change.requested_at,
-            };
-            migrations.insert(migration_id.as_bytes(), encode(&m))?;
-            Ok(true)
+        self.leave_scheduled(migration_id, state, Some(change))
+    }
+
+    fn leave_scheduled(
+        &self,
+        id: &str,
+        state: MigrationState,
+        change: Option<&ContractChange>,
+    ) -> Result<bool, StoreError> {
+        use sled::transaction::ConflictableTransactionError;
+        use sled::Transactional;
+        let rec = change.map(|c| ChangeRecord {
+            change: c.clone(),
+            setup: SetupState::default(),
         });
-        let done = r.map_err(|e: TransactionError<()>| match e {
-            TransactionError::Storage(e) => StoreError::Sled(e),
-            TransactionError::Abort(()) => StoreError::Corrupt {
-                key: migration_id.to_string(),
-                message: "unreadable migration".into(),
+        let r = (&self.migrations, &self.scheduled, &self.changes).transaction(
+            |(migrations, scheduled, changes)| {
+                let Some(raw) = migrations.get(id.as_bytes())? else {
+                    return Ok(false);
+                };
+                let mut m: Migration = serde_json::from_slice(&raw)
+                    .map_err(|_| ConflictableTransactionError::Abort(()))?;
+                if m.state != MigrationState::Scheduled {
+                    return Ok(false);
+                }
+                if let Some(rec) = &rec {
+                    if changes.get(rec.change.id.as_bytes())?.is_some() {
+                        return Ok(false);
+                    }
+                    changes.insert(rec.change.id.as_bytes(), encode(rec))?;
+                }
+                m.state = state.clone();
+                migrations.insert(id.as_bytes(), encode(&m))?;
+                scheduled.remove(id.as_bytes())?;
+                Ok(true)
             },
-        })?;
+        );
+        let done = r.map_err(|e| tx_error(e, id))?;
         self.db.flush()?;
         Ok(done)
     }
@@ -414,13 +461,7 @@ impl ContractStore {
             changes.insert(start.id.as_str(), encode(&rec))?;
             Ok(Inserted::New)
         });
-        let r = r.map_err(|e: sled::transaction::TransactionError<()>| match e {
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-            sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
-                key: c.id.to_string(),
-                message: "transaction aborted".into(),
-            },
-        })?;
+        let r = r.map_err(|e| tx_error(e, c.id.as_str()))?;
         self.db.flush()?;
         Ok(r)
     }

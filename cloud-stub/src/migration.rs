@@ -137,6 +137,19 @@ pub enum MigrationState {
     },
 }
 
+impl MigrationState {
+    /// The `state` tag as serialized.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MigrationState::Refused => "refused",
+            MigrationState::Scheduled => "scheduled",
+            MigrationState::Executed { .. } => "executed",
+            MigrationState::Cancelled { .. } => "cancelled",
+            MigrationState::Superseded { .. } => "superseded",
+        }
+    }
+}
+
 /// A stored migration request and what became of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migration {
@@ -371,11 +384,13 @@ impl Ops {
     /// once, even across crashes (see [`crate::contracts::ContractStore::execute_migration`]).
     pub fn run_due_migrations(&self, now: DateTime<Utc>) -> Result<usize, ApiError> {
         let mut n = 0;
-        for m in self.store.migrations()? {
-            let due = m.state == MigrationState::Scheduled
-                && m.decision.effective_at.is_some_and(|t| t <= now);
-            if due && self.execute(&m)? {
-                n += 1;
+        let scheduled = self.store.scheduled()?.into_iter();
+        for due in scheduled.filter(|d| d.effective_at.is_some_and(|t| t <= now)) {
+            // `execute` re-checks the state inside its transaction.
+            if let Some(m) = self.store.migration(&due.id)? {
+                if self.execute(&m)? {
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -448,19 +463,13 @@ impl Ops {
         contract: Option<&Id>,
         state: Option<&str>,
     ) -> Result<Vec<Migration>, ApiError> {
-        let state_name = |m: &Migration| {
-            serde_json::to_value(&m.state)
-                .ok()
-                .and_then(|v| v["state"].as_str().map(String::from))
-                .unwrap_or_default()
-        };
         Ok(self
             .store
             .migrations()?
             .into_iter()
             .filter(|m| tenant.is_none_or(|t| &m.decision.tenant == t))
             .filter(|m| contract.is_none_or(|c| &m.decision.contract == c))
-            .filter(|m| state.is_none_or(|s| state_name(m) == s))
+            .filter(|m| state.is_none_or(|s| m.state.name() == s))
             .collect())
     }
 
