@@ -1,35 +1,36 @@
-//! The agent's configuration file (TOML).
+//! The agent's configuration file (TOML), overridden by `PLATEN_…` environment
+//! variables.
 //!
-//! See `packaging/agent.example.toml` for a commented example. Loading fails with a
-//! message that names the file, the line and the field.
+//! See `packaging/agent.example.toml` for a commented example of every setting.
+//! Loading goes through [`platen_ops::config`]: every problem at once, each with its
+//! `FILE:LINE` or the environment variable that set it.
 
 use crate::secret::Secret;
+use platen_ops::config::{Check, FieldPath, Source};
 use platen_protocol::Id;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {field}: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
-}
+pub use platen_ops::config::ConfigError;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Top-level keys that `PLATEN_…` variables may override.
+pub const ENV_ROOTS: &[&str] = &[
+    "agent_id",
+    "tenant",
+    "state_dir",
+    "broker",
+    "apply",
+    "telemetry",
+    "drift",
+    "diagnostics",
+    "metrics",
+    "printer",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AgentConfig {
     /// This agent's id: used in topics, report ids and the health topic.
     pub agent_id: Id,
@@ -46,12 +47,13 @@ pub struct AgentConfig {
     pub drift: DriftConfig,
     #[serde(default)]
     pub diagnostics: DiagnosticsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default, rename = "printer")]
     pub printers: Vec<PrinterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct BrokerConfig {
     pub host: String,
     #[serde(default = "default_mqtt_port")]
@@ -72,8 +74,7 @@ pub struct BrokerConfig {
 }
 
 /// How the reconciler applies and verifies settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ApplyConfig {
     /// Wait after the SETs before reading back (some printers answer the old value at once).
     #[serde(default = "default_settle")]
@@ -90,8 +91,7 @@ pub struct ApplyConfig {
 }
 
 /// Polling printers for counters, supplies, status and alerts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TelemetryConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -116,16 +116,14 @@ pub struct TelemetryConfig {
 }
 
 /// Re-reading verified settings to catch changes made outside Platen.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DriftConfig {
     /// Time between checks of one printer; 0 turns drift detection off.
     #[serde(default = "default_drift_interval")]
     pub interval_secs: u64,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct DiagnosticsConfig {
     /// Answer diagnostics requests on `…/{printer}/cmd/diag`. Off by default: a
     /// diagnostics run sends SNMP traffic and reveals device details.
@@ -133,15 +131,26 @@ pub struct DiagnosticsConfig {
     pub remote: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics`. Off by default.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Address to listen on. Keep it on localhost unless the network is trusted:
+    /// the metrics name every printer.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnmpVersion {
     V1,
     V2c,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PrinterConfig {
     pub id: Id,
     /// Overrides the agent's tenant for this printer.
@@ -169,6 +178,9 @@ pub struct PrinterConfig {
     pub reapply_on_drift: Vec<String>,
 }
 
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
 fn yes() -> bool {
     true
 }
@@ -258,6 +270,15 @@ impl Default for TelemetryConfig {
     }
 }
 
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
 impl Default for DriftConfig {
     fn default() -> Self {
         DriftConfig {
@@ -284,110 +305,119 @@ impl PrinterConfig {
 }
 
 impl AgentConfig {
+    /// Read `path` with this process's `PLATEN_…` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::load_with_source(path).map(|(c, _)| c)
     }
 
-    /// Parse and validate; `path` is only used in messages.
+    /// [`load`](Self::load), keeping where each value came from (`config show`).
+    pub fn load_with_source(path: &Path) -> Result<(Self, Source), ConfigError> {
+        platen_ops::config::load(
+            path,
+            &platen_ops::config::process_env(),
+            ENV_ROOTS,
+            Self::checks,
+        )
+    }
+
+    /// Parse and validate text without environment overrides; `path` is only used in
+    /// messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate(path)?;
-        Ok(cfg)
+        Self::parse_with_env(text, path, &[]).map(|(c, _)| c)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |field: String, message: &str| ConfigError::Invalid {
-            path: path.into(),
-            field,
-            message: message.into(),
+    /// Parse with the given `PLATEN_…` variables.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<(Self, Source), ConfigError> {
+        platen_ops::config::parse(text, path, env, ENV_ROOTS, Self::checks)
+    }
+
+    /// Every check beyond the types, each with its field.
+    fn checks(&self) -> Vec<Check> {
+        let mut out: Vec<Check> = Vec::new();
+        let mut bad = |field: &str, message: &str| {
+            out.push((FieldPath::parse(field), message.to_string()));
         };
-        if self.broker.host.trim().is_empty() {
-            return Err(invalid("broker.host".into(), "must not be empty"));
+        let b = &self.broker;
+        if b.host.trim().is_empty() {
+            bad("broker.host", "must not be empty");
         }
-        if self.broker.port == 0 {
-            return Err(invalid("broker.port".into(), "must not be 0"));
+        if b.port == 0 {
+            bad("broker.port", "must not be 0");
         }
-        if self.broker.keep_alive_secs < 5 {
-            return Err(invalid(
-                "broker.keep_alive_secs".into(),
-                "must be at least 5",
-            ));
+        if b.keep_alive_secs < 5 {
+            bad("broker.keep_alive_secs", "must be at least 5");
         }
-        if self.broker.reconnect_min_ms == 0
-            || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms
-        {
-            return Err(invalid(
-                "broker.reconnect_min_ms".into(),
+        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
+            bad(
+                "broker.reconnect_min_ms",
                 "must be > 0 and <= reconnect_max_ms",
-            ));
+            );
         }
-        if self.broker.password.is_some() && self.broker.username.is_none() {
-            return Err(invalid(
-                "broker.password".into(),
-                "is set but broker.username is not",
-            ));
+        if b.password.is_some() && b.username.is_none() {
+            bad("broker.password", "is set but broker.username is not");
         }
         if self.apply.max_set_attempts == 0 {
-            return Err(invalid(
-                "apply.max_set_attempts".into(),
-                "must be at least 1",
-            ));
+            bad("apply.max_set_attempts", "must be at least 1");
         }
         let t = &self.telemetry;
         if t.interval_secs == 0 {
-            return Err(invalid(
-                "telemetry.interval_secs".into(),
-                "must be at least 1",
-            ));
+            bad("telemetry.interval_secs", "must be at least 1");
         }
         if t.heartbeat_secs < t.interval_secs {
-            return Err(invalid(
-                "telemetry.heartbeat_secs".into(),
+            bad(
+                "telemetry.heartbeat_secs",
                 "must be at least telemetry.interval_secs",
-            ));
+            );
         }
         if t.concurrency == 0 {
-            return Err(invalid(
-                "telemetry.concurrency".into(),
-                "must be at least 1",
-            ));
+            bad("telemetry.concurrency", "must be at least 1");
         }
-        if t.low_percent > 100 || t.supply_change_pct == 0 || t.supply_change_pct > 100 {
-            return Err(invalid(
-                "telemetry.low_percent".into(),
-                "low_percent must be 0..=100 and supply_change_pct 1..=100",
-            ));
+        if t.low_percent > 100 {
+            bad("telemetry.low_percent", "must be 0..=100");
+        }
+        if t.supply_change_pct == 0 || t.supply_change_pct > 100 {
+            bad("telemetry.supply_change_pct", "must be 1..=100");
         }
         let mut seen = HashSet::new();
         for (i, p) in self.printers.iter().enumerate() {
-            let field = |f: &str| format!("printer[{i}] ({}).{f}", p.id);
+            let field = |f: &str| format!("printer[{i}].{f}");
+            let id = &p.id;
             if !seen.insert(p.id.clone()) {
-                return Err(invalid(field("id"), "duplicate printer id"));
+                bad(&field("id"), &format!("duplicate printer id {id}"));
             }
             if p.address.trim().is_empty() {
-                return Err(invalid(field("address"), "must not be empty"));
+                bad(
+                    &field("address"),
+                    &format!("must not be empty (printer {id})"),
+                );
             }
             if p.port == 0 {
-                return Err(invalid(field("port"), "must not be 0"));
+                bad(&field("port"), &format!("must not be 0 (printer {id})"));
             }
             if p.community.expose().is_empty() {
-                return Err(invalid(field("community"), "must not be empty"));
+                bad(
+                    &field("community"),
+                    &format!("must not be empty (printer {id})"),
+                );
             }
             if !(10..=60_000).contains(&p.timeout_ms) {
-                return Err(invalid(field("timeout_ms"), "must be between 10 and 60000"));
+                bad(
+                    &field("timeout_ms"),
+                    &format!("must be between 10 and 60000 (printer {id})"),
+                );
             }
             if p.retries > 10 {
-                return Err(invalid(field("retries"), "must be at most 10"));
+                bad(
+                    &field("retries"),
+                    &format!("must be at most 10 (printer {id})"),
+                );
             }
         }
-        Ok(())
+        out
     }
 }
 
@@ -423,41 +453,47 @@ community = "private"
     }
 
     #[test]
-    fn errors_name_the_file_and_field() {
+    fn errors_name_the_file_line_and_field() {
         let cases = [
             (
                 GOOD.replace("host = \"127.0.0.1\"", "hots = \"x\""),
-                "unknown field `hots`",
+                "agent.toml:6: broker.hots: unknown key",
             ),
-            (GOOD.replace("port = 16100", "port = \"x\""), "invalid type"),
-            (GOOD.replace("id = \"p1\"", "id = \"p/1\""), "'/'"),
+            (
+                GOOD.replace("port = 16100", "port = \"x\""),
+                "agent.toml:10: printer[0].port: invalid type",
+            ),
+            (
+                GOOD.replace("id = \"p1\"", "id = \"p/1\""),
+                "agent.toml:8: printer[0].id: ",
+            ),
             (
                 GOOD.replace("community = \"private\"", "community = \"\""),
-                "printer[0] (p1).community: must not be empty",
+                "agent.toml:11: printer[0].community: must not be empty (printer p1)",
             ),
             (
                 GOOD.replace("port = 16100", "port = 0"),
-                "printer[0] (p1).port",
+                "agent.toml:10: printer[0].port: must not be 0",
             ),
             (
                 format!("{GOOD}\n[[printer]]\nid = \"p1\"\naddress = \"h\"\ncommunity = \"c\"\n"),
-                "printer[1] (p1).id: duplicate",
+                "agent.toml:14: printer[1].id: duplicate printer id p1",
             ),
             (
                 GOOD.replace("tenant = \"acme\"\n", ""),
-                "missing field `tenant`",
+                "agent.toml: tenant: missing (required)",
             ),
             (
                 GOOD.replace("[broker]", "[broker]\npassword = \"pw\""),
-                "broker.password",
+                "agent.toml:6: broker.password: is set but",
             ),
             (
                 format!("{GOOD}\n[telemetry]\ninterval_secs = 0\n"),
-                "telemetry.interval_secs",
+                "agent.toml:14: telemetry.interval_secs",
             ),
             (
                 format!("{GOOD}\n[telemetry]\ninterval_secs = 120\nheartbeat_secs = 60\n"),
-                "telemetry.heartbeat_secs",
+                "agent.toml:15: telemetry.heartbeat_secs",
             ),
             (
                 format!("{GOOD}\n[telemetry]\nconcurrency = 0\n"),
@@ -465,18 +501,134 @@ community = "private"
             ),
             (
                 format!("{GOOD}\n[drift]\nevery = 5\n"),
-                "unknown field `every`",
+                "agent.toml:14: drift.every: unknown key",
             ),
             (
-                GOOD.replace("snmp", "x")
-                    .replace("port = 16100", "port = 16100\nsnmp_version = \"v3\""),
+                GOOD.replace("port = 16100", "port = 16100\nsnmp_version = \"v3\""),
                 "unknown variant `v3`",
+            ),
+            (
+                format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n"),
+                "agent.toml:14: metrics.listen: invalid socket address",
             ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.starts_with("agent.toml"), "{err}");
             assert!(err.contains(want), "wanted {want:?} in {err}");
+        }
+    }
+
+    #[test]
+    fn all_problems_in_one_run() {
+        let text = GOOD
+            .replace(
+                "host = \"127.0.0.1\"",
+                "host = \"127.0.0.1\"\nport = \"x\"\nkeepalive = 3",
+            )
+            .replace(
+                "community = \"private\"",
+                "community = \"\"\ntimeout_ms = 5",
+            );
+        let err = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap_err();
+        assert_eq!(err.count(), 4, "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env: Vec<(String, String)> = [
+            ("PLATEN_BROKER__HOST", "mqtt.internal"),
+            ("PLATEN_BROKER__USERNAME", "gw-1"),
+            ("PLATEN_BROKER__PASSWORD", "1234"),
+            ("PLATEN_PRINTER__0__COMMUNITY", "from-env"),
+            ("PLATEN_TELEMETRY__INTERVAL_SECS", "30"),
+            ("PLATEN_METRICS__ENABLED", "true"),
+            ("PLATEN_LOG_FORMAT", "json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (c, source) = AgentConfig::parse_with_env(GOOD, Path::new("a.toml"), &env).unwrap();
+        assert_eq!(c.broker.host, "mqtt.internal");
+        assert_eq!(c.broker.password.as_ref().map(|p| p.expose()), Some("1234"));
+        assert_eq!(c.printers[0].community.expose(), "from-env");
+        assert_eq!(c.telemetry.interval_secs, 30);
+        assert!(c.metrics.enabled);
+        let shown = platen_ops::config::show(&c, &source).unwrap();
+        assert!(
+            shown.contains("# printer[0].community from env PLATEN_PRINTER__0__COMMUNITY"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("from-env") && !shown.contains("1234"),
+            "secrets shown:\n{shown}"
+        );
+        assert!(shown.contains("community = \"[REDACTED]\""), "{shown}");
+        // The shown config is itself a valid config (secrets aside).
+        let again = AgentConfig::parse(&shown, Path::new("shown.toml")).unwrap();
+        assert_eq!(again.telemetry.interval_secs, 30);
+        let bad = vec![("PLATEN_BROKER__PORT".to_string(), "eighty".to_string())];
+        let err = AgentConfig::parse_with_env(GOOD, Path::new("a.toml"), &bad)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("a.toml (env PLATEN_BROKER__PORT): broker.port: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_documents_every_setting() {
+        let text = include_str!("../../packaging/agent.example.toml");
+        let c = AgentConfig::parse(text, Path::new("example")).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        fn walk(v: &toml::Value, keys: &mut std::collections::BTreeSet<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        keys.insert(k.clone());
+                        walk(v, keys);
+                    }
+                }
+                toml::Value::Array(a) => a.iter().for_each(|v| walk(v, keys)),
+                _ => {}
+            }
+        }
+        walk(&toml::Value::try_from(&c).unwrap(), &mut keys);
+        // Optional settings that the example leaves unset (commented out).
+        keys.extend(
+            [
+                "client_id",
+                "username",
+                "password",
+                "tls",
+                "ca_file",
+                "cert_file",
+                "key_file",
+            ]
+            .map(String::from),
+        );
+        for k in keys {
+            let documented = text.lines().any(|l| {
+                let l = l.trim_start().trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{k} ="))
+                    || l.starts_with(&format!("[{k}]"))
+                    || l.starts_with(&format!("[[{k}]]"))
+                    || l.starts_with(&format!("[broker.{k}]"))
+            });
+            assert!(
+                documented,
+                "setting {k} is not in packaging/agent.example.toml"
+            );
+        }
+        for root in ENV_ROOTS {
+            assert!(
+                text.contains(&format!("{root} ="))
+                    || text.contains(&format!("[{root}]"))
+                    || text.contains(&format!("[[{root}]]")),
+                "{root}"
+            );
         }
     }
 
@@ -509,7 +661,7 @@ community = "private"
             "[broker.tls]\nca_file = \"/x\"\ncafile = \"/y\"\n\n[broker]",
         ))
         .unwrap_err();
-        assert!(err.contains("cafile"), "{err}");
+        assert!(err.contains("broker.tls.cafile: unknown key"), "{err}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod diag;
 pub mod discover;
 pub mod drift;
 pub mod fleet;
+pub mod metrics;
 pub mod mqtt;
 pub mod poll;
 pub mod printer_mib;

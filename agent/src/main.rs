@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use platen_agent::config::AgentConfig;
+use platen_ops::logging::LogFormat;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,10 +11,19 @@ mod cli;
 #[derive(Parser)]
 #[command(
     name = "platen-agent",
-    version,
+    version = platen_ops::version::long(),
     about = "Applies desired printer configuration over SNMP and reports it over MQTT"
 )]
 struct Cli {
+    /// Log lines as text (default) or JSON objects; levels from RUST_LOG.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "PLATEN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,21 +69,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file and the profiles it names.
-    Check { file: PathBuf },
+    /// Validate a configuration file (with PLATEN_… overrides) and the profiles and
+    /// certificates it names; list every problem with its line. Exit 0 ok, 2 problems.
+    Check {
+        #[arg(default_value = "/etc/platen/agent.toml")]
+        file: PathBuf,
+    },
+    /// Print the effective configuration (file + PLATEN_… overrides + defaults), with
+    /// secrets redacted.
+    Show {
+        #[arg(long, short, default_value = "/etc/platen/agent.toml")]
+        config: PathBuf,
+    },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,async_snmp=off,rumqttc=warn,sled=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour escapes in files and the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}
+/// Default levels when RUST_LOG is unset.
+const LOG_DEFAULT: &str = "info,async_snmp=off,rumqttc=warn,sled=warn";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -85,11 +96,33 @@ fn main() -> ExitCode {
                 println!("{}: ok ({n} printers)", file.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            Err((n, e)) => {
                 eprintln!("{e}");
+                eprintln!(
+                    "{}: {n} problem{}",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                );
                 ExitCode::from(2)
             }
         },
+        Command::Config {
+            command: ConfigCommand::Show { config },
+        } => {
+            let shown = AgentConfig::load_with_source(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|(c, source)| platen_ops::config::show(&c, &source));
+            match shown {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Diag {
             printers,
             config,
@@ -100,7 +133,7 @@ fn main() -> ExitCode {
         Command::Status { config, json } => cli::status(&config, json),
         Command::Discover(args) => runtime_then(|| cli::discover(args)),
         Command::Run { config } => {
-            init_logging();
+            platen_ops::logging::init(cli.log_format, LOG_DEFAULT);
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -131,13 +164,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(file: &std::path::Path) -> Result<usize, String> {
-    let cfg = AgentConfig::load(file).map_err(|e| e.to_string())?;
+/// The number of printers, or the number of problems and their listing.
+fn check(file: &std::path::Path) -> Result<usize, (usize, String)> {
+    let cfg = AgentConfig::load(file).map_err(|e| (e.count(), e.to_string()))?;
+    let mut problems = Vec::new();
     if let Some(tls) = &cfg.broker.tls {
-        platen_agent::tls::client_config(tls).map_err(|e| format!("broker.tls: {e}"))?;
+        if let Err(e) = platen_agent::tls::client_config(tls) {
+            problems.push(format!("{}: broker.tls: {e}", file.display()));
+        }
     }
-    platen_agent::run::load_profiles(&cfg).map_err(|e| e.to_string())?;
-    Ok(cfg.printers.len())
+    if let Err(e) = platen_agent::run::load_profiles(&cfg) {
+        problems.push(format!("{}: {e}", file.display()));
+    }
+    if problems.is_empty() {
+        Ok(cfg.printers.len())
+    } else {
+        Err((problems.len(), problems.join("\n")))
+    }
 }
 
 /// Run an async command on a fresh runtime.

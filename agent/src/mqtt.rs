@@ -8,7 +8,8 @@
 //!   `pending` queue (our outbox in sled is the source of truth), then sleeps with
 //!   exponential backoff and jitter before the next attempt.
 //! - **pump task**: on every CONNACK (treated as a possibly fresh session) it
-//!   re-subscribes, republishes retained health `up`, and (re)sends every outbox entry
+//!   re-subscribes, republishes retained health `up` (and again every minute, with the
+//!   uptime), and (re)sends every outbox entry
 //!   with `try_publish`, at most [`WINDOW`] in flight.
 //!
 //! Matching PUBACKs to outbox entries: the pump pushes a tag and calls `try_publish`
@@ -72,6 +73,7 @@ pub struct MqttLink {
     wake: Arc<Notify>,
     agent: Id,
     since: chrono::DateTime<Utc>,
+    started: std::time::Instant,
 }
 
 pub struct LinkTasks {
@@ -85,17 +87,22 @@ fn lock(m: &Mutex<LinkState>) -> MutexGuard<'_, LinkState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Republish the retained `up` message this often, so its uptime stays current.
+const HEALTH_EVERY: Duration = Duration::from_secs(60);
+
 fn health(
     agent: &Id,
     status: HealthStatus,
     since: chrono::DateTime<Utc>,
+    uptime: Option<Duration>,
     reason: Option<String>,
 ) -> Vec<u8> {
     codec::encode(&Health {
         agent_id: agent.clone(),
         status,
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: platen_ops::version::short().into(),
         since,
+        uptime_secs: uptime.map(|d| d.as_secs()),
         reason,
     })
 }
@@ -126,6 +133,7 @@ impl MqttLink {
                     &cfg.agent_id,
                     HealthStatus::Down,
                     since,
+                    None,
                     Some("connection lost".into()),
                 ),
                 QoS::AtLeastOnce,
@@ -152,6 +160,7 @@ impl MqttLink {
             wake: store.outbox_wake(),
             agent: cfg.agent_id.clone(),
             since,
+            started: std::time::Instant::now(),
         };
         let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
         let (acked_tx, acked_rx) = mpsc::unbounded_channel();
@@ -212,6 +221,7 @@ impl MqttLink {
             &self.agent,
             HealthStatus::Down,
             Utc::now(),
+            Some(self.started.elapsed()),
             Some(reason.into()),
         );
         let topic = Topic::health(&self.agent).to_string();
@@ -241,6 +251,7 @@ async fn poll_loop(
                     s.connected = true;
                     s.fresh_session = true;
                     s.reconnects += 1;
+                    crate::metrics::get().connected(s.reconnects);
                     info!(session_present = ack.session_present, "connected to broker");
                     link.wake.notify_one();
                 } else {
@@ -299,6 +310,7 @@ async fn pump_loop(
     mut acked: mpsc::UnboundedReceiver<u64>,
 ) {
     let health_topic = Topic::health(&link.agent).to_string();
+    let mut health_at: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = link.wake.notified() => {}
@@ -321,6 +333,20 @@ async fn pump_loop(
         if stopping {
             return;
         }
+        let health_due =
+            health_at.is_some_and(|t| t.elapsed() >= HEALTH_EVERY) && lock(&link.state).connected;
+        if health_due {
+            let up = health(
+                &link.agent,
+                HealthStatus::Up,
+                link.since,
+                Some(link.started.elapsed()),
+                None,
+            );
+            if link.publish_tagged(Tag::Untracked, &health_topic, up, true) {
+                health_at = Some(std::time::Instant::now());
+            }
+        }
         if setup {
             let filters = subscriptions
                 .iter()
@@ -331,8 +357,16 @@ async fn pump_loop(
                     lock(&link.state).fresh_session = true;
                 }
             }
-            let up = health(&link.agent, HealthStatus::Up, link.since, None);
-            if !link.publish_tagged(Tag::Untracked, &health_topic, up, true) {
+            let up = health(
+                &link.agent,
+                HealthStatus::Up,
+                link.since,
+                Some(link.started.elapsed()),
+                None,
+            );
+            if link.publish_tagged(Tag::Untracked, &health_topic, up, true) {
+                health_at = Some(std::time::Instant::now());
+            } else {
                 lock(&link.state).fresh_session = true;
             }
         }

@@ -93,6 +93,7 @@ impl<S: Snmp> PrinterTask<S> {
             settings: outcome.results,
             received_at: stored.received_at,
             completed_at: Utc::now().max(stored.received_at),
+            refused: None,
         };
         let payload = String::from_utf8(codec::encode(&report)).unwrap_or_default();
         if payload.len() > platen_protocol::MAX_MESSAGE_BYTES {
@@ -127,6 +128,7 @@ impl<S: Snmp> PrinterTask<S> {
             .complete(&self.printer, version, &entry, &verified)
             .await?;
         drop(guard);
+        crate::metrics::get().report(&report);
         info!(printer = %self.printer, version, status = %status, failed = ?failed, "report queued");
         Ok(true)
     }

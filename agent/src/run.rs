@@ -41,6 +41,12 @@ pub enum RunError {
     },
     #[error("SNMP socket: {0}")]
     Socket(SnmpError),
+    #[error("metrics endpoint {listen}: {source}")]
+    Metrics {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("printer {printer}: reapply_on_drift names {setting}, which profile {profile} does not have")]
     UnknownReapply {
         printer: Id,
@@ -72,6 +78,7 @@ impl AgentHandle {
     /// Stop taking work, let reconcilers and the poller stop, publish health `down`,
     /// disconnect, flush the store, write the final status.
     pub async fn shutdown(self) {
+        platen_ops::systemd::stopping();
         let _ = self.stop.send(true);
         for w in self.workers {
             if tokio::time::timeout(Duration::from_secs(5), w)
@@ -188,7 +195,8 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
             .map_err(|source| RunError::Snmp {
                 printer: p.id.clone(),
                 source,
-            })?;
+            })?
+            .with_metrics(p.id.as_str());
         let tenant = p.tenant(&cfg).clone();
         let stored = store.desired(&p.id)?.map(|d| d.config.version).unwrap_or(0);
         let (tx, rx) = watch::channel(stored);
@@ -308,7 +316,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 }
                 continue;
             }
-            match handle_desired(&s, &routes, &p.topic, &p.payload).await {
+            match handle_desired(&s, &agent_id, &routes, &p.topic, &p.payload).await {
                 Ok(()) => l.ack(&p).await,
                 // Not acknowledged: the broker redelivers it after a reconnect.
                 Err(e) => error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged"),
@@ -322,6 +330,24 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         cfg.state_dir.clone(),
         stop_rx.clone(),
     )));
+    if cfg.metrics.enabled {
+        let listen = cfg.metrics.listen;
+        let server = crate::metrics::serve(
+            listen,
+            store.clone(),
+            board.clone(),
+            link.clone(),
+            stop_rx.clone(),
+        )
+        .await
+        .map_err(|source| RunError::Metrics { listen, source })?;
+        workers.push(server);
+    }
+    workers.push(tokio::spawn(notify_ready(
+        link.clone(),
+        cfg.printers.len(),
+        stop_rx.clone(),
+    )));
     info!(agent = %cfg.agent_id, printers = cfg.printers.len(), outbox = store.outbox_len(), "agent started");
     Ok(AgentHandle {
         stop: stop_tx,
@@ -332,6 +358,37 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         board,
         state_dir: cfg.state_dir.clone(),
     })
+}
+
+/// How long a start waits for the broker before telling systemd it is ready anyway
+/// (degraded: configs already stored are applied, telemetry is queued).
+pub const READY_GRACE: Duration = Duration::from_secs(20);
+
+/// Tell systemd the agent is ready: at the first broker connection, or after
+/// [`READY_GRACE`] without one (degraded start, documented in the README).
+async fn notify_ready(link: MqttLink, printers: usize, mut stop: watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + READY_GRACE;
+    loop {
+        if link.is_connected() {
+            platen_ops::systemd::ready(&format!("connected to the broker; {printers} printers"));
+            info!("ready: connected to the broker");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            platen_ops::systemd::ready(&format!(
+                "degraded: broker not reachable yet (retrying); {printers} printers"
+            ));
+            warn!(
+                grace_secs = READY_GRACE.as_secs(),
+                "ready without a broker connection (degraded start); retrying in the background"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Run a diagnostics request and queue the response.
@@ -421,8 +478,30 @@ async fn status_writer(
 ) {
     // Gateways often run on flash: write when something changed, else every 30 s.
     let mut last: Option<(crate::status::Snapshot, std::time::Instant)> = None;
+    let watchdog = platen_ops::systemd::watchdog_interval();
+    let mut last_status = String::new();
     loop {
-        refresh_board(&board, &store, link.is_connected());
+        // This loop is the agent's health loop: it feeds systemd's watchdog (when the
+        // unit has one; at most every 2 s, well inside any WatchdogSec) and keeps
+        // `systemctl status` current. A hung runtime stops both.
+        if watchdog.is_some() {
+            platen_ops::systemd::watchdog();
+        }
+        let connected = link.is_connected();
+        let status = format!(
+            "{}; outbox {}",
+            if connected {
+                "connected"
+            } else {
+                "broker not connected"
+            },
+            store.outbox_len()
+        );
+        if status != last_status {
+            platen_ops::systemd::status(&status);
+            last_status = status;
+        }
+        refresh_board(&board, &store, connected);
         let mut snap = board.get();
         let unchanged = last.as_ref().is_some_and(|(prev, at)| {
             let mut a = prev.clone();
@@ -451,6 +530,7 @@ async fn status_writer(
 /// is an error.
 async fn handle_desired(
     store: &Store,
+    agent: &Id,
     routes: &HashMap<(Id, Id), watch::Sender<u64>>,
     topic: &str,
     payload: &[u8],
@@ -479,6 +559,11 @@ async fn handle_desired(
     }
     let config: DesiredConfig = match codec::decode(payload) {
         Ok(c) => c,
+        Err(e @ codec::DecodeError::UnsupportedProtocol { .. }) => {
+            warn!(topic, error = %e, "desired config refused");
+            return refuse_newer_protocol(store, agent, &tenant, &printer, payload, &e.to_string())
+                .await;
+        }
         Err(e) => {
             warn!(topic, bytes = payload.len(), error = %e, "desired config refused");
             return Ok(());
@@ -499,6 +584,54 @@ async fn handle_desired(
             warn!(printer = %printer, version, latest, "stale desired config ignored")
         }
     }
+    Ok(())
+}
+
+/// A desired config of a newer major protocol version cannot be parsed, but its
+/// sender must learn why nothing happens: report the version (when it can be read)
+/// as refused with code 505, without touching the printer.
+async fn refuse_newer_protocol(
+    store: &Store,
+    agent: &Id,
+    tenant: &Id,
+    printer: &Id,
+    payload: &[u8],
+    why: &str,
+) -> Result<(), StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        version: u64,
+    }
+    let Ok(Envelope { version }) = serde_json::from_slice::<Envelope>(payload) else {
+        warn!(printer = %printer, "no readable version in the refused config; nothing to report");
+        return Ok(());
+    };
+    if version <= store.completed(printer)? {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let report = platen_protocol::ApplyReport {
+        report_id: platen_protocol::ApplyReport::make_id(agent, printer, version),
+        agent_id: agent.clone(),
+        printer_id: printer.clone(),
+        config_version: version,
+        status: platen_protocol::ReportStatus::NotApplied,
+        settings: Vec::new(),
+        received_at: now,
+        completed_at: now,
+        refused: Some(platen_protocol::Refusal {
+            code: platen_protocol::Code::ProtocolUnsupported,
+            detail: why.to_string(),
+        }),
+    };
+    let payload = String::from_utf8(codec::encode(&report)).unwrap_or_default();
+    store
+        .enqueue(&OutboxEntry::new(
+            Topic::report(tenant, printer).to_string(),
+            payload,
+        ))
+        .await?;
+    crate::metrics::get().report(&report);
     Ok(())
 }
 

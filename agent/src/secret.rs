@@ -1,6 +1,6 @@
 //! A string that never shows itself in `Debug` or `Display` output.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// A credential (SNMP community, broker password). Its `Debug` and `Display` print
@@ -30,6 +30,14 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Serializes as `[REDACTED]`: the only serialized configs are for people to read
+/// (`config show`); the agent never writes a secret back.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[REDACTED]")
+    }
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret)
@@ -48,5 +56,6 @@ mod tests {
             "[REDACTED] [REDACTED] Some([REDACTED])"
         );
         assert_eq!(s.expose(), "hunter2");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"[REDACTED]\"");
     }
 }

@@ -213,6 +213,8 @@ pub struct AsyncSnmp {
     client: Client<UdpHandle>,
     target: String,
     retries: u32,
+    /// The printer id for metrics; `None` for one-off clients (diag, discover).
+    printer: Option<std::sync::Arc<str>>,
 }
 
 impl AsyncSnmp {
@@ -236,7 +238,20 @@ impl AsyncSnmp {
             client,
             target: format!("{}:{}", t.address, t.port),
             retries: t.retries,
+            printer: None,
         })
+    }
+
+    /// Record latency and errors of this client's requests under `printer`.
+    pub fn with_metrics(mut self, printer: &str) -> Self {
+        self.printer = Some(printer.into());
+        self
+    }
+
+    fn record<T>(&self, op: &str, started: std::time::Instant, r: &Result<T, SnmpError>) {
+        if let Some(p) = &self.printer {
+            crate::metrics::get().snmp(p, op, started.elapsed(), r.as_ref().err());
+        }
     }
 
     pub fn target(&self) -> &str {
@@ -361,6 +376,33 @@ fn clone_error(e: &async_snmp::Error) -> async_snmp::Error {
 
 impl Snmp for AsyncSnmp {
     async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+        let started = std::time::Instant::now();
+        let r = self.get_inner(oids).await;
+        self.record("get", started, &r);
+        r
+    }
+
+    async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
+        let started = std::time::Instant::now();
+        let r = self.set_inner(oid, value).await;
+        self.record("set", started, &r);
+        r
+    }
+
+    async fn walk(
+        &self,
+        prefix: &ObjectId,
+        limit: usize,
+    ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+        let started = std::time::Instant::now();
+        let r = self.walk_inner(prefix, limit).await;
+        self.record("walk", started, &r);
+        r
+    }
+}
+
+impl AsyncSnmp {
+    async fn get_inner(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let req: Vec<Oid> = oids.iter().map(to_oid).collect();
         let resp = self
             .client
@@ -387,7 +429,7 @@ impl Snmp for AsyncSnmp {
         Ok(out)
     }
 
-    async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
+    async fn set_inner(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
         let v = to_value(value)?;
         let resp = self
             .client
@@ -400,7 +442,7 @@ impl Snmp for AsyncSnmp {
         }
     }
 
-    async fn walk(
+    async fn walk_inner(
         &self,
         prefix: &ObjectId,
         limit: usize,

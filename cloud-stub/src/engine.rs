@@ -80,6 +80,14 @@ pub fn judge_report(
     r: &ReceivedReport,
     required: &BTreeMap<String, SettingValue>,
 ) -> ReportVerdict {
+    if let Some(refusal) = &r.report.refused {
+        return ReportVerdict::Fails(format!(
+            "report {} refused the whole config: {} {}",
+            r.report.report_id,
+            refusal.code.as_u16(),
+            refusal.detail
+        ));
+    }
     let mut problems = Vec::new();
     for name in required.keys() {
         match r.report.settings.iter().find(|s| &s.name == name) {
@@ -706,6 +714,7 @@ mod tests {
                     .collect(),
                 received_at: t(completed),
                 completed_at: t(completed),
+                refused: None,
             },
             received_at: t(received),
         }
@@ -741,6 +750,18 @@ mod tests {
             panic!()
         };
         assert!(why.contains("c: missing"), "{why}");
+        let mut refused = report(&[], t, t);
+        refused.report.refused = Some(platen_protocol::Refusal {
+            code: Code::ProtocolUnsupported,
+            detail: "desired config uses protocol 2.0".into(),
+        });
+        let ReportVerdict::Fails(why) = judge_report(&refused, &required(&["a"])) else {
+            panic!()
+        };
+        assert!(
+            why.contains("refused the whole config: 505 desired config uses protocol 2.0"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod catalog;
 pub mod compensation;
+pub mod config;
 pub mod contracts;
 pub mod engine;
 pub mod migration;

@@ -15,8 +15,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "platen-cloud", version, about = "Platen cloud stub")]
+#[command(name = "platen-cloud", version = platen_ops::version::long(), about = "Platen cloud stub")]
 struct Cli {
+    /// Log lines as text (default) or JSON objects; levels from RUST_LOG.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "PLATEN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: platen_ops::logging::LogFormat,
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1", global = true)]
     host: String,
@@ -63,7 +72,12 @@ enum Command {
     Reports,
     /// Run the cloud: report collection, setup engine, compensation, HTTP API.
     /// Prints `api <address>` then `ready`; SIGTERM or Ctrl-C stops it.
+    /// With --config, every setting comes from that file (and PLATEN_… variables)
+    /// and the other flags are ignored.
     Serve {
+        /// Configuration file (see packaging/cloud.example.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         api_listen: std::net::SocketAddr,
         /// Base URL of the service provider.
@@ -82,6 +96,11 @@ enum Command {
         /// Without one, plans are created through the API and migrations are refused.
         #[arg(long)]
         catalog: Option<PathBuf>,
+    },
+    /// The configuration file: check it, or show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
     },
     /// The plan catalog: check a file (locally), or show the loaded one (API).
     Catalog {
@@ -512,6 +531,10 @@ async fn serve(
         engine,
         catalog,
     };
+    run_server(cfg).await
+}
+
+async fn run_server(cfg: platen_cloud::server::ServerConfig) -> ExitCode {
     let server = match platen_cloud::server::Server::start(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -521,9 +544,71 @@ async fn serve(
     };
     println!("api {}", server.api_addr());
     println!("ready");
+    platen_ops::systemd::ready(&format!("API on {}", server.api_addr()));
+    // The watchdog proves the runtime still schedules tasks.
+    let watchdog = platen_ops::systemd::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                platen_ops::systemd::watchdog();
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
     wait_for_signal().await;
+    platen_ops::systemd::stopping();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+fn config_cmd(cmd: &ConfigCmd) -> ExitCode {
+    use platen_cloud::config::CloudConfig;
+    match cmd {
+        ConfigCmd::Check { file } => {
+            let cfg = match CloudConfig::load(file) {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    let n = e.count();
+                    eprintln!(
+                        "{}: {n} problem{}",
+                        file.display(),
+                        if n == 1 { "" } else { "s" }
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(catalog) = &cfg.catalog {
+                if load_catalog(catalog).is_err() {
+                    eprintln!(
+                        "{}: catalog {} is not valid",
+                        file.display(),
+                        catalog.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        ConfigCmd::Show { config } => {
+            let shown = CloudConfig::load(config)
+                .map_err(|e| e.to_string())
+                .and_then(|(c, source)| platen_ops::config::show(&c, &source));
+            match shown {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -582,19 +667,50 @@ fn parse_setting(s: &str) -> Result<(String, SettingValue), String> {
     Ok((k.to_string(), value))
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a configuration file (with PLATEN_… overrides) and the catalog it
+    /// names; list every problem with its line. Exit 0 ok, 2 problems.
+    Check {
+        #[arg(default_value = "/etc/platen/cloud.toml")]
+        file: PathBuf,
+    },
+    /// Print the effective configuration (file + PLATEN_… overrides + defaults).
+    Show {
+        #[arg(long, short, default_value = "/etc/platen/cloud.toml")]
+        config: PathBuf,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // No colour escapes in files and the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Serve { .. }) {
+        "info,rumqttc=warn,sled=warn"
+    } else {
+        "warn"
+    };
+    platen_ops::logging::init(cli.log_format, default_level);
     match &cli.command {
+        Command::Config { command } => return config_cmd(command),
         Command::Serve {
+            config: Some(file), ..
+        } => {
+            let cfg = match platen_cloud::config::CloudConfig::load(file) {
+                Ok((c, _)) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let catalog = match cfg.catalog.as_deref().map(load_catalog).transpose() {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            return run_server(cfg.server(catalog)).await;
+        }
+        Command::Serve {
+            config: None,
             api_listen,
             provider_url,
             report_deadline_secs,

@@ -562,7 +562,8 @@ mod tests {
         /// A telemetry reading of `printer`'s page counter at `at`.
         fn counter_at(&mut self, printer: &str, value: u64, at: DateTime<Utc>) {
             let mut t: Telemetry =
-                serde_json::from_str(include_str!("../../protocol/golden/telemetry.json")).unwrap();
+                platen_protocol::decode(include_bytes!("../../protocol/golden/telemetry.json"))
+                    .unwrap();
             self.seq += 1;
             t.printer_id = printer.parse().unwrap();
             t.seq = self.seq;

@@ -473,7 +473,7 @@ mod tests {
         let st = ReadingStore::open(&db).unwrap();
         let tenant: Id = "acme".parse().unwrap();
         let golden = include_str!("../../protocol/golden/telemetry.json");
-        let mut t: Telemetry = serde_json::from_str(golden).unwrap();
+        let mut t: Telemetry = platen_protocol::decode(golden.as_bytes()).unwrap();
         let mut put = |read_at: DateTime<Utc>, seq: u64| {
             t.seq = seq;
             t.reading.as_mut().unwrap().read_at = read_at;

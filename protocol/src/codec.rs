@@ -2,11 +2,26 @@
 //!
 //! Decoding refuses, with an error that says what is wrong: payloads over
 //! [`MAX_MESSAGE_BYTES`], invalid UTF-8/JSON, unknown fields, wrong types, nesting
-//! deeper than serde_json's limit (128), and messages that fail the type's own checks.
+//! deeper than serde_json's limit (128), messages of a newer major protocol version,
+//! and messages that fail the type's own checks.
+//!
+//! Every message carries the protocol version as its first field,
+//! `"protocol": "1.0"` ([`PROTOCOL_VERSION`]). A message without it is taken as
+//! 1.0 (agents and clouds before the field existed); a newer minor version is
+//! accepted (minor versions only add optional fields, which our strict decoding
+//! still refuses if they are present); a newer major version is refused with
+//! [`DecodeError::UnsupportedProtocol`].
 
 use crate::{ApplyReport, DesiredConfig, Health};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The protocol version this build speaks: `(major, minor)`.
+pub const PROTOCOL: (u16, u16) = (1, 0);
+/// [`PROTOCOL`] as it appears on the wire.
+pub const PROTOCOL_VERSION: &str = "1.0";
+/// The envelope field that carries the protocol version.
+pub const PROTOCOL_FIELD: &str = "protocol";
 
 /// Largest message accepted or produced, in bytes. The MQTT client's maximum packet
 /// size is set above this, so an oversized message is refused by us, with a reason,
@@ -25,6 +40,8 @@ pub enum DecodeError {
     },
     #[error("invalid {kind}: {reason}")]
     Invalid { kind: &'static str, reason: String },
+    #[error("{kind} uses protocol {version}; this build speaks {PROTOCOL_VERSION} (upgrade it)")]
+    UnsupportedProtocol { kind: &'static str, version: String },
 }
 
 /// A message type that can be checked after parsing.
@@ -78,6 +95,16 @@ impl Message for crate::DiagResponse {
     const KIND: &'static str = "diag response";
 }
 
+/// Parse a protocol version `"MAJOR.MINOR"`.
+pub fn parse_protocol(v: &str) -> Option<(u16, u16)> {
+    let (major, minor) = v.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// Decode a message strictly.
 pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -94,10 +121,14 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
             reason: "expected a JSON object".into(),
         });
     }
-    let msg: T = serde_json::from_slice(bytes).map_err(|source| DecodeError::Json {
+    let json = |source| DecodeError::Json {
         kind: T::KIND,
         source,
-    })?;
+    };
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(json)?;
+    check_protocol::<T>(object.remove(PROTOCOL_FIELD))?;
+    let msg: T = serde_json::from_value(serde_json::Value::Object(object)).map_err(json)?;
     msg.check().map_err(|reason| DecodeError::Invalid {
         kind: T::KIND,
         reason,
@@ -105,11 +136,75 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(msg)
 }
 
-/// Encode a message as compact JSON.
+fn check_protocol<T: Message>(field: Option<serde_json::Value>) -> Result<(), DecodeError> {
+    let Some(field) = field else {
+        return Ok(()); // before the field existed: 1.0
+    };
+    let invalid = || DecodeError::Invalid {
+        kind: T::KIND,
+        reason: format!("{PROTOCOL_FIELD} must be a \"MAJOR.MINOR\" string"),
+    };
+    let text = field.as_str().ok_or_else(invalid)?;
+    let (major, _minor) = parse_protocol(text).ok_or_else(invalid)?;
+    if major != PROTOCOL.0 {
+        return Err(DecodeError::UnsupportedProtocol {
+            kind: T::KIND,
+            version: text.chars().take(16).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// Decode only the envelope's protocol version (`None` when absent or unreadable):
+/// lets a receiver tell the sender *why* a message of a newer version was refused.
+pub fn peek_protocol(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        protocol: Option<String>,
+    }
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Envelope>(bytes).ok()?.protocol
+}
+
+/// Encode a message as compact JSON, with the protocol version as its first field.
 pub fn encode<T: Message>(msg: &T) -> Vec<u8> {
     // Serialising these plain structs (string keys, no maps with non-string keys)
     // cannot fail; fall back to an empty object rather than panic if it ever did.
-    serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec())
+    let body = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
+    with_envelope(body, false)
+}
+
+/// [`encode`], indented (golden files, CLI output).
+pub fn encode_pretty<T: Message>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec_pretty(msg).unwrap_or_else(|_| b"{}".to_vec());
+    with_envelope(body, true)
+}
+
+fn with_envelope(body: Vec<u8>, pretty: bool) -> Vec<u8> {
+    // `body` is a serialized struct: it starts with '{'.
+    let rest = body.get(1..).unwrap_or_default();
+    let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+    let mut out = Vec::with_capacity(body.len() + 24);
+    out.push(b'{');
+    if pretty {
+        out.extend_from_slice(b"\n  ");
+    }
+    out.extend_from_slice(b"\"protocol\":");
+    if pretty {
+        out.push(b' ');
+    }
+    out.push(b'"');
+    out.extend_from_slice(PROTOCOL_VERSION.as_bytes());
+    out.push(b'"');
+    if empty {
+        out.extend_from_slice(if pretty { b"\n}" } else { b"}" });
+    } else {
+        out.push(b',');
+        out.extend_from_slice(rest);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -160,7 +255,7 @@ mod tests {
         let again: T = decode(&encode(&msg)).unwrap();
         assert_eq!(msg, again);
         // The golden file is the canonical pretty form of the message.
-        let pretty = serde_json::to_string_pretty(&msg).unwrap();
+        let pretty = String::from_utf8(encode_pretty(&msg)).unwrap();
         assert_eq!(pretty.trim(), golden.trim(), "golden file is not canonical");
         msg
     }
@@ -253,6 +348,47 @@ mod tests {
                 "input {input:?}\n error {err}\n wanted {want}"
             );
         }
+    }
+
+    #[test]
+    fn protocol_versions() {
+        let c: DesiredConfig = decode(GOLDEN_DESIRED.as_bytes()).unwrap();
+        let wire = String::from_utf8(encode(&c)).unwrap();
+        assert!(
+            wire.starts_with("{\"protocol\":\"1.0\",\"printer_id\""),
+            "{wire}"
+        );
+        let bare = wire.replacen("\"protocol\":\"1.0\",", "", 1);
+        assert_eq!(
+            decode::<DesiredConfig>(bare.as_bytes()).unwrap(),
+            c,
+            "absent = 1.0"
+        );
+        let minor = wire.replacen("1.0", "1.7", 1);
+        assert_eq!(decode::<DesiredConfig>(minor.as_bytes()).unwrap(), c);
+        let major = wire.replacen("1.0", "2.0", 1);
+        let err = decode::<DesiredConfig>(major.as_bytes()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::UnsupportedProtocol { .. }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "desired config uses protocol 2.0; this build speaks 1.0 (upgrade it)"
+        );
+        assert_eq!(peek_protocol(major.as_bytes()).as_deref(), Some("2.0"));
+        for bad in ["1", "1.x", "", "1.0.0", "99999999.0", "-1.0"] {
+            let text = wire.replacen("\"1.0\"", &format!("{bad:?}"), 1);
+            let err = decode::<DesiredConfig>(text.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("MAJOR.MINOR"), "{bad}: {err}");
+        }
+        let number = wire.replacen("\"1.0\"", "1.0", 1);
+        assert!(decode::<DesiredConfig>(number.as_bytes()).is_err());
+        // An empty struct still gets a well-formed envelope.
+        assert_eq!(
+            with_envelope(b"{}".to_vec(), false),
+            b"{\"protocol\":\"1.0\"}"
+        );
     }
 
     #[test]

@@ -18,10 +18,14 @@ pub enum HealthStatus {
 pub struct Health {
     pub agent_id: Id,
     pub status: HealthStatus,
-    /// The agent's version (crate version).
+    /// The agent's version: crate version and git commit (`0.1.0+1a2b3c4d5e6f`).
     pub version: String,
     /// When this status was set. For the last will, when the agent connected.
     pub since: DateTime<Utc>,
+    /// Seconds since the agent process started (absent in the last will). An `up`
+    /// message is republished every minute, so this stays current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<u64>,
     /// Why the agent is not up, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

@@ -11,7 +11,8 @@
 //! - [`Telemetry`]: counters, supplies, status, alerts and derived events.
 //! - [`DriftReport`]: verified settings changed outside Platen (code 203).
 //! - [`diag`]: remote diagnostics request and response.
-//! - [`codec`]: strict decoding with a size limit; unknown fields are errors.
+//! - [`codec`]: strict decoding with a size limit; unknown fields are errors; every
+//!   message carries `"protocol": "1.0"` and a newer major version is refused.
 //!
 //! The codes are documented in `protocol/README.md`; golden examples live in
 //! `protocol/golden/` and are round-tripped by the tests.
@@ -26,12 +27,12 @@ pub mod report;
 pub mod telemetry;
 pub mod topics;
 
-pub use codec::{decode, encode, DecodeError, MAX_MESSAGE_BYTES};
+pub use codec::{decode, encode, DecodeError, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 pub use config::{DesiredConfig, SettingValue, MAX_SETTINGS};
 pub use diag::{DiagRequest, DiagResponse, PrinterDiag};
 pub use drift::{DriftReport, DriftedSetting};
 pub use health::{Health, HealthStatus};
 pub use ids::{Id, IdError};
-pub use report::{ApplyReport, Code, ReportStatus, SettingResult};
+pub use report::{ApplyReport, Code, Refusal, ReportStatus, SettingResult};
 pub use telemetry::Telemetry;
 pub use topics::{Topic, TopicError};

@@ -31,10 +31,13 @@ pub enum Code {
     AgentError,
     /// 504: the printer did not answer (timeout after bounded retries).
     Unreachable,
+    /// 505: the whole desired config was refused: it uses a newer major protocol
+    /// version than this agent speaks (report-level, see [`ApplyReport::refused`]).
+    ProtocolUnsupported,
 }
 
 impl Code {
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::Verified,
         Code::AcceptedPending,
         Code::Drift,
@@ -46,6 +49,7 @@ impl Code {
         Code::PrerequisiteFailed,
         Code::AgentError,
         Code::Unreachable,
+        Code::ProtocolUnsupported,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -61,6 +65,7 @@ impl Code {
             Code::PrerequisiteFailed => 424,
             Code::AgentError => 500,
             Code::Unreachable => 504,
+            Code::ProtocolUnsupported => 505,
         }
     }
 
@@ -82,6 +87,7 @@ impl Code {
             Code::PrerequisiteFailed => "prerequisite failed",
             Code::AgentError => "agent error",
             Code::Unreachable => "printer unreachable",
+            Code::ProtocolUnsupported => "protocol version not supported",
         }
     }
 }
@@ -185,6 +191,19 @@ pub struct ApplyReport {
     pub received_at: DateTime<Utc>,
     /// When the agent finished with it.
     pub completed_at: DateTime<Utc>,
+    /// Set when the agent refused the whole config without touching the printer
+    /// (then `status` is `not_applied` and `settings` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<Refusal>,
+}
+
+/// Why a desired config was refused as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    pub code: Code,
+    /// Human-readable reason. Never holds secrets.
+    pub detail: String,
 }
 
 impl ApplyReport {
@@ -210,6 +229,11 @@ impl ApplyReport {
         }
         if self.completed_at < self.received_at {
             return Err("completed_at is before received_at".into());
+        }
+        if self.refused.is_some()
+            && (self.status != ReportStatus::NotApplied || !self.settings.is_empty())
+        {
+            return Err("a refused config is not_applied and has no settings".into());
         }
         Ok(())
     }

@@ -1,0 +1,301 @@
+//! Prometheus metrics (`[metrics] enabled = true` → `GET http://{listen}/metrics`).
+//!
+//! Counters and histograms are recorded where things happen (process-wide, like
+//! Prometheus' default registry: recording is a few atomic operations whether or not
+//! the endpoint is on). Gauges that mirror state (outbox depth and age, telemetry
+//! staleness, uptime, broker connection) are read from the store and the status board
+//! at scrape time, so they are never stale.
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `platen_agent_info` | gauge (1) | `version`, `commit`, `protocol` |
+//! | `platen_agent_uptime_seconds` | gauge | |
+//! | `platen_reports_total` | counter | `status` (applied, partially_applied, not_applied, superseded) |
+//! | `platen_report_settings_total` | counter | `code` (200, 403, 505, …) |
+//! | `platen_outbox_depth` | gauge | |
+//! | `platen_outbox_oldest_age_seconds` | gauge | (0 when empty) |
+//! | `platen_snmp_request_duration_seconds` | histogram | `printer`, `op` (get, set, walk) |
+//! | `platen_snmp_errors_total` | counter | `printer`, `kind` (timeout, status, network, malformed, other) |
+//! | `platen_mqtt_connected` | gauge (0/1) | |
+//! | `platen_mqtt_reconnects_total` | counter | |
+//! | `platen_telemetry_age_seconds` | gauge | `printer`: time since the last good reading (since start before the first) |
+
+use crate::snmp::SnmpError;
+use crate::status::Board;
+use crate::store::Store;
+use chrono::Utc;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Info {
+    version: String,
+    commit: String,
+    protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    printer: String,
+    op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    printer: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PrinterLabel {
+    printer: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~16 s, doubling.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The agent's metrics.
+pub struct Metrics {
+    started: Instant,
+    registry: Registry,
+    uptime: FloatGauge,
+    reports: Family<StatusLabel, Counter>,
+    settings: Family<CodeLabel, Counter>,
+    outbox_depth: Gauge,
+    outbox_age: FloatGauge,
+    snmp_latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    snmp_errors: Family<ErrorLabels, Counter>,
+    mqtt_connected: Gauge,
+    mqtt_reconnects: Counter,
+    telemetry_age: Family<PrinterLabel, FloatGauge>,
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("platen");
+        let info = Family::<Info, Gauge>::default();
+        info.get_or_create(&Info {
+            version: platen_ops::version::VERSION.into(),
+            commit: platen_ops::version::GIT_COMMIT.into(),
+            protocol: platen_protocol::PROTOCOL_VERSION.into(),
+        })
+        .set(1);
+        registry.register("agent_info", "Build of this agent", info);
+        let m = Metrics {
+            started: Instant::now(),
+            uptime: FloatGauge::default(),
+            reports: Family::default(),
+            settings: Family::default(),
+            outbox_depth: Gauge::default(),
+            outbox_age: FloatGauge::default(),
+            snmp_latency: Family::new_with_constructor(latency_histogram),
+            snmp_errors: Family::default(),
+            mqtt_connected: Gauge::default(),
+            mqtt_reconnects: Counter::default(),
+            telemetry_age: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "agent_uptime_seconds",
+            "Time since the agent started",
+            m.uptime.clone(),
+        );
+        registry.register(
+            "reports",
+            "Apply reports queued, by status",
+            m.reports.clone(),
+        );
+        registry.register(
+            "report_settings",
+            "Settings in queued apply reports, by code (a refused config counts its refusal code)",
+            m.settings.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Messages in the outbox not yet acknowledged by the broker",
+            m.outbox_depth.clone(),
+        );
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest message in the outbox (0 when empty)",
+            m.outbox_age.clone(),
+        );
+        registry.register(
+            "snmp_request_duration_seconds",
+            "SNMP request latency per printer and operation (with retries)",
+            m.snmp_latency.clone(),
+        );
+        registry.register(
+            "snmp_errors",
+            "Failed SNMP requests per printer and kind",
+            m.snmp_errors.clone(),
+        );
+        registry.register(
+            "mqtt_connected",
+            "1 while connected to the broker",
+            m.mqtt_connected.clone(),
+        );
+        registry.register(
+            "mqtt_reconnects",
+            "Connections to the broker after the first",
+            m.mqtt_reconnects.clone(),
+        );
+        registry.register(
+            "telemetry_age_seconds",
+            "Time since the printer's last good telemetry reading",
+            m.telemetry_age.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A report was queued.
+    pub fn report(&self, report: &platen_protocol::ApplyReport) {
+        self.reports
+            .get_or_create(&StatusLabel {
+                status: report.status.as_str().into(),
+            })
+            .inc();
+        for s in &report.settings {
+            self.count_code(s.code);
+        }
+        if let Some(r) = &report.refused {
+            self.count_code(r.code);
+        }
+    }
+
+    fn count_code(&self, code: platen_protocol::Code) {
+        self.settings
+            .get_or_create(&CodeLabel {
+                code: code.as_u16().to_string(),
+            })
+            .inc();
+    }
+
+    /// One SNMP request to `printer` took `took`, with this outcome.
+    pub fn snmp(&self, printer: &str, op: &str, took: Duration, error: Option<&SnmpError>) {
+        self.snmp_latency
+            .get_or_create(&OpLabels {
+                printer: printer.into(),
+                op: op.into(),
+            })
+            .observe(took.as_secs_f64());
+        if let Some(e) = error {
+            let kind = match e {
+                SnmpError::Timeout { .. } => "timeout",
+                SnmpError::Status { .. } => "status",
+                SnmpError::Network(_) => "network",
+                SnmpError::Malformed(_) => "malformed",
+                SnmpError::Other(_) => "other",
+            };
+            self.snmp_errors
+                .get_or_create(&ErrorLabels {
+                    printer: printer.into(),
+                    kind: kind.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// The broker acknowledged a connection; `nth` counts them from 1.
+    pub fn connected(&self, nth: u64) {
+        if nth > 1 {
+            self.mqtt_reconnects.inc();
+        }
+    }
+
+    /// Refresh the state gauges and render the text exposition.
+    pub fn render(&self, store: &Store, board: &Board, connected: bool) -> String {
+        let now = Utc::now();
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        self.outbox_depth
+            .set(i64::try_from(store.outbox_len()).unwrap_or(i64::MAX));
+        let age = store
+            .oldest_pending()
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        self.outbox_age.set(age);
+        self.mqtt_connected.set(i64::from(connected));
+        let snap = board.get();
+        let started = snap.started_at.unwrap_or(now);
+        for (id, p) in &snap.printers {
+            let since = p.last_good_at.unwrap_or(started);
+            self.telemetry_age
+                .get_or_create(&PrinterLabel {
+                    printer: id.clone(),
+                })
+                .set((now - since).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Serve `GET /metrics` on `listen` until `stop` turns true.
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    store: Store,
+    board: Board,
+    link: crate::mqtt::MqttLink,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use axum::http::header::CONTENT_TYPE;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "metrics on http://{listen}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (store, board, link) = (store.clone(), board.clone(), link.clone());
+            async move {
+                let body = get().render(&store, &board, link.is_connected());
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "metrics endpoint stopped");
+        }
+    }))
+}

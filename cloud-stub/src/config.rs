@@ -1,0 +1,252 @@
+//! `platen-cloud serve --config FILE`: the cloud's configuration file (TOML),
+//! overridden by `PLATEN_…` environment variables (see [`platen_ops::config`]).
+//!
+//! The commented example is `packaging/cloud.example.toml`. Without `--config`, `serve`
+//! takes its settings from command-line flags (the demo and the tests do).
+
+use crate::engine::EngineConfig;
+use crate::server::ServerConfig;
+use platen_ops::config::{Check, FieldPath, Source};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use platen_ops::config::ConfigError;
+
+/// Top-level keys that `PLATEN_…` variables may override.
+pub const ENV_ROOTS: &[&str] = &[
+    "state_dir",
+    "catalog",
+    "broker",
+    "api",
+    "provider",
+    "engine",
+];
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CloudConfig {
+    /// Where the cloud keeps its sled database (contracts, reports, ledger).
+    pub state_dir: PathBuf,
+    /// Plan catalog and migration rules; without one, plans come from the API and
+    /// migrations are refused.
+    pub catalog: Option<PathBuf>,
+    pub broker: Broker,
+    #[serde(default)]
+    pub api: Api,
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default)]
+    pub engine: Engine,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Broker {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Stable client id (the cloud keeps a persistent session).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Api {
+    /// The HTTP API's address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Provider {
+    /// Base URL of the service provider.
+    #[serde(default = "default_provider_url")]
+    pub url: String,
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_secs: u64,
+    /// Upper bound of the retry backoff towards the provider.
+    #[serde(default = "default_provider_retry_max")]
+    pub retry_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Engine {
+    /// How often open changes and scheduled migrations are re-examined.
+    #[serde(default = "default_tick")]
+    pub tick_ms: u64,
+    /// A published config without a report after this long is a fault.
+    #[serde(default = "default_deadline")]
+    pub report_deadline_secs: u64,
+    /// After a failed attempt, publish the settings again after this long.
+    #[serde(default = "default_republish")]
+    pub republish_after_secs: u64,
+}
+
+fn default_port() -> u16 {
+    1883
+}
+fn default_client_id() -> String {
+    "platen-cloud".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_provider_url() -> String {
+    EngineConfig::default().provider_url
+}
+fn default_provider_timeout() -> u64 {
+    EngineConfig::default().provider_timeout.as_secs()
+}
+fn default_provider_retry_max() -> u64 {
+    EngineConfig::default().provider_retry_max.as_secs()
+}
+fn default_tick() -> u64 {
+    EngineConfig::default().tick.as_millis() as u64
+}
+fn default_deadline() -> u64 {
+    EngineConfig::default().report_deadline.as_secs()
+}
+fn default_republish() -> u64 {
+    EngineConfig::default().republish_after.as_secs()
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            listen: default_listen(),
+        }
+    }
+}
+impl Default for Provider {
+    fn default() -> Self {
+        Provider {
+            url: default_provider_url(),
+            timeout_secs: default_provider_timeout(),
+            retry_max_secs: default_provider_retry_max(),
+        }
+    }
+}
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            tick_ms: default_tick(),
+            report_deadline_secs: default_deadline(),
+            republish_after_secs: default_republish(),
+        }
+    }
+}
+
+impl CloudConfig {
+    /// Read `path` with this process's `PLATEN_…` overrides.
+    pub fn load(path: &Path) -> Result<(Self, Source), ConfigError> {
+        platen_ops::config::load(
+            path,
+            &platen_ops::config::process_env(),
+            ENV_ROOTS,
+            Self::checks,
+        )
+    }
+
+    /// Parse text with the given overrides; `path` is only used in messages.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<(Self, Source), ConfigError> {
+        platen_ops::config::parse(text, path, env, ENV_ROOTS, Self::checks)
+    }
+
+    fn checks(&self) -> Vec<Check> {
+        let mut out: Vec<Check> = Vec::new();
+        let mut bad = |f: &str, m: &str| out.push((FieldPath::parse(f), m.to_string()));
+        if self.broker.host.trim().is_empty() {
+            bad("broker.host", "must not be empty");
+        }
+        if self.broker.port == 0 {
+            bad("broker.port", "must not be 0");
+        }
+        if self.broker.client_id.trim().is_empty() {
+            bad("broker.client_id", "must not be empty");
+        }
+        let url = &self.provider.url;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            bad("provider.url", "must start with http:// or https://");
+        }
+        if self.provider.timeout_secs == 0 {
+            bad("provider.timeout_secs", "must be at least 1");
+        }
+        if self.engine.tick_ms < 10 {
+            bad("engine.tick_ms", "must be at least 10");
+        }
+        if self.engine.report_deadline_secs == 0 {
+            bad("engine.report_deadline_secs", "must be at least 1");
+        }
+        out
+    }
+
+    /// The server's settings; the catalog is loaded by the caller (it has its own
+    /// checks and messages).
+    pub fn server(&self, catalog: Option<crate::catalog::Catalog>) -> ServerConfig {
+        ServerConfig {
+            broker_host: self.broker.host.clone(),
+            broker_port: self.broker.port,
+            client_id: self.broker.client_id.clone(),
+            state_dir: self.state_dir.clone(),
+            api_listen: self.api.listen,
+            engine: EngineConfig {
+                tick: Duration::from_millis(self.engine.tick_ms),
+                report_deadline: Duration::from_secs(self.engine.report_deadline_secs),
+                republish_after: Duration::from_secs(self.engine.republish_after_secs),
+                provider_url: self.provider.url.clone(),
+                provider_timeout: Duration::from_secs(self.provider.timeout_secs),
+                provider_retry_max: Duration::from_secs(self.provider.retry_max_secs),
+            },
+            catalog,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../packaging/cloud.example.toml");
+
+    #[test]
+    fn the_example_is_valid_and_documents_every_setting() {
+        let (c, _) = CloudConfig::parse(EXAMPLE, Path::new("cloud.toml"), &[]).unwrap();
+        let s = c.server(None);
+        assert_eq!(s.engine.report_deadline, Duration::from_secs(60));
+        let shown = toml::to_string(&c).unwrap();
+        for line in shown.lines() {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            let documented = EXAMPLE.lines().any(|l| {
+                l.trim_start()
+                    .trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{key} ="))
+            });
+            assert!(documented, "{key} is not in packaging/cloud.example.toml");
+        }
+    }
+
+    #[test]
+    fn problems_and_overrides() {
+        let env = vec![("PLATEN_API__LISTEN".to_string(), "0.0.0.0:9000".to_string())];
+        let (c, _) = CloudConfig::parse(EXAMPLE, Path::new("cloud.toml"), &env).unwrap();
+        assert_eq!(c.api.listen.port(), 9000);
+        let bad = EXAMPLE
+            .replace("url = \"http://127.0.0.1:8090\"", "url = \"ftp://x\"")
+            .replace("tick_ms = 500", "tick_ms = 1\ntik = 2");
+        let err = CloudConfig::parse(&bad, Path::new("cloud.toml"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("engine.tik: unknown key"), "{err}");
+        assert!(err.contains("provider.url: must start with"), "{err}");
+        assert!(err.contains("engine.tick_ms: must be at least 10"), "{err}");
+        assert_eq!(err.lines().count(), 3, "{err}");
+    }
+}
