@@ -626,10 +626,22 @@ pub struct AgentProc {
     pub state_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl AgentProc {
     pub fn start(dir: &Path, config_text: &str) -> AgentProc {
+        Self::start_with(dir, config_text, &[], &[])
+    }
+
+    /// Start with extra environment variables and extra `run` arguments.
+    pub fn start_with(
+        dir: &Path,
+        config_text: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> AgentProc {
         let config = dir.join("agent.toml");
         std::fs::write(&config, config_text).expect("write agent.toml");
         let state_dir = dir.join("state");
@@ -638,6 +650,11 @@ impl AgentProc {
             state_dir,
             log: dir.join("agent.log"),
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         a.launch();
         a
@@ -653,7 +670,9 @@ impl AgentProc {
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .env("RUST_LOG", "debug,async_snmp=off,sled=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
