@@ -6,7 +6,7 @@
 //! `FILE:LINE` or the environment variable that set it.
 
 use crate::secret::Secret;
-use platen_ops::config::{Check, FieldPath, Source};
+use platen_ops::config::{Check, ConfigFile, FieldPath};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -307,33 +307,18 @@ impl PrinterConfig {
 impl AgentConfig {
     /// Read `path` with this process's `PLATEN_…` overrides.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_source(path).map(|(c, _)| c)
-    }
-
-    /// [`load`](Self::load), keeping where each value came from (`config show`).
-    pub fn load_with_source(path: &Path) -> Result<(Self, Source), ConfigError> {
-        platen_ops::config::load(
-            path,
-            &platen_ops::config::process_env(),
-            ENV_ROOTS,
-            Self::checks,
-        )
+        Self::load_file(path).map(|(c, _)| c)
     }
 
     /// Parse and validate text without environment overrides; `path` is only used in
     /// messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        Self::parse_with_env(text, path, &[]).map(|(c, _)| c)
+        Self::parse_text(text, path, &[]).map(|(c, _)| c)
     }
+}
 
-    /// Parse with the given `PLATEN_…` variables.
-    pub fn parse_with_env(
-        text: &str,
-        path: &Path,
-        env: &[(String, String)],
-    ) -> Result<(Self, Source), ConfigError> {
-        platen_ops::config::parse(text, path, env, ENV_ROOTS, Self::checks)
-    }
+impl ConfigFile for AgentConfig {
+    const ENV_ROOTS: &'static [&'static str] = ENV_ROOTS;
 
     /// Every check beyond the types, each with its field.
     fn checks(&self) -> Vec<Check> {
@@ -548,7 +533,7 @@ community = "private"
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let (c, source) = AgentConfig::parse_with_env(GOOD, Path::new("a.toml"), &env).unwrap();
+        let (c, source) = AgentConfig::parse_text(GOOD, Path::new("a.toml"), &env).unwrap();
         assert_eq!(c.broker.host, "mqtt.internal");
         assert_eq!(c.broker.password.as_ref().map(|p| p.expose()), Some("1234"));
         assert_eq!(c.printers[0].community.expose(), "from-env");
@@ -568,7 +553,7 @@ community = "private"
         let again = AgentConfig::parse(&shown, Path::new("shown.toml")).unwrap();
         assert_eq!(again.telemetry.interval_secs, 30);
         let bad = vec![("PLATEN_BROKER__PORT".to_string(), "eighty".to_string())];
-        let err = AgentConfig::parse_with_env(GOOD, Path::new("a.toml"), &bad)
+        let err = AgentConfig::parse_text(GOOD, Path::new("a.toml"), &bad)
             .err()
             .unwrap();
         assert!(

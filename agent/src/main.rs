@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use platen_agent::config::AgentConfig;
-use platen_ops::logging::LogFormat;
+use platen_ops::config::ConfigFile;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,15 +15,8 @@ mod cli;
     about = "Applies desired printer configuration over SNMP and reports it over MQTT"
 )]
 struct Cli {
-    /// Log lines as text (default) or JSON objects; levels from RUST_LOG.
-    #[arg(
-        long,
-        value_enum,
-        global = true,
-        env = "PLATEN_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: platen_ops::logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,21 +101,7 @@ fn main() -> ExitCode {
         },
         Command::Config {
             command: ConfigCommand::Show { config },
-        } => {
-            let shown = AgentConfig::load_with_source(&config)
-                .map_err(|e| e.to_string())
-                .and_then(|(c, source)| platen_ops::config::show(&c, &source));
-            match shown {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        } => AgentConfig::show_command(&config),
         Command::Diag {
             printers,
             config,
@@ -133,7 +112,7 @@ fn main() -> ExitCode {
         Command::Status { config, json } => cli::status(&config, json),
         Command::Discover(args) => runtime_then(|| cli::discover(args)),
         Command::Run { config } => {
-            platen_ops::logging::init(cli.log_format, LOG_DEFAULT);
+            platen_ops::logging::init(cli.log.log_format, LOG_DEFAULT);
             let cfg = match AgentConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {

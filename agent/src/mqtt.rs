@@ -215,6 +215,18 @@ impl MqttLink {
         }
     }
 
+    /// Publish retained health `up` with the current uptime; false if not sent.
+    fn publish_up(&self, topic: &str) -> bool {
+        let up = health(
+            &self.agent,
+            HealthStatus::Up,
+            self.since,
+            Some(self.started.elapsed()),
+            None,
+        );
+        self.publish_tagged(Tag::Untracked, topic, up, true)
+    }
+
     /// Graceful stop: publish retained health `down` and disconnect.
     pub fn shutdown(&self, reason: &str) {
         let payload = health(
@@ -335,17 +347,8 @@ async fn pump_loop(
         }
         let health_due =
             health_at.is_some_and(|t| t.elapsed() >= HEALTH_EVERY) && lock(&link.state).connected;
-        if health_due {
-            let up = health(
-                &link.agent,
-                HealthStatus::Up,
-                link.since,
-                Some(link.started.elapsed()),
-                None,
-            );
-            if link.publish_tagged(Tag::Untracked, &health_topic, up, true) {
-                health_at = Some(std::time::Instant::now());
-            }
+        if health_due && link.publish_up(&health_topic) {
+            health_at = Some(std::time::Instant::now());
         }
         if setup {
             let filters = subscriptions
@@ -357,14 +360,7 @@ async fn pump_loop(
                     lock(&link.state).fresh_session = true;
                 }
             }
-            let up = health(
-                &link.agent,
-                HealthStatus::Up,
-                link.since,
-                Some(link.started.elapsed()),
-                None,
-            );
-            if link.publish_tagged(Tag::Untracked, &health_topic, up, true) {
+            if link.publish_up(&health_topic) {
                 health_at = Some(std::time::Instant::now());
             } else {
                 lock(&link.state).fresh_session = true;

@@ -6,10 +6,10 @@
 
 use crate::engine::EngineConfig;
 use crate::server::ServerConfig;
-use platen_ops::config::{Check, FieldPath, Source};
+use platen_ops::config::{Check, ConfigFile, FieldPath};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use platen_ops::config::ConfigError;
@@ -136,25 +136,8 @@ impl Default for Engine {
     }
 }
 
-impl CloudConfig {
-    /// Read `path` with this process's `PLATEN_…` overrides.
-    pub fn load(path: &Path) -> Result<(Self, Source), ConfigError> {
-        platen_ops::config::load(
-            path,
-            &platen_ops::config::process_env(),
-            ENV_ROOTS,
-            Self::checks,
-        )
-    }
-
-    /// Parse text with the given overrides; `path` is only used in messages.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        env: &[(String, String)],
-    ) -> Result<(Self, Source), ConfigError> {
-        platen_ops::config::parse(text, path, env, ENV_ROOTS, Self::checks)
-    }
+impl ConfigFile for CloudConfig {
+    const ENV_ROOTS: &'static [&'static str] = ENV_ROOTS;
 
     fn checks(&self) -> Vec<Check> {
         let mut out: Vec<Check> = Vec::new();
@@ -183,7 +166,9 @@ impl CloudConfig {
         }
         out
     }
+}
 
+impl CloudConfig {
     /// The server's settings; the catalog is loaded by the caller (it has its own
     /// checks and messages).
     pub fn server(&self, catalog: Option<crate::catalog::Catalog>) -> ServerConfig {
@@ -209,12 +194,13 @@ impl CloudConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const EXAMPLE: &str = include_str!("../../packaging/cloud.example.toml");
 
     #[test]
     fn the_example_is_valid_and_documents_every_setting() {
-        let (c, _) = CloudConfig::parse(EXAMPLE, Path::new("cloud.toml"), &[]).unwrap();
+        let (c, _) = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &[]).unwrap();
         let s = c.server(None);
         assert_eq!(s.engine.report_deadline, Duration::from_secs(60));
         let shown = toml::to_string(&c).unwrap();
@@ -235,12 +221,12 @@ mod tests {
     #[test]
     fn problems_and_overrides() {
         let env = vec![("PLATEN_API__LISTEN".to_string(), "0.0.0.0:9000".to_string())];
-        let (c, _) = CloudConfig::parse(EXAMPLE, Path::new("cloud.toml"), &env).unwrap();
+        let (c, _) = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &env).unwrap();
         assert_eq!(c.api.listen.port(), 9000);
         let bad = EXAMPLE
             .replace("url = \"http://127.0.0.1:8090\"", "url = \"ftp://x\"")
             .replace("tick_ms = 500", "tick_ms = 1\ntik = 2");
-        let err = CloudConfig::parse(&bad, Path::new("cloud.toml"), &[])
+        let err = CloudConfig::parse_text(&bad, Path::new("cloud.toml"), &[])
             .err()
             .unwrap()
             .to_string();

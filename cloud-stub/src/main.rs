@@ -17,15 +17,8 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(name = "platen-cloud", version = platen_ops::version::long(), about = "Platen cloud stub")]
 struct Cli {
-    /// Log lines as text (default) or JSON objects; levels from RUST_LOG.
-    #[arg(
-        long,
-        value_enum,
-        global = true,
-        env = "PLATEN_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: platen_ops::logging::LogFormat,
+    #[command(flatten)]
+    log: platen_ops::logging::LogArgs,
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1", global = true)]
     host: String,
@@ -565,9 +558,10 @@ async fn run_server(cfg: platen_cloud::server::ServerConfig) -> ExitCode {
 
 fn config_cmd(cmd: &ConfigCmd) -> ExitCode {
     use platen_cloud::config::CloudConfig;
+    use platen_ops::config::ConfigFile;
     match cmd {
         ConfigCmd::Check { file } => {
-            let cfg = match CloudConfig::load(file) {
+            let cfg = match CloudConfig::load_file(file) {
                 Ok((c, _)) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -593,21 +587,7 @@ fn config_cmd(cmd: &ConfigCmd) -> ExitCode {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }
-        ConfigCmd::Show { config } => {
-            let shown = CloudConfig::load(config)
-                .map_err(|e| e.to_string())
-                .and_then(|(c, source)| platen_ops::config::show(&c, &source));
-            match shown {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        ConfigCmd::Show { config } => CloudConfig::show_command(config),
     }
 }
 
@@ -690,13 +670,13 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    platen_ops::logging::init(cli.log_format, default_level);
+    platen_ops::logging::init(cli.log.log_format, default_level);
     match &cli.command {
         Command::Config { command } => return config_cmd(command),
         Command::Serve {
             config: Some(file), ..
         } => {
-            let cfg = match platen_cloud::config::CloudConfig::load(file) {
+            let cfg = match <platen_cloud::config::CloudConfig as platen_ops::config::ConfigFile>::load_file(file) {
                 Ok((c, _)) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -256,6 +256,48 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// A daemon's configuration file: its keys, its checks; loading, and the
+/// `config show` command, come with it.
+pub trait ConfigFile: DeserializeOwned + serde::Serialize + Sized {
+    /// Top-level keys that `PLATEN_…` variables may override.
+    const ENV_ROOTS: &'static [&'static str];
+
+    /// Every check beyond the types, each with its field.
+    fn checks(&self) -> Vec<Check>;
+
+    /// Read `path` with this process's `PLATEN_…` overrides.
+    fn load_file(path: &Path) -> Result<(Self, Source), ConfigError> {
+        load(path, &process_env(), Self::ENV_ROOTS, Self::checks)
+    }
+
+    /// Parse text with the given overrides; `path` is only used in messages.
+    fn parse_text(
+        text: &str,
+        path: &Path,
+        env: &[(String, String)],
+    ) -> Result<(Self, Source), ConfigError> {
+        parse(text, path, env, Self::ENV_ROOTS, Self::checks)
+    }
+
+    /// `config show`: print the effective configuration (exit 0), or the problems
+    /// (exit 2).
+    fn show_command(path: &Path) -> std::process::ExitCode {
+        let shown = Self::load_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|(c, source)| show(&c, &source));
+        match shown {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::from(2)
+            }
+        }
+    }
+}
+
 /// The `PLATEN_…` variables of this process.
 pub fn process_env() -> Vec<(String, String)> {
     std::env::vars()

@@ -12,6 +12,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--log-format` option both daemons take (also `PLATEN_LOG_FORMAT`).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct LogArgs {
+    /// Log lines as text (default) or JSON objects; levels from RUST_LOG.
+    #[arg(
+        long,
+        value_enum,
+        global = true,
+        env = "PLATEN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
 /// Install the global subscriber. `default_filter` applies when `RUST_LOG` is unset
 /// or invalid (an invalid one is reported once the subscriber is up).
 pub fn init(format: LogFormat, default_filter: &str) {
