@@ -198,28 +198,22 @@ impl Metrics {
             .inc();
     }
 
-    /// One SNMP request to `printer` took `took`, with this outcome.
-    pub fn snmp(&self, printer: &str, op: &str, took: Duration, error: Option<&SnmpError>) {
-        self.snmp_latency
-            .get_or_create(&OpLabels {
-                printer: printer.into(),
-                op: op.into(),
-            })
-            .observe(took.as_secs_f64());
-        if let Some(e) = error {
-            let kind = match e {
-                SnmpError::Timeout { .. } => "timeout",
-                SnmpError::Status { .. } => "status",
-                SnmpError::Network(_) => "network",
-                SnmpError::Malformed(_) => "malformed",
-                SnmpError::Other(_) => "other",
-            };
-            self.snmp_errors
-                .get_or_create(&ErrorLabels {
+    /// The histograms of one printer's requests, looked up once: recording is then
+    /// an atomic update, with no label allocation on the polling hot path.
+    pub fn snmp_probe(&self, printer: &str) -> SnmpProbe {
+        let latency = |op: &str| {
+            self.snmp_latency
+                .get_or_create(&OpLabels {
                     printer: printer.into(),
-                    kind: kind.into(),
+                    op: op.into(),
                 })
-                .inc();
+                .clone()
+        };
+        SnmpProbe {
+            printer: printer.into(),
+            get: latency("get"),
+            set: latency("set"),
+            walk: latency("walk"),
         }
     }
 
@@ -257,6 +251,50 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics");
         }
         out
+    }
+}
+
+/// An SNMP operation, for the latency histogram's `op` label.
+#[derive(Clone, Copy, Debug)]
+pub enum SnmpOp {
+    Get,
+    Set,
+    Walk,
+}
+
+/// Records one printer's SNMP requests (see [`Metrics::snmp_probe`]).
+pub struct SnmpProbe {
+    printer: String,
+    get: Histogram,
+    set: Histogram,
+    walk: Histogram,
+}
+
+impl SnmpProbe {
+    /// One request took `took`, with this outcome.
+    pub fn record(&self, op: SnmpOp, took: Duration, error: Option<&SnmpError>) {
+        let h = match op {
+            SnmpOp::Get => &self.get,
+            SnmpOp::Set => &self.set,
+            SnmpOp::Walk => &self.walk,
+        };
+        h.observe(took.as_secs_f64());
+        if let Some(e) = error {
+            let kind = match e {
+                SnmpError::Timeout { .. } => "timeout",
+                SnmpError::Status { .. } => "status",
+                SnmpError::Network(_) => "network",
+                SnmpError::Malformed(_) => "malformed",
+                SnmpError::Other(_) => "other",
+            };
+            get()
+                .snmp_errors
+                .get_or_create(&ErrorLabels {
+                    printer: self.printer.clone(),
+                    kind: kind.into(),
+                })
+                .inc();
+        }
     }
 }
 

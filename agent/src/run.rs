@@ -487,22 +487,21 @@ async fn status_writer(
         if watchdog.is_some() {
             platen_ops::systemd::watchdog();
         }
-        let connected = link.is_connected();
+        refresh_board(&board, &store, link.is_connected());
+        let mut snap = board.get();
         let status = format!(
             "{}; outbox {}",
-            if connected {
+            if snap.broker_connected {
                 "connected"
             } else {
                 "broker not connected"
             },
-            store.outbox_len()
+            snap.outbox_depth
         );
         if status != last_status {
             platen_ops::systemd::status(&status);
             last_status = status;
         }
-        refresh_board(&board, &store, connected);
-        let mut snap = board.get();
         let unchanged = last.as_ref().is_some_and(|(prev, at)| {
             let mut a = prev.clone();
             a.written_at = snap.written_at;

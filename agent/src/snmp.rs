@@ -213,8 +213,8 @@ pub struct AsyncSnmp {
     client: Client<UdpHandle>,
     target: String,
     retries: u32,
-    /// The printer id for metrics; `None` for one-off clients (diag, discover).
-    printer: Option<std::sync::Arc<str>>,
+    /// Latency/error recording for the printer; `None` for one-off clients (diag, discover).
+    probe: Option<std::sync::Arc<crate::metrics::SnmpProbe>>,
 }
 
 impl AsyncSnmp {
@@ -238,19 +238,26 @@ impl AsyncSnmp {
             client,
             target: format!("{}:{}", t.address, t.port),
             retries: t.retries,
-            printer: None,
+            probe: None,
         })
     }
 
     /// Record latency and errors of this client's requests under `printer`.
     pub fn with_metrics(mut self, printer: &str) -> Self {
-        self.printer = Some(printer.into());
+        self.probe = Some(std::sync::Arc::new(
+            crate::metrics::get().snmp_probe(printer),
+        ));
         self
     }
 
-    fn record<T>(&self, op: &str, started: std::time::Instant, r: &Result<T, SnmpError>) {
-        if let Some(p) = &self.printer {
-            crate::metrics::get().snmp(p, op, started.elapsed(), r.as_ref().err());
+    fn record<T>(
+        &self,
+        op: crate::metrics::SnmpOp,
+        started: std::time::Instant,
+        r: &Result<T, SnmpError>,
+    ) {
+        if let Some(p) = &self.probe {
+            p.record(op, started.elapsed(), r.as_ref().err());
         }
     }
 
@@ -378,14 +385,14 @@ impl Snmp for AsyncSnmp {
     async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.get_inner(oids).await;
-        self.record("get", started, &r);
+        self.record(crate::metrics::SnmpOp::Get, started, &r);
         r
     }
 
     async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.set_inner(oid, value).await;
-        self.record("set", started, &r);
+        self.record(crate::metrics::SnmpOp::Set, started, &r);
         r
     }
 
@@ -396,7 +403,7 @@ impl Snmp for AsyncSnmp {
     ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.walk_inner(prefix, limit).await;
-        self.record("walk", started, &r);
+        self.record(crate::metrics::SnmpOp::Walk, started, &r);
         r
     }
 }
