@@ -7,7 +7,11 @@
 //!    hrDeviceIndex, found by walking hrDeviceType (cached by the caller).
 //! 3. **Pre-read**: one GET of every planned object. Settings that already have the
 //!    desired value are verified (200, 0 attempts); a timeout makes all 504.
-//! 4. **SET** each differing setting on its own PDU (clear attribution), in profile
+//! 4. **SET**: settings that are not disruptive and have no prerequisite among the
+//!    settings being set go out together, up to [`SET_BATCH_MAX`] per PDU (an RFC 3416
+//!    agent applies a PDU all or nothing). If a batch fails for any reason but a
+//!    timeout, its settings are sent again one per PDU, which attributes the error
+//!    to the setting that caused it. Everything else is one PDU per setting, in profile
 //!    order (prerequisites first, disruptive last). Retryable errors (genErr,
 //!    resourceUnavailable) are retried with bounded backoff. A timeout marks the
 //!    printer unreachable: the remaining settings are 504 without more traffic.
@@ -32,7 +36,12 @@ pub struct ApplyParams {
     pub readback_retries: u32,
     pub retry_backoff: Duration,
     pub max_set_attempts: u32,
+    /// Send settings without prerequisites in shared SET PDUs (see step 4a).
+    pub batch_set: bool,
 }
+
+/// Most settings in one SET PDU (async-snmp's default request limit).
+pub const SET_BATCH_MAX: usize = 10;
 
 impl From<&crate::config::ApplyConfig> for ApplyParams {
     fn from(c: &crate::config::ApplyConfig) -> Self {
@@ -41,6 +50,7 @@ impl From<&crate::config::ApplyConfig> for ApplyParams {
             readback_retries: c.readback_retries,
             retry_backoff: Duration::from_millis(c.retry_backoff_ms),
             max_set_attempts: c.max_set_attempts.max(1),
+            batch_set: c.batch_set,
         }
     }
 }
@@ -277,10 +287,59 @@ pub async fn apply<S: Snmp>(
         }
     }
 
-    // 4. SET, one PDU per setting.
+    // 4a. SET in batches: settings that are not disruptive and need nothing else
+    // set in this version share PDUs. A batch that fails in any way falls back to
+    // one PDU per setting (4b), which gives each setting its own result.
     let mut unreachable: Option<String> = None;
     let mut failed: HashSet<&str> = HashSet::new();
     let mut set_ok: Vec<Item> = Vec::new();
+    if params.batch_set {
+        let names: HashSet<&str> = to_set.iter().map(|i| i.name).collect();
+        let (batch, rest): (Vec<Item>, Vec<Item>) = to_set.into_iter().partition(|i| {
+            !i.def.disruptive && !i.def.requires.iter().any(|r| names.contains(r.as_str()))
+        });
+        let mut single = Vec::new();
+        let mut chunks = batch.into_iter().peekable();
+        while chunks.peek().is_some() {
+            let chunk: Vec<Item> = chunks.by_ref().take(SET_BATCH_MAX).collect();
+            if chunk.len() < 2 || unreachable.is_some() || was_superseded || superseded() {
+                single.extend(chunk);
+                continue;
+            }
+            let req: Vec<(ObjectId, SnmpValue)> = chunk
+                .iter()
+                .map(|i| (i.oid.clone(), i.prepared.to_snmp()))
+                .collect();
+            match snmp.set_many(&req).await {
+                Ok(values) if !values.iter().any(|v| exception_code(v).is_some()) => {
+                    for mut it in chunk {
+                        it.attempts = 1;
+                        set_ok.push(it);
+                    }
+                }
+                Err(e) if classify(&e).unreachable => {
+                    // The same as a single SET timing out: nothing more is sent.
+                    for mut it in chunk {
+                        it.attempts = 1;
+                        res.item(&it, classify(&e).code, e.to_string());
+                        failed.insert(it.name);
+                    }
+                    unreachable = Some(e.to_string());
+                }
+                // An error status or an exception in a varbind: find out which
+                // setting, one PDU each (a failed batch is not counted in `attempts`).
+                _ => single.extend(chunk),
+            }
+        }
+        // Keep the profile's order for what is left: prerequisites first, disruptive last.
+        single.extend(rest);
+        let order: Vec<&str> = single.iter().map(|i| i.name).collect();
+        let order = profile.apply_order(&order);
+        single.sort_by_key(|i| order.iter().position(|n| *n == i.name));
+        to_set = single;
+    }
+
+    // 4b. SET, one PDU per setting.
     for mut it in to_set {
         if let Some(why) = &unreachable {
             res.item(&it, Code::Unreachable, format!("not attempted: {why}"));
@@ -339,7 +398,10 @@ pub async fn apply<S: Snmp>(
 
     // 5. Read-back.
     if !set_ok.is_empty() {
-        tokio::time::sleep(params.settle).await;
+        // tokio's timer has millisecond ticks: even a zero sleep would wait for one.
+        if !params.settle.is_zero() {
+            tokio::time::sleep(params.settle).await;
+        }
         let mut pending = set_ok;
         let mut round: u32 = 0;
         loop {
@@ -417,6 +479,8 @@ pub(crate) mod tests {
         pub timeout_all: bool,
         pub timeout_gets_after_set: bool,
         pub sets: Mutex<Vec<ObjectId>>,
+        /// The OIDs of each multi-object SET PDU.
+        pub batches: Mutex<Vec<Vec<ObjectId>>>,
         pub gets: Mutex<u32>,
     }
 
@@ -510,6 +574,54 @@ pub(crate) mod tests {
                 }
             }
         }
+        /// All or nothing, like an RFC 3416 agent: a pending error or an unknown
+        /// object fails the whole PDU (pending errors are not consumed).
+        async fn set_many(
+            &self,
+            items: &[(ObjectId, SnmpValue)],
+        ) -> Result<Vec<SnmpValue>, SnmpError> {
+            self.batches
+                .lock()
+                .unwrap()
+                .push(items.iter().map(|(o, _)| o.clone()).collect());
+            self.sets
+                .lock()
+                .unwrap()
+                .extend(items.iter().map(|(o, _)| o.clone()));
+            if self.timeout_all {
+                return Err(timeout());
+            }
+            for (i, (oid, _)) in items.iter().enumerate() {
+                if let Some(e) = self
+                    .set_errors
+                    .lock()
+                    .unwrap()
+                    .get(oid)
+                    .and_then(|e| e.first())
+                {
+                    return Err(match e {
+                        SnmpError::Status { status, .. } => SnmpError::Status {
+                            status: *status,
+                            index: i as u32 + 1,
+                        },
+                        other => other.clone(),
+                    });
+                }
+                if !self.values.lock().unwrap().contains_key(oid) {
+                    return Err(SnmpError::Status {
+                        status: ErrorStatus::NoCreation,
+                        index: i as u32 + 1,
+                    });
+                }
+            }
+            let mut vals = self.values.lock().unwrap();
+            for (oid, value) in items {
+                if let Some(old) = vals.insert(oid.clone(), value.clone()) {
+                    self.old.lock().unwrap().insert(oid.clone(), old);
+                }
+            }
+            Ok(items.iter().map(|(_, v)| v.clone()).collect())
+        }
         async fn walk(
             &self,
             prefix: &ObjectId,
@@ -536,6 +648,7 @@ pub(crate) mod tests {
             readback_retries: 2,
             retry_backoff: Duration::from_millis(50),
             max_set_attempts: 3,
+            batch_set: true,
         }
     }
 
@@ -770,6 +883,173 @@ pub(crate) mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn settings_share_one_set_pdu() {
+        let f = FakePrinter::standard();
+        let cfg = desired(&[
+            ("sysContact", t("a")),
+            ("sysLocation", t("b")),
+            ("sysName", t("c")),
+        ]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("sysContact".into(), 200, 1),
+                ("sysLocation".into(), 200, 1),
+                ("sysName".into(), 200, 1)
+            ]
+        );
+        assert_eq!(f.batches.lock().unwrap().len(), 1, "one PDU");
+        assert_eq!(f.sets.lock().unwrap().len(), 3);
+        // Pre-read and read-back: two GETs in all.
+        assert_eq!(*f.gets.lock().unwrap(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_batch_is_resent_one_setting_per_pdu() {
+        let f = FakePrinter::standard();
+        f.set_errors.lock().unwrap().insert(
+            o("1.3.6.1.2.1.1.6.0"),
+            vec![SnmpError::Status {
+                status: ErrorStatus::NotWritable,
+                index: 1,
+            }],
+        );
+        let cfg = desired(&[
+            ("sysContact", t("a")),
+            ("sysLocation", t("b")),
+            ("sysName", t("c")),
+        ]);
+        let (out, _) = run(&f, &cfg).await;
+        assert_eq!(
+            codes(&out),
+            vec![
+                ("sysContact".into(), 200, 1),
+                ("sysLocation".into(), 403, 1),
+                ("sysName".into(), 200, 1)
+            ]
+        );
+        assert_eq!(out.results[1].detail, "notWritable (index 1)");
+        assert_eq!(f.batches.lock().unwrap().len(), 1);
+        // The batch of three, then one PDU each.
+        assert_eq!(f.sets.lock().unwrap().len(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_times_out_makes_everything_504_without_more_traffic() {
+        let f = FakePrinter::standard();
+        // The pre-read answers; the SET does not.
+        struct DeafToSets(FakePrinter);
+        impl Snmp for DeafToSets {
+            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+                self.0.get(oids).await
+            }
+            async fn set(&self, o: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
+                self.0.sets.lock().unwrap().push(o.clone());
+                Err(timeout())
+            }
+            async fn set_many(
+                &self,
+                items: &[(ObjectId, SnmpValue)],
+            ) -> Result<Vec<SnmpValue>, SnmpError> {
+                self.0
+                    .sets
+                    .lock()
+                    .unwrap()
+                    .extend(items.iter().map(|(o, _)| o.clone()));
+                Err(timeout())
+            }
+            async fn walk(
+                &self,
+                p: &ObjectId,
+                l: usize,
+            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+                self.0.walk(p, l).await
+            }
+        }
+        let d = DeafToSets(f);
+        let cfg = desired(&[
+            ("sysContact", t("a")),
+            ("sysLocation", t("b")),
+            ("prtConsoleDisable", SettingValue::Integer(4)),
+        ]);
+        let mut dev = None;
+        let out = apply(
+            &d,
+            &Profile::builtin_default(),
+            &cfg,
+            &mut dev,
+            &params(),
+            || false,
+        )
+        .await;
+        let c = codes(&out);
+        assert!(c.iter().all(|(_, code, _)| *code == 504), "{c:?}");
+        assert_eq!(
+            d.0.sets.lock().unwrap().len(),
+            3,
+            "the one batch and nothing after it: {c:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disruptive_settings_and_dependants_keep_their_own_pdus_in_profile_order() {
+        let profile = Profile::parse(
+            r#"
+[profile]
+name = "t"
+[[setting]]
+name = "a_ip"
+oid = "1.3.6.1.2.1.1.4.0"
+type = "text"
+disruptive = true
+[[setting]]
+name = "b"
+oid = "1.3.6.1.2.1.1.5.0"
+type = "text"
+requires = ["c"]
+[[setting]]
+name = "c"
+oid = "1.3.6.1.2.1.1.6.0"
+type = "text"
+[[setting]]
+name = "d"
+oid = "1.3.6.1.2.1.43.5.1.1.16.1"
+type = "text"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        let f = FakePrinter::standard();
+        f.values.lock().unwrap().insert(
+            o("1.3.6.1.2.1.43.5.1.1.16.1"),
+            SnmpValue::OctetString(b"old".to_vec()),
+        );
+        let cfg = desired(&[
+            ("a_ip", t("1")),
+            ("b", t("2")),
+            ("c", t("3")),
+            ("d", t("4")),
+        ]);
+        let mut dev = None;
+        let out = apply(&f, &profile, &cfg, &mut dev, &params(), || false).await;
+        assert!(
+            out.results.iter().all(|r| r.code == Code::Verified),
+            "{:?}",
+            codes(&out)
+        );
+        // c and d together; then b (needs c), then a_ip (disruptive) last.
+        assert_eq!(
+            *f.batches.lock().unwrap(),
+            vec![vec![o("1.3.6.1.2.1.1.6.0"), o("1.3.6.1.2.1.43.5.1.1.16.1")]]
+        );
+        assert_eq!(
+            f.sets.lock().unwrap()[2..],
+            [o("1.3.6.1.2.1.1.5.0"), o("1.3.6.1.2.1.1.4.0")]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn newer_version_supersedes_the_rest() {
         let f = FakePrinter::standard();
         let cfg = desired(&[
@@ -779,12 +1059,17 @@ pub(crate) mod tests {
         ]);
         let mut dev = None;
         let calls = std::cell::Cell::new(0);
+        // One PDU per setting, so a newer version can interrupt between them (a
+        // batch is one PDU: it is checked once, before it is sent).
         let out = apply(
             &f,
             &Profile::builtin_default(),
             &cfg,
             &mut dev,
-            &params(),
+            &ApplyParams {
+                batch_set: false,
+                ..params()
+            },
             || {
                 calls.set(calls.get() + 1);
                 calls.get() > 1

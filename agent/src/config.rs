@@ -88,6 +88,10 @@ pub struct ApplyConfig {
     /// SET attempts for retryable printer errors (genErr, resourceUnavailable).
     #[serde(default = "default_set_attempts")]
     pub max_set_attempts: u32,
+    /// Send settings without prerequisites together, up to 10 per SET PDU; a PDU
+    /// that fails is sent again one setting per PDU. false: always one per PDU.
+    #[serde(default = "yes")]
+    pub batch_set: bool,
 }
 
 /// Polling printers for counters, supplies, status and alerts.
@@ -252,6 +256,7 @@ impl Default for ApplyConfig {
             readback_retries: default_readback_retries(),
             retry_backoff_ms: default_retry_backoff(),
             max_set_attempts: default_set_attempts(),
+            batch_set: true,
         }
     }
 }

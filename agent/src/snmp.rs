@@ -163,6 +163,28 @@ pub trait Snmp: Send + Sync {
         oid: &ObjectId,
         value: SnmpValue,
     ) -> impl Future<Output = Result<SnmpValue, SnmpError>> + Send;
+    /// SET several objects in one PDU; one response value per object, in order. An
+    /// RFC 3416 agent applies all or none; an error names the first failing object
+    /// by its 1-based index. Clients that cannot send one answer `Unsupported`.
+    fn set_many(
+        &self,
+        items: &[(ObjectId, SnmpValue)],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send {
+        let n = items.len();
+        async move {
+            Err(SnmpError::Other(format!(
+                "this client does not send a SET of {n} objects in one PDU"
+            )))
+        }
+    }
+    /// GET asked once, without the retries: how a printer already known to be down
+    /// is probed, so it costs one timeout per poll instead of timeout × attempts.
+    fn get_once(
+        &self,
+        oids: &[ObjectId],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send {
+        self.get(oids)
+    }
     /// Walk a subtree (GETNEXT), at most `limit` rows.
     fn walk(
         &self,
@@ -177,13 +199,23 @@ pub trait Snmp: Send + Sync {
 use async_snmp::transport::{UdpHandle, UdpTransport};
 use async_snmp::{Auth, Client, Oid, Retry, Value};
 
+/// Receive buffer asked for the shared socket. The Linux default (208 KiB) held
+/// fewer responses than 128 printers × 2 requests in flight send back at once:
+/// `platen-bench` saw datagrams dropped (`RcvbufErrors` in /proc/net/snmp) and
+/// sweeps waiting a whole timeout for them. The kernel caps this at
+/// `net.core.rmem_max` (README: tuning for large fleets).
+pub const RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// One UDP socket shared by every printer of an agent.
 #[derive(Clone)]
 pub struct SharedTransport(UdpTransport);
 
 impl SharedTransport {
     pub async fn bind() -> Result<Self, SnmpError> {
-        UdpTransport::bind("0.0.0.0:0")
+        UdpTransport::builder()
+            .bind("0.0.0.0:0")
+            .recv_buffer_size(RECV_BUFFER_BYTES)
+            .build()
             .await
             .map(SharedTransport)
             .map_err(|e| SnmpError::Network(e.to_string()))
@@ -211,6 +243,8 @@ pub struct Target {
 #[derive(Clone)]
 pub struct AsyncSnmp {
     client: Client<UdpHandle>,
+    /// The same printer without retries (for [`Snmp::get_once`]).
+    once: Client<UdpHandle>,
     target: String,
     retries: u32,
     /// Latency/error recording for the printer; `None` for one-off clients (diag, discover).
@@ -225,17 +259,22 @@ impl AsyncSnmp {
         } else {
             Auth::v2c(community)
         };
-        let retry =
-            Retry::fixed(t.retries, Duration::ZERO).map_err(|e| SnmpError::Other(e.to_string()))?;
-        let client = Client::builder((t.address.as_str(), t.port), auth)
-            .request_timeout(t.timeout)
-            .retry(retry)
-            .strict_source(true)
-            .build_with(&transport.0)
-            .await
-            .map_err(|e| convert_error(*e, t.retries))?;
+        let build = |retries: u32, auth: Auth| async move {
+            let retry = Retry::fixed(retries, Duration::ZERO)
+                .map_err(|e| SnmpError::Other(e.to_string()))?;
+            Client::builder((t.address.as_str(), t.port), auth)
+                .request_timeout(t.timeout)
+                .retry(retry)
+                .strict_source(true)
+                .build_with(&transport.0)
+                .await
+                .map_err(|e| convert_error(*e, retries))
+        };
+        let client = build(t.retries, auth.clone()).await?;
+        let once = build(0, auth).await?;
         Ok(AsyncSnmp {
             client,
+            once,
             target: format!("{}:{}", t.address, t.port),
             retries: t.retries,
             probe: None,
@@ -396,6 +435,31 @@ impl Snmp for AsyncSnmp {
         r
     }
 
+    async fn set_many(&self, items: &[(ObjectId, SnmpValue)]) -> Result<Vec<SnmpValue>, SnmpError> {
+        let started = std::time::Instant::now();
+        let r = self.set_many_inner(items).await;
+        self.record(crate::metrics::SnmpOp::Set, started, &r);
+        r
+    }
+
+    async fn get_once(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+        let started = std::time::Instant::now();
+        let req: Vec<Oid> = oids.iter().map(to_oid).collect();
+        let r = self
+            .once
+            .get_many(&req)
+            .await
+            .map(|resp| {
+                resp.varbinds
+                    .iter()
+                    .map(|vb| from_value(&vb.value))
+                    .collect()
+            })
+            .map_err(|e| convert_error(*e, 0));
+        self.record(crate::metrics::SnmpOp::Get, started, &r);
+        r
+    }
+
     async fn walk(
         &self,
         prefix: &ObjectId,
@@ -447,6 +511,33 @@ impl AsyncSnmp {
             Some(vb) => Ok(from_value(&vb.value)),
             None => Err(SnmpError::Malformed("SET response without varbinds".into())),
         }
+    }
+
+    async fn set_many_inner(
+        &self,
+        items: &[(ObjectId, SnmpValue)],
+    ) -> Result<Vec<SnmpValue>, SnmpError> {
+        let mut req = Vec::with_capacity(items.len());
+        for (o, v) in items {
+            req.push((to_oid(o), to_value(v.clone())?));
+        }
+        let resp = self
+            .client
+            .set_many(&req)
+            .await
+            .map_err(|e| convert_error(*e, self.retries))?;
+        if resp.varbinds.len() != items.len() {
+            return Err(SnmpError::Malformed(format!(
+                "set {} objects, the response has {}",
+                items.len(),
+                resp.varbinds.len()
+            )));
+        }
+        Ok(resp
+            .varbinds
+            .iter()
+            .map(|vb| from_value(&vb.value))
+            .collect())
     }
 
     async fn walk_inner(
