@@ -576,9 +576,15 @@ async fn handle_desired(
     match store.offer_desired(&tenant, config, Utc::now()).await? {
         Offer::Accepted => {
             info!(printer = %printer, version, "desired config accepted");
+            // Start applying now; the message is acknowledged once the flush is done.
             let _ = route.send(version);
+            store.flush().await?;
         }
-        Offer::Duplicate => debug!(printer = %printer, version, "desired config already stored"),
+        Offer::Duplicate => {
+            debug!(printer = %printer, version, "desired config already stored");
+            // Stored, but maybe not durable yet (an earlier flush may have failed).
+            store.flush().await?;
+        }
         Offer::Stale { latest } => {
             warn!(printer = %printer, version, latest, "stale desired config ignored")
         }

@@ -11,10 +11,15 @@
 //! - `verified`: printer id → the settings verified by the last completed version
 //!   (what drift detection re-reads) and a summary of that report
 //!
-//! Invariants: a desired config is flushed before its MQTT message is acknowledged;
-//! a report and its printer's `completed` version are written in one transaction and
-//! flushed before the report is published; an outbox entry is removed only after
-//! the broker acknowledged it.
+//! Invariants: a desired config is flushed before its MQTT message is acknowledged
+//! (the reconciler may start on it while the flush runs: if the agent dies first,
+//! the broker redelivers the unacknowledged message); a report and its printer's
+//! `completed` version are written in one transaction, which is flushed before the
+//! reconciler moves on (the pump may publish the report while that flush runs: if
+//! the agent dies first, neither the report nor the completion is on disk, so the
+//! version is applied and reported again under the same `report_id`, which the cloud
+//! deduplicates); an outbox entry is removed only after the broker acknowledged it.
+//! Flushes are group commits ([`GroupCommit`]), so overlapping writers share one.
 
 use chrono::{DateTime, Utc};
 use platen_protocol::{DesiredConfig, Id};
@@ -223,7 +228,8 @@ impl Store {
     }
 
     /// Store a desired config if it is newer than anything stored or completed for
-    /// its printer, and flush before returning.
+    /// its printer. Not flushed: the caller wakes the reconciler, then calls
+    /// [`Store::flush`] before acknowledging the message (the flush overlaps the apply).
     pub async fn offer_desired(
         &self,
         tenant: &Id,
@@ -252,7 +258,6 @@ impl Store {
         };
         let bytes = serde_json::to_vec(&rec).map_err(corrupt("desired"))?;
         self.desired.insert(printer.as_str(), bytes)?;
-        self.durable().await?;
         Ok(Offer::Accepted)
     }
 
@@ -277,8 +282,9 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(tx_error)?;
-        self.durable().await?;
+        // The pump may publish while the flush runs (see the module's invariants).
         self.outbox_wake.notify_one();
+        self.durable().await?;
         Ok(key)
     }
 
