@@ -3,14 +3,16 @@
 //!
 //! A sweep starts one task per printer; a semaphore lets `concurrency` of them poll
 //! at once, each with at most two requests in flight ([`crate::poll`]). An
-//! unreachable printer holds one permit for its timeout × (retries + 1) and nothing
-//! else, so it cannot stall the sweep. After the poll, the printer's
+//! unreachable printer holds one permit for its timeout × (retries + 1) the first
+//! time; once it is known to be down it is probed with one request without retries,
+//! outside the concurrency limit, so dead printers add one timeout to a sweep and
+//! take no permit from the printers that answer. After the poll, the printer's
 //! [`Tracker`](crate::telemetry::Tracker) decides whether a message is due; due
 //! messages go into the durable outbox with their sequence number. Drift checks ride
 //! on the same sweep when they are due.
 
 use crate::drift::DriftCheck;
-use crate::poll::collect;
+use crate::poll::{collect, probe};
 use crate::printer_mib::{decode, TelemetrySpec};
 use crate::snmp::Snmp;
 use crate::status::Board;
@@ -82,14 +84,7 @@ impl<S: Snmp + 'static> Fleet<S> {
                 self.telemetry,
             );
             set.spawn(async move {
-                let Ok(_permit) = sem.acquire_owned().await else {
-                    return Outcome {
-                        printer: p,
-                        answered: false,
-                        queued: false,
-                    };
-                };
-                poll_one(p, &th, store.as_ref(), &board, drift_every, telemetry).await
+                poll_one(p, &sem, &th, store.as_ref(), &board, drift_every, telemetry).await
             });
         }
         let mut stats = SweepStats {
@@ -145,13 +140,37 @@ impl<S: Snmp + 'static> Fleet<S> {
 
 async fn poll_one<S: Snmp>(
     mut p: FleetPrinter<S>,
+    sem: &Arc<Semaphore>,
     th: &Thresholds,
     store: Option<&Store>,
     board: &Board,
     drift_every: Option<Duration>,
     telemetry: bool,
 ) -> Outcome<S> {
-    let polled = collect(&p.snmp, &p.spec, &mut p.device).await;
+    // A printer known to be down gets one request without retries first, outside
+    // the concurrency limit (one datagram in flight, no permit held while it waits).
+    let probed = if p.tracker.is_stale() {
+        probe(&p.snmp).await
+    } else {
+        Ok(())
+    };
+    let _permit = match probed {
+        Ok(()) => match sem.clone().acquire_owned().await {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return Outcome {
+                    printer: p,
+                    answered: false,
+                    queued: false,
+                }
+            }
+        },
+        Err(_) => None,
+    };
+    let polled = match probed {
+        Ok(()) => collect(&p.snmp, &p.spec, &mut p.device).await,
+        Err(e) => Err(e),
+    };
     let now = Utc::now();
     let answered = polled.is_ok();
     let result = polled
@@ -251,4 +270,98 @@ pub fn state_name(s: SupplyState) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snmp::{ObjectId, SnmpError, SnmpValue};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+
+    /// A printer that is down until `up` is set; counts what it is asked.
+    #[derive(Clone, Default)]
+    struct Flaky(Arc<Counts>);
+    #[derive(Default)]
+    struct Counts {
+        up: AtomicBool,
+        requests: AtomicU32,
+        once: AtomicU32,
+    }
+
+    impl Flaky {
+        fn answer(&self) -> Result<(), SnmpError> {
+            if self.0.up.load(SeqCst) {
+                Ok(())
+            } else {
+                Err(SnmpError::Timeout {
+                    target: "127.0.0.1:1".into(),
+                    retries: 2,
+                })
+            }
+        }
+    }
+
+    impl Snmp for Flaky {
+        async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+            self.0.requests.fetch_add(1, SeqCst);
+            self.answer().map(|_| vec![SnmpValue::Null; oids.len()])
+        }
+        async fn get_once(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+            self.0.once.fetch_add(1, SeqCst);
+            self.answer().map(|_| vec![SnmpValue::Null; oids.len()])
+        }
+        async fn set(&self, _: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
+            self.answer().map(|_| SnmpValue::Null)
+        }
+        async fn walk(
+            &self,
+            _: &ObjectId,
+            _: usize,
+        ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
+            self.0.requests.fetch_add(1, SeqCst);
+            self.answer().map(|_| Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_printer_known_to_be_down_costs_one_request_without_retries() {
+        let snmp = Flaky::default();
+        let id: Id = "p1".parse().unwrap();
+        let mut fleet = Fleet {
+            printers: vec![FleetPrinter {
+                id: id.clone(),
+                tenant: "acme".parse().unwrap(),
+                snmp: snmp.clone(),
+                spec: Arc::new(TelemetrySpec::default()),
+                device: None,
+                tracker: Tracker::new("gw".parse().unwrap(), id, 0),
+                drift: None,
+                next_drift: None,
+            }],
+            concurrency: 4,
+            thresholds: Thresholds::default(),
+            drift_interval: None,
+            store: None,
+            board: Board::new("gw", 1),
+            telemetry: false,
+        };
+        // First poll: not known to be down yet, the full poll with its retries.
+        assert_eq!(fleet.sweep().await.unanswered, 1);
+        let first = snmp.0.requests.load(SeqCst);
+        assert!(first >= 1);
+        assert_eq!(snmp.0.once.load(SeqCst), 0);
+        // Known to be down: one probe, nothing else.
+        assert_eq!(fleet.sweep().await.unanswered, 1);
+        assert_eq!(snmp.0.once.load(SeqCst), 1);
+        assert_eq!(
+            snmp.0.requests.load(SeqCst),
+            first,
+            "no full poll while down"
+        );
+        // Back: the probe answers and the full poll follows in the same sweep.
+        snmp.0.up.store(true, SeqCst);
+        assert_eq!(fleet.sweep().await.answered, 1);
+        assert_eq!(snmp.0.once.load(SeqCst), 2);
+        assert!(snmp.0.requests.load(SeqCst) > first);
+    }
 }

@@ -5,6 +5,8 @@
 //! the SNMP traffic. A timeout or network error fails the poll (the printer is
 //! unreachable); any other error on a table (a malformed walk) leaves that table
 //! out of the reading and is logged, so one broken table does not blind the rest.
+//! A printer already known to be down is first [`probe`]d with one request without
+//! retries: dead printers cost a sweep one timeout, not timeout × attempts.
 
 use crate::apply::{discover_device_index, get_values};
 use crate::printer_mib::{scalar_oids, table_oids, TelemetrySpec};
@@ -17,6 +19,20 @@ pub const WALK_LIMIT: usize = 2048;
 
 fn fatal(e: &SnmpError) -> bool {
     matches!(e, SnmpError::Timeout { .. } | SnmpError::Network(_))
+}
+
+/// sysObjectID: asked once of a printer known to be down (any answer, even an
+/// error status, says it is back).
+const PROBE_OID: &str = "1.3.6.1.2.1.1.2.0";
+
+/// Whether a printer known to be down answers one request (no retries).
+pub async fn probe<S: Snmp>(snmp: &S) -> Result<(), SnmpError> {
+    let oid: ObjectId = PROBE_OID.parse().map_err(SnmpError::Other)?;
+    match snmp.get_once(std::slice::from_ref(&oid)).await {
+        Ok(_) => Ok(()),
+        Err(e) if fatal(&e) => Err(e),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Read everything telemetry needs. `device` caches the hrDeviceIndex (1 when the
