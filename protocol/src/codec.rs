@@ -124,8 +124,7 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     // Fast path: the envelope exactly as `encode` writes it. Parse the rest directly
     // (half the cost of going through a `Value`); on any error take the general path,
     // whose messages carry the right positions.
-    let canonical = concat!("{\"protocol\":\"", "1.0", "\",");
-    if let Some(rest) = bytes.strip_prefix(canonical.as_bytes()) {
+    if let Some(rest) = strip_envelope(bytes) {
         let mut body = Vec::with_capacity(rest.len() + 1);
         body.push(b'{');
         body.extend_from_slice(rest);
@@ -150,6 +149,13 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
         reason,
     })?;
     Ok(msg)
+}
+
+/// The message after the envelope exactly as [`encode`] writes it (`{"protocol":"1.0",`),
+/// or `None` when it does not start that way. `{` followed by these bytes is the
+/// message's own JSON: a receiver can store it without serialising it again.
+pub fn strip_envelope(bytes: &[u8]) -> Option<&[u8]> {
+    bytes.strip_prefix(concat!("{\"protocol\":\"", "1.0", "\",").as_bytes())
 }
 
 fn check_protocol<T: Message>(field: Option<serde_json::Value>) -> Result<(), DecodeError> {
@@ -329,7 +335,7 @@ mod tests {
                     "\"prtInputDefaultIndex\": 2.5",
                     1,
                 ),
-                "did not match any variant",
+                "invalid type: floating point `2.5`, expected an integer or a text",
             ),
             (
                 ok.replacen(
@@ -337,7 +343,7 @@ mod tests {
                     "\"prtInputDefaultIndex\": true",
                     1,
                 ),
-                "did not match any variant",
+                "invalid type: boolean `true`, expected an integer or a text",
             ),
             (
                 ok.replacen(
