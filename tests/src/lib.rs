@@ -113,6 +113,10 @@ pub struct Mosquitto {
     dir: tempfile::TempDir,
     persistence: bool,
     tls: Option<TlsListener>,
+    /// `max_queued_messages` per client (0: no limit).
+    max_queued: u32,
+    /// `max_inflight_messages` per client.
+    max_inflight: u32,
     child: Option<Child>,
 }
 
@@ -121,30 +125,47 @@ impl Mosquitto {
         Self::start_with(persistence, None)
     }
 
+    /// No limit on the messages queued per client (benchmarks publish faster than
+    /// a subscriber takes them; the test default of 10,000 would drop the excess),
+    /// and `inflight` unacknowledged QoS 1 messages per client.
+    pub fn start_unbounded(inflight: u32) -> Mosquitto {
+        let mut m = Self::new(false, None);
+        m.max_queued = 0;
+        m.max_inflight = inflight;
+        m.launch();
+        m
+    }
+
     /// Plain listener on `port` (for the cloud in tests) and a TLS listener on `tls_port`.
     pub fn start_tls(tls: TlsListener) -> Mosquitto {
         Self::start_with(false, Some(tls))
     }
 
     fn start_with(persistence: bool, tls: Option<TlsListener>) -> Mosquitto {
-        let mut m = Mosquitto {
+        let mut m = Self::new(persistence, tls);
+        m.launch();
+        m
+    }
+
+    fn new(persistence: bool, tls: Option<TlsListener>) -> Mosquitto {
+        Mosquitto {
             port: free_tcp_port(),
             tls_port: tls.as_ref().map(|_| free_tcp_port()),
             dir: tempfile::tempdir().expect("tempdir"),
             persistence,
             tls,
+            max_queued: 10_000,
+            max_inflight: 100,
             child: None,
-        };
-        m.launch();
-        m
+        }
     }
 
     fn launch(&mut self) {
         let bin = system_bin("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages 10000\n",
-            self.port
+            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages {}\nmax_queued_messages {}\n",
+            self.port, self.max_inflight, self.max_queued
         );
         if let (Some(tls), Some(port)) = (&self.tls, self.tls_port) {
             text.push_str(&format!(
@@ -686,6 +707,11 @@ impl AgentProc {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Wait until the agent's log contains `needle`; fail with the log otherwise.

@@ -1,0 +1,254 @@
+//! Section 3: Cloud ingest: reports per second that the cloud takes from Mosquitto, decodes
+//! strictly, deduplicates and stores durably (acknowledging each only once it is
+//! flushed), beside the broker's own ceiling in the same run: `mosquitto_pub` →
+//! `mosquitto_sub`, QoS 1, the same payloads from the same file.
+//!
+//! The file holds N distinct apply reports (ten settings each, ~2 KB, as the agent
+//! writes them) and one redelivery for every tenth, so deduplication is on the path.
+//! Each side runs twice, alternating; the better run of each counts.
+
+use crate::table::{Bound, Results};
+use chrono::Utc;
+use platen_cloud::Cloud;
+use platen_e2e::{system_bin, Mosquitto};
+use platen_protocol::{codec, ApplyReport, Code, ReportStatus, SettingResult, SettingValue, Topic};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SECTION: &str = "ingest";
+/// Mosquitto's `max_inflight_messages` for the run (both sides).
+const INFLIGHT: u32 = 100;
+
+fn report(version: u64) -> ApplyReport {
+    let now = Utc::now();
+    let settings = (0..10)
+        .map(|i| SettingResult {
+            name: format!("setting{i}"),
+            desired: SettingValue::Text(format!("value {version}/{i}")),
+            read_back: Some(SettingValue::Text(format!("value {version}/{i}"))),
+            code: Code::Verified,
+            detail: "verified by read-back".into(),
+            attempts: 1,
+            verified_at: Some(now),
+        })
+        .collect();
+    ApplyReport {
+        report_id: ApplyReport::make_id(
+            &"gw-bench".parse().expect("id"),
+            &"p1".parse().expect("id"),
+            version,
+        ),
+        agent_id: "gw-bench".parse().expect("id"),
+        printer_id: "p1".parse().expect("id"),
+        config_version: version,
+        status: ReportStatus::Applied,
+        settings,
+        received_at: now,
+        completed_at: now,
+        refused: None,
+    }
+}
+
+/// Write the payload file: `n` reports, every tenth followed by a redelivery.
+/// Returns (lines, duplicates, average payload bytes).
+fn payloads(path: &Path, n: usize) -> (usize, usize, usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("payload file"));
+    let (mut lines, mut dups, mut bytes) = (0, 0, 0);
+    for v in 1..=n as u64 {
+        let p = codec::encode(&report(v));
+        assert!(!p.contains(&b'\n'), "one payload per line");
+        let copies = if v % 10 == 0 { 2 } else { 1 };
+        for _ in 0..copies {
+            f.write_all(&p).expect("write");
+            f.write_all(b"\n").expect("write");
+            lines += 1;
+            bytes += p.len();
+        }
+        dups += copies - 1;
+    }
+    f.flush().expect("flush");
+    (lines, dups, bytes / lines.max(1))
+}
+
+/// `mosquitto_pub -l` fed from `file` through a pipe that stays open until the
+/// returned [`Feed`] is finished: at EOF, mosquitto_pub 2.0 disconnects without
+/// waiting for the PUBACKs of what it still has in flight, and those are lost.
+struct Feed {
+    child: std::process::Child,
+    writer: std::thread::JoinHandle<std::process::ChildStdin>,
+}
+
+impl Feed {
+    fn start(port: u16, topic: &str, file: &Path) -> Feed {
+        let mut child = Command::new(system_bin("mosquitto_pub", "mosquitto-clients"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-i", "bench-pub", "-t", topic, "-l"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("mosquitto_pub");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let file = file.to_path_buf();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::open(file).expect("payload file");
+            std::io::copy(&mut f, &mut stdin).expect("feeding mosquitto_pub");
+            stdin
+        });
+        Feed { child, writer }
+    }
+
+    /// Close the pipe (everything was received) and wait for the publisher.
+    fn finish(mut self) {
+        drop(self.writer.join().expect("feeder"));
+        wait_exit(&mut self.child, "mosquitto_pub", Duration::from_secs(10));
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child, what: &str, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => {
+                assert!(s.success(), "{what} failed: {s}");
+                return;
+            }
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_micros(500)),
+            _ => {
+                let _ = child.kill();
+                panic!("{what} did not finish within {within:?}");
+            }
+        }
+    }
+}
+
+/// Broker ceiling: messages/s from `mosquitto_pub -l` to `mosquitto_sub -C`.
+fn ceiling(port: u16, topic: &str, file: &Path, lines: usize) -> f64 {
+    let mut sub = Command::new(system_bin("mosquitto_sub", "mosquitto-clients"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-i", "bench-sub", "-t", topic, "-C", &lines.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    // Let it connect and subscribe (loopback: milliseconds).
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let feed = Feed::start(port, topic, file);
+    wait_exit(&mut sub, "mosquitto_sub", Duration::from_secs(300));
+    let took = t0.elapsed();
+    feed.finish();
+    lines as f64 / took.as_secs_f64()
+}
+
+/// The cloud: messages/s until every report is stored and every redelivery dropped.
+/// Returns the rate and the size of its state directory.
+async fn cloud(
+    port: u16,
+    topic: &str,
+    file: &Path,
+    n: usize,
+    dups: usize,
+    round: u32,
+) -> (f64, u64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = Cloud::start(
+        "127.0.0.1",
+        port,
+        &format!("bench-cloud-{round}"),
+        dir.path(),
+    )
+    .expect("cloud");
+    assert!(c.wait_connected(Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let feed = Feed::start(port, topic, file);
+    let end = t0 + Duration::from_secs(600);
+    loop {
+        let new = c.counters.new.load(Ordering::Relaxed) as usize;
+        let dup = c.counters.duplicates.load(Ordering::Relaxed) as usize;
+        if new + dup >= n + dups {
+            assert_eq!((new, dup), (n, dups), "each report stored once");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the cloud stored {new} of {n} reports"
+        );
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let took = t0.elapsed();
+    feed.finish();
+    assert_eq!(
+        c.counters.refused.load(Ordering::Relaxed),
+        0,
+        "no report refused"
+    );
+    c.shutdown().await;
+    let size = dir_size(dir.path());
+    ((n + dups) as f64 / took.as_secs_f64(), size)
+}
+
+/// Bytes of every file under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += dir_size(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+pub async fn run(r: &mut Results, n: usize) {
+    eprintln!("ingest: {n} reports …");
+    let broker = Mosquitto::start_unbounded(INFLIGHT);
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("reports.txt");
+    let (lines, dups, avg) = payloads(&file, n);
+    let topic = Topic::report(&"acme".parse().expect("id"), &"p1".parse().expect("id")).to_string();
+    let (mut best_ceiling, mut best_cloud, mut state) = (0f64, 0f64, 0u64);
+    for round in 1..=2 {
+        best_ceiling = best_ceiling.max(ceiling(broker.port, &topic, &file, lines));
+        let (rate, size) = cloud(broker.port, &topic, &file, n, dups, round).await;
+        best_cloud = best_cloud.max(rate);
+        state = size;
+    }
+    r.figure(
+        SECTION,
+        format!("messages per run ({n} reports + {dups} redeliveries, {avg} B each)"),
+        lines as f64,
+        "",
+    );
+    r.figure(
+        SECTION,
+        "broker ceiling: mosquitto_pub → mosquitto_sub, QoS 1",
+        best_ceiling,
+        "msg/s",
+    );
+    r.figure(
+        SECTION,
+        "platen-cloud: decode, dedupe, store, flush, ack",
+        best_cloud,
+        "msg/s",
+    );
+    r.figure(
+        SECTION,
+        format!("cloud sled state after {n} reports"),
+        state as f64 / 1e6,
+        "MB",
+    );
+    r.goal(
+        SECTION,
+        "ingest at least half the broker ceiling",
+        "cloud msg/s / broker msg/s",
+        best_cloud / best_ceiling,
+        Bound::AtLeast,
+        0.5,
+    );
+}
