@@ -169,7 +169,8 @@ pub struct SettingResult {
     pub code: Code,
     /// Human-readable reason, e.g. "notWritable from 127.0.0.1:16100". Never holds secrets.
     pub detail: String,
-    /// SET attempts made (0 when the printer already had the value).
+    /// SET PDUs that carried the setting to its result (0 when the printer already had
+    /// the value; a shared PDU the printer refused is not counted).
     pub attempts: u32,
     pub verified_at: Option<DateTime<Utc>>,
 }
