@@ -312,11 +312,11 @@ impl Cloud {
         let id = rec.report.report_id.clone();
         // Insert only if absent: the first delivery wins, later ones are duplicates.
         // No sled transaction (it made each report ~6× dearer, measured by
-        // `platen-bench`): the index entry is written first, then the report with
-        // compare-and-swap. sled recovers a prefix of its log after a crash, so a
-        // stored report always has its index entry; an index entry without its report
-        // is skipped by readers and completed by the redelivery (the message was not
-        // acknowledged). Rewriting the index of a duplicate writes the same bytes.
+        // `platen-bench`): the index entry is written, then the report with
+        // compare-and-swap, and every delivery writes the index entry again (the same
+        // bytes). Nothing is acknowledged before the flush that covers both, so a crash
+        // that kept one without the other leaves the message unacknowledged: its
+        // redelivery writes the index entry and finds the report (or stores it).
         let key = index_key(&tenant, &printer, rec.report.config_version, &id);
         self.report_index.insert(key.as_bytes(), id.as_bytes())?;
         let inserted = self
@@ -499,6 +499,43 @@ mod tests {
             let back: ReceivedReport = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(back, rec, "{}", String::from_utf8_lossy(&payload));
         }
+    }
+
+    /// A crash before the flush may keep the report without its index entry or the
+    /// entry without its report; the message was not acknowledged, so the broker
+    /// redelivers it, and the redelivery completes the pair.
+    #[tokio::test]
+    async fn a_redelivery_repairs_what_a_crash_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
+        let topic = "platen/v1/acme/p1/config/report";
+        let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+        let versions = |c: &Cloud| -> Vec<u64> {
+            c.reports_for(&acme, &p1, 0)
+                .iter()
+                .map(|r| r.report.config_version)
+                .collect()
+        };
+        // Report kept, index entry lost.
+        let one = codec::encode(&report(1));
+        c.ingest(topic, &one).unwrap();
+        c.report_index.clear().unwrap();
+        assert!(versions(&c).is_empty());
+        assert!(matches!(
+            c.ingest(topic, &one).unwrap(),
+            ReportEvent::Duplicate { .. }
+        ));
+        assert_eq!(versions(&c), vec![1]);
+        // Index entry kept, report lost: skipped by readers, then stored.
+        let two = codec::encode(&report(2));
+        c.ingest(topic, &two).unwrap();
+        c.reports.remove("gw:p1:v2").unwrap();
+        assert_eq!(versions(&c), vec![1]);
+        assert!(matches!(
+            c.ingest(topic, &two).unwrap(),
+            ReportEvent::New(_)
+        ));
+        assert_eq!(versions(&c), vec![1, 2]);
     }
 
     #[tokio::test]
