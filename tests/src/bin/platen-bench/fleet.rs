@@ -62,11 +62,11 @@ async fn raw_rate(clients: &[AsyncSnmp], total: usize) -> f64 {
     rate
 }
 
-pub async fn run(r: &mut Results, n: usize) {
-    eprintln!("fleet: {n} printers …");
+/// `n` simulated printers `p0…`; with `dead`, every tenth never answers.
+pub fn simulate(n: usize, dead: bool) -> Sim {
     let specs: Vec<String> = (0..n)
         .map(|i| {
-            if i % 10 == 9 {
+            if dead && i % 10 == 9 {
                 format!("p{i},drop-first=4000000000")
             } else {
                 format!("p{i}")
@@ -74,7 +74,12 @@ pub async fn run(r: &mut Results, n: usize) {
         })
         .collect();
     let refs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    let sim = Sim::start(&refs);
+    Sim::start(&refs)
+}
+
+pub async fn run(r: &mut Results, n: usize) {
+    eprintln!("fleet: {n} printers …");
+    let sim = simulate(n, true);
     let transport = SharedTransport::bind().await.expect("socket");
     let mut printers = Vec::new();
     let mut live = Vec::new();

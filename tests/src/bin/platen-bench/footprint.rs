@@ -34,17 +34,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 /// (idle RSS, peak RSS) in bytes of an agent polling `n` printers for `secs`.
 fn agent_rss(n: usize, secs: u64) -> (f64, f64) {
     let broker = Mosquitto::start(false);
-    let specs: Vec<String> = (0..n)
-        .map(|i| {
-            if n >= 100 && i % 10 == 9 {
-                format!("p{i},drop-first=4000000000")
-            } else {
-                format!("p{i}")
-            }
-        })
-        .collect();
-    let refs: Vec<&str> = specs.iter().map(String::as_str).collect();
-    let sim = Sim::start(&refs);
+    let sim = crate::fleet::simulate(n, n >= 100);
     let dir = tempfile::tempdir().expect("tmp");
     let entries: Vec<PrinterEntry> = sim
         .printers
