@@ -423,7 +423,7 @@ fn clone_error(e: &async_snmp::Error) -> async_snmp::Error {
 impl Snmp for AsyncSnmp {
     async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
-        let r = self.get_inner(oids).await;
+        let r = self.get_inner(&self.client, self.retries, oids).await;
         self.record(crate::metrics::SnmpOp::Get, started, &r);
         r
     }
@@ -444,18 +444,7 @@ impl Snmp for AsyncSnmp {
 
     async fn get_once(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
-        let req: Vec<Oid> = oids.iter().map(to_oid).collect();
-        let r = self
-            .once
-            .get_many(&req)
-            .await
-            .map(|resp| {
-                resp.varbinds
-                    .iter()
-                    .map(|vb| from_value(&vb.value))
-                    .collect()
-            })
-            .map_err(|e| convert_error(*e, 0));
+        let r = self.get_inner(&self.once, 0, oids).await;
         self.record(crate::metrics::SnmpOp::Get, started, &r);
         r
     }
@@ -473,13 +462,19 @@ impl Snmp for AsyncSnmp {
 }
 
 impl AsyncSnmp {
-    async fn get_inner(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
+    /// One GET through `client` (the retrying one or [`AsyncSnmp::once`]), with the
+    /// answer checked against the request.
+    async fn get_inner(
+        &self,
+        client: &Client<UdpHandle>,
+        retries: u32,
+        oids: &[ObjectId],
+    ) -> Result<Vec<SnmpValue>, SnmpError> {
         let req: Vec<Oid> = oids.iter().map(to_oid).collect();
-        let resp = self
-            .client
+        let resp = client
             .get_many(&req)
             .await
-            .map_err(|e| convert_error(*e, self.retries))?;
+            .map_err(|e| convert_error(*e, retries))?;
         if resp.varbinds.len() != oids.len() {
             return Err(SnmpError::Malformed(format!(
                 "asked for {} objects, got {}",

@@ -115,8 +115,6 @@ pub struct Mosquitto {
     tls: Option<TlsListener>,
     /// `max_queued_messages` per client (0: no limit).
     max_queued: u32,
-    /// `max_inflight_messages` per client.
-    max_inflight: u32,
     child: Option<Child>,
 }
 
@@ -126,12 +124,10 @@ impl Mosquitto {
     }
 
     /// No limit on the messages queued per client (benchmarks publish faster than
-    /// a subscriber takes them; the test default of 10,000 would drop the excess),
-    /// and `inflight` unacknowledged QoS 1 messages per client.
-    pub fn start_unbounded(inflight: u32) -> Mosquitto {
+    /// a subscriber takes them; the test default of 10,000 would drop the excess).
+    pub fn start_unbounded() -> Mosquitto {
         let mut m = Self::new(false, None);
         m.max_queued = 0;
-        m.max_inflight = inflight;
         m.launch();
         m
     }
@@ -155,7 +151,6 @@ impl Mosquitto {
             persistence,
             tls,
             max_queued: 10_000,
-            max_inflight: 100,
             child: None,
         }
     }
@@ -164,8 +159,8 @@ impl Mosquitto {
         let bin = system_bin("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
         let mut text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages {}\nmax_queued_messages {}\n",
-            self.port, self.max_inflight, self.max_queued
+            "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages {}\n",
+            self.port, self.max_queued
         );
         if let (Some(tls), Some(port)) = (&self.tls, self.tls_port) {
             text.push_str(&format!(

@@ -142,9 +142,6 @@ async fn platen(runs: u64) -> (Vec<Duration>, Vec<u8>) {
             out.push(took);
         }
     }
-    if let Some(path) = std::env::var_os("PLATEN_BENCH_AGENT_LOG") {
-        let _ = std::fs::write(path, agent.log());
-    }
     (out, payload)
 }
 

@@ -19,8 +19,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const SECTION: &str = "ingest";
-/// Mosquitto's `max_inflight_messages` for the run (both sides).
-const INFLIGHT: u32 = 100;
 
 fn report(version: u64) -> ApplyReport {
     let now = Utc::now();
@@ -207,7 +205,7 @@ pub fn dir_size(dir: &Path) -> u64 {
 
 pub async fn run(r: &mut Results, n: usize) {
     eprintln!("ingest: {n} reports …");
-    let broker = Mosquitto::start_unbounded(INFLIGHT);
+    let broker = Mosquitto::start_unbounded();
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("reports.txt");
     let (lines, dups, avg) = payloads(&file, n);
