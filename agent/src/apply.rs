@@ -661,6 +661,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            signature: None,
         }
     }
 

@@ -27,6 +27,7 @@ pub const ENV_ROOTS: &[&str] = &[
     "drift",
     "diagnostics",
     "metrics",
+    "signing",
     "printer",
 ];
 
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     pub diagnostics: DiagnosticsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub signing: SigningConfig,
     #[serde(default, rename = "printer")]
     pub printers: Vec<PrinterConfig>,
 }
@@ -133,6 +136,39 @@ pub struct DiagnosticsConfig {
     /// diagnostics run sends SNMP traffic and reveals device details.
     #[serde(default)]
     pub remote: bool,
+}
+
+/// Which desired configs the agent believes ([`platen_protocol::signing`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// The cloud's public keys. When any is listed, a desired config is applied only
+    /// if its signature verifies with one of them; others are reported refused (401).
+    /// List two during a key rotation. Empty: signatures are not checked (warned at start).
+    #[serde(default)]
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    /// The key id the cloud puts in its signatures.
+    pub id: String,
+    /// The Ed25519 public key, standard base64 (`platen-cloud keygen` prints it).
+    pub public_key: String,
+}
+
+impl SigningConfig {
+    /// The keys, checked.
+    pub fn trusted(
+        &self,
+    ) -> Result<platen_protocol::TrustedKeys, platen_protocol::signing::KeyError> {
+        platen_protocol::TrustedKeys::new(
+            self.trusted_keys
+                .iter()
+                .map(|k| (k.id.as_str(), k.public_key.as_str())),
+        )
+    }
 }
 
 /// The Prometheus endpoint.
@@ -371,6 +407,9 @@ impl ConfigFile for AgentConfig {
         }
         if t.supply_change_pct == 0 || t.supply_change_pct > 100 {
             bad("telemetry.supply_change_pct", "must be 1..=100");
+        }
+        if let Err(e) = self.signing.trusted() {
+            bad("signing.trusted_keys", &e.to_string());
         }
         let mut seen = HashSet::new();
         for (i, p) in self.printers.iter().enumerate() {

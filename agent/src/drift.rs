@@ -173,6 +173,7 @@ impl DriftCheck {
                 version: verified.version,
                 issued_at: Utc::now(),
                 settings: again,
+                signature: None,
             };
             let outcome = apply(snmp, &self.profile, &cfg, device, &self.params, || false).await;
             for r in outcome.results {

@@ -11,7 +11,7 @@
 //! | `platen_agent_info` | gauge (1) | `version`, `commit`, `protocol` |
 //! | `platen_agent_uptime_seconds` | gauge | |
 //! | `platen_reports_total` | counter | `status` (applied, partially_applied, not_applied, superseded) |
-//! | `platen_report_settings_total` | counter | `code` (200, 403, 505, …) |
+//! | `platen_report_settings_total` | counter | `code` (200, 403, 505, …; a refused config counts its refusal code 401/505) |
 //! | `platen_outbox_depth` | gauge | |
 //! | `platen_outbox_oldest_age_seconds` | gauge | (0 when empty) |
 //! | `platen_snmp_request_duration_seconds` | histogram | `printer`, `op` (get, set, walk) |

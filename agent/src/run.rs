@@ -41,6 +41,8 @@ pub enum RunError {
     },
     #[error("SNMP socket: {0}")]
     Socket(SnmpError),
+    #[error("signing.trusted_keys: {0}")]
+    Keys(#[from] platen_protocol::signing::KeyError),
     #[error("metrics endpoint {listen}: {source}")]
     Metrics {
         listen: std::net::SocketAddr,
@@ -178,6 +180,12 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         .map(crate::tls::client_config)
         .transpose()?;
     let profiles = load_profiles(&cfg)?;
+    let trusted = cfg.signing.trusted().map_err(RunError::Keys)?;
+    if trusted.is_empty() {
+        warn!("desired-config signatures are not checked: [signing] trusted_keys is empty");
+    } else {
+        info!(keys = ?trusted, "desired configs must be signed by a trusted key");
+    }
     let store = Store::open(&cfg.state_dir)?;
     let params = ApplyParams::from(&cfg.apply);
     let transport = SharedTransport::bind().await.map_err(RunError::Socket)?;
@@ -316,7 +324,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 }
                 continue;
             }
-            match handle_desired(&s, &agent_id, &routes, &p.topic, &p.payload).await {
+            match handle_desired(&s, &agent_id, &routes, &trusted, &p.topic, &p.payload).await {
                 Ok(()) => l.ack(&p).await,
                 // Not acknowledged: the broker redelivers it after a reconnect.
                 Err(e) => error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged"),
@@ -531,6 +539,7 @@ async fn handle_desired(
     store: &Store,
     agent: &Id,
     routes: &HashMap<(Id, Id), watch::Sender<u64>>,
+    trusted: &platen_protocol::TrustedKeys,
     topic: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
@@ -560,8 +569,15 @@ async fn handle_desired(
         Ok(c) => c,
         Err(e @ codec::DecodeError::UnsupportedProtocol { .. }) => {
             warn!(topic, error = %e, "desired config refused");
-            return refuse_newer_protocol(store, agent, &tenant, &printer, payload, &e.to_string())
-                .await;
+            let Some(version) = readable_version(payload) else {
+                warn!(printer = %printer, "no readable version in the refused config; nothing to report");
+                return Ok(());
+            };
+            let refusal = platen_protocol::Refusal {
+                code: platen_protocol::Code::ProtocolUnsupported,
+                detail: e.to_string(),
+            };
+            return refuse(store, agent, &tenant, &printer, version, refusal).await;
         }
         Err(e) => {
             warn!(topic, bytes = payload.len(), error = %e, "desired config refused");
@@ -573,6 +589,18 @@ async fn handle_desired(
         return Ok(());
     }
     let version = config.version;
+    // Before anything is stored: a forged config must not even raise the version
+    // watermark (that would make the genuine next version look stale).
+    if !trusted.is_empty() {
+        if let Err(e) = trusted.verify(&tenant, &config) {
+            warn!(topic, version, error = %e, "desired config refused: signature");
+            let refusal = platen_protocol::Refusal {
+                code: platen_protocol::Code::SignatureInvalid,
+                detail: e.to_string(),
+            };
+            return refuse(store, agent, &tenant, &printer, version, refusal).await;
+        }
+    }
     match store.offer_desired(&tenant, config, Utc::now()).await? {
         Offer::Accepted => {
             info!(printer = %printer, version, "desired config accepted");
@@ -592,31 +620,39 @@ async fn handle_desired(
     Ok(())
 }
 
-/// A desired config of a newer major protocol version cannot be parsed, but its
-/// sender must learn why nothing happens: report the version (when it can be read)
-/// as refused with code 505, without touching the printer.
-async fn refuse_newer_protocol(
-    store: &Store,
-    agent: &Id,
-    tenant: &Id,
-    printer: &Id,
-    payload: &[u8],
-    why: &str,
-) -> Result<(), StoreError> {
+/// The `version` of a config that could not be parsed, if it can be read.
+fn readable_version(payload: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         version: u64,
     }
-    let Ok(Envelope { version }) = serde_json::from_slice::<Envelope>(payload) else {
-        warn!(printer = %printer, "no readable version in the refused config; nothing to report");
-        return Ok(());
-    };
+    serde_json::from_slice::<Envelope>(payload)
+        .ok()
+        .map(|e| e.version)
+}
+
+/// A desired config refused as a whole (newer major protocol: 505; signature: 401)
+/// is not applied, but its sender must learn why nothing happens: report the
+/// version as refused, under a refusal's own report id, without touching the printer.
+async fn refuse(
+    store: &Store,
+    agent: &Id,
+    tenant: &Id,
+    printer: &Id,
+    version: u64,
+    refusal: platen_protocol::Refusal,
+) -> Result<(), StoreError> {
     if version <= store.completed(printer)? {
         return Ok(());
     }
     let now = Utc::now();
     let report = platen_protocol::ApplyReport {
-        report_id: platen_protocol::ApplyReport::make_id(agent, printer, version),
+        report_id: platen_protocol::ApplyReport::make_refusal_id(
+            agent,
+            printer,
+            version,
+            refusal.code,
+        ),
         agent_id: agent.clone(),
         printer_id: printer.clone(),
         config_version: version,
@@ -624,10 +660,7 @@ async fn refuse_newer_protocol(
         settings: Vec::new(),
         received_at: now,
         completed_at: now,
-        refused: Some(platen_protocol::Refusal {
-            code: platen_protocol::Code::ProtocolUnsupported,
-            detail: why.to_string(),
-        }),
+        refused: Some(refusal),
     };
     let payload = String::from_utf8(codec::encode(&report)).unwrap_or_default();
     store

@@ -422,6 +422,7 @@ mod tests {
             version: v,
             issued_at: Utc::now(),
             settings: BTreeMap::new(),
+            signature: None,
         }
     }
 

@@ -18,10 +18,12 @@ pub use platen_ops::config::ConfigError;
 pub const ENV_ROOTS: &[&str] = &[
     "state_dir",
     "catalog",
+    "agents",
     "broker",
     "api",
     "provider",
     "engine",
+    "signing",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -31,6 +33,10 @@ pub struct CloudConfig {
     /// Plan catalog and migration rules; without one, plans come from the API and
     /// migrations are refused.
     pub catalog: Option<PathBuf>,
+    /// Agent registry (which agent manages which printers; see
+    /// `packaging/mosquitto/agents.example.toml`): reports and telemetry from any other
+    /// agent are refused. Without one, any agent may report for any printer.
+    pub agents: Option<PathBuf>,
     pub broker: Broker,
     #[serde(default)]
     pub api: Api,
@@ -38,6 +44,18 @@ pub struct CloudConfig {
     pub provider: Provider,
     #[serde(default)]
     pub engine: Engine,
+    /// Sign desired configs (agents with trusted keys apply only signed ones).
+    pub signing: Option<Signing>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    /// Ed25519 private key, PKCS#8 PEM (`platen-cloud keygen` writes one). Must not be
+    /// readable by group or others.
+    pub key_file: PathBuf,
+    /// The id agents know this key by (`[[signing.trusted_keys]] id`).
+    pub key_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,6 +66,10 @@ pub struct Broker {
     /// Stable client id (the cloud keeps a persistent session).
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<platen_ops::secret::Secret>,
+    /// `[broker.tls]`: CA, and a client certificate for brokers that require one.
+    pub tls: Option<platen_ops::tls::TlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -151,6 +173,9 @@ impl ConfigFile for CloudConfig {
         if self.broker.client_id.trim().is_empty() {
             bad("broker.client_id", "must not be empty");
         }
+        if self.broker.password.is_some() && self.broker.username.is_none() {
+            bad("broker.password", "is set but broker.username is not");
+        }
         let url = &self.provider.url;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bad("provider.url", "must start with http:// or https://");
@@ -171,8 +196,17 @@ impl ConfigFile for CloudConfig {
 impl CloudConfig {
     /// The server's settings; the catalog is loaded by the caller (it has its own
     /// checks and messages).
-    pub fn server(&self, catalog: Option<crate::catalog::Catalog>) -> ServerConfig {
+    pub fn server(
+        &self,
+        catalog: Option<crate::catalog::Catalog>,
+        broker_auth: crate::BrokerAuth,
+        signer: Option<std::sync::Arc<platen_protocol::Signer>>,
+        registry: Option<std::sync::Arc<crate::agents::Registry>>,
+    ) -> ServerConfig {
         ServerConfig {
+            broker_auth,
+            signer,
+            registry,
             broker_host: self.broker.host.clone(),
             broker_port: self.broker.port,
             client_id: self.broker.client_id.clone(),
@@ -201,7 +235,7 @@ mod tests {
     #[test]
     fn the_example_is_valid_and_documents_every_setting() {
         let (c, _) = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &[]).unwrap();
-        let s = c.server(None);
+        let s = c.server(None, Default::default(), None, None);
         assert_eq!(s.engine.report_deadline, Duration::from_secs(60));
         let shown = toml::to_string(&c).unwrap();
         for line in shown.lines() {

@@ -254,6 +254,7 @@ impl Engine {
                 version,
                 issued_at: now,
                 settings: rec.change.settings.clone(),
+                signature: None,
             };
             match self.cloud.publish_desired(&contract.tenant, &desired).await {
                 Ok(()) => {

@@ -10,6 +10,7 @@
 //! the usage that migration rules see ([`usage`]). The contract engine, compensation
 //! and plan migrations sit on top ([`engine`], [`compensation`], [`migration`]).
 
+pub mod agents;
 pub mod api;
 pub mod catalog;
 pub mod compensation;
@@ -106,6 +107,24 @@ fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String
     format!("{tenant}/{printer}/{version:020}/{report_id}")
 }
 
+/// How the cloud authenticates to the broker (beyond its client id).
+#[derive(Clone, Default)]
+pub struct BrokerAuth {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub username: Option<String>,
+    pub password: Option<platen_ops::secret::Secret>,
+}
+
+impl std::fmt::Debug for BrokerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerAuth")
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 pub struct Cloud {
     client: AsyncClient,
@@ -117,16 +136,42 @@ pub struct Cloud {
     pubacks: broadcast::Sender<u16>,
     events: broadcast::Sender<ReportEvent>,
     connected: watch::Receiver<bool>,
+    signer: Option<Arc<platen_protocol::Signer>>,
+    registry: Option<Arc<agents::Registry>>,
     pub counters: Arc<Counters>,
 }
 
 impl Cloud {
-    /// Connect to the broker and start collecting reports into `state_dir`.
+    /// Connect to the broker (plain, no credentials) and start collecting reports
+    /// into `state_dir`.
     pub fn start(
         host: &str,
         port: u16,
         client_id: &str,
         state_dir: &Path,
+    ) -> Result<Cloud, CloudError> {
+        Self::start_with(host, port, client_id, state_dir, BrokerAuth::default())
+    }
+
+    /// Sign every desired config published from now on with `signer`.
+    pub fn with_signer(mut self, signer: Option<Arc<platen_protocol::Signer>>) -> Cloud {
+        self.signer = signer;
+        self
+    }
+
+    /// Accept reports and telemetry only from the agent each printer is registered to.
+    pub fn with_registry(mut self, registry: Option<Arc<agents::Registry>>) -> Cloud {
+        self.registry = registry;
+        self
+    }
+
+    /// [`Cloud::start`] with TLS and/or credentials.
+    pub fn start_with(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        state_dir: &Path,
+        auth: BrokerAuth,
     ) -> Result<Cloud, CloudError> {
         std::fs::create_dir_all(state_dir).map_err(|e| CloudError::Store(sled::Error::Io(e)))?;
         let db = sled::open(state_dir.join("db"))?;
@@ -138,6 +183,15 @@ impl Cloud {
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        if let Some(user) = &auth.username {
+            let pass = auth.password.as_ref().map(|p| p.expose()).unwrap_or("");
+            opts.set_credentials(user, pass);
+        }
+        if let Some(tls) = auth.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_tcp_nodelay(true);
@@ -155,6 +209,8 @@ impl Cloud {
             pubacks: pubacks.clone(),
             events,
             connected,
+            signer: None,
+            registry: None,
             counters: Arc::new(Counters::default()),
         };
         let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<rumqttc::Publish>();
@@ -304,6 +360,11 @@ impl Cloud {
                 report.printer_id
             ));
         }
+        if let Some(reg) = &self.registry {
+            if let Err(why) = reg.check(&tenant, &printer, &report.agent_id) {
+                return refused(why);
+            }
+        }
         let rec = ReceivedReport {
             report,
             received_at: Utc::now(),
@@ -372,6 +433,14 @@ impl Cloud {
                 reason: format!("telemetry of printer {} on this topic", t.printer_id),
             });
         }
+        if let Some(reg) = &self.registry {
+            if let Err(reason) = reg.check(&tenant, &printer, &t.agent_id) {
+                return Ok(ReportEvent::Refused {
+                    topic: Topic::Telemetry { tenant, printer }.to_string(),
+                    reason,
+                });
+            }
+        }
         let new_reading = self.readings.record(&tenant, &t)?;
         Ok(ReportEvent::Telemetry {
             tenant,
@@ -401,7 +470,14 @@ impl Cloud {
     ) -> Result<(), CloudError> {
         config.validate().map_err(CloudError::Invalid)?;
         let topic = Topic::desired(tenant, &config.printer_id).to_string();
-        let payload = codec::encode(config);
+        let payload = match &self.signer {
+            Some(signer) => {
+                let mut signed = config.clone();
+                signer.sign(tenant, &mut signed);
+                codec::encode(&signed)
+            }
+            None => codec::encode(config),
+        };
         // One confirmed publish at a time, so the next PUBACK is ours.
         let _guard = self.publish_lock.lock().await;
         let mut acks = self.pubacks.subscribe();

@@ -89,6 +89,33 @@ enum Command {
         /// Without one, plans are created through the API and migrations are refused.
         #[arg(long)]
         catalog: Option<PathBuf>,
+        /// Sign desired configs with this Ed25519 key (PKCS#8 PEM, mode 600).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// The id agents know the signing key by.
+        #[arg(long, default_value = "cloud-1")]
+        signing_key_id: String,
+        /// Agent registry: reports and telemetry only from each printer's own agent.
+        #[arg(long)]
+        agents: Option<PathBuf>,
+    },
+    /// Print Mosquitto's ACL file for the agent registry (see packaging/mosquitto/).
+    BrokerAcl {
+        /// The agent registry (packaging/mosquitto/agents.example.toml).
+        #[arg(long)]
+        agents: PathBuf,
+        /// The cloud's MQTT user name (its client certificate's CN).
+        #[arg(long, default_value = "platen-cloud")]
+        cloud_user: String,
+    },
+    /// Make a new Ed25519 signing key: writes the private key to FILE (mode 600,
+    /// refuses to overwrite) and prints the `[[signing.trusted_keys]]` entry for agents.
+    Keygen {
+        /// Where to write the private key.
+        file: PathBuf,
+        /// The key's id (say, the month it was made: cloud-2026-11).
+        #[arg(long)]
+        id: String,
     },
     /// The configuration file: check it, or show the effective configuration.
     Config {
@@ -505,11 +532,81 @@ async fn client(api: String, command: Command) -> ExitCode {
     }
 }
 
+/// TLS and credentials for the broker from `[broker]`.
+fn broker_auth(b: &platen_cloud::config::Broker) -> Result<platen_cloud::BrokerAuth, String> {
+    let tls = b
+        .tls
+        .as_ref()
+        .map(platen_ops::tls::client_config)
+        .transpose()
+        .map_err(|e| format!("broker.tls: {e}"))?;
+    Ok(platen_cloud::BrokerAuth {
+        tls,
+        username: b.username.clone(),
+        password: b.password.clone(),
+    })
+}
+
+fn load_registry(
+    file: &std::path::Path,
+) -> Result<std::sync::Arc<platen_cloud::agents::Registry>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("agent registry {}: cannot read: {e}", file.display()))?;
+    platen_cloud::agents::Registry::parse(&text)
+        .map(std::sync::Arc::new)
+        .map_err(|e| format!("agent registry {}: {e}", file.display()))
+}
+
+/// The signing key, refusing a file others can read.
+fn load_signer(
+    file: &std::path::Path,
+    key_id: &str,
+) -> Result<std::sync::Arc<platen_protocol::Signer>, String> {
+    platen_ops::tls::check_private(file).map_err(|e| format!("signing key: {e}"))?;
+    let pem = std::fs::read_to_string(file)
+        .map_err(|e| format!("signing key {}: cannot read: {e}", file.display()))?;
+    platen_protocol::Signer::from_pem(key_id, &pem)
+        .map(std::sync::Arc::new)
+        .map_err(|e| format!("signing key {}: {e}", file.display()))
+}
+
+fn keygen(file: &std::path::Path, id: &str) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let made = platen_protocol::Signer::generate_pem()
+        .and_then(|pem| platen_protocol::Signer::from_pem(id, &pem).map(|s| (pem, s)));
+    let (pem, signer) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("keygen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|_| f.sync_all()));
+    if let Err(e) = written {
+        eprintln!("keygen: {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    println!("# private key written to {} (mode 600)", file.display());
+    println!("# for each agent's config:");
+    println!("[[signing.trusted_keys]]");
+    println!("id = \"{}\"", signer.key_id());
+    println!("public_key = \"{}\"", signer.public_key_base64());
+    ExitCode::SUCCESS
+}
+
 async fn serve(
     cli: &Cli,
     api_listen: std::net::SocketAddr,
     engine: platen_cloud::engine::EngineConfig,
     catalog: Option<&std::path::Path>,
+    signer: Option<std::sync::Arc<platen_protocol::Signer>>,
+    registry: Option<std::sync::Arc<platen_cloud::agents::Registry>>,
 ) -> ExitCode {
     let catalog = match catalog.map(load_catalog).transpose() {
         Ok(c) => c,
@@ -519,6 +616,9 @@ async fn serve(
         broker_host: cli.host.clone(),
         broker_port: cli.port,
         client_id: cli.client_id.clone(),
+        broker_auth: Default::default(),
+        signer,
+        registry,
         state_dir: cli.state_dir.clone(),
         api_listen,
         engine,
@@ -673,6 +773,19 @@ async fn main() -> ExitCode {
     platen_ops::logging::init(cli.log.log_format, default_level);
     match &cli.command {
         Command::Config { command } => return config_cmd(command),
+        Command::Keygen { file, id } => return keygen(file, id),
+        Command::BrokerAcl { agents, cloud_user } => {
+            return match load_registry(agents) {
+                Ok(r) => {
+                    print!("{}", r.mosquitto_acl(cloud_user));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Serve {
             config: Some(file), ..
         } => {
@@ -687,7 +800,33 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            return run_server(cfg.server(catalog)).await;
+            let auth = match broker_auth(&cfg.broker) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let signer = match cfg
+                .signing
+                .as_ref()
+                .map(|s| load_signer(&s.key_file, &s.key_id))
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let registry = match cfg.agents.as_deref().map(load_registry).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return run_server(cfg.server(catalog, auth, signer, registry)).await;
         }
         Command::Serve {
             config: None,
@@ -697,7 +836,28 @@ async fn main() -> ExitCode {
             republish_after_secs,
             tick_ms,
             catalog,
+            signing_key,
+            signing_key_id,
+            agents,
         } => {
+            let registry = match agents.as_deref().map(load_registry).transpose() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let signer = match signing_key
+                .as_ref()
+                .map(|k| load_signer(k, signing_key_id))
+                .transpose()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
             let engine = platen_cloud::engine::EngineConfig {
                 tick: Duration::from_millis(*tick_ms),
                 report_deadline: Duration::from_secs(*report_deadline_secs),
@@ -705,7 +865,15 @@ async fn main() -> ExitCode {
                 provider_url: provider_url.clone(),
                 ..Default::default()
             };
-            return serve(&cli, *api_listen, engine, catalog.as_deref()).await;
+            return serve(
+                &cli,
+                *api_listen,
+                engine,
+                catalog.as_deref(),
+                signer,
+                registry,
+            )
+            .await;
         }
         Command::Catalog {
             command: CatalogCmd::Check { file },
@@ -773,6 +941,7 @@ async fn main() -> ExitCode {
                 version,
                 issued_at: chrono::Utc::now(),
                 settings: map,
+                signature: None,
             };
             if !cloud.wait_connected(Duration::from_secs(10)).await {
                 eprintln!("cannot connect to the broker at {}:{}", cli.host, cli.port);

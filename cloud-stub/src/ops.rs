@@ -146,6 +146,7 @@ fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiEr
         version: 1,
         issued_at: Utc::now(),
         settings: settings.clone(),
+        signature: None,
     }
     .validate()
     .map_err(|e| ApiError::invalid(format!("settings: {e}")))

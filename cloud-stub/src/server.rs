@@ -19,6 +19,12 @@ pub struct ServerConfig {
     pub broker_host: String,
     pub broker_port: u16,
     pub client_id: String,
+    /// TLS and credentials towards the broker.
+    pub broker_auth: crate::BrokerAuth,
+    /// Signs every desired config the cloud publishes.
+    pub signer: Option<std::sync::Arc<platen_protocol::Signer>>,
+    /// Which agent may report for which printer (none: any agent).
+    pub registry: Option<std::sync::Arc<crate::agents::Registry>>,
     pub state_dir: PathBuf,
     /// HTTP API address (port 0: a free port; see [`Server::api_addr`]).
     pub api_listen: SocketAddr,
@@ -53,12 +59,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
-        let cloud = Cloud::start(
+        let cloud = Cloud::start_with(
             &cfg.broker_host,
             cfg.broker_port,
             &cfg.client_id,
             &cfg.state_dir,
-        )?;
+            cfg.broker_auth.clone(),
+        )?
+        .with_signer(cfg.signer.clone())
+        .with_registry(cfg.registry.clone());
         let store = ContractStore::open(cloud.db())?;
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
         let mut ops = Ops::new(store, Some(engine.clone()));

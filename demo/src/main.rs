@@ -16,12 +16,13 @@ use platen_cloud::migration::{
 use platen_cloud::server::{Server, ServerConfig};
 use platen_cloud::{Cloud, ReportEvent};
 use platen_printer_sim::{oid, serve, Faults, SimPrinter};
-use platen_protocol::{ApplyReport, DesiredConfig, Id, ReportStatus, SettingValue};
+use platen_protocol::{ApplyReport, DesiredConfig, Id, ReportStatus, SettingValue, Signer};
 use platen_provider::Provider;
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -75,10 +76,13 @@ fn agent_config(
     broker_port: u16,
     state: &Path,
     printers: &[(String, std::net::SocketAddr)],
+    signer: &Signer,
 ) -> Result<AgentConfig, String> {
     let mut text = format!(
-        "agent_id = \"gw-demo\"\ntenant = \"acme\"\nstate_dir = {:?}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n",
-        state.display().to_string()
+        "agent_id = \"gw-demo\"\ntenant = \"acme\"\nstate_dir = {:?}\n[broker]\nhost = \"127.0.0.1\"\nport = {broker_port}\n[apply]\nsettle_ms = 50\nretry_backoff_ms = 50\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 60\n[[signing.trusted_keys]]\nid = \"{}\"\npublic_key = \"{}\"\n",
+        state.display().to_string(),
+        signer.key_id(),
+        signer.public_key_base64()
     );
     for (id, addr) in printers {
         text.push_str(&format!(
@@ -167,19 +171,28 @@ async fn demo() -> Result<(), String> {
     let printers: Vec<(String, std::net::SocketAddr)> =
         sims.iter().map(|s| (s.id.clone(), s.addr)).collect();
 
+    // The clouds sign every desired config; the agent applies only signed ones.
+    let signer = Arc::new(
+        Signer::generate_pem()
+            .and_then(|pem| Signer::from_pem("demo-key", &pem))
+            .map_err(|e| e.to_string())?,
+    );
     let cloud = Cloud::start(
         "127.0.0.1",
         broker_port,
         "platen-cloud-demo",
         &dir.path().join("cloud"),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_signer(Some(signer.clone()));
     let mut events = cloud.subscribe_events();
-    let (server, mut provider) = start_contract_cloud(broker_port, dir.path()).await?;
+    let (server, mut provider) =
+        start_contract_cloud(broker_port, dir.path(), signer.clone()).await?;
     let agent = platen_agent::run::start(agent_config(
         broker_port,
         &dir.path().join("agent"),
         &printers,
+        &signer,
     )?)
     .await
     .map_err(|e| e.to_string())?;
@@ -230,6 +243,7 @@ async fn demo() -> Result<(), String> {
             version: 1,
             issued_at: chrono::Utc::now(),
             settings,
+            signature: None,
         };
         cloud
             .publish_desired(&tenant, &config)
@@ -382,7 +396,11 @@ fn describe(e: &TimelineEntry) -> String {
 /// The contract cloud (engine, scheduler, API, example catalog) and the service
 /// provider, down at first. Started before the agent, so it sees every telemetry
 /// message from the first.
-async fn start_contract_cloud(broker_port: u16, dir: &Path) -> Result<(Server, Provider), String> {
+async fn start_contract_cloud(
+    broker_port: u16,
+    dir: &Path,
+    signer: Arc<Signer>,
+) -> Result<(Server, Provider), String> {
     let mut provider = Provider::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?)
         .await
         .map_err(|e| e.to_string())?;
@@ -391,6 +409,9 @@ async fn start_contract_cloud(broker_port: u16, dir: &Path) -> Result<(Server, P
         broker_host: "127.0.0.1".into(),
         broker_port,
         client_id: "platen-cloud-contracts-demo".into(),
+        broker_auth: Default::default(),
+        signer: Some(signer),
+        registry: None,
         state_dir: dir.join("contracts"),
         api_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         engine: EngineConfig {

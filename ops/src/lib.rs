@@ -5,10 +5,15 @@
 //!   its location: `FILE:LINE` or the environment variable that set it.
 //! - [`logging`]: `tracing` to stderr, human-readable or JSON lines, `RUST_LOG` filters.
 //! - [`version`]: the version string with git commit and protocol version.
+//! - [`secret`]: a string that never shows itself in `Debug`, `Display` or serialized output.
+//! - [`tls`]: rustls client configs for the broker from PEM files, private keys checked
+//!   not to be readable by others.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=…` to `$NOTIFY_SOCKET`; no-ops
 //!   outside systemd.
 
 pub mod config;
 pub mod logging;
+pub mod secret;
 pub mod systemd;
+pub mod tls;
 pub mod version;

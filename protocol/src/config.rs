@@ -26,6 +26,10 @@ pub struct DesiredConfig {
     pub issued_at: DateTime<Utc>,
     /// Setting name (from the agent's profile) → value. Ordered, so reports are stable.
     pub settings: BTreeMap<String, SettingValue>,
+    /// The cloud's Ed25519 signature ([`crate::signing`]); absent when the cloud
+    /// signs nothing. Agents with trusted keys refuse configs without a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::signing::ConfigSignature>,
 }
 
 /// A setting's value: an integer or a text. Enumerated integers (e.g.

@@ -24,6 +24,7 @@ pub mod drift;
 pub mod health;
 pub mod ids;
 pub mod report;
+pub mod signing;
 pub mod telemetry;
 pub mod topics;
 
@@ -34,5 +35,6 @@ pub use drift::{DriftReport, DriftedSetting};
 pub use health::{Health, HealthStatus};
 pub use ids::{Id, IdError};
 pub use report::{ApplyReport, Code, Refusal, ReportStatus, SettingResult};
+pub use signing::{ConfigSignature, SignatureError, Signer, TrustedKeys};
 pub use telemetry::Telemetry;
 pub use topics::{Topic, TopicError};

@@ -17,6 +17,10 @@ pub enum Code {
     Drift,
     /// 400: the value was rejected (wrongValue, wrongType, badValue, or outside the profile's constraints).
     ValueRejected,
+    /// 401: the whole desired config was refused: it is unsigned, or its signature
+    /// does not verify against a key this agent trusts (report-level, see
+    /// [`ApplyReport::refused`] and [`crate::signing`]).
+    SignatureInvalid,
     /// 403: not writable, or not permitted with these credentials.
     NotWritable,
     /// 404: not supported by this printer (noSuchObject/noSuchInstance) or unknown setting name.
@@ -37,11 +41,12 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 13] = [
         Code::Verified,
         Code::AcceptedPending,
         Code::Drift,
         Code::ValueRejected,
+        Code::SignatureInvalid,
         Code::NotWritable,
         Code::NotSupported,
         Code::Superseded,
@@ -58,6 +63,7 @@ impl Code {
             Code::AcceptedPending => 202,
             Code::Drift => 203,
             Code::ValueRejected => 400,
+            Code::SignatureInvalid => 401,
             Code::NotWritable => 403,
             Code::NotSupported => 404,
             Code::Superseded => 409,
@@ -80,6 +86,7 @@ impl Code {
             Code::AcceptedPending => "accepted, read-back pending",
             Code::Drift => "drift",
             Code::ValueRejected => "value rejected",
+            Code::SignatureInvalid => "signature not valid",
             Code::NotWritable => "not writable",
             Code::NotSupported => "not supported",
             Code::Superseded => "superseded",
@@ -212,9 +219,24 @@ impl ApplyReport {
         format!("{agent}:{printer}:v{version}")
     }
 
+    /// The id of a report that refuses a whole config: its own id, so a refusal
+    /// (say, of a forged config carrying the next version number) can never be
+    /// mistaken for, or deduplicate away, the report of the genuine config.
+    pub fn make_refusal_id(agent: &Id, printer: &Id, version: u64, code: Code) -> String {
+        format!("{agent}:{printer}:v{version}:refused{}", code.as_u16())
+    }
+
     /// Structural checks beyond the JSON shape.
     pub fn validate(&self) -> Result<(), String> {
-        let expected = Self::make_id(&self.agent_id, &self.printer_id, self.config_version);
+        let expected = match &self.refused {
+            None => Self::make_id(&self.agent_id, &self.printer_id, self.config_version),
+            Some(r) => Self::make_refusal_id(
+                &self.agent_id,
+                &self.printer_id,
+                self.config_version,
+                r.code,
+            ),
+        };
         if self.report_id != expected {
             return Err(format!(
                 "report_id {:?} does not match {expected:?}",

@@ -779,6 +779,7 @@ pub fn desired(printer: &str, version: u64, settings: &[(&str, SettingValue)]) -
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
+        signature: None,
     }
 }
 

@@ -104,7 +104,13 @@ async fn metrics_json_logs_notify_env_and_protocol_refusal() {
         newer.into_bytes(),
     )
     .await;
-    let refused = wait_report(&cloud, "gw-ops:p1:v5", Duration::from_secs(20), &agent).await;
+    let refused = wait_report(
+        &cloud,
+        "gw-ops:p1:v5:refused505",
+        Duration::from_secs(20),
+        &agent,
+    )
+    .await;
     assert_eq!(refused.report.status, ReportStatus::NotApplied);
     let why = refused.report.refused.as_ref().expect("refusal");
     assert_eq!(why.code, Code::ProtocolUnsupported);

@@ -116,6 +116,7 @@ async fn platen(runs: u64) -> (Vec<Duration>, Vec<u8>) {
                 .into_iter()
                 .map(|(n, _, val)| (n.to_string(), val))
                 .collect::<BTreeMap<_, _>>(),
+            signature: None,
         };
         mq.publish_acked(&desired_topic, true, codec::encode(&config))
             .await;

@@ -110,6 +110,7 @@ async fn agent_store(n: usize) -> f64 {
                     version: v,
                     issued_at: chrono::Utc::now(),
                     settings,
+                    signature: None,
                 };
                 store
                     .offer_desired(&tenant, config, chrono::Utc::now())
