@@ -150,7 +150,14 @@ impl Cloud {
         client_id: &str,
         state_dir: &Path,
     ) -> Result<Cloud, CloudError> {
-        Self::start_with(host, port, client_id, state_dir, BrokerAuth::default())
+        Self::start_with(
+            host,
+            port,
+            client_id,
+            state_dir,
+            BrokerAuth::default(),
+            None,
+        )
     }
 
     /// Sign every desired config published from now on with `signer`.
@@ -159,19 +166,15 @@ impl Cloud {
         self
     }
 
-    /// Accept reports and telemetry only from the agent each printer is registered to.
-    pub fn with_registry(mut self, registry: Option<Arc<agents::Registry>>) -> Cloud {
-        self.registry = registry;
-        self
-    }
-
-    /// [`Cloud::start`] with TLS and/or credentials.
+    /// [`Cloud::start`] with TLS and/or credentials, accepting reports and telemetry
+    /// only from the agent each printer is registered to (when a registry is given).
     pub fn start_with(
         host: &str,
         port: u16,
         client_id: &str,
         state_dir: &Path,
         auth: BrokerAuth,
+        registry: Option<Arc<agents::Registry>>,
     ) -> Result<Cloud, CloudError> {
         std::fs::create_dir_all(state_dir).map_err(|e| CloudError::Store(sled::Error::Io(e)))?;
         let db = sled::open(state_dir.join("db"))?;
@@ -210,7 +213,7 @@ impl Cloud {
             events,
             connected,
             signer: None,
-            registry: None,
+            registry,
             counters: Arc::new(Counters::default()),
         };
         let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<rumqttc::Publish>();

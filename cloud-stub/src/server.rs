@@ -65,9 +65,9 @@ impl Server {
             &cfg.client_id,
             &cfg.state_dir,
             cfg.broker_auth.clone(),
+            cfg.registry.clone(),
         )?
-        .with_signer(cfg.signer.clone())
-        .with_registry(cfg.registry.clone());
+        .with_signer(cfg.signer.clone());
         let store = ContractStore::open(cloud.db())?;
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
         let mut ops = Ops::new(store, Some(engine.clone()));

@@ -115,6 +115,8 @@ pub struct Mosquitto {
     tls: Option<TlsListener>,
     /// `max_queued_messages` per client (0: no limit).
     max_queued: u32,
+    /// A whole configuration given by the test ([`Mosquitto::start_conf`]).
+    custom: Option<String>,
     child: Option<Child>,
 }
 
@@ -151,13 +153,28 @@ impl Mosquitto {
             persistence,
             tls,
             max_queued: 10_000,
+            custom: None,
             child: None,
         }
+    }
+
+    /// A broker with a whole configuration of the caller's (say, the packaged one
+    /// with paths replaced), which must listen on `port`.
+    pub fn start_conf(conf: String, port: u16) -> Mosquitto {
+        let mut m = Self::new(false, None);
+        m.port = port;
+        m.custom = Some(conf);
+        m.launch();
+        m
     }
 
     fn launch(&mut self) {
         let bin = system_bin("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
+        if let Some(text) = &self.custom {
+            std::fs::write(&conf, text).expect("write mosquitto.conf");
+            return self.spawn(&bin, &conf);
+        }
         let mut text = format!(
             "listener {} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\nmax_queued_messages {}\n",
             self.port, self.max_queued
@@ -187,10 +204,14 @@ impl Mosquitto {
             text.push_str("persistence false\n");
         }
         std::fs::write(&conf, text).expect("write mosquitto.conf");
+        self.spawn(&bin, &conf);
+    }
+
+    fn spawn(&mut self, bin: &Path, conf: &Path) {
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log file");
         let child = Command::new(bin)
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
