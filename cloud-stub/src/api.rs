@@ -15,32 +15,112 @@
 //! | GET | `/v1/resellers` | | resellers |
 //! | GET | `/v1/catalog` | | plans, rules, warnings |
 //! | GET | `/v1/contracts/{id}/usage` | | the usage the migration rules see now |
-//! | POST | `/v1/migrations` | `MigrationRequest`, header `Platen-Actor` | 200 dry run, 201 accepted, 422 refused |
+//! | POST | `/v1/migrations` | `MigrationRequest` | 200 dry run, 201 accepted, 422 refused |
 //! | GET | `/v1/migrations` | `?tenant=&contract=&state=` | migrations |
 //! | GET | `/v1/migrations/{id}` | | migration |
-//! | DELETE | `/v1/migrations/{id}` | header `Platen-Actor` | the cancelled migration |
+//! | DELETE | `/v1/migrations/{id}` | | the cancelled migration |
 //!
 //! Errors: `{"error": {"code": "…", "message": "…"}}` with a 4xx (5xx for storage).
 //! A refused migration is a 422 with code `migration_refused` and, beside the
 //! error, the stored `migration` with the deciding rule and the usage it saw.
 //! Request bodies are limited to 256 KiB.
 //!
-//! `Platen-Actor` (`operator`, `tenant:ID`, `reseller:ID`) says who asks, until
-//! API authentication replaces it with bearer tokens mapped to the same actors.
+//! Every `/v1` request carries `Authorization: Bearer <token>` ([`crate::auth`]); the
+//! token's actor decides what it may do:
+//! - operator: everything;
+//! - tenant: reads plans and the catalog, its own tenant record, contracts (status,
+//!   timeline, usage), ledger and migrations; requests and cancels its migrations;
+//! - reseller: the same for the tenants assigned to it, and its own reseller record.
+//!
+//! Creating tenants, plans, contracts, resellers and settings changes is the
+//! operator's. 401 `unauthenticated` without a valid token, 403 `forbidden` for an
+//! action the actor may not take, 404 for a contract or migration it may not see
+//! (as if it did not exist). `/healthz` needs no token.
 
+use crate::auth::{Auth, Caller, Scope};
 use crate::catalog::{Catalog, Decision, Problem};
 use crate::migration::{Actor, MigrationRequest, Outcome};
 use crate::model::{Plan, Reseller, Tenant};
 use crate::ops::{ApiError, ChangeRequest, NewContract, Ops};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The API's state: the operations and how callers are authenticated.
+#[derive(Clone)]
+pub struct ApiState {
+    pub ops: Ops,
+    pub auth: Arc<Auth>,
+}
+
+impl FromRef<ApiState> for Ops {
+    fn from_ref(s: &ApiState) -> Ops {
+        s.ops.clone()
+    }
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, s: &ApiState) -> Result<Caller, ApiError> {
+        let header = match parts.headers.get(axum::http::header::AUTHORIZATION) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| {
+                ApiError::new(
+                    401,
+                    "unauthenticated",
+                    "the Authorization header is not text",
+                )
+            })?),
+        };
+        s.auth.authenticate(header).map_err(|f| {
+            tracing::warn!(path = %parts.uri.path(), failure = ?f, "API request refused: not authenticated");
+            ApiError::new(401, "unauthenticated", f.message())
+        })
+    }
+}
+
+fn forbidden(c: &Caller, what: &str) -> ApiError {
+    tracing::warn!(token = %c.name, actor = %c.actor, what, "API request refused: forbidden");
+    ApiError::new(403, "forbidden", format!("{} may not {what}", c.actor))
+}
+
+fn operator_only(c: &Caller, what: &str) -> Result<(), ApiError> {
+    if Scope(&c.actor).is_operator() {
+        Ok(())
+    } else {
+        Err(forbidden(c, what))
+    }
+}
+
+/// Whether the caller may see `tenant`'s data.
+fn sees_tenant(o: &Ops, c: &Caller, tenant: &Id) -> Result<bool, ApiError> {
+    let scope = Scope(&c.actor);
+    if scope.is_operator() {
+        return Ok(true);
+    }
+    let record = o.store().tenant(tenant.as_str())?;
+    Ok(scope.sees_tenant(tenant.as_str(), record.as_ref()))
+}
+
+/// The contract, if the caller may see it; otherwise the same 404 as a missing one.
+fn visible_contract(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Contract, ApiError> {
+    let contract = o.contract(id)?;
+    if sees_tenant(o, c, &contract.tenant)? {
+        Ok(contract)
+    } else {
+        Err(ApiError::not_found(
+            "unknown_contract",
+            format!("no contract {id}"),
+        ))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -68,49 +148,75 @@ fn created<T: Serialize>(v: T) -> Response {
 
 async fn post_tenant(
     State(o): State<Ops>,
+    c: Caller,
     b: Result<Json<Tenant>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    operator_only(&c, "create tenants")?;
     Ok(created(o.create_tenant(body(b)?)?))
 }
 
-async fn get_tenants(State(o): State<Ops>) -> Result<Response, ApiError> {
-    Ok(Json(o.store().tenants()?).into_response())
+async fn get_tenants(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
+    let scope = Scope(&c.actor);
+    let tenants: Vec<Tenant> = o
+        .store()
+        .tenants()?
+        .into_iter()
+        .filter(|t| scope.sees_tenant(t.id.as_str(), Some(t)))
+        .collect();
+    Ok(Json(tenants).into_response())
 }
 
 async fn post_plan(
     State(o): State<Ops>,
+    c: Caller,
     b: Result<Json<Plan>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    operator_only(&c, "create plans")?;
     Ok(created(o.create_plan(body(b)?)?))
 }
 
-async fn get_plans(State(o): State<Ops>) -> Result<Response, ApiError> {
+async fn get_plans(State(o): State<Ops>, _c: Caller) -> Result<Response, ApiError> {
     Ok(Json(o.store().plans()?).into_response())
 }
 
 async fn post_contract(
     State(o): State<Ops>,
+    c: Caller,
     b: Result<Json<NewContract>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    operator_only(&c, "create contracts")?;
     let (contract, change) = o.create_contract(body(b)?)?;
     Ok(created(
         serde_json::json!({"contract": contract, "change": change}),
     ))
 }
 
-async fn get_contract(State(o): State<Ops>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_contract(
+    State(o): State<Ops>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    visible_contract(&o, &c, &id)?;
     Ok(Json(o.contract_status(&id)?).into_response())
 }
 
 async fn post_change(
     State(o): State<Ops>,
+    c: Caller,
     Path(id): Path<String>,
     b: Result<Json<ChangeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    visible_contract(&o, &c, &id)?;
+    operator_only(&c, "change contract settings")?;
     Ok(created(o.change_contract(&id, body(b)?)?))
 }
 
-async fn get_timeline(State(o): State<Ops>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_timeline(
+    State(o): State<Ops>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    visible_contract(&o, &c, &id)?;
     Ok(Json(o.timeline(&id)?).into_response())
 }
 
@@ -122,21 +228,54 @@ struct LedgerQuery {
 
 async fn get_ledger(
     State(o): State<Ops>,
+    c: Caller,
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
-    Ok(Json(o.ledger(q.contract.as_ref(), q.tenant.as_ref())?).into_response())
+    if let Some(t) = &q.tenant {
+        if !sees_tenant(&o, &c, t)? {
+            return Err(forbidden(&c, &format!("read the ledger of tenant {t}")));
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut entries = Vec::new();
+    for e in o.ledger(q.contract.as_ref(), q.tenant.as_ref())? {
+        let visible = match seen.get(&e.tenant) {
+            Some(v) => *v,
+            None => {
+                let v = sees_tenant(&o, &c, &e.tenant)?;
+                seen.insert(e.tenant.clone(), v);
+                v
+            }
+        };
+        if visible {
+            entries.push(e);
+        }
+    }
+    Ok(Json(entries).into_response())
 }
 
 async fn post_reseller(
     State(o): State<Ops>,
+    c: Caller,
     b: Result<Json<Reseller>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    operator_only(&c, "create resellers")?;
     Ok(created(o.create_reseller(body(b)?)?))
 }
 
-async fn get_resellers(State(o): State<Ops>) -> Result<Response, ApiError> {
-    Ok(Json(o.store().resellers()?).into_response())
+async fn get_resellers(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
+    if matches!(c.actor, Actor::Tenant(_)) {
+        return Err(forbidden(&c, "list resellers"));
+    }
+    let scope = Scope(&c.actor);
+    let resellers: Vec<Reseller> = o
+        .store()
+        .resellers()?
+        .into_iter()
+        .filter(|r| scope.sees_reseller(r.id.as_str()))
+        .collect();
+    Ok(Json(resellers).into_response())
 }
 
 /// A rule as the API shows it.
@@ -178,40 +317,29 @@ pub fn catalog_json(c: &Catalog) -> serde_json::Value {
     .unwrap_or_default()
 }
 
-async fn get_catalog(State(o): State<Ops>) -> Result<Response, ApiError> {
+async fn get_catalog(State(o): State<Ops>, _c: Caller) -> Result<Response, ApiError> {
     let c = o
         .catalog()
         .ok_or_else(|| ApiError::new(404, "no_catalog", "no plan catalog is loaded"))?;
     Ok(Json(catalog_json(c)).into_response())
 }
 
-async fn get_usage(State(o): State<Ops>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let c = o.contract(&id)?;
+async fn get_usage(
+    State(o): State<Ops>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = visible_contract(&o, &caller, &id)?;
     let (seen, detail) = o.usage_of(&c, chrono::Utc::now());
     Ok(Json(serde_json::json!({"seen": seen, "detail": detail})).into_response())
 }
 
-fn actor(h: &HeaderMap) -> Result<Actor, ApiError> {
-    let v = h.get("platen-actor").ok_or_else(|| {
-        ApiError::new(
-            401,
-            "actor_required",
-            "say who asks: header Platen-Actor: operator | tenant:ID | reseller:ID",
-        )
-    })?;
-    v.to_str()
-        .map_err(|_| ApiError::new(400, "bad_request", "Platen-Actor is not text"))?
-        .parse()
-        .map_err(|e: String| ApiError::new(400, "bad_request", e))
-}
-
 async fn post_migration(
     State(o): State<Ops>,
-    h: HeaderMap,
+    c: Caller,
     b: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let who = actor(&h)?;
-    Ok(match o.migrate(&who, body(b)?)? {
+    Ok(match o.migrate(&c.actor, body(b)?)? {
         d @ Outcome::DryRun(_) => Json(d).into_response(),
         a @ Outcome::Accepted(_) => created(a),
         Outcome::Refused(m) => {
@@ -243,37 +371,57 @@ struct MigrationQuery {
 
 async fn get_migrations(
     State(o): State<Ops>,
+    c: Caller,
     q: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
-    Ok(
-        Json(o.migrations(q.tenant.as_ref(), q.contract.as_ref(), q.state.as_deref())?)
-            .into_response(),
-    )
+    let mut visible = Vec::new();
+    for m in o.migrations(q.tenant.as_ref(), q.contract.as_ref(), q.state.as_deref())? {
+        if sees_tenant(&o, &c, &m.decision.tenant)? {
+            visible.push(m);
+        }
+    }
+    Ok(Json(visible).into_response())
 }
 
-async fn get_migration(State(o): State<Ops>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let m = o
-        .store()
-        .migration(&id)?
-        .ok_or_else(|| ApiError::new(404, "unknown_migration", format!("no migration {id}")))?;
-    Ok(Json(m).into_response())
+/// The migration, if the caller may see it; otherwise the same 404 as a missing one.
+fn visible_migration(
+    o: &Ops,
+    c: &Caller,
+    id: &str,
+) -> Result<crate::migration::Migration, ApiError> {
+    let missing = || ApiError::new(404, "unknown_migration", format!("no migration {id}"));
+    let m = o.store().migration(id)?.ok_or_else(missing)?;
+    if sees_tenant(o, c, &m.decision.tenant)? {
+        Ok(m)
+    } else {
+        Err(missing())
+    }
+}
+
+async fn get_migration(
+    State(o): State<Ops>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(visible_migration(&o, &c, &id)?).into_response())
 }
 
 async fn delete_migration(
     State(o): State<Ops>,
-    h: HeaderMap,
+    c: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let who = actor(&h)?;
-    Ok(Json(o.cancel_migration(&who, &id)?).into_response())
+    visible_migration(&o, &c, &id)?;
+    Ok(Json(o.cancel_migration(&c.actor, &id)?).into_response())
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such endpoint")
 }
 
-pub fn router(ops: Ops) -> Router {
+/// The API over `ops`, authenticating callers with `auth`.
+pub fn router(ops: Ops, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/tenants", post(post_tenant).get(get_tenants))
         .route("/v1/plans", post(post_plan).get(get_plans))
@@ -293,5 +441,5 @@ pub fn router(ops: Ops) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(256 * 1024))
-        .with_state(ops)
+        .with_state(ApiState { ops, auth })
 }

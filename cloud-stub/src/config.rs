@@ -77,6 +77,9 @@ pub struct Api {
     /// The HTTP API's address.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Bearer tokens (hashed; `platen-cloud token new` makes them). Required unless
+    /// `listen` is a loopback address; without it every local caller is the operator.
+    pub tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -136,6 +139,7 @@ impl Default for Api {
     fn default() -> Self {
         Api {
             listen: default_listen(),
+            tokens_file: None,
         }
     }
 }
@@ -183,6 +187,12 @@ impl ConfigFile for CloudConfig {
         if self.provider.timeout_secs == 0 {
             bad("provider.timeout_secs", "must be at least 1");
         }
+        if self.api.tokens_file.is_none() && !self.api.listen.ip().is_loopback() {
+            bad(
+                "api.tokens_file",
+                "is required when api.listen is not a loopback address",
+            );
+        }
         if self.engine.tick_ms < 10 {
             bad("engine.tick_ms", "must be at least 10");
         }
@@ -221,6 +231,7 @@ impl CloudConfig {
                 provider_retry_max: Duration::from_secs(self.provider.retry_max_secs),
             },
             catalog,
+            tokens_file: self.api.tokens_file.clone(),
         }
     }
 }

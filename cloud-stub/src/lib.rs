@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod compensation;
 pub mod config;

@@ -34,6 +34,10 @@ struct Cli {
     /// The HTTP API, for the tenant, plan, contract and ledger commands.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     api: String,
+    /// API bearer token (better in the environment than on the command line, where
+    /// other local users can see it). Its actor decides what the commands may do.
+    #[arg(long, env = "PLATEN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +102,15 @@ enum Command {
         /// Agent registry: reports and telemetry only from each printer's own agent.
         #[arg(long)]
         agents: Option<PathBuf>,
+        /// API bearer tokens (hashed; `platen-cloud token new`). Without it the API is
+        /// open to local callers and refuses to listen beyond loopback.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCmd,
     },
     /// Print Mosquitto's ACL file for the agent registry (see packaging/mosquitto/).
     BrokerAcl {
@@ -146,9 +159,6 @@ enum Command {
         /// Show the decision, the rule and the usage; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Who asks: operator, tenant:ID or reseller:ID.
-        #[arg(long = "as", default_value = "operator")]
-        actor: String,
     },
     /// Scheduled, executed, refused and cancelled migrations (HTTP API client).
     Migrations {
@@ -230,7 +240,19 @@ enum MigrationsCmd {
     /// Cancel a scheduled migration.
     Cancel {
         id: String,
-        #[arg(long = "as", default_value = "operator")]
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a token: prints it once (give it to its holder) and the `[[token]]` block
+    /// (only its hash) to append to the tokens file.
+    New {
+        /// A name for logs (who holds it).
+        #[arg(long)]
+        name: String,
+        /// operator, tenant:ID or reseller:ID.
+        #[arg(long)]
         actor: String,
     },
 }
@@ -291,18 +313,12 @@ fn settings_map(list: &[String]) -> Result<BTreeMap<String, SettingValue>, Strin
         .collect()
 }
 
-/// Call the API; print the JSON answer (pretty) or the error. Exit 0 / 1 / 2.
-async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> ExitCode {
-    call_as(method, url, body, None).await
-}
+/// The API token (`--token` / `PLATEN_TOKEN`), set once in `main`.
+static TOKEN: std::sync::OnceLock<Option<platen_ops::secret::Secret>> = std::sync::OnceLock::new();
 
-/// [`call`] with a `Platen-Actor` header.
-async fn call_as(
-    method: reqwest::Method,
-    url: String,
-    body: Option<serde_json::Value>,
-    actor: Option<&str>,
-) -> ExitCode {
+/// Call the API with the token; print the JSON answer (pretty) or the error.
+/// Exit 0 / 1 / 2.
+async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Value>) -> ExitCode {
     let client = match reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
@@ -315,8 +331,8 @@ async fn call_as(
         }
     };
     let mut req = client.request(method, &url);
-    if let Some(a) = actor {
-        req = req.header("Platen-Actor", a);
+    if let Some(Some(t)) = TOKEN.get() {
+        req = req.bearer_auth(t.expose());
     }
     if let Some(b) = body {
         req = req.json(&b);
@@ -392,16 +408,9 @@ async fn client(api: String, command: Command) -> ExitCode {
             contract,
             plan,
             dry_run,
-            actor,
         } => {
             let body = serde_json::json!({"tenant": tenant, "contract": contract, "plan": plan, "dry_run": dry_run});
-            call_as(
-                Method::POST,
-                format!("{api}/v1/migrations"),
-                Some(body),
-                Some(&actor),
-            )
-            .await
+            call(Method::POST, format!("{api}/v1/migrations"), Some(body)).await
         }
         Command::Migrations {
             command:
@@ -430,16 +439,8 @@ async fn client(api: String, command: Command) -> ExitCode {
             command: MigrationsCmd::Show { id },
         } => call(Method::GET, format!("{api}/v1/migrations/{id}"), None).await,
         Command::Migrations {
-            command: MigrationsCmd::Cancel { id, actor },
-        } => {
-            call_as(
-                Method::DELETE,
-                format!("{api}/v1/migrations/{id}"),
-                None,
-                Some(&actor),
-            )
-            .await
-        }
+            command: MigrationsCmd::Cancel { id },
+        } => call(Method::DELETE, format!("{api}/v1/migrations/{id}"), None).await,
         Command::Contract {
             command: ContractCmd::Usage { id },
         } => call(Method::GET, format!("{api}/v1/contracts/{id}/usage"), None).await,
@@ -570,6 +571,28 @@ fn load_signer(
         .map_err(|e| format!("signing key {}: {e}", file.display()))
 }
 
+fn token_new(name: &str, actor: &str) -> ExitCode {
+    if let Err(e) = actor.parse::<platen_cloud::migration::Actor>() {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let token = match platen_cloud::auth::new_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("token: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# the token (shown once; the cloud keeps only its hash):");
+    println!("{token}");
+    println!("# append to the tokens file:");
+    println!("[[token]]");
+    println!("name = {name:?}");
+    println!("actor = {actor:?}");
+    println!("sha256 = \"{}\"", platen_cloud::auth::hash_token(&token));
+    ExitCode::SUCCESS
+}
+
 fn keygen(file: &std::path::Path, id: &str) -> ExitCode {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -600,13 +623,19 @@ fn keygen(file: &std::path::Path, id: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `serve`'s security settings from flags.
+struct ServeExtras {
+    signer: Option<std::sync::Arc<platen_protocol::Signer>>,
+    registry: Option<std::sync::Arc<platen_cloud::agents::Registry>>,
+    tokens_file: Option<PathBuf>,
+}
+
 async fn serve(
     cli: &Cli,
     api_listen: std::net::SocketAddr,
     engine: platen_cloud::engine::EngineConfig,
     catalog: Option<&std::path::Path>,
-    signer: Option<std::sync::Arc<platen_protocol::Signer>>,
-    registry: Option<std::sync::Arc<platen_cloud::agents::Registry>>,
+    extras: ServeExtras,
 ) -> ExitCode {
     let catalog = match catalog.map(load_catalog).transpose() {
         Ok(c) => c,
@@ -617,8 +646,9 @@ async fn serve(
         broker_port: cli.port,
         client_id: cli.client_id.clone(),
         broker_auth: Default::default(),
-        signer,
-        registry,
+        signer: extras.signer,
+        registry: extras.registry,
+        tokens_file: extras.tokens_file,
         state_dir: cli.state_dir.clone(),
         api_listen,
         engine,
@@ -765,6 +795,7 @@ enum ConfigCmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = TOKEN.set(cli.token.clone().map(platen_ops::secret::Secret::new));
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
         "info,rumqttc=warn,sled=warn"
     } else {
@@ -774,6 +805,9 @@ async fn main() -> ExitCode {
     match &cli.command {
         Command::Config { command } => return config_cmd(command),
         Command::Keygen { file, id } => return keygen(file, id),
+        Command::Token {
+            command: TokenCmd::New { name, actor },
+        } => return token_new(name, actor),
         Command::BrokerAcl { agents, cloud_user } => {
             return match load_registry(agents) {
                 Ok(r) => {
@@ -839,6 +873,7 @@ async fn main() -> ExitCode {
             signing_key,
             signing_key_id,
             agents,
+            tokens,
         } => {
             let registry = match agents.as_deref().map(load_registry).transpose() {
                 Ok(r) => r,
@@ -865,15 +900,12 @@ async fn main() -> ExitCode {
                 provider_url: provider_url.clone(),
                 ..Default::default()
             };
-            return serve(
-                &cli,
-                *api_listen,
-                engine,
-                catalog.as_deref(),
+            let extras = ServeExtras {
                 signer,
                 registry,
-            )
-            .await;
+                tokens_file: tokens.clone(),
+            };
+            return serve(&cli, *api_listen, engine, catalog.as_deref(), extras).await;
         }
         Command::Catalog {
             command: CatalogCmd::Check { file },

@@ -28,8 +28,7 @@ use std::fmt;
 use std::str::FromStr;
 use tracing::{info, warn};
 
-/// Who asks. Until API authentication exists (security issue) the caller names
-/// itself in the `Platen-Actor` header; tokens will map to the same actors.
+/// Who asks: the actor of the caller's API token ([`crate::auth`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Actor {
     Operator,

@@ -46,7 +46,7 @@ impl ApiError {
     fn invalid(message: impl Into<String>) -> ApiError {
         Self::new(422, "invalid", message)
     }
-    fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
         Self::new(404, code, message)
     }
 }

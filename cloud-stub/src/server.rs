@@ -31,6 +31,9 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Plan catalog and migration rules (none: plans through the API, no migrations).
     pub catalog: Option<Catalog>,
+    /// API bearer tokens ([`crate::auth`]). None: an open API, refused unless
+    /// `api_listen` is a loopback address.
+    pub tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum ServerError {
     Cloud(#[from] CloudError),
     #[error(transparent)]
     Store(#[from] crate::contracts::StoreError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokenFileError),
+    #[error("the HTTP API listens on {0}, beyond this machine, without authentication: set api.tokens_file (--tokens)")]
+    OpenApi(SocketAddr),
     #[error("HTTP API on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -59,6 +66,14 @@ pub struct Server {
 
 impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let auth = match &cfg.tokens_file {
+            Some(path) => crate::auth::Auth::from_file(path)?,
+            None if cfg.api_listen.ip().is_loopback() => {
+                warn!("the HTTP API has no tokens file: every local caller is the operator");
+                crate::auth::Auth::Open
+            }
+            None => return Err(ServerError::OpenApi(cfg.api_listen)),
+        };
         let cloud = Cloud::start_with(
             &cfg.broker_host,
             cfg.broker_port,
@@ -90,7 +105,7 @@ impl Server {
                 source,
             })?;
         let (api_stop, api_stop_rx) = oneshot::channel::<()>();
-        let app = api::router(ops.clone());
+        let app = api::router(ops.clone(), std::sync::Arc::new(auth));
         let api_task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {

@@ -412,6 +412,7 @@ async fn start_contract_cloud(
         broker_auth: Default::default(),
         signer: Some(signer),
         registry: None,
+        tokens_file: None,
         state_dir: dir.join("contracts"),
         api_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         engine: EngineConfig {

@@ -503,6 +503,10 @@ impl CloudProc {
         extra: &[&str],
     ) -> CloudProc {
         let api_port = free_tcp_port();
+        // Every test cloud authenticates its API with the test tokens.
+        std::fs::create_dir_all(state_dir).expect("cloud state dir");
+        let tokens = state_dir.join("tokens.toml");
+        std::fs::write(&tokens, test_tokens_file()).expect("tokens file");
         let args = vec![
             "--port".into(),
             broker_port.to_string(),
@@ -521,6 +525,8 @@ impl CloudProc {
             "2".into(),
             "--tick-ms".into(),
             "200".into(),
+            "--tokens".into(),
+            tokens.display().to_string(),
         ];
         let args = args
             .into_iter()
@@ -562,10 +568,43 @@ impl CloudProc {
 
 /// Run the `platen-cloud` CLI against `api`: (exit code, stdout, stderr).
 pub fn cloud_cli(api: &str, args: &[&str]) -> (i32, String, String) {
+    cloud_cli_as(api, "operator", args)
+}
+
+/// The actors the test clouds know a token for ([`test_token`]).
+pub const TEST_ACTORS: &[&str] = &[
+    "operator",
+    "tenant:acme",
+    "tenant:other",
+    "reseller:r1",
+    "reseller:r2",
+];
+
+/// The bearer token of a test actor (only test clouds know these).
+pub fn test_token(actor: &str) -> String {
+    format!("plt_test_{}", actor.replace(':', "_"))
+}
+
+/// The tokens file every [`CloudProc`] is started with: one token per [`TEST_ACTORS`].
+pub fn test_tokens_file() -> String {
+    TEST_ACTORS
+        .iter()
+        .map(|a| {
+            format!(
+                "[[token]]\nname = \"test {a}\"\nactor = \"{a}\"\nsha256 = \"{}\"\n",
+                platen_cloud::auth::hash_token(&test_token(a))
+            )
+        })
+        .collect()
+}
+
+/// [`cloud_cli`] with the token of `actor` in `PLATEN_TOKEN`.
+pub fn cloud_cli_as(api: &str, actor: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(workspace_bin("platen-cloud"))
         .args(args)
         .arg("--api")
         .arg(api)
+        .env("PLATEN_TOKEN", test_token(actor))
         .output()
         .expect("run platen-cloud");
     (
@@ -575,16 +614,17 @@ pub fn cloud_cli(api: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A minimal blocking HTTP JSON call for tests: (status, body as JSON or Null).
+/// A minimal HTTP JSON call for tests, as the operator: (status, body as JSON or Null).
 pub async fn http_json(
     method: &str,
     url: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    http_json_as(method, url, body, None).await
+    http_json_as(method, url, body, Some("operator")).await
 }
 
-/// [`http_json`] with a `Platen-Actor` header (`operator`, `tenant:ID`, `reseller:ID`).
+/// [`http_json`] with the bearer token of a test actor (`operator`, `tenant:ID`,
+/// `reseller:ID`; see [`test_token`]), or none.
 pub async fn http_json_as(
     method: &str,
     url: &str,
@@ -597,7 +637,7 @@ pub async fn http_json_as(
         .expect("client");
     let mut req = client.request(method.parse().expect("method"), url);
     if let Some(a) = actor {
-        req = req.header("Platen-Actor", a);
+        req = req.bearer_auth(test_token(a));
     }
     if let Some(b) = body {
         req = req.json(&b);

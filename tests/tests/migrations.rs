@@ -194,12 +194,12 @@ async fn usage_from_telemetry_refuses_a_downgrade_and_an_upgrade_reaches_the_pri
     })
     .await;
 
-    // Who asks: a header is required; a reseller acts only for its own tenants.
+    // Who asks: a token is required; a reseller acts only for its own tenants.
     let ask_small = json!({"tenant": "acme", "plan": "small"});
     let (s, v) = w.migrate(None, ask_small.clone()).await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
-        (401, Some("actor_required"))
+        (401, Some("unauthenticated"))
     );
     let (s, v) = w.migrate(Some("reseller:r2"), ask_small.clone()).await;
     assert_eq!(
@@ -211,8 +211,9 @@ async fn usage_from_telemetry_refuses_a_downgrade_and_an_upgrade_reaches_the_pri
     assert_eq!(s, 403, "{v}");
 
     // A dry run explains and changes nothing (CLI, as the reseller).
-    let (code, out, err) = cloud_cli(
+    let (code, out, err) = cloud_cli_as(
         &api,
+        "reseller:r1",
         &[
             "migrate",
             "--tenant",
@@ -220,8 +221,6 @@ async fn usage_from_telemetry_refuses_a_downgrade_and_an_upgrade_reaches_the_pri
             "--plan",
             "small",
             "--dry-run",
-            "--as",
-            "reseller:r1",
         ],
     );
     assert_eq!(code, 0, "{out}{err}");

@@ -1,0 +1,284 @@
+//! Every API endpoint against every kind of caller: no token, a wrong token, the
+//! operator, the tenant itself, another tenant, the tenant's reseller and another
+//! reseller. The API runs on a real socket over a real store; requests go through
+//! reqwest.
+
+use platen_cloud::api;
+use platen_cloud::auth::{hash_token, Auth};
+use platen_cloud::catalog::Catalog;
+use platen_cloud::contracts::ContractStore;
+use platen_cloud::ops::Ops;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const ACTORS: [&str; 5] = [
+    "operator",
+    "tenant:acme",
+    "tenant:other",
+    "reseller:r1",
+    "reseller:r2",
+];
+
+fn token(actor: &str) -> String {
+    format!("plt_{}", hash_token(actor))
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        who: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        match who {
+            Some("wrong") => req = req.bearer_auth("plt_not-a-token"),
+            Some(a) => req = req.bearer_auth(token(a)),
+            None => {}
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn start() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens: String = ACTORS
+        .iter()
+        .map(|a| {
+            format!(
+                "[[token]]\nname = \"{a}\"\nactor = \"{a}\"\nsha256 = \"{}\"\n",
+                hash_token(&token(a))
+            )
+        })
+        .collect();
+    let tokens_file = dir.path().join("tokens.toml");
+    std::fs::write(&tokens_file, tokens).unwrap();
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let catalog = Catalog::parse(include_str!("../../packaging/catalog.example.toml")).unwrap();
+    let ops = Ops::new(ContractStore::open(&db).unwrap(), None)
+        .with_catalog(catalog)
+        .unwrap();
+    let app = api::router(ops, Arc::new(Auth::from_file(&tokens_file).unwrap()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api = Api {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        _dir: dir,
+    };
+    let op = Some("operator");
+    for (path, body) in [
+        ("/v1/resellers", json!({"id": "r1", "name": "R1"})),
+        ("/v1/resellers", json!({"id": "r2", "name": "R2"})),
+        (
+            "/v1/tenants",
+            json!({"id": "acme", "name": "Acme", "reseller": "r1"}),
+        ),
+        (
+            "/v1/tenants",
+            json!({"id": "other", "name": "Other", "reseller": "r2"}),
+        ),
+        (
+            "/v1/contracts",
+            json!({"id": "c1", "tenant": "acme", "printers": ["p1"], "plan": "mono-1000",
+                   "time_zone": "Europe/Berlin", "currency": "EUR"}),
+        ),
+        (
+            "/v1/contracts",
+            json!({"id": "c2", "tenant": "other", "printers": ["p2"], "plan": "mono-1000",
+                   "time_zone": "Europe/Berlin", "currency": "EUR"}),
+        ),
+    ] {
+        let (s, v) = api.call(op, "POST", path, Some(body)).await;
+        assert_eq!(s, 201, "seed {path}: {v}");
+    }
+    api
+}
+
+/// One endpoint: the status expected for each of [`ACTORS`], in order.
+struct Case {
+    method: &'static str,
+    path: &'static str,
+    body: Option<Value>,
+    expect: [u16; 5],
+}
+
+fn case(method: &'static str, path: &'static str, body: Option<Value>, expect: [u16; 5]) -> Case {
+    Case {
+        method,
+        path,
+        body,
+        expect,
+    }
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
+    let api = start().await;
+    // A stored migration of acme's (refused or accepted, it is stored either way).
+    let (s, m) = api
+        .call(
+            Some("tenant:acme"),
+            "POST",
+            "/v1/migrations",
+            Some(json!({"tenant": "acme", "plan": "color-2000"})),
+        )
+        .await;
+    assert!(s == 201 || s == 422, "{s} {m}");
+    let mid = m["migration"]["id"]
+        .as_str()
+        .or(m["id"].as_str())
+        .unwrap_or_else(|| panic!("{m}"))
+        .to_string();
+    let mig_path: &'static str = Box::leak(format!("/v1/migrations/{mid}").into_boxed_str());
+
+    //                      operator acme other r1   r2
+    let cases = [
+        case(
+            "POST",
+            "/v1/tenants",
+            Some(json!({"id": "t9", "name": "T9"})),
+            [201, 403, 403, 403, 403],
+        ),
+        case("GET", "/v1/tenants", None, [200, 200, 200, 200, 200]),
+        case(
+            "POST",
+            "/v1/plans",
+            Some(
+                json!({"id": "x", "name": "x", "service": {"kind": "flat_rate_print", "monthly_fee": 1, "page_cap": 1}}),
+            ),
+            [409, 403, 403, 403, 403],
+        ),
+        case("GET", "/v1/plans", None, [200, 200, 200, 200, 200]),
+        case(
+            "POST",
+            "/v1/contracts",
+            Some(
+                json!({"id": "c9", "tenant": "acme", "printers": ["p9"], "plan": "mono-1000", "time_zone": "UTC", "currency": "EUR"}),
+            ),
+            [201, 403, 403, 403, 403],
+        ),
+        case("GET", "/v1/contracts/c1", None, [200, 200, 404, 200, 404]),
+        case(
+            "POST",
+            "/v1/contracts/c1/changes",
+            Some(json!({"settings": {"sysContact": "x"}})),
+            [201, 403, 404, 403, 404],
+        ),
+        case(
+            "GET",
+            "/v1/contracts/c1/timeline",
+            None,
+            [200, 200, 404, 200, 404],
+        ),
+        case(
+            "GET",
+            "/v1/contracts/c1/usage",
+            None,
+            [200, 200, 404, 200, 404],
+        ),
+        case("GET", "/v1/contracts/nope", None, [404, 404, 404, 404, 404]),
+        case("GET", "/v1/ledger", None, [200, 200, 200, 200, 200]),
+        case(
+            "GET",
+            "/v1/ledger?tenant=acme",
+            None,
+            [200, 200, 403, 200, 403],
+        ),
+        case(
+            "POST",
+            "/v1/resellers",
+            Some(json!({"id": "r9", "name": "R9"})),
+            [201, 403, 403, 403, 403],
+        ),
+        case("GET", "/v1/resellers", None, [200, 403, 403, 200, 200]),
+        case("GET", "/v1/catalog", None, [200, 200, 200, 200, 200]),
+        case(
+            "POST",
+            "/v1/migrations",
+            Some(json!({"tenant": "acme", "contract": "c1", "plan": "mono-500", "dry_run": true})),
+            [200, 200, 403, 200, 403],
+        ),
+        case("GET", "/v1/migrations", None, [200, 200, 200, 200, 200]),
+        case("GET", mig_path, None, [200, 200, 404, 200, 404]),
+    ];
+    for c in &cases {
+        for who in [None, Some("wrong")] {
+            let (s, v) = api.call(who, c.method, c.path, c.body.clone()).await;
+            assert_eq!(s, 401, "{} {} as {who:?}: {v}", c.method, c.path);
+            assert_eq!(v["error"]["code"], "unauthenticated");
+        }
+        for (who, want) in ACTORS.iter().zip(c.expect) {
+            let (s, v) = api.call(Some(who), c.method, c.path, c.body.clone()).await;
+            assert_eq!(s, want, "{} {} as {who}: {v}", c.method, c.path);
+            if want == 403 {
+                assert_eq!(v["error"]["code"], "forbidden", "{v}");
+            }
+        }
+    }
+
+    // Lists hold only what the caller may see.
+    let ids = |v: &Value, key: &str| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[key].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (who, want) in [
+        ("operator", vec!["acme", "other", "t9"]),
+        ("tenant:acme", vec!["acme"]),
+        ("reseller:r2", vec!["other"]),
+    ] {
+        assert_eq!(
+            ids(&api_get(&api, who, "/v1/tenants").await, "id"),
+            want,
+            "{who}"
+        );
+    }
+    assert_eq!(
+        ids(&api_get(&api, "reseller:r1", "/v1/resellers").await, "id"),
+        ["r1"]
+    );
+    let acme_migrations = api_get(&api, "tenant:acme", "/v1/migrations").await;
+    assert_eq!(acme_migrations.as_array().unwrap().len(), 1);
+    for who in ["tenant:other", "reseller:r2"] {
+        assert_eq!(
+            api_get(&api, who, "/v1/migrations").await,
+            json!([]),
+            "{who}"
+        );
+    }
+
+    // Cancelling someone else's migration looks like a missing one.
+    for who in ["tenant:other", "reseller:r2"] {
+        let (s, v) = api.call(Some(who), "DELETE", mig_path, None).await;
+        assert_eq!(s, 404, "{who}: {v}");
+    }
+    let (s, v) = api.call(None, "DELETE", mig_path, None).await;
+    assert_eq!(s, 401, "{v}");
+    // The health check needs no token.
+    let (s, _) = api.call(None, "GET", "/healthz", None).await;
+    assert_eq!(s, 200);
+}
+
+async fn api_get(api: &Api, who: &str, path: &str) -> Value {
+    let (s, v) = api.call(Some(who), "GET", path, None).await;
+    assert_eq!(s, 200, "{path} as {who}: {v}");
+    v
+}
