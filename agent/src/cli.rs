@@ -157,6 +157,7 @@ pub async fn diag(
         let version = match p.snmp_version {
             platen_agent::config::SnmpVersion::V1 => "v1",
             platen_agent::config::SnmpVersion::V2c => "v2c",
+            platen_agent::config::SnmpVersion::V3 => "v3",
         };
         let (transport, sem, bar) = (transport.clone(), sem.clone(), bar.clone());
         set.spawn(async move {
@@ -175,6 +176,7 @@ pub async fn diag(
                             spec: &spec,
                             write_test,
                             last_report: last,
+                            default_community: t.credentials.default_community(),
                         },
                     )
                     .await
@@ -197,6 +199,7 @@ pub async fn diag(
                         message: format!("{target_s}: {e}"),
                         hint: format!("check `address` and `port` for printer {id}"),
                     }],
+                    warnings: vec![],
                 },
             };
             bar.inc(1);

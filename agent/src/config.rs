@@ -188,6 +188,50 @@ pub struct MetricsConfig {
 pub enum SnmpVersion {
     V1,
     V2c,
+    /// USM with authentication and privacy (`[printer.v3]`).
+    V3,
+}
+
+/// SNMPv3 user (authPriv only: authentication SHA-2, privacy AES).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct V3Config {
+    /// USM user name.
+    pub user: String,
+    /// `sha224`, `sha256` (default), `sha384` or `sha512`.
+    #[serde(default = "default_v3_auth")]
+    pub auth_protocol: V3Auth,
+    /// At least 8 characters.
+    pub auth_password: Secret,
+    /// `aes128` (default), `aes192` or `aes256` (Blumenthal key extension, as net-snmp).
+    #[serde(default = "default_v3_priv")]
+    pub priv_protocol: V3Priv,
+    /// At least 8 characters.
+    pub priv_password: Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum V3Auth {
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum V3Priv {
+    Aes128,
+    Aes192,
+    Aes256,
+}
+
+fn default_v3_auth() -> V3Auth {
+    V3Auth::Sha256
+}
+fn default_v3_priv() -> V3Priv {
+    V3Priv::Aes128
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -201,8 +245,11 @@ pub struct PrinterConfig {
     pub port: u16,
     #[serde(default = "default_snmp_version")]
     pub snmp_version: SnmpVersion,
-    /// The community used for GET and SET (a write community).
+    /// The community used for GET and SET (a write community); v1/v2c only.
+    #[serde(default)]
     pub community: Secret,
+    /// The SNMPv3 user, for `snmp_version = "v3"`.
+    pub v3: Option<V3Config>,
     /// `"default"` (built in) or a path to a profile TOML file.
     #[serde(default = "default_profile")]
     pub profile: String,
@@ -427,11 +474,39 @@ impl ConfigFile for AgentConfig {
             if p.port == 0 {
                 bad(&field("port"), &format!("must not be 0 (printer {id})"));
             }
-            if p.community.expose().is_empty() {
-                bad(
+            match (p.snmp_version, &p.v3) {
+                (SnmpVersion::V3, None) => bad(
+                    &field("v3"),
+                    &format!("snmp_version v3 needs a [printer.v3] section (printer {id})"),
+                ),
+                (SnmpVersion::V3, Some(v3)) => {
+                    if v3.user.is_empty() {
+                        bad(
+                            &field("v3.user"),
+                            &format!("must not be empty (printer {id})"),
+                        );
+                    }
+                    for (name, pw) in [
+                        ("v3.auth_password", &v3.auth_password),
+                        ("v3.priv_password", &v3.priv_password),
+                    ] {
+                        if pw.expose().len() < 8 {
+                            bad(
+                                &field(name),
+                                &format!("must be at least 8 characters (printer {id})"),
+                            );
+                        }
+                    }
+                }
+                (_, Some(_)) => bad(
+                    &field("v3"),
+                    &format!("is only used with snmp_version = \"v3\" (printer {id})"),
+                ),
+                (_, None) if p.community.expose().is_empty() => bad(
                     &field("community"),
                     &format!("must not be empty (printer {id})"),
-                );
+                ),
+                (_, None) => {}
             }
             if !(10..=60_000).contains(&p.timeout_ms) {
                 bad(
@@ -533,8 +608,19 @@ community = "private"
                 "agent.toml:14: drift.every: unknown key",
             ),
             (
+                GOOD.replace("port = 16100", "port = 16100\nsnmp_version = \"v4\""),
+                "unknown variant `v4`",
+            ),
+            (
                 GOOD.replace("port = 16100", "port = 16100\nsnmp_version = \"v3\""),
-                "unknown variant `v3`",
+                "agent.toml:7: printer[0].v3: snmp_version v3 needs a [printer.v3] section",
+            ),
+            (
+                GOOD.replace(
+                    "port = 16100",
+                    "port = 16100\nsnmp_version = \"v3\"\n[printer.v3]\nuser = \"u\"\nauth_password = \"short\"\npriv_password = \"long enough\"\nauth_protocol = \"md5\"",
+                ),
+                "unknown variant `md5`",
             ),
             (
                 format!("{GOOD}\n[metrics]\nlisten = \"localhost\"\n"),
@@ -635,6 +721,14 @@ community = "private"
                 "ca_file",
                 "cert_file",
                 "key_file",
+                "v3",
+                "user",
+                "auth_protocol",
+                "auth_password",
+                "priv_protocol",
+                "priv_password",
+                "id",
+                "public_key",
             ]
             .map(String::from),
         );
@@ -645,6 +739,7 @@ community = "private"
                     || l.starts_with(&format!("[{k}]"))
                     || l.starts_with(&format!("[[{k}]]"))
                     || l.starts_with(&format!("[broker.{k}]"))
+                    || l.starts_with(&format!("[printer.{k}]"))
             });
             assert!(
                 documented,

@@ -86,6 +86,8 @@ pub struct DiagParams<'a> {
     pub spec: &'a TelemetrySpec,
     pub write_test: bool,
     pub last_report: Option<LastReport>,
+    /// The default community the printer is written with, if so (a warning).
+    pub default_community: Option<&'static str>,
 }
 
 /// Check one printer. Never fails: every failure becomes a problem with a hint.
@@ -105,7 +107,20 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
         alerts: Vec::new(),
         last_report: p.last_report.clone(),
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
+    if p.default_community.is_some() {
+        // Which one is not said: communities are never printed, not even the
+        // well-known ones.
+        out.warnings.push(problem(
+            "security",
+            format!("printer {id} is written with a factory-default community"),
+            format!(
+                "anyone on its network can reconfigure it: set a write community of your own \
+                 on the printer and in `community` for printer {id}, or use SNMPv3"
+            ),
+        ));
+    }
     // 1. Reachability and credentials.
     let probe: Vec<_> = [
         crate::printer_mib::SYS_UPTIME,
@@ -175,6 +190,14 @@ fn unreachable_problem(id: &Id, target: &str, e: &SnmpError, took: Duration) -> 
             "snmp",
             format!("community rejected by {target}"),
             format!("community rejected: check `community` for printer {id}"),
+        ),
+        SnmpError::Security(why) => problem(
+            "snmp",
+            format!("{target}: SNMPv3 refused: {why}"),
+            format!(
+                "check [printer.v3] user, auth_protocol/priv_protocol and both passwords for \
+                 printer {id} against the printer's SNMPv3 user"
+            ),
         ),
         SnmpError::Timeout { retries, .. } => problem(
             "snmp",
@@ -682,6 +705,25 @@ pub fn render_table(d: &DiagOutput) -> String {
                     p.hint
                 );
             }
+        }
+    }
+    let warnings: Vec<_> = d
+        .printers
+        .iter()
+        .flat_map(|pd| pd.warnings.iter().map(move |w| (pd, w)))
+        .collect();
+    if !warnings.is_empty() {
+        let n = warnings.len();
+        let _ = writeln!(s, "{n} warning{}:", if n == 1 { "" } else { "s" });
+        for (pd, w) in warnings {
+            let _ = writeln!(
+                s,
+                "  {} [{}] {}\n      hint: {}",
+                pd.printer_id.as_str(),
+                w.check,
+                w.message,
+                w.hint
+            );
         }
     }
     // Padded columns leave trailing blanks; drop them.

@@ -161,8 +161,7 @@ pub async fn sweep(
         let target = Target {
             address: a.to_string(),
             port,
-            v1: false,
-            community: community.clone(),
+            credentials: crate::snmp::Credentials::V2c(community.clone()),
             timeout,
             retries,
         };

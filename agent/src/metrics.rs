@@ -15,7 +15,7 @@
 //! | `platen_outbox_depth` | gauge | |
 //! | `platen_outbox_oldest_age_seconds` | gauge | (0 when empty) |
 //! | `platen_snmp_request_duration_seconds` | histogram | `printer`, `op` (get, set, walk) |
-//! | `platen_snmp_errors_total` | counter | `printer`, `kind` (timeout, status, network, malformed, other) |
+//! | `platen_snmp_errors_total` | counter | `printer`, `kind` (timeout, status, network, malformed, security, other) |
 //! | `platen_mqtt_connected` | gauge (0/1) | |
 //! | `platen_mqtt_reconnects_total` | counter | |
 //! | `platen_telemetry_age_seconds` | gauge | `printer`: time since the last good reading (since start before the first) |
@@ -285,6 +285,7 @@ impl SnmpProbe {
                 SnmpError::Status { .. } => "status",
                 SnmpError::Network(_) => "network",
                 SnmpError::Malformed(_) => "malformed",
+                SnmpError::Security(_) => "security",
                 SnmpError::Other(_) => "other",
             };
             get()

@@ -112,8 +112,11 @@ pub fn target(p: &PrinterConfig) -> Target {
     Target {
         address: p.address.clone(),
         port: p.port,
-        v1: p.snmp_version == SnmpVersion::V1,
-        community: p.community.clone(),
+        credentials: match (&p.snmp_version, &p.v3) {
+            (SnmpVersion::V3, Some(v3)) => crate::snmp::Credentials::V3(v3.clone()),
+            (SnmpVersion::V1, _) => crate::snmp::Credentials::V1(p.community.clone()),
+            _ => crate::snmp::Credentials::V2c(p.community.clone()),
+        },
         timeout: p.timeout(),
         retries: p.retries,
     }
@@ -161,12 +164,14 @@ struct DiagContext {
     spec: Arc<TelemetrySpec>,
     target: String,
     version: &'static str,
+    default_community: Option<&'static str>,
 }
 
 fn version_name(v: SnmpVersion) -> &'static str {
     match v {
         SnmpVersion::V1 => "v1",
         SnmpVersion::V2c => "v2c",
+        SnmpVersion::V3 => "v3",
     }
 }
 
@@ -220,6 +225,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 spec: spec.clone(),
                 target: format!("{}:{}", p.address, p.port),
                 version: version_name(p.snmp_version),
+                default_community: target(p).credentials.default_community(),
             },
         );
         let drift = (cfg.drift.interval_secs > 0).then(|| {
@@ -437,6 +443,7 @@ async fn answer_diag(
             spec: &ctx.spec,
             write_test: req.write_test,
             last_report,
+            default_community: ctx.default_community,
         },
     )
     .await;

@@ -146,6 +146,10 @@ pub enum SnmpError {
     Network(String),
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// SNMPv3: authentication or privacy failed, unknown user, time window, engine
+    /// discovery (the agent's message says which).
+    #[error("SNMPv3 security: {0}")]
+    Security(String),
     #[error("{0}")]
     Other(String),
 }
@@ -228,13 +232,66 @@ impl SharedTransport {
     }
 }
 
+/// How the agent authenticates to one printer.
+#[derive(Clone, Debug)]
+pub enum Credentials {
+    V1(Secret),
+    V2c(Secret),
+    V3(crate::config::V3Config),
+}
+
+impl Credentials {
+    /// The well-known community this printer is written with, if it is one
+    /// (`public`, `private`): anyone on its network can then reconfigure it.
+    pub fn default_community(&self) -> Option<&'static str> {
+        match self {
+            Credentials::V1(c) | Credentials::V2c(c) => {
+                ["public", "private"].into_iter().find(|d| c.expose() == *d)
+            }
+            Credentials::V3(_) => None,
+        }
+    }
+
+    /// async-snmp's form. The passwords leave their [`Secret`] only here.
+    fn auth(&self) -> Result<Auth, SnmpError> {
+        use crate::config::{V3Auth, V3Priv};
+        use async_snmp::{AuthProtocol as A, PrivProtocol as P};
+        Ok(match self {
+            Credentials::V1(c) => Auth::v1(c.expose().to_string()),
+            Credentials::V2c(c) => Auth::v2c(c.expose().to_string()),
+            Credentials::V3(v) => {
+                let auth = match v.auth_protocol {
+                    V3Auth::Sha224 => A::Sha224,
+                    V3Auth::Sha256 => A::Sha256,
+                    V3Auth::Sha384 => A::Sha384,
+                    V3Auth::Sha512 => A::Sha512,
+                };
+                let privacy = match v.priv_protocol {
+                    V3Priv::Aes128 => P::Aes128,
+                    V3Priv::Aes192 => P::Aes192Blumenthal,
+                    V3Priv::Aes256 => P::Aes256Blumenthal,
+                };
+                async_snmp::UsmConfig::new(v.user.clone().into_bytes())
+                    .auth_priv(
+                        auth,
+                        v.auth_password.expose(),
+                        privacy,
+                        v.priv_password.expose(),
+                    )
+                    // The crate's message names the problem, never the password.
+                    .map_err(|e| SnmpError::Security(format!("SNMPv3 user {}: {e}", v.user)))?
+                    .into()
+            }
+        })
+    }
+}
+
 /// Connection parameters for one printer.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub address: String,
     pub port: u16,
-    pub v1: bool,
-    pub community: Secret,
+    pub credentials: Credentials,
     pub timeout: Duration,
     pub retries: u32,
 }
@@ -249,21 +306,64 @@ pub struct AsyncSnmp {
     retries: u32,
     /// Latency/error recording for the printer; `None` for one-off clients (diag, discover).
     probe: Option<std::sync::Arc<crate::metrics::SnmpProbe>>,
+    /// SNMPv3: the printer's engine id as discovered, watched for changes.
+    engine: Option<std::sync::Arc<EngineWatch>>,
+}
+
+/// Watches an SNMPv3 printer's engine id. A different id at the same address means
+/// another device (or a reset one) answers there: worth a warning, since the
+/// credentials were accepted by a device nobody may have meant to configure.
+pub struct EngineWatch {
+    cache: std::sync::Arc<async_snmp::EngineCache>,
+    addr: Option<std::net::SocketAddr>,
+    last: std::sync::Mutex<Option<bytes::Bytes>>,
+}
+
+impl EngineWatch {
+    fn check(&self, target: &str) {
+        let Some(addr) = self.addr else { return };
+        let Some(now) = self.cache.get(&addr).map(|s| s.engine_id().clone()) else {
+            return;
+        };
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.as_ref() {
+            Some(prev) if *prev != now => {
+                tracing::warn!(
+                    target_addr = target,
+                    previous = %hex(prev),
+                    now = %hex(&now),
+                    "SNMPv3 engine id changed: another or a reset device answers at this address"
+                );
+                *last = Some(now);
+            }
+            Some(_) => {}
+            None => {
+                tracing::debug!(target_addr = target, engine_id = %hex(&now), "SNMPv3 engine discovered");
+                *last = Some(now);
+            }
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl AsyncSnmp {
     pub async fn connect(t: &Target, transport: &SharedTransport) -> Result<Self, SnmpError> {
-        let community = t.community.expose().to_string();
-        let auth = if t.v1 {
-            Auth::v1(community)
-        } else {
-            Auth::v2c(community)
-        };
+        let auth = t.credentials.auth()?;
+        let engines = matches!(t.credentials, Credentials::V3(_))
+            .then(|| std::sync::Arc::new(async_snmp::EngineCache::new()));
+        let engines = &engines;
         let build = |retries: u32, auth: Auth| async move {
             let retry = Retry::fixed(retries, Duration::ZERO)
                 .map_err(|e| SnmpError::Other(e.to_string()))?;
-            Client::builder((t.address.as_str(), t.port), auth)
-                .request_timeout(t.timeout)
+            let mut b = Client::builder((t.address.as_str(), t.port), auth);
+            if let Some(cache) = &engines {
+                // Both clients share what engine discovery learnt.
+                b = b.engine_cache(cache.clone());
+            }
+            b.request_timeout(t.timeout)
                 .retry(retry)
                 .strict_source(true)
                 .build_with(&transport.0)
@@ -272,12 +372,22 @@ impl AsyncSnmp {
         };
         let client = build(t.retries, auth.clone()).await?;
         let once = build(0, auth).await?;
+        let engine = engines.as_ref().map(|cache| {
+            std::sync::Arc::new(EngineWatch {
+                cache: cache.clone(),
+                addr: std::net::ToSocketAddrs::to_socket_addrs(&(t.address.as_str(), t.port))
+                    .ok()
+                    .and_then(|mut a| a.next()),
+                last: std::sync::Mutex::new(None),
+            })
+        });
         Ok(AsyncSnmp {
             client,
             once,
             target: format!("{}:{}", t.address, t.port),
             retries: t.retries,
             probe: None,
+            engine,
         })
     }
 
@@ -298,10 +408,50 @@ impl AsyncSnmp {
         if let Some(p) = &self.probe {
             p.record(op, started.elapsed(), r.as_ref().err());
         }
+        if let Some(w) = &self.engine {
+            w.check(&self.target);
+        }
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Run `op`; for SNMPv3 printers, look closer at a timeout.
+    ///
+    /// async-snmp drops a printer's unauthenticated Reports ("wrong digest",
+    /// "unknown user", "unknown engine id": an attacker could forge them), so wrong
+    /// credentials and a replaced device both look like a timeout. Engine discovery
+    /// (an unauthenticated exchange) tells them apart:
+    /// - no answer: the printer is down (the timeout stands);
+    /// - another engine id than the one in use: the device was replaced or reset;
+    ///   the new engine is used from now on ([`EngineWatch`] warns) and `op` is tried
+    ///   once more;
+    /// - the same engine: it is there and refused our keys ([`SnmpError::Security`]).
+    async fn with_v3_checks<T, F, Fut>(&self, op: F) -> Result<T, SnmpError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SnmpError>>,
+    {
+        let r = op().await;
+        let (Err(SnmpError::Timeout { .. }), Some(watch)) = (&r, &self.engine) else {
+            return r;
+        };
+        let Some(addr) = watch.addr else { return r };
+        let used = watch.cache.get(&addr).map(|e| e.engine_id().clone());
+        if self.client.rediscover_engine().await.is_err() {
+            return r;
+        }
+        let now = watch.cache.get(&addr).map(|e| e.engine_id().clone());
+        if now != used {
+            let _ = self.once.rediscover_engine().await;
+            return op().await;
+        }
+        Err(SnmpError::Security(format!(
+            "{} answers, but not to authenticated requests: check the user, \
+             auth/priv protocols and passwords",
+            self.target
+        )))
     }
 }
 
@@ -396,6 +546,9 @@ fn convert_error(e: async_snmp::Error, retries: u32) -> SnmpError {
         E::ResponseShape { target, .. } => {
             SnmpError::Malformed(format!("unexpected response shape from {target}"))
         }
+        e @ (E::Report { .. } | E::Auth { .. } | E::Privacy(_)) => {
+            SnmpError::Security(e.to_string())
+        }
         E::WalkAborted { target, reason } => {
             SnmpError::Malformed(format!("walk of {target} aborted: {reason}"))
         }
@@ -423,21 +576,25 @@ fn clone_error(e: &async_snmp::Error) -> async_snmp::Error {
 impl Snmp for AsyncSnmp {
     async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
-        let r = self.get_inner(&self.client, self.retries, oids).await;
+        let r = self
+            .with_v3_checks(|| self.get_inner(&self.client, self.retries, oids))
+            .await;
         self.record(crate::metrics::SnmpOp::Get, started, &r);
         r
     }
 
     async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
         let started = std::time::Instant::now();
-        let r = self.set_inner(oid, value).await;
+        let r = self
+            .with_v3_checks(|| self.set_inner(oid, value.clone()))
+            .await;
         self.record(crate::metrics::SnmpOp::Set, started, &r);
         r
     }
 
     async fn set_many(&self, items: &[(ObjectId, SnmpValue)]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
-        let r = self.set_many_inner(items).await;
+        let r = self.with_v3_checks(|| self.set_many_inner(items)).await;
         self.record(crate::metrics::SnmpOp::Set, started, &r);
         r
     }
@@ -455,7 +612,7 @@ impl Snmp for AsyncSnmp {
         limit: usize,
     ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
         let started = std::time::Instant::now();
-        let r = self.walk_inner(prefix, limit).await;
+        let r = self.with_v3_checks(|| self.walk_inner(prefix, limit)).await;
         self.record(crate::metrics::SnmpOp::Walk, started, &r);
         r
     }

@@ -27,6 +27,8 @@ pub fn classify(e: &SnmpError) -> Verdict {
     use ErrorStatus as S;
     match e {
         SnmpError::Timeout { .. } | SnmpError::Network(_) => v(Code::Unreachable, false, true),
+        // Wrong SNMPv3 credentials or keys: not permitted, and retrying will not help.
+        SnmpError::Security(_) => v(Code::NotWritable, false, false),
         SnmpError::Status { status, .. } => match status {
             S::WrongValue
             | S::BadValue

@@ -265,7 +265,20 @@ mod tests {
 
     #[test]
     fn problems_and_overrides() {
-        let env = vec![("PLATEN_API__LISTEN".to_string(), "0.0.0.0:9000".to_string())];
+        let mut env = vec![("PLATEN_API__LISTEN".to_string(), "0.0.0.0:9000".to_string())];
+        // Beyond loopback, the API needs its tokens.
+        let err = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &env)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("api.tokens_file: is required when api.listen is not a loopback address"),
+            "{err}"
+        );
+        env.push((
+            "PLATEN_API__TOKENS_FILE".to_string(),
+            "/etc/platen/tokens.toml".to_string(),
+        ));
         let (c, _) = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &env).unwrap();
         assert_eq!(c.api.listen.port(), 9000);
         let bad = EXAMPLE

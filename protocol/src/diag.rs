@@ -55,6 +55,10 @@ pub struct PrinterDiag {
     pub alerts: Vec<Alert>,
     pub last_report: Option<LastReport>,
     pub problems: Vec<Problem>,
+    /// Things to fix that do not stop the printer from working (say, a default
+    /// write community); `diag` still exits 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Problem>,
 }
 
 impl PrinterDiag {

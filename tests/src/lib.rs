@@ -250,49 +250,119 @@ impl Drop for Mosquitto {
     }
 }
 
-/// net-snmp's snmpd with `rwcommunity private` on a free UDP port.
+/// net-snmp's snmpd with `rwcommunity private` on a free UDP port, and the SNMPv3
+/// user [`SNMPD_V3_USER`] (authPriv, SHA-256 / AES-128) with an engine id of ours.
 pub struct Snmpd {
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     child: Child,
 }
 
+/// The SNMPv3 user every [`Snmpd`] has: (user, auth password, priv password).
+pub const SNMPD_V3_USER: (&str, &str, &str) = ("platen", "Auth-S3cret-pw", "Priv-S3cret-pw");
+
 impl Snmpd {
     pub fn start() -> Snmpd {
-        let bin = system_bin("snmpd", "snmpd");
+        Self::start_with_engine("platen-test-1")
+    }
+
+    /// With `engineID` set to `engine_id` (text).
+    pub fn start_with_engine(engine_id: &str) -> Snmpd {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_udp_port();
-        let conf = dir.path().join("snmpd.conf");
+        let child = Self::spawn(dir.path(), port, engine_id);
+        let s = Snmpd { port, dir, child };
+        s.wait_ready();
+        s
+    }
+
+    /// Stop and start again on the same port with another engine id (as if the
+    /// printer were replaced or reset).
+    pub fn restart_with_engine(&mut self, engine_id: &str) {
+        kill(&mut self.child, "TERM");
+        // Forget the persisted engine state (boots, keys) like a new device.
+        self.child = Self::spawn(self.dir.path(), self.port, engine_id);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &Path, port: u16, engine_id: &str) -> Child {
+        let bin = system_bin("snmpd", "snmpd");
+        let conf = dir.join("snmpd.conf");
+        let (user, auth, privacy) = SNMPD_V3_USER;
         // sysLocation/sysContact are not set here: a value in snmpd.conf makes them read-only.
-        std::fs::write(&conf, format!("agentAddress udp:127.0.0.1:{port}\nrwcommunity private 127.0.0.1\nrocommunity public 127.0.0.1\n"))
-            .expect("write snmpd.conf");
-        let child = Command::new(bin)
+        std::fs::write(
+            &conf,
+            format!(
+                "agentAddress udp:127.0.0.1:{port}\nrwcommunity private 127.0.0.1\nrocommunity public 127.0.0.1\n\
+                 engineID {engine_id}\ncreateUser {user} SHA-256 \"{auth}\" AES \"{privacy}\"\nrwuser {user} priv\n"
+            ),
+        )
+        .expect("write snmpd.conf");
+        // Its persistent state lives in a subdirectory, so a restart can drop it.
+        let persist = dir.join("persist");
+        let _ = std::fs::remove_dir_all(&persist);
+        std::fs::create_dir_all(&persist).expect("snmpd persist dir");
+        Command::new(bin)
             .args(["-f", "-C", "-Lf"])
-            .arg(dir.path().join("snmpd.log"))
+            .arg(dir.join("snmpd.log"))
             .arg("-c")
             .arg(&conf)
             .arg("-p")
-            .arg(dir.path().join("snmpd.pid"))
-            .env("SNMP_PERSISTENT_DIR", dir.path())
+            .arg(dir.join("snmpd.pid"))
+            .env("SNMP_PERSISTENT_DIR", &persist)
             .env("MIBS", "")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start snmpd");
-        let s = Snmpd {
-            port,
-            _dir: dir,
-            child,
-        };
+            .expect("start snmpd")
+    }
+
+    fn wait_ready(&self) {
         // Ready when it answers a GET.
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
-            if snmpget("public", &format!("127.0.0.1:{port}"), "1.3.6.1.2.1.1.3.0").is_ok() {
-                return s;
+            if snmpget(
+                "public",
+                &format!("127.0.0.1:{}", self.port),
+                "1.3.6.1.2.1.1.3.0",
+            )
+            .is_ok()
+            {
+                return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("snmpd did not answer on udp/{port}");
+        panic!("snmpd did not answer on udp/{}", self.port);
+    }
+
+    /// `snmpget -v3` as [`SNMPD_V3_USER`]; Ok(stdout) or Err(stderr).
+    pub fn get_v3(&self, oid: &str) -> Result<String, String> {
+        let (user, auth, privacy) = SNMPD_V3_USER;
+        net_snmp(
+            "snmpget",
+            &[
+                "-v3",
+                "-l",
+                "authPriv",
+                "-u",
+                user,
+                "-a",
+                "SHA-256",
+                "-A",
+                auth,
+                "-x",
+                "AES",
+                "-X",
+                privacy,
+                "-On",
+                "-t",
+                "1",
+                "-r",
+                "1",
+                &format!("127.0.0.1:{}", self.port),
+                oid,
+            ],
+        )
     }
 }
 
@@ -425,7 +495,13 @@ pub struct Sim {
 impl Sim {
     /// `specs` as for `--printer` (e.g. `p2,read-only=1.3.6.1.2.1.1.6.0`).
     pub fn start(specs: &[&str]) -> Sim {
+        Self::start_with_community(specs, "private")
+    }
+
+    /// [`Sim::start`] with another community (read and write).
+    pub fn start_with_community(specs: &[&str], community: &str) -> Sim {
         let mut cmd = Command::new(workspace_bin("platen-printer-sim"));
+        cmd.arg("--community").arg(community);
         for s in specs {
             cmd.arg("--printer").arg(s);
         }

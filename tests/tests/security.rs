@@ -11,6 +11,7 @@
 use platen_cloud::agents::Registry;
 use platen_cloud::{BrokerAuth, Cloud, ReportEvent};
 use platen_e2e::pki::{Ca, Issued};
+use platen_e2e::SNMPD_V3_USER;
 use platen_e2e::*;
 use platen_protocol::{Code, ReportStatus, Signer};
 use std::path::Path;
@@ -440,4 +441,121 @@ async fn the_packaged_broker_config_keeps_each_agent_to_its_own_printers() {
         !out.status.success(),
         "connected without a certificate: {out:?}"
     );
+}
+
+/// Secrets of the next test: none may appear in any log, report or output.
+const COMMUNITY: &str = "Comm-S3cret-xyz";
+const BROKER_PASSWORD: &str = "Broker-S3cret-pw";
+const WRONG_AUTH: &str = "Wrong-S3cret-pw";
+
+fn v3_printer(id: &str, port: u16, auth: &str) -> String {
+    let (user, _, privacy) = SNMPD_V3_USER;
+    format!(
+        "\n[[printer]]\nid = \"{id}\"\naddress = \"127.0.0.1\"\nport = {port}\nsnmp_version = \"v3\"\ntimeout_ms = 500\nretries = 1\n\
+         [printer.v3]\nuser = \"{user}\"\nauth_protocol = \"sha256\"\nauth_password = \"{auth}\"\n\
+         priv_protocol = \"aes128\"\npriv_password = \"{privacy}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snmpv3_auth_priv_engine_change_and_no_secret_in_a_trace_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(false);
+    let mut snmpd = Snmpd::start_with_engine("platen-eng-1");
+    let sim = Sim::start_with_community(&["v2"], COMMUNITY);
+    let (_, auth, privacy) = SNMPD_V3_USER;
+    let cfg = agent_toml("gw-v3", broker.port, &dir.path().join("state"), &[])
+        .replace(
+            "reconnect_min_ms",
+            &format!("username = \"gw-v3\"\npassword = \"{BROKER_PASSWORD}\"\nreconnect_min_ms"),
+        )
+        + &v3_printer("v3p", snmpd.port, auth)
+        + &v3_printer("badv3", snmpd.port, WRONG_AUTH)
+        + &format!(
+            "\n[[printer]]\nid = \"v2\"\naddress = \"127.0.0.1\"\nport = {}\ncommunity = \"{COMMUNITY}\"\n",
+            sim.addr("v2").port()
+        );
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    let agent = AgentProc::start_with(&dir.path().join("a"), &cfg, &[("RUST_LOG", "trace")], &[]);
+    agent.wait_log("connected to broker", Duration::from_secs(15));
+    let cloud = start_cloud(broker.port, dir.path()).await;
+
+    // authPriv with SHA-256 / AES-128 against net-snmp: applied and read back.
+    let set = |p: &str, v: u64, loc: &str| desired(p, v, &[("sysLocation", t(loc))]);
+    cloud
+        .publish_desired(&tenant(), &set("v3p", 1, "over v3"))
+        .await
+        .unwrap();
+    let r = wait_report(&cloud, "gw-v3:v3p:v1", Duration::from_secs(20), &agent).await;
+    assert_eq!(code_of(&r, "sysLocation"), Code::Verified, "{:?}", r.report);
+    assert!(snmpd.get_v3(SYS_LOCATION).unwrap().contains("over v3"));
+
+    // A wrong auth password: 403 with a clear SNMPv3 reason, no retry storm.
+    cloud
+        .publish_desired(&tenant(), &set("badv3", 1, "never"))
+        .await
+        .unwrap();
+    let r = wait_report(&cloud, "gw-v3:badv3:v1", Duration::from_secs(20), &agent).await;
+    let s = &r.report.settings[0];
+    assert_eq!(s.code, Code::NotWritable, "{:?}", r.report);
+    assert!(s.detail.contains("SNMPv3"), "{}", s.detail);
+    assert!(!snmpd.get_v3(SYS_LOCATION).unwrap().contains("never"));
+
+    // v2c beside v3 in the same agent.
+    cloud
+        .publish_desired(&tenant(), &set("v2", 1, "over v2c"))
+        .await
+        .unwrap();
+    let r = wait_report(&cloud, "gw-v3:v2:v1", Duration::from_secs(20), &agent).await;
+    assert_eq!(code_of(&r, "sysLocation"), Code::Verified, "{:?}", r.report);
+
+    // The device at v3p's address is replaced (new engine id): still works, warned.
+    snmpd.restart_with_engine("platen-eng-2");
+    cloud
+        .publish_desired(&tenant(), &set("v3p", 2, "after swap"))
+        .await
+        .unwrap();
+    let r = wait_report(&cloud, "gw-v3:v3p:v2", Duration::from_secs(30), &agent).await;
+    assert_eq!(code_of(&r, "sysLocation"), Code::Verified, "{:?}", r.report);
+    agent.wait_log("SNMPv3 engine id changed", Duration::from_secs(10));
+
+    // diag at trace level, text and JSON, and `config show`.
+    let config = dir.path().join("a").join("agent.toml");
+    let mut outputs = vec![agent.log()];
+    for args in [
+        vec!["diag", "--config", config.to_str().unwrap(), "--no-broker"],
+        vec![
+            "diag",
+            "--config",
+            config.to_str().unwrap(),
+            "--no-broker",
+            "--json",
+        ],
+        vec!["config", "show", config.to_str().unwrap()],
+    ] {
+        let o = Command::new(workspace_bin("platen-agent"))
+            .args(&args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        outputs.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    assert!(outputs[1].contains("SNMPv3 refused"), "{}", outputs[1]);
+    outputs.push(serde_json::to_string(&cloud.reports()).unwrap());
+    let log = &outputs[0];
+    assert!(log.contains(" TRACE "), "not a trace log");
+    assert!(
+        log.len() > 20_000,
+        "suspiciously short log: {} bytes",
+        log.len()
+    );
+    for secret in [COMMUNITY, BROKER_PASSWORD, WRONG_AUTH, auth, privacy] {
+        for (i, out) in outputs.iter().enumerate() {
+            assert!(!out.contains(secret), "secret {secret:?} in output {i}");
+        }
+    }
 }

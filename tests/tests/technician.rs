@@ -68,6 +68,12 @@ fn diag_healthy_read_only_and_unreachable_printers() {
     );
     assert!(out.contains("no problems found"), "{out}");
     assert!(!out.contains("NOT writable"), "{out}");
+    // Written with `private`: a warning with a hint, and still exit 0.
+    assert!(
+        out.contains("1 warning:\n  good [security] printer good is written with a factory-default community"),
+        "{out}"
+    );
+    assert!(out.contains("set a write community of your own"), "{out}");
     // Enumerated settings show their labels.
     assert!(out.contains("\"enabled\""), "{out}");
 

@@ -155,8 +155,7 @@ async fn floor(runs: u64, payload: Vec<u8>) -> Vec<Duration> {
     let target = Target {
         address: addr.ip().to_string(),
         port: addr.port(),
-        v1: false,
-        community: Secret::new("private"),
+        credentials: platen_agent::snmp::Credentials::V2c(Secret::new("private")),
         timeout: Duration::from_secs(1),
         retries: 1,
     };

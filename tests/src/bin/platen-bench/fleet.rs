@@ -87,8 +87,7 @@ pub async fn run(r: &mut Results, n: usize) {
         let target = Target {
             address: addr.ip().to_string(),
             port: addr.port(),
-            v1: false,
-            community: Secret::new("private"),
+            credentials: platen_agent::snmp::Credentials::V2c(Secret::new("private")),
             timeout: TIMEOUT,
             retries: 2,
         };
