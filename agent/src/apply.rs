@@ -727,7 +727,10 @@ pub(crate) mod tests {
     #[tokio::test(start_paused = true)]
     async fn classifies_rejections_without_touching_the_printer() {
         let f = FakePrinter::standard();
+        // Only profile settings are written: an OID given as a name (here
+        // prtGeneralReset.1) is an unknown setting like any other.
         let cfg = desired(&[
+            ("1.3.6.1.2.1.43.5.1.1.3.1", SettingValue::Integer(4)),
             ("colourMode", t("mono")),
             ("prtInputDefaultIndex", SettingValue::Integer(0)),
             ("sysName", SettingValue::Integer(1)),
@@ -736,6 +739,7 @@ pub(crate) mod tests {
         assert_eq!(
             codes(&out),
             vec![
+                ("1.3.6.1.2.1.43.5.1.1.3.1".into(), 404, 0),
                 ("colourMode".into(), 404, 0),
                 ("prtInputDefaultIndex".into(), 400, 0),
                 ("sysName".into(), 400, 0)

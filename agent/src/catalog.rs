@@ -22,6 +22,37 @@ pub const BUILTIN: &[(&str, &str)] = &[(
     include_str!("../profiles/konica-minolta.toml"),
 )];
 
+/// Objects whose write is destructive, by OID prefix: a profile may name them only
+/// with `destructive = true` on the setting and `allow_destructive = true` in its
+/// `[profile]` header (an explicit opt-in per profile). The built-in profiles name none.
+pub const DESTRUCTIVE: &[(&str, &str)] = &[
+    (
+        "1.3.6.1.2.1.43.5.1.1.3",
+        "prtGeneralReset (power-cycles the printer or resets it to factory defaults)",
+    ),
+    (
+        "1.3.6.1.6.3.12",
+        "SNMP-TARGET-MIB (where the printer sends its notifications)",
+    ),
+    (
+        "1.3.6.1.6.3.15",
+        "SNMP-USER-BASED-SM-MIB (SNMPv3 users and keys)",
+    ),
+    (
+        "1.3.6.1.6.3.16",
+        "SNMP-VIEW-BASED-ACM-MIB (who may read and write what)",
+    ),
+    ("1.3.6.1.6.3.18", "SNMP-COMMUNITY-MIB (the communities)"),
+];
+
+/// What destructive object `oid` falls under, if any.
+pub fn destructive(oid: &ObjectId) -> Option<&'static str> {
+    DESTRUCTIVE.iter().find_map(|(prefix, what)| {
+        let prefix: ObjectId = prefix.parse().ok()?;
+        oid.0.starts_with(&prefix.0).then_some(*what)
+    })
+}
+
 /// hrDeviceType (HOST-RESOURCES-MIB), walked to find the printer's hrDeviceIndex.
 pub const HR_DEVICE_TYPE: &str = "1.3.6.1.2.1.25.3.2.1.2";
 /// hrDevicePrinter, the hrDeviceType value of a printer.
@@ -228,6 +259,9 @@ struct RawHeader {
     /// `"default"`: start from the built-in profile's settings.
     extends: Option<String>,
     billing_counter: Option<String>,
+    /// Opt-in for settings on [`DESTRUCTIVE`] objects.
+    #[serde(default)]
+    allow_destructive: bool,
 }
 
 #[derive(Deserialize)]
@@ -246,6 +280,9 @@ struct RawSetting {
     case_insensitive: bool,
     #[serde(default)]
     disruptive: bool,
+    /// Acknowledges a [`DESTRUCTIVE`] object (implies `disruptive`).
+    #[serde(default)]
+    destructive: bool,
     #[serde(default)]
     requires: Vec<String>,
 }
@@ -340,6 +377,31 @@ impl Profile {
                         .map_err(|m| invalid(format!("{at}.oid: {m}")))?,
                 ),
             };
+            let base = match &oid {
+                OidTemplate::Fixed(o) | OidTemplate::PerDevice(o) => o,
+            };
+            match (destructive(base), s.destructive) {
+                (Some(what), false) => {
+                    return Err(invalid(format!(
+                        "{at}: {} is {what}, a destructive object: mark the setting \
+                         destructive = true and opt in with [profile] allow_destructive = true",
+                        s.oid
+                    )))
+                }
+                (Some(what), true) if !raw.profile.allow_destructive => {
+                    return Err(invalid(format!(
+                        "{at}: {what} is destructive and this profile has not opted in: \
+                         set allow_destructive = true in [profile]"
+                    )))
+                }
+                (None, true) => {
+                    return Err(invalid(format!(
+                        "{at}: destructive = true, but {} is not a known destructive object",
+                        s.oid
+                    )))
+                }
+                _ => {}
+            }
             let kind = match s.kind.as_str() {
                 "text" => {
                     if s.min.is_some() || s.max.is_some() || !s.labels.is_empty() {
@@ -388,7 +450,7 @@ impl Profile {
                 name: s.name.clone(),
                 oid,
                 kind,
-                disruptive: s.disruptive,
+                disruptive: s.disruptive || s.destructive,
                 requires: s.requires,
             };
             // With `extends`, a setting may replace an inherited one, but not another of this file.
@@ -635,6 +697,56 @@ mod tests {
                 }
                 (Err(_), Err(())) => {}
                 (g, w) => panic!("{read:?}: got {g:?}, wanted {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn destructive_objects_need_an_opt_in_per_profile() {
+        let reset = "[[setting]]\nname='reset'\noid='1.3.6.1.2.1.43.5.1.1.3.{device}'\ntype='integer'\nlabels={powerCycleReset=4}\n";
+        let cases = [
+            ("[profile]\nname='t'\n".to_string() + reset, Some("destructive object: mark the setting")),
+            (
+                "[profile]\nname='t'\n".to_string() + &reset.replace("type=", "destructive=true\ntype="),
+                Some("has not opted in: set allow_destructive = true"),
+            ),
+            (
+                "[profile]\nname='t'\nallow_destructive=true\n".to_string() + reset,
+                Some("destructive object: mark the setting"),
+            ),
+            (
+                "[profile]\nname='t'\n[[setting]]\nname='usm'\noid='1.3.6.1.6.3.15.1.2.2.1.9.1'\ntype='integer'\n".to_string(),
+                Some("SNMPv3 users and keys"),
+            ),
+            (
+                "[profile]\nname='t'\n[[setting]]\nname='x'\noid='1.3.6.1.4.1.9.1.0'\ntype='text'\ndestructive=true\n".to_string(),
+                Some("not a known destructive object"),
+            ),
+            (
+                "[profile]\nname='t'\nallow_destructive=true\n".to_string() + &reset.replace("type=", "destructive=true\ntype="),
+                None,
+            ),
+        ];
+        for (text, want) in cases {
+            match (Profile::parse(&text, "t.toml"), want) {
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{e}"),
+                (Ok(p), None) => {
+                    // Accepted, and ordered like a disruptive setting (its own PDU, last).
+                    assert!(p.get("reset").unwrap().disruptive);
+                }
+                (r, w) => panic!("{text}: {:?} wanted {w:?}", r.map(|_| ())),
+            }
+        }
+        // No built-in profile names a destructive object.
+        for (name, text) in
+            std::iter::once(("default", DEFAULT_PROFILE)).chain(BUILTIN.iter().copied())
+        {
+            let p = Profile::parse(text, name).unwrap();
+            for n in p.names() {
+                let base = match &p.get(n).unwrap().oid {
+                    OidTemplate::Fixed(o) | OidTemplate::PerDevice(o) => o.clone(),
+                };
+                assert_eq!(destructive(&base), None, "{name}: {n}");
             }
         }
     }
