@@ -120,6 +120,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = platen_agent::config::check_not_world_readable(&config, &cfg) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

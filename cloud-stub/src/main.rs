@@ -834,6 +834,19 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if cfg.broker.password.is_some() {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(file)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0);
+                if mode & 0o004 != 0 {
+                    eprintln!(
+                        "{}: holds the broker password and is readable by every user (mode {mode:o}); chmod 640 it",
+                        file.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
             let auth = match broker_auth(&cfg.broker) {
                 Ok(a) => a,
                 Err(e) => {

@@ -797,6 +797,10 @@ impl AgentProc {
     ) -> AgentProc {
         let config = dir.join("agent.toml");
         std::fs::write(&config, config_text).expect("write agent.toml");
+        // It holds credentials: the agent refuses a world-readable one.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod agent.toml");
         let state_dir = dir.join("state");
         let mut a = AgentProc {
             config,

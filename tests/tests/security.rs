@@ -559,3 +559,30 @@ async fn snmpv3_auth_priv_engine_change_and_no_secret_in_a_trace_log() {
         }
     }
 }
+
+#[test]
+fn a_world_readable_config_with_credentials_stops_the_agent_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let text = agent_toml(
+        "gw-perm",
+        1883,
+        &dir.path().join("state"),
+        &[PrinterEntry::new("p1", "127.0.0.1:16100".parse().unwrap())],
+    );
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(workspace_bin("platen-agent"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}: holds SNMP communities", path.display()))
+            && err.contains("mode 644"),
+        "{err}"
+    );
+    assert!(!err.contains("private"), "the community was printed: {err}");
+}
