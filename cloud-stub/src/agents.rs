@@ -176,6 +176,19 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_acl_is_what_the_example_registry_generates() {
+        let r = Registry::parse(include_str!(
+            "../../packaging/mosquitto/agents.example.toml"
+        ))
+        .unwrap();
+        assert_eq!(
+            r.mosquitto_acl("platen-cloud"),
+            include_str!("../../packaging/mosquitto/platen.acl.example"),
+            "run: platen-cloud broker-acl --agents packaging/mosquitto/agents.example.toml > packaging/mosquitto/platen.acl.example"
+        );
+    }
+
+    #[test]
     fn bad_registries_are_refused() {
         let two = "[[agent]]\nid='a'\nprinters=['t/p']\n[[agent]]\nid='b'\nprinters=['t/p']\n";
         assert!(matches!(

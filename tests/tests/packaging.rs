@@ -104,6 +104,8 @@ async fn debian_packages_build_install_and_run() {
         "./etc/platen/cloud.toml",
         "./usr/lib/systemd/system/platen-cloud.service",
         "./usr/share/doc/platen-cloud/examples/catalog.toml",
+        "./usr/share/doc/platen-cloud/examples/mosquitto/platen.conf",
+        "./usr/share/doc/platen-cloud/examples/mosquitto/platen.acl",
     ] {
         assert!(
             cloud_contents.contains(path),
