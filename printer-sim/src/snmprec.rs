@@ -48,13 +48,19 @@ fn parse_oid(s: &str) -> Result<Oid, String> {
 }
 
 fn hex(s: &str) -> Result<Vec<u8>, String> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if !s.len().is_multiple_of(2) {
+    // Bytes, not a `&str` slice: a multi-byte character between hex digits must be an
+    // error, not a slice off a character boundary (found by `scripts/fuzz snmprec`).
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("odd-length hex {s:?}"));
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex {s:?}")))
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    digits
+        .chunks(2)
+        .map(|p| match (nibble(p[0]), nibble(p[1])) {
+            (Some(h), Some(l)) => Ok(h << 4 | l),
+            _ => Err(format!("bad hex {s:?}")),
+        })
         .collect()
 }
 
@@ -138,6 +144,17 @@ pub fn parse_line(line: &str) -> Result<(Oid, Value), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_with_multibyte_characters_is_a_warning_not_a_panic() {
+        // Found by `scripts/fuzz snmprec`: the old loader sliced "aé1" at byte 2.
+        for bad in ["aé1", "é1", "0é", "ab\u{2003}cd\u{2003}é"] {
+            let (map, warnings) = parse(&format!("1.3.6.1.2.1.1.7.0|4x|{bad}\n"));
+            assert!(map.is_empty(), "{bad}");
+            assert_eq!(warnings.len(), 1, "{bad}");
+        }
+        assert_eq!(hex("0a FF").unwrap(), vec![0x0a, 0xff]);
+    }
 
     #[test]
     fn reads_every_tag_and_reports_bad_lines() {
