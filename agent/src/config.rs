@@ -395,23 +395,13 @@ impl PrinterConfig {
 /// The config file holds credentials (communities, SNMPv3 or broker passwords):
 /// refuse one that every user of the machine can read, naming the file.
 pub fn check_not_world_readable(path: &Path, cfg: &AgentConfig) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
     let holds_secret = cfg.broker.password.is_some()
         || cfg
             .printers
             .iter()
             .any(|p| !p.community.expose().is_empty() || p.v3.is_some());
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if holds_secret && mode & 0o004 != 0 {
-        return Err(format!(
-            "{}: holds SNMP communities or passwords and is readable by every user (mode {mode:o}); \
-             chmod 640 it (the package installs it root:platen 640)",
-            path.display()
-        ));
+    if holds_secret {
+        platen_ops::secret::refuse_world_readable(path, "SNMP communities or passwords")?;
     }
     Ok(())
 }

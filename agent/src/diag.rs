@@ -696,14 +696,7 @@ pub fn render_table(d: &DiagOutput) -> String {
         }
         for pd in &d.printers {
             for p in &pd.problems {
-                let _ = writeln!(
-                    s,
-                    "  {} [{}] {}\n      hint: {}",
-                    pd.printer_id.as_str(),
-                    p.check,
-                    p.message,
-                    p.hint
-                );
+                write_printer_item(&mut s, pd, p);
             }
         }
     }
@@ -716,18 +709,23 @@ pub fn render_table(d: &DiagOutput) -> String {
         let n = warnings.len();
         let _ = writeln!(s, "{n} warning{}:", if n == 1 { "" } else { "s" });
         for (pd, w) in warnings {
-            let _ = writeln!(
-                s,
-                "  {} [{}] {}\n      hint: {}",
-                pd.printer_id.as_str(),
-                w.check,
-                w.message,
-                w.hint
-            );
+            write_printer_item(&mut s, pd, w);
         }
     }
     // Padded columns leave trailing blanks; drop them.
     s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+/// One problem or warning of a printer, with its hint.
+fn write_printer_item(s: &mut String, pd: &PrinterDiag, p: &Problem) {
+    let _ = writeln!(
+        s,
+        "  {} [{}] {}\n      hint: {}",
+        pd.printer_id.as_str(),
+        p.check,
+        p.message,
+        p.hint
+    );
 }
 
 fn truncate(s: &str, n: usize) -> String {

@@ -835,15 +835,10 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             if cfg.broker.password.is_some() {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(file)
-                    .map(|m| m.permissions().mode() & 0o777)
-                    .unwrap_or(0);
-                if mode & 0o004 != 0 {
-                    eprintln!(
-                        "{}: holds the broker password and is readable by every user (mode {mode:o}); chmod 640 it",
-                        file.display()
-                    );
+                if let Err(e) =
+                    platen_ops::secret::refuse_world_readable(file, "the broker password")
+                {
+                    eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             }

@@ -44,6 +44,24 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// Refuse a file that holds credentials (`what`) when every user of the machine can
+/// read it: the error names the file and its mode.
+pub fn refuse_world_readable(path: &std::path::Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "{}: holds {what} and is readable by every user (mode {mode:o}); chmod 640 it",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

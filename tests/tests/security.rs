@@ -48,6 +48,28 @@ fn mosquitto_pub(args: &[&str]) -> Output {
         .expect("mosquitto_pub")
 }
 
+/// Publish a desired config straight to the broker (retained, QoS 1), as anyone
+/// with access to the broker could.
+fn publish_raw(port: u16, config: &platen_protocol::DesiredConfig) {
+    let payload = String::from_utf8(platen_protocol::encode(config)).unwrap();
+    let topic = platen_protocol::Topic::desired(&tenant(), &config.printer_id).to_string();
+    let port = port.to_string();
+    let out = mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-q",
+        "1",
+        "-r",
+        "-t",
+        &topic,
+        "-m",
+        &payload,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,23 +115,7 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     k1.sign(&tenant(), &mut v3);
     v3.settings
         .insert("sysLocation".into(), t("tampered-value"));
-    let payload = String::from_utf8(platen_protocol::encode(&v3)).unwrap();
-    let topic = platen_protocol::Topic::desired(&tenant(), &v3.printer_id).to_string();
-    let port = broker.port.to_string();
-    let out = mosquitto_pub(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-q",
-        "1",
-        "-r",
-        "-t",
-        &topic,
-        "-m",
-        &payload,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    publish_raw(broker.port, &v3);
     let r = wait_report(
         &cloud,
         "gw-sig:p1:v3:refused401",
@@ -137,21 +143,7 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
         &[("sysLocation", t("forged-value"))],
     );
     rogue.sign(&tenant(), &mut forged);
-    let payload = String::from_utf8(platen_protocol::encode(&forged)).unwrap();
-    let out = mosquitto_pub(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-q",
-        "1",
-        "-r",
-        "-t",
-        &topic,
-        "-m",
-        &payload,
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    publish_raw(broker.port, &forged);
     wait_report(
         &cloud,
         "gw-sig:p1:v9000000000000:refused401",
