@@ -315,13 +315,13 @@ pub struct AsyncSnmp {
 /// credentials were accepted by a device nobody may have meant to configure.
 pub struct EngineWatch {
     cache: std::sync::Arc<async_snmp::EngineCache>,
-    addr: Option<std::net::SocketAddr>,
+    addr: std::net::SocketAddr,
     last: std::sync::Mutex<Option<bytes::Bytes>>,
 }
 
 impl EngineWatch {
     fn check(&self, target: &str) {
-        let Some(addr) = self.addr else { return };
+        let addr = self.addr;
         let Some(now) = self.cache.get(&addr).map(|s| s.engine_id().clone()) else {
             return;
         };
@@ -375,9 +375,8 @@ impl AsyncSnmp {
         let engine = engines.as_ref().map(|cache| {
             std::sync::Arc::new(EngineWatch {
                 cache: cache.clone(),
-                addr: std::net::ToSocketAddrs::to_socket_addrs(&(t.address.as_str(), t.port))
-                    .ok()
-                    .and_then(|mut a| a.next()),
+                // The address the client resolved: the engine cache's key.
+                addr: client.peer_addr(),
                 last: std::sync::Mutex::new(None),
             })
         });
@@ -437,7 +436,7 @@ impl AsyncSnmp {
         let (Err(SnmpError::Timeout { .. }), Some(watch)) = (&r, &self.engine) else {
             return r;
         };
-        let Some(addr) = watch.addr else { return r };
+        let addr = watch.addr;
         let used = watch.cache.get(&addr).map(|e| e.engine_id().clone());
         if self.client.rediscover_engine().await.is_err() {
             return r;

@@ -109,6 +109,35 @@ fn sees_tenant(o: &Ops, c: &Caller, tenant: &Id) -> Result<bool, ApiError> {
     Ok(scope.sees_tenant(tenant.as_str(), record.as_ref()))
 }
 
+/// The items of tenants the caller may see (each tenant's record read once).
+fn visible_only<T>(
+    o: &Ops,
+    c: &Caller,
+    items: Vec<T>,
+    tenant_of: impl Fn(&T) -> &Id,
+) -> Result<Vec<T>, ApiError> {
+    if Scope(&c.actor).is_operator() {
+        return Ok(items);
+    }
+    let mut seen: std::collections::HashMap<Id, bool> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for item in items {
+        let tenant = tenant_of(&item);
+        let visible = match seen.get(tenant) {
+            Some(v) => *v,
+            None => {
+                let v = sees_tenant(o, c, tenant)?;
+                seen.insert(tenant.clone(), v);
+                v
+            }
+        };
+        if visible {
+            out.push(item);
+        }
+    }
+    Ok(out)
+}
+
 /// The contract, if the caller may see it; otherwise the same 404 as a missing one.
 fn visible_contract(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Contract, ApiError> {
     let contract = o.contract(id)?;
@@ -237,22 +266,8 @@ async fn get_ledger(
             return Err(forbidden(&c, &format!("read the ledger of tenant {t}")));
         }
     }
-    let mut seen = std::collections::HashMap::new();
-    let mut entries = Vec::new();
-    for e in o.ledger(q.contract.as_ref(), q.tenant.as_ref())? {
-        let visible = match seen.get(&e.tenant) {
-            Some(v) => *v,
-            None => {
-                let v = sees_tenant(&o, &c, &e.tenant)?;
-                seen.insert(e.tenant.clone(), v);
-                v
-            }
-        };
-        if visible {
-            entries.push(e);
-        }
-    }
-    Ok(Json(entries).into_response())
+    let entries = o.ledger(q.contract.as_ref(), q.tenant.as_ref())?;
+    Ok(Json(visible_only(&o, &c, entries, |e| &e.tenant)?).into_response())
 }
 
 async fn post_reseller(
@@ -375,13 +390,8 @@ async fn get_migrations(
     q: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
-    let mut visible = Vec::new();
-    for m in o.migrations(q.tenant.as_ref(), q.contract.as_ref(), q.state.as_deref())? {
-        if sees_tenant(&o, &c, &m.decision.tenant)? {
-            visible.push(m);
-        }
-    }
-    Ok(Json(visible).into_response())
+    let all = o.migrations(q.tenant.as_ref(), q.contract.as_ref(), q.state.as_deref())?;
+    Ok(Json(visible_only(&o, &c, all, |m| &m.decision.tenant)?).into_response())
 }
 
 /// The migration, if the caller may see it; otherwise the same 404 as a missing one.

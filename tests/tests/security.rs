@@ -341,6 +341,8 @@ async fn the_packaged_broker_config_keeps_each_agent_to_its_own_printers() {
         b.mosquitto.log()
     );
     let foreign = read_retained(&b, &gw2, &topic_p1);
+    // Connected and waited out its 3 s (exit 27), rather than failing to connect.
+    assert_eq!(foreign.status.code(), Some(27), "{foreign:?}");
     assert!(
         !String::from_utf8_lossy(&foreign.stdout).contains("ACL ok"),
         "gw-2 read gw-1's config: {foreign:?}"
