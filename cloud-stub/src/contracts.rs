@@ -162,6 +162,31 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The identity of an observation that happens at most once per change (a report
+    /// received, a confirmation, the completion, a ledger entry): appending it again —
+    /// as the engine does when it was killed after noting it but before saving the
+    /// change's state — leaves the timeline unchanged. `None`: every append is new
+    /// (publications, faults and provider calls do recur).
+    pub fn once_key(&self) -> Option<String> {
+        match self {
+            Event::ReportReceived { report_id, .. } => Some(format!("report/{report_id}")),
+            Event::ConfigConfirmed { printer, .. } => Some(format!("config_confirmed/{printer}")),
+            Event::ServiceConfirmed { printer, .. } => Some(format!("service_confirmed/{printer}")),
+            Event::SetupCompleted { .. } => Some("setup_completed".into()),
+            Event::NoCompensation { .. } => Some("no_compensation".into()),
+            Event::Compensation { ledger_key, .. } => Some(format!("compensation/{ledger_key}")),
+            Event::ShipmentAccepted { ledger_key, .. } => Some(format!("shipment/{ledger_key}")),
+            Event::MigrationExecuted { migration, .. } => Some(format!("migration/{migration}")),
+            Event::ChangeRequested { .. }
+            | Event::ConfigPublished { .. }
+            | Event::ConfigFault { .. }
+            | Event::ProviderCall { .. }
+            | Event::ServiceFault { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub seq: u64,
@@ -198,6 +223,8 @@ pub struct ContractStore {
     changes: sled::Tree,
     versions: sled::Tree,
     timeline: sled::Tree,
+    /// `{change id}/{Event::once_key}` → timeline key: observations noted once.
+    timeline_once: sled::Tree,
     ledger: sled::Tree,
     shipments_sent: sled::Tree,
     resellers: sled::Tree,
@@ -262,6 +289,7 @@ impl ContractStore {
             changes: db.open_tree("changes")?,
             versions: db.open_tree("versions")?,
             timeline: db.open_tree("timeline")?,
+            timeline_once: db.open_tree("timeline_once")?,
             ledger: db.open_tree("ledger")?,
             shipments_sent: db.open_tree("shipments_sent")?,
             resellers: db.open_tree("resellers")?,
@@ -528,8 +556,16 @@ impl ContractStore {
             .unwrap_or(1))
     }
 
-    pub fn append(&self, change_id: &str, event: Event) -> Result<TimelineEntry, StoreError> {
+    /// Append to a change's timeline. An event with a [`Event::once_key`] that the
+    /// change's timeline already holds is not appended again (`Ok(None)`); the check
+    /// and the insert are one transaction, so a crash cannot split them.
+    pub fn append(
+        &self,
+        change_id: &str,
+        event: Event,
+    ) -> Result<Option<TimelineEntry>, StoreError> {
         let seq = self.db.generate_id()?;
+        let once = event.once_key().map(|k| format!("{change_id}/{k}"));
         let entry = TimelineEntry {
             seq,
             at: Utc::now(),
@@ -537,9 +573,23 @@ impl ContractStore {
             event,
         };
         let key = format!("{change_id}/{seq:020}");
-        self.timeline.insert(key.as_bytes(), encode(&entry))?;
+        let value = encode(&entry);
+        use sled::transaction::ConflictableTransactionError;
+        use sled::Transactional;
+        let added = (&self.timeline, &self.timeline_once)
+            .transaction(|(timeline, index)| {
+                if let Some(once) = &once {
+                    if index.get(once.as_bytes())?.is_some() {
+                        return Ok(false);
+                    }
+                    index.insert(once.as_bytes(), key.as_bytes())?;
+                }
+                timeline.insert(key.as_bytes(), value.as_slice())?;
+                Ok::<bool, ConflictableTransactionError<()>>(true)
+            })
+            .map_err(|e| tx_error(e, &key))?;
         self.timeline.flush()?;
-        Ok(entry)
+        Ok(added.then_some(entry))
     }
 
     pub fn timeline(&self, change_id: &str) -> Result<Vec<TimelineEntry>, StoreError> {
@@ -692,5 +742,26 @@ mod tests {
             .map(|e| e.event)
             .collect();
         assert_eq!(back, events);
+
+        // Noted again (the engine killed after noting, before saving its state): the
+        // once-per-change observations stay single, recurring ones are appended.
+        for e in &events {
+            let added = s.append("c.1", e.clone()).unwrap();
+            assert_eq!(added.is_some(), e.once_key().is_none(), "{e:?}");
+        }
+        let again: Vec<Event> = s
+            .timeline("c.1")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let recurring: Vec<Event> = events
+            .iter()
+            .filter(|e| e.once_key().is_none())
+            .cloned()
+            .collect();
+        assert_eq!(again, [events.clone(), recurring].concat());
+        // The same report in another change's timeline is that change's evidence.
+        assert!(s.append("c.2", events[2].clone()).unwrap().is_some());
     }
 }

@@ -591,19 +591,20 @@ impl Engine {
             };
             if self.store.add_ledger(&entry)? == Inserted::New {
                 info!(change = %rec.change.id, key, credit = part.fee_credit, "compensation recorded");
-                self.note(
-                    rec,
-                    Event::Compensation {
-                        ledger_key: key.clone(),
-                        currency: contract.currency.clone(),
-                        part: Box::new(part),
-                    },
-                )?;
             }
             // The ledger entry is the truth (a recomputation may differ in `now`).
             let Some(stored) = self.store.ledger_entry(&key)? else {
                 continue;
             };
+            // Noted once per ledger key, also when a crash came between the two.
+            self.note(
+                rec,
+                Event::Compensation {
+                    ledger_key: key.clone(),
+                    currency: contract.currency.clone(),
+                    part: Box::new(stored.part.clone()),
+                },
+            )?;
             if let Some(s) = &stored.part.shipment {
                 if s.quantity > 0
                     && !self.store.shipment_sent(&key)?
