@@ -76,7 +76,8 @@ pub struct SimPrinter {
     state: Arc<Mutex<State>>,
 }
 
-fn text(s: &str) -> Value {
+/// An OCTET STRING value from text.
+pub fn text(s: &str) -> Value {
     Value::OctetString(Bytes::from(s.to_string()))
 }
 

@@ -4,11 +4,13 @@
 //! - [`Snmpd`]: net-snmp's `snmpd` with a writable community.
 //! - [`Sim`]: the `platen-printer-sim` binary.
 //! - [`AgentProc`]: the `platen-agent` binary with a generated config.
+//! - [`fault_proxy::FaultProxy`]: SNMP faults between the agent and a printer.
 //!
 //! A missing peer fails the test with what to install; nothing is skipped silently.
 //! Binaries are taken from the same target directory as the test executable; run
 //! `cargo build --workspace --bins` first (`scripts/test` does).
 
+pub mod fault_proxy;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read, Write};
