@@ -18,6 +18,7 @@
 //! | `platen_snmp_errors_total` | counter | `printer`, `kind` (timeout, status, network, malformed, security, other) |
 //! | `platen_mqtt_connected` | gauge (0/1) | |
 //! | `platen_mqtt_reconnects_total` | counter | |
+//! | `platen_inbound_refused_total` | counter | `topic` (desired, diag), `reason` (malformed, oversized, wrong_printer, unknown_printer, stale, signature, protocol, invalid_topic) |
 //! | `platen_telemetry_age_seconds` | gauge | `printer`: time since the last good reading (since start before the first) |
 
 use crate::snmp::SnmpError;
@@ -64,6 +65,12 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    topic: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PrinterLabel {
     printer: String,
 }
@@ -89,6 +96,7 @@ pub struct Metrics {
     mqtt_connected: Gauge,
     mqtt_reconnects: Counter,
     telemetry_age: Family<PrinterLabel, FloatGauge>,
+    refused: Family<RefusedLabels, Counter>,
 }
 
 /// The process's metrics.
@@ -120,6 +128,7 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
             telemetry_age: Family::default(),
+            refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,7 +181,22 @@ impl Metrics {
             "Time since the printer's last good telemetry reading",
             m.telemetry_age.clone(),
         );
+        registry.register(
+            "inbound_refused",
+            "Inbound MQTT messages refused, by topic kind and reason",
+            m.refused.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// An inbound message was refused (it is also logged with the reason).
+    pub fn refused(&self, topic: &str, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                topic: topic.into(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// A report was queued.

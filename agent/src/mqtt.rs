@@ -22,7 +22,9 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::store::Store;
 use chrono::Utc;
-use platen_protocol::{codec, Health, HealthStatus, Id, Topic, MAX_MESSAGE_BYTES};
+use platen_protocol::{
+    codec, Health, HealthStatus, Id, Topic, MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES,
+};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
     Publish, QoS,
@@ -124,9 +126,9 @@ impl MqttLink {
             .set_manual_acks(true)
             .set_inflight(INFLIGHT)
             .set_request_channel_capacity(4 * WINDOW + 64)
-            // Above our own message limit, so an oversized message is refused by the
-            // codec with a reason instead of breaking the connection.
-            .set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096)
+            // Far above our own message limit, so an oversized message is refused by
+            // the codec with a reason instead of wedging the connection.
+            .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES + 4096)
             .set_last_will(LastWill::new(
                 Topic::health(&cfg.agent_id).to_string(),
                 health(

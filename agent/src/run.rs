@@ -326,7 +326,10 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                             (ctx.clone(), s.clone(), agent_id.clone(), board_in.clone());
                         tokio::spawn(answer_diag(ctx, s, agent, board, tenant, printer, p.payload.to_vec()));
                     }
-                    None => warn!(topic = %p.topic, "diagnostics request for a printer this agent does not manage"),
+                    None => {
+                        warn!(topic = %p.topic, "diagnostics request for a printer this agent does not manage");
+                        crate::metrics::get().refused("diag", "unknown_printer");
+                    }
                 }
                 continue;
             }
@@ -419,6 +422,7 @@ async fn answer_diag(
         Ok(r) => r,
         Err(e) => {
             warn!(printer = %printer, error = %e, "diagnostics request refused");
+            crate::metrics::get().refused("diag", "malformed");
             return;
         }
     };
@@ -550,14 +554,17 @@ async fn handle_desired(
     topic: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
+    let refused = |reason: &str| crate::metrics::get().refused("desired", reason);
     let (tenant, printer) = match topic.parse::<Topic>() {
         Ok(Topic::DesiredConfig { tenant, printer }) => (tenant, printer),
         Ok(other) => {
             warn!(topic, kind = ?other, "unexpected topic ignored");
+            refused("invalid_topic");
             return Ok(());
         }
         Err(e) => {
             warn!(error = %e, "message on an invalid topic ignored");
+            refused("invalid_topic");
             return Ok(());
         }
     };
@@ -566,6 +573,7 @@ async fn handle_desired(
             topic,
             "desired config for a printer this agent does not manage ignored"
         );
+        refused("unknown_printer");
         return Ok(());
     };
     if payload.is_empty() {
@@ -576,6 +584,7 @@ async fn handle_desired(
         Ok(c) => c,
         Err(e @ codec::DecodeError::UnsupportedProtocol { .. }) => {
             warn!(topic, error = %e, "desired config refused");
+            refused("protocol");
             let Some(version) = readable_version(payload) else {
                 warn!(printer = %printer, "no readable version in the refused config; nothing to report");
                 return Ok(());
@@ -588,11 +597,25 @@ async fn handle_desired(
         }
         Err(e) => {
             warn!(topic, bytes = payload.len(), error = %e, "desired config refused");
-            return Ok(());
+            let oversized = matches!(e, codec::DecodeError::TooLarge { .. });
+            refused(if oversized { "oversized" } else { "malformed" });
+            // Tell the sender when the version can be read (the config is otherwise
+            // broken: wrong types, unknown fields, bad ids…). A refusal has its own
+            // report id and never raises the version watermark, so a genuine config
+            // of the same version is still applied.
+            let Some(version) = readable_version(payload).filter(|_| !oversized) else {
+                return Ok(());
+            };
+            let refusal = platen_protocol::Refusal {
+                code: platen_protocol::Code::ValueRejected,
+                detail: format!("malformed desired config: {e}"),
+            };
+            return refuse(store, agent, &tenant, &printer, version, refusal).await;
         }
     };
     if config.printer_id != printer {
         warn!(topic, printer_id = %config.printer_id, "desired config names another printer than its topic; refused");
+        refused("wrong_printer");
         return Ok(());
     }
     let version = config.version;
@@ -601,6 +624,7 @@ async fn handle_desired(
     if !trusted.is_empty() {
         if let Err(e) = trusted.verify(&tenant, &config) {
             warn!(topic, version, error = %e, "desired config refused: signature");
+            refused("signature");
             let refusal = platen_protocol::Refusal {
                 code: platen_protocol::Code::SignatureInvalid,
                 detail: e.to_string(),
@@ -621,7 +645,8 @@ async fn handle_desired(
             store.flush().await?;
         }
         Offer::Stale { latest } => {
-            warn!(printer = %printer, version, latest, "stale desired config ignored")
+            warn!(printer = %printer, version, latest, "stale desired config ignored");
+            refused("stale");
         }
     }
     Ok(())

@@ -51,6 +51,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The API's state: the operations and how callers are authenticated.
@@ -151,8 +152,20 @@ fn visible_contract(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Contr
     }
 }
 
+/// API requests answered with an error, by status (for `/metrics`).
+pub static REJECTED: std::sync::LazyLock<std::sync::Mutex<BTreeMap<u16, u64>>> =
+    std::sync::LazyLock::new(Default::default);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Ok(mut m) = REJECTED.lock() {
+            *m.entry(self.status).or_default() += 1;
+        }
+        if self.status >= 500 {
+            tracing::error!(status = self.status, code = %self.code, message = %self.message, "API request failed");
+        } else {
+            tracing::info!(status = self.status, code = %self.code, message = %self.message, "API request refused");
+        }
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(serde_json::json!({"error": self}))).into_response()
     }

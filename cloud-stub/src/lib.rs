@@ -26,7 +26,9 @@ pub mod server;
 pub mod usage;
 
 use chrono::{DateTime, Utc};
-use platen_protocol::{codec, ApplyReport, DesiredConfig, Id, Topic, MAX_MESSAGE_BYTES};
+use platen_protocol::{
+    codec, ApplyReport, DesiredConfig, Id, Topic, MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES,
+};
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -81,6 +83,34 @@ pub struct Counters {
     pub new: AtomicU64,
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
+}
+
+impl Counters {
+    /// Prometheus text for `GET /metrics`, with the API's refused requests.
+    pub fn render(&self, api_rejected: &std::collections::BTreeMap<u16, u64>) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = format!(
+            "# HELP platen_cloud_reports_total Inbound reports by outcome.\n\
+             # TYPE platen_cloud_reports_total counter\n\
+             platen_cloud_reports_total{{outcome=\"new\"}} {}\n\
+             platen_cloud_reports_total{{outcome=\"duplicate\"}} {}\n\
+             # HELP platen_cloud_messages_refused_total Inbound reports and telemetry refused \
+             (malformed, oversized, wrong topic, printer not the agent's).\n\
+             # TYPE platen_cloud_messages_refused_total counter\n\
+             platen_cloud_messages_refused_total {}\n\
+             # HELP platen_cloud_api_errors_total API requests answered with an error, by status.\n\
+             # TYPE platen_cloud_api_errors_total counter\n",
+            get(&self.new),
+            get(&self.duplicates),
+            get(&self.refused)
+        );
+        for (status, n) in api_rejected {
+            out.push_str(&format!(
+                "platen_cloud_api_errors_total{{status=\"{status}\"}} {n}\n"
+            ));
+        }
+        out
+    }
 }
 
 /// The stored form of a received report: its JSON as the agent sent it (when it
@@ -186,7 +216,8 @@ impl Cloud {
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
             .set_manual_acks(true)
-            .set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+            // See MAX_INCOMING_PACKET_BYTES: read oversized messages, refuse them, ack.
+            .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES + 4096);
         if let Some(user) = &auth.username {
             let pass = auth.password.as_ref().map(|p| p.expose()).unwrap_or("");
             opts.set_credentials(user, pass);

@@ -105,7 +105,15 @@ impl Server {
                 source,
             })?;
         let (api_stop, api_stop_rx) = oneshot::channel::<()>();
-        let app = api::router(ops.clone(), std::sync::Arc::new(auth));
+        let counters = cloud.counters.clone();
+        let app = api::router(ops.clone(), std::sync::Arc::new(auth)).route(
+            "/metrics",
+            axum::routing::get(move || {
+                let rejected = api::REJECTED.lock().map(|m| m.clone()).unwrap_or_default();
+                let text = counters.render(&rejected);
+                async move { text }
+            }),
+        );
         let api_task = tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async {

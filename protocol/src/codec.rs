@@ -23,10 +23,17 @@ pub const PROTOCOL_VERSION: &str = "1.0";
 /// The envelope field that carries the protocol version.
 pub const PROTOCOL_FIELD: &str = "protocol";
 
-/// Largest message accepted or produced, in bytes. The MQTT client's maximum packet
-/// size is set above this, so an oversized message is refused by us, with a reason,
-/// rather than by the transport.
+/// Largest message accepted or produced, in bytes. The MQTT clients read packets up
+/// to [`MAX_INCOMING_PACKET_BYTES`], so an oversized message is refused by us, with a
+/// reason, and acknowledged, rather than by the transport.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Largest MQTT packet the agent and the cloud read. A packet above the client's
+/// limit breaks the connection before it can be acknowledged, so the broker delivers
+/// it again after every reconnect (a retained or QoS 1 message wedges the link);
+/// up to this size it is read, refused by the codec and acknowledged. Larger packets
+/// must be stopped by the broker (`max_packet_size` in the packaged Mosquitto conf).
+pub const MAX_INCOMING_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -28,7 +28,9 @@ pub mod signing;
 pub mod telemetry;
 pub mod topics;
 
-pub use codec::{decode, encode, DecodeError, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+pub use codec::{
+    decode, encode, DecodeError, MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+};
 pub use config::{DesiredConfig, SettingValue, MAX_SETTINGS};
 pub use diag::{DiagRequest, DiagResponse, PrinterDiag};
 pub use drift::{DriftReport, DriftedSetting};

@@ -90,7 +90,10 @@ impl Drop for FaultProxy {
     }
 }
 
-fn decode(b: &[u8]) -> Option<(CommunityMessage, (i32, PduBody, Vec<async_snmp::VarBind>))> {
+/// A PDU's request id, body fields and varbinds.
+type RawPdu = (i32, PduBody, Vec<async_snmp::VarBind>);
+
+fn decode(b: &[u8]) -> Option<(CommunityMessage, RawPdu)> {
     let m = CommunityMessage::decode(Bytes::copy_from_slice(b), DecodeConfig::default())
         .ok()?
         .value;

@@ -982,7 +982,8 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 impl Tap {
     pub async fn start(port: u16, client_id: &str, filters: &[&str]) -> Tap {
         let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
-        opts.set_max_packet_size(512 * 1024, 512 * 1024);
+        // Large enough to send the oversized messages of the bad-input test.
+        opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
         for f in filters {
             client

@@ -5,7 +5,8 @@
 //! - every change settled, and the newest config version of every printer was
 //!   reported applied and is what the agent holds as completed (final status);
 //! - no report was lost: every report id that crossed the broker, and every version
-//!   the agent completed, entered the cloud; the agent's outbox holds no report;
+//!   the agent completed, is in the cloud's report store; the agent's outbox holds
+//!   no report;
 //! - duplicates were deduplicated: each report id entered each change's timeline
 //!   exactly once, however often the broker delivered it;
 //! - the ledger holds exactly what `compensation::decide` gives for each change's
@@ -76,6 +77,7 @@ enum Victim {
 
 struct World {
     dir: tempfile::TempDir,
+    broker_port: u16,
     _broker: Mosquitto,
     sim: Sim,
     _provider: ProviderProc,
@@ -115,6 +117,7 @@ async fn world() -> World {
     );
     World {
         dir,
+        broker_port: broker.port,
         _broker: broker,
         sim,
         _provider: provider,
@@ -262,6 +265,7 @@ struct Outcome {
     reports: usize,
     deliveries: usize,
     ledger: usize,
+    stored: usize,
 }
 
 async fn check(
@@ -274,6 +278,7 @@ async fn check(
         reports: 0,
         deliveries: 0,
         ledger: 0,
+        stored: 0,
     };
     // Reports that entered the cloud, from every timeline: each id exactly once.
     let mut entered: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -371,15 +376,9 @@ async fn check(
     // Every report that crossed the broker entered the cloud.
     let mut crossed = BTreeSet::new();
     for p in w.tap.payloads().iter().take(first_deliveries) {
-        let v: Value = serde_json::from_slice(&p).expect("report JSON");
+        let v: Value = serde_json::from_slice(p).expect("report JSON");
         crossed.insert(v["report_id"].as_str().unwrap().to_string());
         outcome.deliveries += 1;
-    }
-    for rid in &crossed {
-        assert!(
-            ids.contains(rid),
-            "report {rid} crossed the broker but never entered the cloud"
-        );
     }
     // The agent's side: a graceful stop, then its store.
     assert_eq!(w.agent.terminate(), Some(0), "agent exit after SIGTERM");
@@ -404,6 +403,39 @@ async fn check(
         .filter(|(_, e)| e.topic.ends_with("/config/report"))
         .collect();
     assert!(left.is_empty(), "reports left in the outbox: {left:?}");
+    // The cloud's report store (read with `platen-cloud reports` once it is stopped):
+    // every report that crossed the broker is there — also those a change never
+    // looked at (the cloud killed after publishing a version, before saving it, so
+    // the change published again under a newer version).
+    w.cloud.crash();
+    let out = std::process::Command::new(workspace_bin("platen-cloud"))
+        .args(["--port", &w.broker_port.to_string(), "--state-dir"])
+        .arg(w.dir.path().join("cloud"))
+        .args(["--client-id", "crash-harness-reports", "reports"])
+        .output()
+        .expect("platen-cloud reports");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("stored report JSON");
+            v["report"]["report_id"]
+                .as_str()
+                .expect("report_id")
+                .to_string()
+        })
+        .collect();
+    for rid in crossed.iter().chain(&ids) {
+        assert!(
+            stored.contains(rid),
+            "report {rid} crossed the broker but is not in the cloud's store"
+        );
+    }
+    outcome.stored = stored.len();
     outcome
 }
 
@@ -441,8 +473,9 @@ async fn crash_run(victim: Victim) {
     assert!(o.ledger >= 1, "p2's refused setting was compensated");
     eprintln!(
         "crash harness ({victim:?}): {n} kills survived; {} changes settled; {} reports \
-         checked ({} broker deliveries, each replayed twice); {} ledger entries equal to the formula",
-        o.changes, o.reports, o.deliveries, o.ledger
+         in timelines, {} in the cloud's store ({} broker deliveries, each replayed twice); \
+         {} ledger entries equal to the formula",
+        o.changes, o.reports, o.stored, o.deliveries, o.ledger
     );
     let _ = &w.dir;
 }

@@ -21,10 +21,12 @@ enum Expect {
     Each(&'static [(&'static str, Code)]),
 }
 
+type TurnOn = Box<dyn Fn(&FaultProxy, &SimPrinter)>;
+
 struct Case {
     name: &'static str,
     /// Turn the fault on (proxy mode and/or simulator knob)…
-    on: Box<dyn Fn(&FaultProxy, &SimPrinter)>,
+    on: TurnOn,
     expect: Expect,
     /// …the most requests the agent may send the faulty printer for this version.
     max_requests: u64,
