@@ -56,6 +56,10 @@ struct LinkState {
     by_pkid: HashMap<u16, Tag>,
     inflight: HashSet<u64>,
     reconnects: u64,
+    /// Why the state store cannot be written, while it cannot: health is `down`.
+    storage_fault: Option<String>,
+    /// Health changed: publish it at the next pump round.
+    health_dirty: bool,
 }
 
 impl LinkState {
@@ -217,16 +221,49 @@ impl MqttLink {
         }
     }
 
-    /// Publish retained health `up` with the current uptime; false if not sent.
+    /// Publish retained health with the current uptime: `up`, or `down` with the
+    /// reason while the state store cannot be written; false if not sent.
     fn publish_up(&self, topic: &str) -> bool {
-        let up = health(
-            &self.agent,
-            HealthStatus::Up,
-            self.since,
-            Some(self.started.elapsed()),
-            None,
-        );
-        self.publish_tagged(Tag::Untracked, topic, up, true)
+        let fault = lock(&self.state).storage_fault.clone();
+        let payload = match fault {
+            None => health(
+                &self.agent,
+                HealthStatus::Up,
+                self.since,
+                Some(self.started.elapsed()),
+                None,
+            ),
+            Some(reason) => health(
+                &self.agent,
+                HealthStatus::Down,
+                Utc::now(),
+                Some(self.started.elapsed()),
+                Some(reason),
+            ),
+        };
+        self.publish_tagged(Tag::Untracked, topic, payload, true)
+    }
+
+    /// The state store cannot be written (`Some(reason)`: health `down` with the
+    /// reason, configs refused) or can again (`None`: health `up`, and subscribe
+    /// again so the broker delivers the retained configs refused meanwhile).
+    pub fn set_storage_fault(&self, fault: Option<String>) {
+        let mut s = lock(&self.state);
+        if s.storage_fault == fault {
+            return;
+        }
+        if fault.is_none() {
+            s.fresh_session = s.connected;
+        }
+        s.storage_fault = fault;
+        s.health_dirty = true;
+        drop(s);
+        self.wake.notify_one();
+    }
+
+    /// Why the state store cannot be written, if it cannot.
+    pub fn storage_fault(&self) -> Option<String> {
+        lock(&self.state).storage_fault.clone()
     }
 
     /// Graceful stop: publish retained health `down` and disconnect.
@@ -347,10 +384,12 @@ async fn pump_loop(
         if stopping {
             return;
         }
-        let health_due =
-            health_at.is_some_and(|t| t.elapsed() >= HEALTH_EVERY) && lock(&link.state).connected;
+        let health_due = (health_at.is_some_and(|t| t.elapsed() >= HEALTH_EVERY)
+            || lock(&link.state).health_dirty)
+            && lock(&link.state).connected;
         if health_due && link.publish_up(&health_topic) {
             health_at = Some(std::time::Instant::now());
+            lock(&link.state).health_dirty = false;
         }
         if setup {
             let filters = subscriptions

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
@@ -48,6 +48,12 @@ pub enum RunError {
         listen: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error("state directory {path} cannot be written: {source}; the agent refuses to run rather than accept configs it cannot keep")]
+    Unwritable {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
     },
     #[error("printer {printer}: reapply_on_drift names {setting}, which profile {profile} does not have")]
     UnknownReapply {
@@ -192,6 +198,11 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         info!(keys = ?trusted, "desired configs must be signed by a trusted key");
     }
     let store = Store::open(&cfg.state_dir)?;
+    // Opening can succeed on a full disk or a read-only file system; writing cannot.
+    store.probe().await.map_err(|source| RunError::Unwritable {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
     let params = ApplyParams::from(&cfg.apply);
     let transport = SharedTransport::bind().await.map_err(RunError::Socket)?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -302,6 +313,14 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         );
     }
     let (link, mut inbound, link_tasks) = MqttLink::start(&cfg, tls, store.clone(), filters);
+    let storage_check = Arc::new(Notify::new());
+    workers.push(tokio::spawn(storage_watch(
+        store.clone(),
+        link.clone(),
+        cfg.state_dir.clone(),
+        storage_check.clone(),
+        stop_rx.clone(),
+    )));
     let (l, s) = (link.clone(), store.clone());
     let mut stop = stop_rx.clone();
     let agent_id = cfg.agent_id.clone();
@@ -333,10 +352,19 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 }
                 continue;
             }
+            // Not acknowledged while the store cannot be written: the broker delivers
+            // it again (retained configs when the link subscribes again on recovery).
+            if let Some(reason) = l.storage_fault() {
+                error!(topic = %p.topic, reason, "desired config refused: the state store cannot be written; not acknowledged");
+                crate::metrics::get().refused("desired", "storage");
+                continue;
+            }
             match handle_desired(&s, &agent_id, &routes, &trusted, &p.topic, &p.payload).await {
                 Ok(()) => l.ack(&p).await,
-                // Not acknowledged: the broker redelivers it after a reconnect.
-                Err(e) => error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged"),
+                Err(e) => {
+                    error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged");
+                    storage_check.notify_one();
+                }
             }
         }
     }));
@@ -380,6 +408,46 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
 /// How long a start waits for the broker before telling systemd it is ready anyway
 /// (degraded: configs already stored are applied, telemetry is queued).
 pub const READY_GRACE: Duration = Duration::from_secs(20);
+
+/// How often the state store is probed; a failed write elsewhere probes at once.
+const STORAGE_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// Probe the state store; while it cannot be written, health is `down` with the
+/// reason and desired configs are refused (not acknowledged). When it can be
+/// written again, health goes back `up` and the link subscribes again.
+async fn storage_watch(
+    store: Store,
+    link: MqttLink,
+    dir: PathBuf,
+    check: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STORAGE_PROBE_EVERY) => {}
+            _ = check.notified() => {}
+            _ = stop.changed() => return,
+        }
+        match store.probe().await {
+            Ok(()) => {
+                if link.storage_fault().is_some() {
+                    info!(state_dir = %dir.display(), "state store writable again; health up");
+                }
+                link.set_storage_fault(None);
+            }
+            Err(e) => {
+                let reason = format!("state store {} cannot be written: {e}", dir.display());
+                if link.storage_fault().is_none() {
+                    error!(
+                        reason,
+                        "health down; desired configs refused until it can be written"
+                    );
+                }
+                link.set_storage_fault(Some(reason));
+            }
+        }
+    }
+}
 
 /// Tell systemd the agent is ready: at the first broker connection, or after
 /// [`READY_GRACE`] without one (degraded start, documented in the README).

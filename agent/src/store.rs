@@ -114,6 +114,9 @@ pub enum Offer {
     Stale { latest: u64 },
 }
 
+/// Free space [`Store::probe`] asks of the state directory's file system.
+pub const PROBE_BYTES: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -122,6 +125,8 @@ pub struct Store {
     outbox: sled::Tree,
     seqs: sled::Tree,
     verified: sled::Tree,
+    meta: sled::Tree,
+    dir: PathBuf,
     outbox_wake: Arc<Notify>,
     group: Arc<GroupCommit>,
 }
@@ -192,6 +197,8 @@ impl Store {
             outbox: db.open_tree("outbox")?,
             seqs: db.open_tree("seqs")?,
             verified: db.open_tree("verified")?,
+            meta,
+            dir: dir.to_path_buf(),
             db,
             outbox_wake: Arc::new(Notify::new()),
             group: Arc::default(),
@@ -408,6 +415,30 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.durable().await?;
         Ok(())
+    }
+
+    /// Can the state directory still be written? A record is written and flushed,
+    /// and a [`PROBE_BYTES`] file is written, synced and removed beside the database:
+    /// sled writes into log segments it already holds, so a full disk only shows
+    /// when it needs a new one — the file shows it now. A file system gone
+    /// read-only fails both.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let now = Utc::now().timestamp_millis().to_be_bytes();
+        self.meta.insert("probe", &now)?;
+        self.flush().await?;
+        let path = self.dir.join("space-probe");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = std::fs::File::create(&path).and_then(|mut f| {
+                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.sync_all()
+            });
+            let _ = std::fs::remove_file(&path);
+            written
+        })
+        .await
+        .map_err(|e| StoreError::Flush(e.to_string()))?
+        .map_err(|e| StoreError::Db(sled::Error::Io(e)))
     }
 }
 
