@@ -457,6 +457,94 @@ mod tests {
         }
     }
 
+    /// The state directory of format 1 committed in `tests/fixtures/state-format-1`
+    /// (written by [`write_format_1_fixture`]): p1 desired v7 completed, p2 desired
+    /// v3 not yet applied, one report in the outbox, telemetry seq 41 for p1.
+    fn check_format_1(s: &Store) {
+        let (p1, p2): (Id, Id) = ("p1".parse().unwrap(), "p2".parse().unwrap());
+        assert_eq!(s.desired(&p1).unwrap().unwrap().config.version, 7);
+        assert_eq!(s.completed(&p1).unwrap(), 7);
+        assert_eq!(s.desired(&p2).unwrap().unwrap().config.version, 3);
+        assert_eq!(s.completed(&p2).unwrap(), 0);
+        let outbox = s.outbox_peek(10);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].1.topic, "platen/v1/acme/p1/config/report");
+        assert_eq!(s.seq(SeqKind::Telemetry, &p1).unwrap(), 41);
+        assert!(s.verified(&p1).unwrap().is_some());
+    }
+
+    /// Regenerate the fixture (only when FORMAT_VERSION changes, as a new directory):
+    /// `cargo test -p platen-agent write_format_1_fixture -- --ignored`.
+    #[tokio::test]
+    #[ignore]
+    async fn write_format_1_fixture() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-format-1");
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&dir).unwrap();
+        let tenant: Id = "acme".parse().unwrap();
+        let (p1, p2): (Id, Id) = ("p1".parse().unwrap(), "p2".parse().unwrap());
+        let mut c = cfg(7);
+        c.settings.insert(
+            "sysLocation".into(),
+            platen_protocol::SettingValue::Text("Hall 7".into()),
+        );
+        s.offer_desired(&tenant, c, Utc::now()).await.unwrap();
+        let mut c = cfg(3);
+        c.printer_id = p2.clone();
+        s.offer_desired(&tenant, c, Utc::now()).await.unwrap();
+        let e = OutboxEntry::new(
+            "platen/v1/acme/p1/config/report".into(),
+            "{\"report_id\":\"gw:p1:v7\"}".into(),
+        );
+        s.complete(&p1, 7, &e, &Verified::default()).await.unwrap();
+        for n in 1..=41 {
+            let e = OutboxEntry::new("t".into(), n.to_string());
+            s.queue(SeqKind::Telemetry, &p1, n, &e).await.unwrap();
+        }
+        for (k, _) in s
+            .outbox_peek(100)
+            .into_iter()
+            .filter(|(_, e)| e.topic == "t")
+        {
+            s.remove_outbox(k).unwrap();
+        }
+        s.flush().await.unwrap();
+        check_format_1(&s);
+    }
+
+    #[tokio::test]
+    async fn a_state_directory_of_format_1_opens() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-format-1");
+        let dir = tempfile::tempdir().unwrap();
+        // sled writes to what it opens: work on a copy.
+        copy_dir(&fixture, dir.path());
+        // git keeps no empty directories: open as a fresh clone has it.
+        let _ = std::fs::remove_dir(dir.path().join("db/blobs"));
+        let s = Store::open(dir.path()).unwrap();
+        check_format_1(&s);
+        let meta = s.db.open_tree("meta").unwrap();
+        let v = meta.get("format_version").unwrap().unwrap();
+        assert_eq!(
+            u32::from_be_bytes(v.as_ref().try_into().unwrap()),
+            FORMAT_VERSION
+        );
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), target).unwrap();
+            }
+        }
+    }
+
     #[tokio::test]
     async fn versions_are_monotonic_and_state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();

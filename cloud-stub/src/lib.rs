@@ -49,6 +49,38 @@ pub enum CloudError {
     NotAcknowledged(Duration),
     #[error("desired config refused: {0}")]
     Invalid(String),
+    #[error("state directory {path} has format version {found}; this cloud reads up to {FORMAT_VERSION}")]
+    TooNew {
+        path: std::path::PathBuf,
+        found: u32,
+    },
+}
+
+/// Version of the cloud's on-disk format (`meta/format_version`). A directory
+/// without one (written before the cloud recorded it) is format 1, the layout then.
+/// A newer version is refused; an older one would be migrated here, step by step.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Check (and record) the state directory's format version.
+pub fn check_format(db: &sled::Db, path: &std::path::Path) -> Result<u32, CloudError> {
+    let meta = db.open_tree("meta")?;
+    let found = match meta.get("format_version")? {
+        Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
+            Ok(b) => u32::from_be_bytes(b),
+            Err(_) => u32::MAX,
+        },
+        None => 1,
+    };
+    if found > FORMAT_VERSION {
+        return Err(CloudError::TooNew {
+            path: path.to_path_buf(),
+            found,
+        });
+    }
+    // Migrations from older formats go here (none yet: 1 is the first).
+    meta.insert("format_version", &FORMAT_VERSION.to_be_bytes())?;
+    db.flush()?;
+    Ok(found)
 }
 
 /// A report as stored: the agent's report plus when the cloud received it.
@@ -209,6 +241,7 @@ impl Cloud {
     ) -> Result<Cloud, CloudError> {
         std::fs::create_dir_all(state_dir).map_err(|e| CloudError::Store(sled::Error::Io(e)))?;
         let db = sled::open(state_dir.join("db"))?;
+        check_format(&db, state_dir)?;
         let reports = db.open_tree("reports")?;
         let report_index = db.open_tree("report_index")?;
         let readings = ReadingStore::open(&db)?;
@@ -571,6 +604,26 @@ impl Cloud {
 mod tests {
     use super::*;
     use platen_protocol::{Code, ReportStatus, SettingResult, SettingValue};
+
+    #[test]
+    fn format_version_recorded_older_opens_newer_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path().join("db")).unwrap();
+        // Written before the cloud recorded a version: format 1, now recorded.
+        db.open_tree("reports").unwrap().insert("r", "x").unwrap();
+        assert_eq!(check_format(&db, d.path()).unwrap(), 1);
+        assert_eq!(check_format(&db, d.path()).unwrap(), FORMAT_VERSION);
+        assert!(db.open_tree("reports").unwrap().get("r").unwrap().is_some());
+        db.open_tree("meta")
+            .unwrap()
+            .insert("format_version", &(FORMAT_VERSION + 1).to_be_bytes())
+            .unwrap();
+        let e = check_format(&db, d.path()).unwrap_err();
+        assert!(
+            matches!(e, CloudError::TooNew { found, .. } if found == FORMAT_VERSION + 1),
+            "{e}"
+        );
+    }
 
     fn report(v: u64) -> ApplyReport {
         let now = Utc::now();
