@@ -63,6 +63,13 @@ pub enum RunError {
     },
 }
 
+/// How long a graceful stop waits for the workers (applies in flight) together.
+pub const SHUTDOWN_WORKERS: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for queued reports to be acknowledged.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+/// How long a graceful stop waits for health `down` and the disconnect.
+pub const SHUTDOWN_LINK: Duration = Duration::from_secs(3);
+
 /// A running agent; [`AgentHandle::shutdown`] stops it gracefully.
 pub struct AgentHandle {
     stop: watch::Sender<bool>,
@@ -83,21 +90,44 @@ impl AgentHandle {
         self.link.is_connected()
     }
 
-    /// Stop taking work, let reconcilers and the poller stop, publish health `down`,
-    /// disconnect, flush the store, write the final status.
+    /// Stop taking work; let applies in flight finish (up to [`SHUTDOWN_WORKERS`],
+    /// all workers together — an apply cut off there is not lost: its desired config
+    /// is stored and applied again at the next start); give queued reports up to
+    /// [`SHUTDOWN_DRAIN`] to be acknowledged (the rest stay in the outbox); publish
+    /// health `down`, disconnect (up to [`SHUTDOWN_LINK`]), flush the store, write
+    /// the final status. Bounded: about 10 s plus one flush.
     pub async fn shutdown(self) {
         platen_ops::systemd::stopping();
+        info!("stopping: no new work; applies in flight may finish");
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WORKERS;
+        let mut cut = 0;
         for w in self.workers {
-            if tokio::time::timeout(Duration::from_secs(5), w)
-                .await
-                .is_err()
-            {
-                warn!("a worker did not stop within 5 s");
+            let abort = w.abort_handle();
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                abort.abort();
+                cut += 1;
             }
         }
+        if cut > 0 {
+            warn!(
+                workers = cut,
+                "stopped without finishing (applies cut off run again at the next start)"
+            );
+        }
+        let drain_until = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+        while self.link.is_connected()
+            && tokio::time::Instant::now() < drain_until
+            && self
+                .store
+                .outbox_peek(10_000)
+                .iter()
+                .any(|(_, e)| e.topic.ends_with("/config/report"))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.link.shutdown("agent stopped");
-        mqtt::join_with_deadline(self.link_tasks, Duration::from_secs(3)).await;
+        mqtt::join_with_deadline(self.link_tasks, SHUTDOWN_LINK).await;
         if let Err(e) = self.store.flush().await {
             error!(error = %e, "flushing state at shutdown");
         }
