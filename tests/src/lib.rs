@@ -884,6 +884,23 @@ impl AgentProc {
         }
     }
 
+    /// Wait for the agent to exit on its own (a start that must fail); its exit code
+    /// (-1 for a signal). Fails with the log if it keeps running.
+    pub fn wait_exit(&mut self, within: Duration) -> i32 {
+        let end = Instant::now() + within;
+        loop {
+            if let Some(code) = self.try_exit_code() {
+                return code;
+            }
+            assert!(
+                Instant::now() < end,
+                "the agent kept running:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM; returns the exit status code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;

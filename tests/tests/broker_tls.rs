@@ -130,19 +130,7 @@ async fn readable_private_key_stops_the_agent_naming_the_file() {
     std::fs::set_permissions(&client.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let cfg = tls_agent_toml(&s, "gw-z", &sim, &s.ca.cert_file, &client);
     let mut agent = AgentProc::start(&agent_dir(&s, "z"), &cfg);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(c) = agent.try_exit_code() {
-            break c;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "agent kept running:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_ne!(code, 0);
+    assert_ne!(agent.wait_exit(Duration::from_secs(10)), 0);
     let log = agent.log();
     assert!(
         log.contains("gw-z.key") && log.contains("chmod 600"),

@@ -6,10 +6,11 @@
 //! the agent keeps running. At the end the faulty printer is healthy again and its
 //! next version applies.
 
+use platen_cloud::{Cloud, ReceivedReport};
 use platen_e2e::fault_proxy::{Fault, FaultProxy};
 use platen_e2e::*;
 use platen_printer_sim::{oid, SimPrinter};
-use platen_protocol::Code;
+use platen_protocol::{Code, SettingValue};
 use std::time::Duration;
 
 const SYS_LOCATION: &str = "1.3.6.1.2.1.1.6.0";
@@ -30,6 +31,28 @@ struct Case {
     expect: Expect,
     /// …the most requests the agent may send the faulty printer for this version.
     max_requests: u64,
+}
+
+/// Publish `version` to each printer; each one's report, in the same order.
+async fn round(
+    cloud: &Cloud,
+    agent: &AgentProc,
+    printers: &[&str],
+    version: u64,
+    settings: &[(&str, SettingValue)],
+) -> Vec<ReceivedReport> {
+    for p in printers {
+        cloud
+            .publish_desired(&tenant(), &desired(p, version, settings))
+            .await
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    for p in printers {
+        let id = format!("gw-f:{p}:v{version}");
+        out.push(wait_report(cloud, &id, Duration::from_secs(30), agent).await);
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,21 +160,15 @@ async fn every_snmp_fault_ends_in_its_code_and_the_other_printer_is_served() {
 
     // Warm-up: v1 applied on both, and the start-up telemetry poll is over.
     let mut version = 1;
-    for p in ["bad", "good"] {
-        cloud
-            .publish_desired(
-                &tenant(),
-                &desired(p, version, &[("sysLocation", t("Start"))]),
-            )
-            .await
-            .unwrap();
-        let r = wait_report(
-            &cloud,
-            &format!("gw-f:{p}:v1"),
-            Duration::from_secs(30),
-            &agent,
-        )
-        .await;
+    for r in round(
+        &cloud,
+        &agent,
+        &["bad", "good"],
+        version,
+        &[("sysLocation", t("Start"))],
+    )
+    .await
+    {
         assert_eq!(code_of(&r, "sysLocation"), Verified);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -172,19 +189,8 @@ async fn every_snmp_fault_ends_in_its_code_and_the_other_printer_is_served() {
             ("sysLocation", t(&format!("Hall {version}"))),
             ("sysContact", t(&format!("ops-{version}@acme.example"))),
         ];
-        for p in ["bad", "good"] {
-            cloud
-                .publish_desired(&tenant(), &desired(p, version, &settings))
-                .await
-                .unwrap();
-        }
-        let r = wait_report(
-            &cloud,
-            &format!("gw-f:bad:v{version}"),
-            Duration::from_secs(30),
-            &agent,
-        )
-        .await;
+        let reports = round(&cloud, &agent, &["bad", "good"], version, &settings).await;
+        let (r, g) = (&reports[0], &reports[1]);
         let counts = proxy.take_counts();
         for (name, _) in &settings {
             let want = match &case.expect {
@@ -196,7 +202,7 @@ async fn every_snmp_fault_ends_in_its_code_and_the_other_printer_is_served() {
                     .unwrap(),
             };
             assert_eq!(
-                code_of(&r, name),
+                code_of(r, name),
                 want,
                 "{}: {name}\n{:#?}",
                 case.name,
@@ -210,16 +216,9 @@ async fn every_snmp_fault_ends_in_its_code_and_the_other_printer_is_served() {
             counts.requests,
             case.max_requests
         );
-        let g = wait_report(
-            &cloud,
-            &format!("gw-f:good:v{version}"),
-            Duration::from_secs(30),
-            &agent,
-        )
-        .await;
         for (name, _) in &settings {
             assert_eq!(
-                code_of(&g, name),
+                code_of(g, name),
                 Verified,
                 "{}: the healthy printer",
                 case.name
@@ -252,18 +251,8 @@ async fn every_snmp_fault_ends_in_its_code_and_the_other_printer_is_served() {
         ("sysLocation", t("Recovered")),
         ("sysContact", t("ops@acme.example")),
     ];
-    cloud
-        .publish_desired(&tenant(), &desired("bad", version, &settings))
-        .await
-        .unwrap();
-    let r = wait_report(
-        &cloud,
-        &format!("gw-f:bad:v{version}"),
-        Duration::from_secs(30),
-        &agent,
-    )
-    .await;
-    assert_eq!(code_of(&r, "sysLocation"), Verified, "{:#?}", r.report);
+    let r = &round(&cloud, &agent, &["bad"], version, &settings).await[0];
+    assert_eq!(code_of(r, "sysLocation"), Verified, "{:#?}", r.report);
     let log = agent.log();
     assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
     eprintln!("{}", table.join("\n"));

@@ -48,21 +48,6 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-fn wait_exit(agent: &mut AgentProc, within: Duration) -> i32 {
-    let end = std::time::Instant::now() + within;
-    loop {
-        if let Some(code) = agent.try_exit_code() {
-            return code;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the agent kept running:\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn config(port: u16, state: &Path, sim: &Sim) -> String {
     agent_toml(
         "gw-s",
@@ -81,7 +66,7 @@ fn an_unwritable_state_directory_stops_the_agent_at_start() {
     std::fs::write(dir.path().join("file"), "not a directory").unwrap();
     let bad = dir.path().join("file").join("state");
     let mut agent = AgentProc::start(dir.path(), &config(broker.port, &bad, &sim));
-    assert_ne!(wait_exit(&mut agent, Duration::from_secs(20)), 0);
+    assert_ne!(agent.wait_exit(Duration::from_secs(20)), 0);
     let log = agent.log();
     assert!(log.contains(&bad.display().to_string()), "{log}");
 
@@ -90,7 +75,7 @@ fn an_unwritable_state_directory_stops_the_agent_at_start() {
     let ro = dir.path().join("ro");
     let _m = Tmpfs::mount(&ro, "size=8m,ro");
     let mut agent = AgentProc::start(dir.path(), &config(broker.port, &ro.join("state"), &sim));
-    assert_ne!(wait_exit(&mut agent, Duration::from_secs(20)), 0);
+    assert_ne!(agent.wait_exit(Duration::from_secs(20)), 0);
     let log = agent.log();
     assert!(log.contains("Read-only file system"), "{log}");
 }
@@ -175,7 +160,7 @@ async fn a_full_disk_turns_health_down_refuses_configs_and_recovers() {
     assert_eq!(agent.terminate(), Some(0));
     let _filler = fill(&disk);
     agent.restart();
-    assert_ne!(wait_exit(&mut agent, Duration::from_secs(20)), 0);
+    assert_ne!(agent.wait_exit(Duration::from_secs(20)), 0);
     let log = agent.log();
     assert!(log.contains("cannot be written"), "{log}");
 }
