@@ -478,6 +478,13 @@ impl LineProc {
             kill(&mut c, "KILL");
         }
     }
+
+    /// SIGTERM; the exit status code (None: killed by a signal after 5 s).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        kill(&mut c, "TERM");
+        c.wait().ok().and_then(|s| s.code())
+    }
 }
 
 impl Drop for LineProc {
@@ -641,6 +648,11 @@ impl CloudProc {
 
     pub fn restart(&mut self) {
         self.launch();
+    }
+
+    /// SIGTERM (a graceful stop); the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.proc.take()?.terminate()
     }
 }
 

@@ -115,3 +115,68 @@ async fn sigterm_during_an_apply_that_cannot_finish_is_bounded_and_loses_nothing
         "SIGTERM with an apply that cannot finish: exit 0 after {took:?}; applied after restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_sigterm_exits_0_and_keeps_everything() {
+    let broker = Mosquitto::start(false);
+    let sim = Sim::start(&["p1"]);
+    let provider = ProviderProc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+    let agent = AgentProc::start(
+        dir.path(),
+        &agent_toml(
+            "gw-e2e",
+            broker.port,
+            &dir.path().join("state"),
+            &[PrinterEntry::new("p1", sim.addr("p1"))],
+        ),
+    );
+    let api = cloud.api.clone();
+    for (path, body) in [
+        (
+            "/v1/tenants",
+            serde_json::json!({"id": "acme", "name": "Acme"}),
+        ),
+        (
+            "/v1/plans",
+            serde_json::json!({"id": "basic", "name": "Basic",
+                "service": {"kind": "basic", "monthly_fee": 1000}}),
+        ),
+        (
+            "/v1/contracts",
+            serde_json::json!({"id": "c1", "tenant": "acme", "printers": ["p1"], "plan": "basic",
+                "time_zone": "Europe/Berlin", "currency": "EUR",
+                "settings": {"sysLocation": "Hall"}}),
+        ),
+    ] {
+        let (s, v) = http_json("POST", &format!("{api}{path}"), Some(body)).await;
+        assert_eq!(s, 201, "{path}: {v}");
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let (_, v) = http_json("GET", &format!("{api}/v1/contracts/c1"), None).await;
+        if v["changes"][0]["state"] == "settled" {
+            break v;
+        }
+        assert!(
+            Instant::now() < end,
+            "never settled: {v:#}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let started = Instant::now();
+    assert_eq!(
+        cloud.terminate(),
+        Some(0),
+        "cloud exit status after SIGTERM"
+    );
+    let took = started.elapsed();
+    assert!(took < STOP_BOUND, "stopping took {took:?}");
+    cloud.restart();
+    let (s, after) = http_json("GET", &format!("{api}/v1/contracts/c1"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(before, after, "state after a graceful stop and a start");
+    eprintln!("cloud SIGTERM: exit 0 after {took:?}, state kept");
+}
