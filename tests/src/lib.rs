@@ -83,12 +83,15 @@ fn wait_tcp(port: u16, within: Duration) -> bool {
     false
 }
 
+/// Send `signal`, wait for the exit, SIGKILL if it does not come: after 30 s for
+/// SIGTERM (longer than the agent's bounded graceful stop, ~10 s), else 5 s.
 fn kill(child: &mut Child, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(child.id().to_string())
         .status();
-    let end = Instant::now() + Duration::from_secs(5);
+    let grace = if signal == "TERM" { 30 } else { 5 };
+    let end = Instant::now() + Duration::from_secs(grace);
     while Instant::now() < end {
         if let Ok(Some(_)) = child.try_wait() {
             return;
@@ -479,7 +482,7 @@ impl LineProc {
         }
     }
 
-    /// SIGTERM; the exit status code (None: killed by a signal after 5 s).
+    /// SIGTERM; the exit status code (None: killed by a signal after 30 s).
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         kill(&mut c, "TERM");
