@@ -17,7 +17,6 @@ use platen_printer_sim::{oid, serve, snmprec, Faults, Running, SimPrinter};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
 #[command(
@@ -151,8 +150,8 @@ async fn main() -> ExitCode {
     let _ = std::io::stdout().flush();
 
     let control = async {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut lines = stdin_lines();
+        while let Some(line) = lines.recv().await {
             let words: Vec<&str> = line.split_whitespace().collect();
             let find = |id: &str| {
                 running
@@ -204,6 +203,23 @@ async fn main() -> ExitCode {
         _ = shutdown_signal() => {}
     }
     ExitCode::SUCCESS
+}
+
+/// Lines of standard input, read on a plain thread: a read blocked in tokio's
+/// blocking pool keeps the runtime — and so the process — from ending at SIGTERM
+/// (found when the tests stopped waiting 5 s and SIGKILLing it).
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 async fn shutdown_signal() {
