@@ -17,7 +17,7 @@ use crate::store::{Offer, OutboxEntry, Store, StoreError};
 use crate::telemetry::{Thresholds, Tracker};
 use chrono::Utc;
 use platen_protocol::{codec, DesiredConfig, DiagRequest, DiagResponse, Id, Topic};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -344,11 +344,12 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
     }
     let (link, mut inbound, link_tasks) = MqttLink::start(&cfg, tls, store.clone(), filters);
     let storage_check = Arc::new(Notify::new());
+    let storage_back = Arc::new(Notify::new());
     workers.push(tokio::spawn(storage_watch(
         store.clone(),
         link.clone(),
         cfg.state_dir.clone(),
-        storage_check.clone(),
+        (storage_check.clone(), storage_back.clone()),
         stop_rx.clone(),
     )));
     let (l, s) = (link.clone(), store.clone());
@@ -357,10 +358,24 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
     let remote_diag = cfg.diagnostics.remote;
     let board_in = board.clone();
     workers.push(tokio::spawn(async move {
+        // Desired configs that arrived while the store could not be written, not
+        // acknowledged: taken up again, in order, once it can. (The broker would send
+        // them again only after a reconnect, and meanwhile they fill its in-flight
+        // window for this agent, so the retained configs would not come through.)
+        let mut held: VecDeque<rumqttc::Publish> = VecDeque::new();
         loop {
-            let p = tokio::select! {
-                p = inbound.recv() => match p { Some(p) => p, None => return },
-                _ = stop.changed() => return,
+            let p = match held.pop_front() {
+                Some(p) if l.storage_fault().is_none() => p,
+                other => {
+                    if let Some(p) = other {
+                        held.push_front(p);
+                    }
+                    tokio::select! {
+                        p = inbound.recv() => match p { Some(p) => p, None => return },
+                        _ = storage_back.notified() => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
             };
             if let Ok(Topic::DiagRequest { tenant, printer }) = p.topic.parse::<Topic>() {
                 // Requests are not persisted: acknowledge, then answer through the outbox.
@@ -382,18 +397,26 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 }
                 continue;
             }
-            // Not acknowledged while the store cannot be written: the broker delivers
-            // it again (retained configs when the link subscribes again on recovery).
             if let Some(reason) = l.storage_fault() {
                 error!(topic = %p.topic, reason, "desired config refused: the state store cannot be written; not acknowledged");
                 crate::metrics::get().refused("desired", "storage");
+                // Beyond the cap, the broker resends it after the next reconnect.
+                if held.len() < MAX_HELD {
+                    held.push_back(p);
+                }
                 continue;
             }
             match handle_desired(&s, &agent_id, &routes, &trusted, &p.topic, &p.payload).await {
                 Ok(()) => l.ack(&p).await,
                 Err(e) => {
-                    error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged");
+                    error!(topic = %p.topic, error = %e, "could not persist desired config; not acknowledged, retried");
                     storage_check.notify_one();
+                    held.push_front(p);
+                    // Not faster than once a second, whatever the error.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
                 }
             }
         }
@@ -441,15 +464,19 @@ pub const READY_GRACE: Duration = Duration::from_secs(20);
 
 /// How often the state store is probed; a failed write elsewhere probes at once.
 const STORAGE_PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Desired configs kept (unacknowledged) while the store cannot be written; a broker's
+/// in-flight window per client is smaller (Mosquitto: 20 by default).
+const MAX_HELD: usize = 256;
 
 /// Probe the state store; while it cannot be written, health is `down` with the
-/// reason and desired configs are refused (not acknowledged). When it can be
-/// written again, health goes back `up` and the link subscribes again.
+/// reason and desired configs are refused (held, not acknowledged). When it can be
+/// written again, health goes back `up`, the held configs are taken up (`back`) and
+/// the link subscribes again.
 async fn storage_watch(
     store: Store,
     link: MqttLink,
     dir: PathBuf,
-    check: Arc<Notify>,
+    (check, back): (Arc<Notify>, Arc<Notify>),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -460,10 +487,12 @@ async fn storage_watch(
         }
         match store.probe().await {
             Ok(()) => {
-                if link.storage_fault().is_some() {
-                    info!(state_dir = %dir.display(), "state store writable again; health up");
-                }
+                let was_down = link.storage_fault().is_some();
                 link.set_storage_fault(None);
+                if was_down {
+                    info!(state_dir = %dir.display(), "state store writable again; health up");
+                    back.notify_one();
+                }
             }
             Err(e) => {
                 let reason = format!("state store {} cannot be written: {e}", dir.display());

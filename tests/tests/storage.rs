@@ -82,7 +82,14 @@ fn an_unwritable_state_directory_stops_the_agent_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_turns_health_down_refuses_configs_and_recovers() {
-    let broker = Mosquitto::start(false);
+    // A small in-flight window: unacknowledged configs fill it, so nothing more (not
+    // even the retained configs on a new subscription) comes through until they are
+    // taken up — which the agent must do itself, without a reconnect.
+    let port = free_tcp_port();
+    let broker = Mosquitto::start_conf(
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 2\n"),
+        port,
+    );
     let sim = Sim::start(&["p1"]);
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
@@ -122,20 +129,23 @@ async fn a_full_disk_turns_health_down_refuses_configs_and_recovers() {
         reason.contains("cannot be written") && reason.contains("No space left"),
         "{reason}"
     );
-    // A config arriving now is refused, not applied, not acknowledged.
-    cloud
-        .publish_desired(&tenant(), &desired("p1", 2, &[("sysLocation", t("Two"))]))
-        .await
-        .unwrap();
+    // Configs arriving now are refused, not applied, not acknowledged.
+    for v in 2..=4 {
+        let c = desired("p1", v, &[("sysLocation", t(&format!("Version {v}")))]);
+        cloud.publish_desired(&tenant(), &c).await.unwrap();
+    }
     agent.wait_log(
         "desired config refused: the state store cannot be written",
         Duration::from_secs(10),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        cloud.report("gw-s:p1:v2").is_none(),
-        "applied a config it could not keep"
-    );
+    for v in 2..=4 {
+        let id = format!("gw-s:p1:v{v}");
+        assert!(
+            cloud.report(&id).is_none(),
+            "applied a config it could not keep"
+        );
+    }
     assert_eq!(
         agent.try_exit_code(),
         None,
@@ -143,10 +153,13 @@ async fn a_full_disk_turns_health_down_refuses_configs_and_recovers() {
         agent.log()
     );
 
-    // Space again: health up, the refused config (retained) is read again and applied.
+    // Space again: health up, the refused configs are taken up in order; the newest
+    // is applied.
     std::fs::remove_file(&filler).unwrap();
-    let r = wait_report(&cloud, "gw-s:p1:v2", Duration::from_secs(30), &agent).await;
+    let r = wait_report(&cloud, "gw-s:p1:v4", Duration::from_secs(30), &agent).await;
     assert_eq!(r.report.status, platen_protocol::ReportStatus::Applied);
+    let location = snmpget("private", &sim.addr("p1").to_string(), "1.3.6.1.2.1.1.6.0").unwrap();
+    assert!(location.contains("\"Version 4\""), "{location}");
     health
         .wait_for::<Health, _>(
             Duration::from_secs(20),
