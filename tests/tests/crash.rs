@@ -256,8 +256,13 @@ async fn settled(w: &World) -> BTreeMap<String, Value> {
     }
 }
 
+/// The last 6,000 bytes or so of a log, cut at a character boundary.
 fn tail(s: &str) -> &str {
-    &s[s.len().saturating_sub(6000)..]
+    let mut i = s.len().saturating_sub(6000);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
 }
 
 struct Outcome {
