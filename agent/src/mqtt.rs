@@ -56,8 +56,9 @@ struct LinkState {
     by_pkid: HashMap<u16, Tag>,
     inflight: HashSet<u64>,
     reconnects: u64,
-    /// Why the state store cannot be written, while it cannot: health is `down`.
-    storage_fault: Option<String>,
+    /// Why the state store cannot be written, and since when, while it cannot:
+    /// health is `down`.
+    storage_fault: Option<(String, chrono::DateTime<Utc>)>,
     /// Health changed: publish it at the next pump round.
     health_dirty: bool,
 }
@@ -223,39 +224,36 @@ impl MqttLink {
 
     /// Publish retained health with the current uptime: `up`, or `down` with the
     /// reason while the state store cannot be written; false if not sent.
-    fn publish_up(&self, topic: &str) -> bool {
+    fn publish_health(&self, topic: &str) -> bool {
         let fault = lock(&self.state).storage_fault.clone();
-        let payload = match fault {
-            None => health(
-                &self.agent,
-                HealthStatus::Up,
-                self.since,
-                Some(self.started.elapsed()),
-                None,
-            ),
-            Some(reason) => health(
-                &self.agent,
-                HealthStatus::Down,
-                Utc::now(),
-                Some(self.started.elapsed()),
-                Some(reason),
-            ),
+        let (status, since, reason) = match fault {
+            None => (HealthStatus::Up, self.since, None),
+            Some((reason, since)) => (HealthStatus::Down, since, Some(reason)),
         };
+        let payload = health(
+            &self.agent,
+            status,
+            since,
+            Some(self.started.elapsed()),
+            reason,
+        );
         self.publish_tagged(Tag::Untracked, topic, payload, true)
     }
 
     /// The state store cannot be written (`Some(reason)`: health `down` with the
     /// reason, configs refused) or can again (`None`: health `up`, and subscribe
-    /// again so the broker delivers the retained configs refused meanwhile).
+    /// again — a backstop for configs beyond those the agent held meanwhile).
     pub fn set_storage_fault(&self, fault: Option<String>) {
         let mut s = lock(&self.state);
-        if s.storage_fault == fault {
+        if s.storage_fault.as_ref().map(|(r, _)| r) == fault.as_ref() {
             return;
         }
         if fault.is_none() {
             s.fresh_session = s.connected;
         }
-        s.storage_fault = fault;
+        // Down since the first failure, whatever the later reasons say.
+        let since = s.storage_fault.as_ref().map_or_else(Utc::now, |(_, t)| *t);
+        s.storage_fault = fault.map(|r| (r, since));
         s.health_dirty = true;
         drop(s);
         self.wake.notify_one();
@@ -263,7 +261,10 @@ impl MqttLink {
 
     /// Why the state store cannot be written, if it cannot.
     pub fn storage_fault(&self) -> Option<String> {
-        lock(&self.state).storage_fault.clone()
+        lock(&self.state)
+            .storage_fault
+            .as_ref()
+            .map(|(r, _)| r.clone())
     }
 
     /// Graceful stop: publish retained health `down` and disconnect.
@@ -387,7 +388,7 @@ async fn pump_loop(
         let health_due = (health_at.is_some_and(|t| t.elapsed() >= HEALTH_EVERY)
             || lock(&link.state).health_dirty)
             && lock(&link.state).connected;
-        if health_due && link.publish_up(&health_topic) {
+        if health_due && link.publish_health(&health_topic) {
             health_at = Some(std::time::Instant::now());
             lock(&link.state).health_dirty = false;
         }
@@ -401,7 +402,7 @@ async fn pump_loop(
                     lock(&link.state).fresh_session = true;
                 }
             }
-            if link.publish_up(&health_topic) {
+            if link.publish_health(&health_topic) {
                 health_at = Some(std::time::Instant::now());
             } else {
                 lock(&link.state).fresh_session = true;

@@ -430,7 +430,7 @@ impl Store {
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let written = std::fs::File::create(&path).and_then(|mut f| {
-                f.write_all(&[0u8; PROBE_BYTES])?;
+                f.write_all(&vec![0u8; PROBE_BYTES])?;
                 f.sync_all()
             });
             let _ = std::fs::remove_file(&path);

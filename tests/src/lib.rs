@@ -869,8 +869,18 @@ impl AgentProc {
 
     /// Wait until the agent's log contains `needle`; fail with the log otherwise.
     pub fn wait_log(&self, needle: &str, within: Duration) {
+        self.wait_log_after(0, needle, within);
+    }
+
+    /// The log's length now: a mark for [`AgentProc::wait_log_after`].
+    pub fn log_mark(&self) -> usize {
+        self.log().len()
+    }
+
+    /// Wait until the log written after `mark` contains `needle`.
+    pub fn wait_log_after(&self, mark: usize, needle: &str, within: Duration) {
         let end = Instant::now() + within;
-        while !self.log().contains(needle) {
+        while !self.log().get(mark..).unwrap_or("").contains(needle) {
             assert!(
                 Instant::now() < end,
                 "agent log never showed {needle:?}:\n{}",

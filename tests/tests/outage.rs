@@ -182,7 +182,7 @@ async fn broker_outage_everything_arrives_in_order_and_both_sides_resync() {
         .await;
     }
     // v2 for p1; once the agent applies it, the broker goes away.
-    let log_before = agent.log().len();
+    let log_before = agent.log_mark();
     cloud
         .publish_desired(
             &tenant(),
@@ -198,27 +198,15 @@ async fn broker_outage_everything_arrives_in_order_and_both_sides_resync() {
         )
         .await
         .unwrap();
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !agent.log()[log_before..].contains("applying desired config") {
-        assert!(
-            std::time::Instant::now() < end,
-            "v2 never started:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.wait_log_after(
+        log_before,
+        "applying desired config",
+        Duration::from_secs(10),
+    );
     broker.stop();
-    let outage_start = agent.log().len();
+    let outage_start = agent.log_mark();
     // v2's report is made with the broker gone; telemetry goes on for four seconds.
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    while !agent.log()[log_before..].contains("report queued") {
-        assert!(
-            std::time::Instant::now() < end,
-            "v2 never reported:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent.wait_log_after(log_before, "report queued", Duration::from_secs(15));
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         agent.try_exit_code(),
@@ -231,15 +219,11 @@ async fn broker_outage_everything_arrives_in_order_and_both_sides_resync() {
     let r = wait_report(&cloud, "gw-o:p1:v2", Duration::from_secs(30), &agent).await;
     assert_eq!(r.report.status, ReportStatus::Applied);
     // …the agent subscribed again and read its retained configs again (already stored)…
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    while !agent.log()[outage_start..].contains("desired config already stored") {
-        assert!(
-            std::time::Instant::now() < end,
-            "retained configs never re-read:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_log_after(
+        outage_start,
+        "desired config already stored",
+        Duration::from_secs(15),
+    );
     // …and a new config reaches it.
     cloud
         .publish_desired(&tenant(), &desired("p2", 3, &[("sysLocation", t("Three"))]))
