@@ -805,6 +805,13 @@ impl AgentProc {
         Self::start_with(dir, config_text, &[], &[])
     }
 
+    /// Agent `gw-e2e` with one printer, `p1` at `printer`, state in `dir/state`.
+    pub fn one_printer(dir: &Path, broker_port: u16, printer: SocketAddr) -> AgentProc {
+        let p1 = PrinterEntry::new("p1", printer);
+        let text = agent_toml("gw-e2e", broker_port, &dir.join("state"), &[p1]);
+        Self::start(dir, &text)
+    }
+
     /// Start with extra environment variables and extra `run` arguments.
     pub fn start_with(
         dir: &Path,

@@ -148,15 +148,7 @@ async fn report_in_the_outbox_survives_a_kill_and_keeps_its_id() {
     let sim = Sim::start(&["p1,delay-ms=300"]);
     let dir = tempfile::tempdir().unwrap();
     let cloud = start_cloud(broker.port, dir.path()).await;
-    let mut agent = AgentProc::start(
-        dir.path(),
-        &agent_toml(
-            "gw-e2e",
-            broker.port,
-            &dir.path().join("state"),
-            &[PrinterEntry::new("p1", sim.addr("p1"))],
-        ),
-    );
+    let mut agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
     cloud
         .publish_desired(
             &tenant(),
@@ -226,15 +218,7 @@ async fn agent_killed_mid_apply_reapplies_and_reports_once() {
     let sim = Sim::start(&["p1,delay-ms=250"]);
     let dir = tempfile::tempdir().unwrap();
     let cloud = start_cloud(broker.port, dir.path()).await;
-    let mut agent = AgentProc::start(
-        dir.path(),
-        &agent_toml(
-            "gw-e2e",
-            broker.port,
-            &dir.path().join("state"),
-            &[PrinterEntry::new("p1", sim.addr("p1"))],
-        ),
-    );
+    let mut agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
     cloud
         .publish_desired(
             &tenant(),
@@ -272,15 +256,7 @@ async fn broker_restart_agent_reconnects_resubscribes_and_delivers() {
     let sim = Sim::start(&["p1"]);
     let dir = tempfile::tempdir().unwrap();
     let cloud = start_cloud(broker.port, dir.path()).await;
-    let agent = AgentProc::start(
-        dir.path(),
-        &agent_toml(
-            "gw-e2e",
-            broker.port,
-            &dir.path().join("state"),
-            &[PrinterEntry::new("p1", sim.addr("p1"))],
-        ),
-    );
+    let agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
     cloud
         .publish_desired(&tenant(), &desired("p1", 1, &[("sysLocation", t("one"))]))
         .await

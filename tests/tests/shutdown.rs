@@ -31,15 +31,7 @@ async fn sigterm_mid_apply_finishes_reports_and_exits_0() {
         &["platen/v1/agents/gw-e2e/health"],
     )
     .await;
-    let mut agent = AgentProc::start(
-        dir.path(),
-        &agent_toml(
-            "gw-e2e",
-            broker.port,
-            &dir.path().join("state"),
-            &[PrinterEntry::new("p1", sim.addr("p1"))],
-        ),
-    );
+    let mut agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
     let settings = [
         ("sysLocation", t("Hall")),
         ("sysContact", t("c")),
@@ -123,15 +115,7 @@ async fn cloud_sigterm_exits_0_and_keeps_everything() {
     let provider = ProviderProc::start();
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
-    let agent = AgentProc::start(
-        dir.path(),
-        &agent_toml(
-            "gw-e2e",
-            broker.port,
-            &dir.path().join("state"),
-            &[PrinterEntry::new("p1", sim.addr("p1"))],
-        ),
-    );
+    let agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
     let api = cloud.api.clone();
     for (path, body) in [
         (
