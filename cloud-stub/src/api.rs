@@ -35,7 +35,13 @@
 //! Creating tenants, plans, contracts, resellers and settings changes is the
 //! operator's. 401 `unauthenticated` without a valid token, 403 `forbidden` for an
 //! action the actor may not take, 404 for a contract or migration it may not see
-//! (as if it did not exist). `/healthz` needs no token.
+//! (as if it did not exist). `/healthz` needs no token; it answers `ok`, or 503 with
+//! the reason while the tokens file cannot be used.
+//!
+//! Ids in paths follow the id grammar (400 `invalid_id` otherwise); a contract or
+//! change whose `effective_at` lies more than `api.max_backdate_secs` before the
+//! request is refused (422 `effective_at_out_of_range`); a printer already under
+//! contract cannot join another (409 `printer_under_contract`).
 
 use crate::auth::{Auth, Caller, Scope};
 use crate::catalog::{Catalog, Decision, Problem};
@@ -152,6 +158,46 @@ fn visible_contract(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Contr
     }
 }
 
+/// An id from the path: the id grammar (`[A-Za-z0-9._-]`, not starting with `.` or
+/// `-`; up to 64 characters for contracts, 128 for migrations, whose ids extend their
+/// contract's). Anything else is a 400 before it reaches a store or a log line.
+struct PathId(String);
+
+fn check_path_id(raw: &str, max: usize) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= max
+        && !raw.starts_with(['.', '-'])
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(raw.to_string())
+    } else {
+        Err(ApiError::new(
+            400,
+            "invalid_id",
+            format!(
+                "the id in the path is not 1-{max} characters of letters, digits, '.', '_' and '-' (not starting with '.' or '-')"
+            ),
+        ))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<PathId, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, s)
+            .await
+            .map_err(|e| ApiError::new(400, "invalid_id", e.body_text()))?;
+        let max = if parts.uri.path().starts_with("/v1/migrations/") {
+            128
+        } else {
+            platen_protocol::ids::MAX_ID_LEN
+        };
+        check_path_id(&raw, max).map(PathId)
+    }
+}
+
 /// API requests answered with an error, by status (for `/metrics`).
 pub static REJECTED: std::sync::LazyLock<std::sync::Mutex<BTreeMap<u16, u64>>> =
     std::sync::LazyLock::new(Default::default);
@@ -236,7 +282,7 @@ async fn post_contract(
 async fn get_contract(
     State(o): State<Ops>,
     c: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     visible_contract(&o, &c, &id)?;
     Ok(Json(o.contract_status(&id)?).into_response())
@@ -245,7 +291,7 @@ async fn get_contract(
 async fn post_change(
     State(o): State<Ops>,
     c: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     b: Result<Json<ChangeRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     visible_contract(&o, &c, &id)?;
@@ -256,7 +302,7 @@ async fn post_change(
 async fn get_timeline(
     State(o): State<Ops>,
     c: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     visible_contract(&o, &c, &id)?;
     Ok(Json(o.timeline(&id)?).into_response())
@@ -355,7 +401,7 @@ async fn get_catalog(State(o): State<Ops>, _c: Caller) -> Result<Response, ApiEr
 async fn get_usage(
     State(o): State<Ops>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let c = visible_contract(&o, &caller, &id)?;
     let (seen, detail) = o.usage_of(&c, chrono::Utc::now());
@@ -425,7 +471,7 @@ fn visible_migration(
 async fn get_migration(
     State(o): State<Ops>,
     c: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     Ok(Json(visible_migration(&o, &c, &id)?).into_response())
 }
@@ -433,10 +479,18 @@ async fn get_migration(
 async fn delete_migration(
     State(o): State<Ops>,
     c: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     visible_migration(&o, &c, &id)?;
     Ok(Json(o.cancel_migration(&c.actor, &id)?).into_response())
+}
+
+/// `ok`, or 503 with what is wrong (a tokens file that cannot be used).
+async fn healthz(State(s): State<ApiState>) -> Response {
+    match s.auth.problem() {
+        None => "ok".into_response(),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("degraded: {p}")).into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -461,7 +515,7 @@ pub fn router(ops: Ops, auth: Arc<Auth>) -> Router {
             "/v1/migrations/{id}",
             get(get_migration).merge(delete(delete_migration)),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(256 * 1024))
         .with_state(ApiState { ops, auth })

@@ -11,8 +11,11 @@
 //!
 //! `platen-cloud token new --name N --actor A` makes a token (`plt_` and 64 hex
 //! digits: 256 random bits) and prints it once, with the block to append. The file is
-//! read again when it changes, so adding or revoking a token needs no restart; a file
-//! that no longer parses keeps the previous tokens (and says so in the log).
+//! read again when it changes, so adding or revoking a token needs no restart. A file
+//! that no longer parses keeps only those previous tokens whose hash is still written
+//! in it (so a revocation takes effect even beside a typo); a file that cannot be read
+//! (deleted, no permission) refuses every token. Either is logged and shown by
+//! `/healthz` until the file is good again.
 //!
 //! Without a tokens file the API is open (every caller is the operator); the server
 //! refuses that unless it listens on a loopback address only.
@@ -156,8 +159,16 @@ pub enum Auth {
     /// Tokens from a file, re-read when it changes.
     File {
         path: PathBuf,
-        state: RwLock<(Option<SystemTime>, Tokens)>,
+        state: RwLock<FileState>,
     },
+}
+
+/// The tokens in force, when the file was read, and what is wrong with it.
+#[derive(Debug)]
+pub struct FileState {
+    at: Option<SystemTime>,
+    tokens: Tokens,
+    problem: Option<String>,
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -170,7 +181,11 @@ impl Auth {
         let (at, tokens) = Self::read(path)?;
         Ok(Auth::File {
             path: path.into(),
-            state: RwLock::new((at, tokens)),
+            state: RwLock::new(FileState {
+                at,
+                tokens,
+                problem: None,
+            }),
         })
     }
 
@@ -200,29 +215,77 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Malformed)?;
-        self.refresh(path, state);
+        Self::refresh(path, state);
         let guard = state.read().unwrap_or_else(|p| p.into_inner());
-        guard.1.lookup(token).cloned().ok_or(AuthFailure::Unknown)
+        guard
+            .tokens
+            .lookup(token)
+            .cloned()
+            .ok_or(AuthFailure::Unknown)
+    }
+
+    /// What is wrong with the tokens file now, if anything (for `/healthz`).
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Auth::Open => None,
+            Auth::File { path, state } => {
+                Self::refresh(path, state);
+                let guard = state.read().unwrap_or_else(|p| p.into_inner());
+                guard.problem.clone()
+            }
+        }
     }
 
     /// Re-read the file if it changed since it was last read.
-    fn refresh(&self, path: &Path, state: &RwLock<(Option<SystemTime>, Tokens)>) {
+    fn refresh(path: &Path, state: &RwLock<FileState>) {
         let now = modified(path);
-        let stale = state.read().map(|g| g.0 != now).unwrap_or(true);
+        let stale = state.read().map(|g| g.at != now).unwrap_or(true);
         if !stale {
             return;
         }
         let mut guard = state.write().unwrap_or_else(|p| p.into_inner());
-        match Self::read(path) {
-            Ok((at, tokens)) => {
-                tracing::info!(path = %path.display(), tokens = tokens.len(), "tokens file read again");
-                *guard = (at, tokens);
-            }
+        let text = std::fs::read_to_string(path);
+        match text {
             Err(e) => {
-                // Keep serving with the tokens we had; do not retry on every request.
-                tracing::error!(error = %e, "tokens file changed but cannot be used; keeping the previous tokens");
-                guard.0 = now;
+                // Nothing left to check a token against: refuse them all.
+                let problem = format!(
+                    "tokens file {} cannot be read ({e}): every token is refused until it can",
+                    path.display()
+                );
+                tracing::error!("{problem}");
+                *guard = FileState {
+                    at: now,
+                    tokens: Tokens::default(),
+                    problem: Some(problem),
+                };
             }
+            Ok(text) => match Tokens::parse(&text, path) {
+                Ok(tokens) => {
+                    tracing::info!(path = %path.display(), tokens = tokens.len(), "tokens file read again");
+                    *guard = FileState {
+                        at: now,
+                        tokens,
+                        problem: None,
+                    };
+                }
+                Err(e) => {
+                    // Keep only the tokens whose hash the file still holds: one removed
+                    // beside a typo is revoked all the same.
+                    let text = text.to_ascii_lowercase();
+                    let before = guard.tokens.len();
+                    guard
+                        .tokens
+                        .0
+                        .retain(|hash, _| text.contains(hash.as_str()));
+                    let problem = format!(
+                        "{e}; kept {} of {before} tokens, those whose hash is still in the file",
+                        guard.tokens.len()
+                    );
+                    tracing::error!("{problem}");
+                    guard.at = now;
+                    guard.problem = Some(problem);
+                }
+            },
         }
     }
 }
@@ -307,12 +370,46 @@ mod tests {
         );
         let t = auth.authenticate(Some(&format!("Bearer {b}"))).unwrap();
         assert_eq!(t.actor, "tenant:acme".parse().unwrap());
-        // A broken edit keeps the tokens that worked.
-        std::fs::write(&p, "[[token]]\nname = 1\n").unwrap();
-        let f = std::fs::File::options().append(true).open(&p).unwrap();
-        f.set_modified(SystemTime::now() + std::time::Duration::from_secs(10))
-            .unwrap();
+        assert_eq!(auth.problem(), None);
+        let touch = |secs: u64| {
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        let c = new_token().unwrap();
+        std::fs::write(
+            &p,
+            entry("acme-app", "tenant:acme", &b) + &entry("ops", "operator", &c),
+        )
+        .unwrap();
+        touch(10);
+        assert!(auth.authenticate(Some(&format!("Bearer {c}"))).is_ok());
+        // A broken edit keeps the tokens still written in it: b stays, c (removed in
+        // the same edit as the typo) is revoked.
+        std::fs::write(
+            &p,
+            entry("acme-app", "tenant:acme", &b) + "[[token]]\nname = 1\n",
+        )
+        .unwrap();
+        touch(15);
         assert!(auth.authenticate(Some(&format!("Bearer {b}"))).is_ok());
+        assert_eq!(
+            auth.authenticate(Some(&format!("Bearer {c}"))),
+            Err(AuthFailure::Unknown)
+        );
+        let problem = auth.problem().unwrap();
+        assert!(problem.contains("kept 1 of 2 tokens"), "{problem}");
+        // A deleted file refuses every token, and says so.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&format!("Bearer {b}"))),
+            Err(AuthFailure::Unknown)
+        );
+        assert!(auth.problem().unwrap().contains("cannot be read"));
+        // Back: the file is good again.
+        std::fs::write(&p, entry("acme-app", "tenant:acme", &b)).unwrap();
+        assert!(auth.authenticate(Some(&format!("Bearer {b}"))).is_ok());
+        assert_eq!(auth.problem(), None);
     }
 
     #[test]

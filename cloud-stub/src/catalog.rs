@@ -432,11 +432,24 @@ pub struct Verdict {
 /// A loaded, validated catalog.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
+    /// `[contracts]`: what the provider allows across contracts.
+    pub contracts: ContractPolicy,
     pub plans: BTreeMap<Id, Plan>,
     /// In file order.
     pub rules: Vec<Rule>,
     /// Things worth knowing that do not stop the catalog from loading.
     pub warnings: Vec<Problem>,
+}
+
+/// The catalog's `[contracts]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContractPolicy {
+    /// Allow one printer in several contracts of its tenant. Off by default: two
+    /// contracts would push their settings to the same device in turn, and both would
+    /// be billed for it.
+    #[serde(default)]
+    pub allow_shared_printers: bool,
 }
 
 /// One problem in a catalog file, with its line (0 when it concerns the whole file).
@@ -475,6 +488,8 @@ impl std::error::Error for CatalogErrors {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileFormat {
+    #[serde(default)]
+    contracts: ContractPolicy,
     #[serde(default, rename = "plan")]
     plans: Vec<toml::Spanned<Plan>>,
     #[serde(default, rename = "rule")]
@@ -649,6 +664,7 @@ impl Catalog {
             }
         }
         let mut catalog = Catalog {
+            contracts: file.contracts,
             plans,
             rules,
             warnings: vec![],

@@ -45,6 +45,9 @@ pub enum NotOwed {
         t0: DateTime<Utc>,
         t1: DateTime<Utc>,
     },
+    /// Every fault had its cause on the customer's side (its gateway down, its
+    /// printer unreachable from its gateway) and the plan does not compensate those.
+    CustomerSide { evidence: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,7 @@ pub const ENV_ROOTS: &[&str] = &[
     "provider",
     "engine",
     "signing",
+    "ingest",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -46,6 +47,54 @@ pub struct CloudConfig {
     pub engine: Engine,
     /// Sign desired configs (agents with trusted keys apply only signed ones).
     pub signing: Option<Signing>,
+    #[serde(default)]
+    pub ingest: Ingest,
+}
+
+/// `[ingest]`: per-printer rate limits on what agents send.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ingest {
+    #[serde(default = "default_reports_burst")]
+    pub reports_burst: u32,
+    #[serde(default = "default_reports_per_minute")]
+    pub reports_per_minute: u32,
+    #[serde(default = "default_telemetry_burst")]
+    pub telemetry_burst: u32,
+    #[serde(default = "default_telemetry_per_minute")]
+    pub telemetry_per_minute: u32,
+}
+
+fn default_rate(
+    kind: fn(crate::limits::IngestLimits) -> Option<crate::limits::Rate>,
+) -> crate::limits::Rate {
+    kind(crate::limits::IngestLimits::default()).unwrap_or(crate::limits::Rate {
+        burst: 60,
+        per_minute: 60,
+    })
+}
+fn default_reports_burst() -> u32 {
+    default_rate(|l| l.reports).burst
+}
+fn default_reports_per_minute() -> u32 {
+    default_rate(|l| l.reports).per_minute
+}
+fn default_telemetry_burst() -> u32 {
+    default_rate(|l| l.telemetry).burst
+}
+fn default_telemetry_per_minute() -> u32 {
+    default_rate(|l| l.telemetry).per_minute
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest {
+            reports_burst: default_reports_burst(),
+            reports_per_minute: default_reports_per_minute(),
+            telemetry_burst: default_telemetry_burst(),
+            telemetry_per_minute: default_telemetry_per_minute(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -80,6 +129,22 @@ pub struct Api {
     /// Bearer tokens (hashed; `platen-cloud token new` makes them). Required unless
     /// `listen` is a loopback address; without it every local caller is the operator.
     pub tokens_file: Option<PathBuf>,
+    /// A request's header must arrive within this (also on an idle keep-alive
+    /// connection), or the connection is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// A whole request (body read, answer made) within this, or 408.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Open connections at most; beyond, new ones are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections from one address at most.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// How far before its request a contract or change may take effect.
+    #[serde(default = "default_max_backdate")]
+    pub max_backdate_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -135,11 +200,71 @@ fn default_republish() -> u64 {
     EngineConfig::default().republish_after.as_secs()
 }
 
+fn default_header_timeout() -> u64 {
+    crate::api_server::ApiLimits::default()
+        .header_timeout
+        .as_secs()
+}
+fn default_request_timeout() -> u64 {
+    crate::api_server::ApiLimits::default()
+        .request_timeout
+        .as_secs()
+}
+fn default_max_connections() -> usize {
+    crate::api_server::ApiLimits::default().max_connections
+}
+fn default_max_connections_per_ip() -> usize {
+    crate::api_server::ApiLimits::default().max_connections_per_ip
+}
+fn default_max_backdate() -> u64 {
+    crate::ops::DEFAULT_MAX_BACKDATE.num_seconds().max(0) as u64
+}
+
 impl Default for Api {
     fn default() -> Self {
         Api {
             listen: default_listen(),
             tokens_file: None,
+            header_timeout_secs: default_header_timeout(),
+            request_timeout_secs: default_request_timeout(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_backdate_secs: default_max_backdate(),
+        }
+    }
+}
+
+impl Api {
+    pub fn limits(&self) -> crate::api_server::ApiLimits {
+        crate::api_server::ApiLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
+    }
+
+    pub fn policy(&self) -> crate::ops::Policy {
+        crate::ops::Policy {
+            max_backdate: chrono::Duration::seconds(
+                i64::try_from(self.max_backdate_secs).unwrap_or(i64::MAX / 1000),
+            ),
+        }
+    }
+}
+
+impl Ingest {
+    pub fn limits(&self) -> crate::limits::IngestLimits {
+        use crate::limits::Rate;
+        crate::limits::IngestLimits {
+            reports: Some(Rate {
+                burst: self.reports_burst,
+                per_minute: self.reports_per_minute,
+            }),
+            telemetry: Some(Rate {
+                burst: self.telemetry_burst,
+                per_minute: self.telemetry_per_minute,
+            }),
         }
     }
 }
@@ -199,6 +324,34 @@ impl ConfigFile for CloudConfig {
         if self.engine.report_deadline_secs == 0 {
             bad("engine.report_deadline_secs", "must be at least 1");
         }
+        if self.api.header_timeout_secs == 0 {
+            bad("api.header_timeout_secs", "must be at least 1");
+        }
+        if self.api.request_timeout_secs == 0 {
+            bad("api.request_timeout_secs", "must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            bad("api.max_connections", "must be at least 1");
+        }
+        if self.api.max_connections_per_ip == 0 {
+            bad("api.max_connections_per_ip", "must be at least 1");
+        }
+        if self.api.max_backdate_secs > 366 * 86400 {
+            bad("api.max_backdate_secs", "must be at most a year (31622400)");
+        }
+        for (f, v) in [
+            ("ingest.reports_burst", self.ingest.reports_burst),
+            ("ingest.reports_per_minute", self.ingest.reports_per_minute),
+            ("ingest.telemetry_burst", self.ingest.telemetry_burst),
+            (
+                "ingest.telemetry_per_minute",
+                self.ingest.telemetry_per_minute,
+            ),
+        ] {
+            if v == 0 {
+                bad(f, "must be at least 1");
+            }
+        }
         out
     }
 }
@@ -232,6 +385,9 @@ impl CloudConfig {
             },
             catalog,
             tokens_file: self.api.tokens_file.clone(),
+            api_limits: self.api.limits(),
+            policy: self.api.policy(),
+            ingest_limits: self.ingest.limits(),
         }
     }
 }

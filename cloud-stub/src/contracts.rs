@@ -10,10 +10,16 @@
 //! * `shipments_sent`: ledger key → time the provider accepted the order;
 //! * `resellers`: id → JSON; `migrations`: migration id → [`Migration`] JSON;
 //! * `scheduled`: migration id → [`Due`], exactly the scheduled migrations;
-//! * `readings`: see [`crate::usage::ReadingStore`].
+//! * `readings`: see [`crate::usage::ReadingStore`];
+//! * `contract_changes`: `{contract}/{seq:010}` → change id (the changes of one
+//!   contract, found by an exact prefix: ids cannot contain `/`);
+//! * `printer_contracts`: `{tenant}/{printer}` → the contract that covers the printer.
 //!
-//! Every write is flushed before the call returns.
+//! Keys are unambiguous: every key joins ids with `/`, which ids cannot contain, and
+//! every prefix scan ends its prefix with that separator (a contract `k` never finds
+//! the changes of `k.globex`). Every write is flushed before the call returns.
 
+use crate::attribution::Cause;
 use crate::compensation::{NotOwed, Part};
 use crate::migration::{Migration, MigrationState};
 use crate::model::{ChangeKind, Contract, ContractChange, Plan, Reseller, Tenant};
@@ -37,6 +43,9 @@ pub enum StoreError {
 pub struct FaultNote {
     pub at: DateTime<Utc>,
     pub reason: String,
+    /// Whose side the fault is on (records written before attribution: provider).
+    #[serde(default)]
+    pub cause: Cause,
 }
 
 /// Device-side setup of one printer for one change.
@@ -118,6 +127,9 @@ pub enum Event {
     ConfigFault {
         printer: Id,
         reason: String,
+        /// Whose side the fault is on, with the evidence.
+        #[serde(default)]
+        cause: Cause,
     },
     ProviderCall {
         call: String,
@@ -230,7 +242,31 @@ pub struct ContractStore {
     resellers: sled::Tree,
     migrations: sled::Tree,
     scheduled: sled::Tree,
+    /// `{contract}/{seq:010}` → change id.
+    contract_changes: sled::Tree,
+    /// `{tenant}/{printer}` → contract id.
+    printer_contracts: sled::Tree,
     pub readings: ReadingStore,
+}
+
+fn contract_change_key(contract: &Id, seq: u32) -> String {
+    format!("{contract}/{seq:010}")
+}
+
+fn printer_key(tenant: &Id, printer: &Id) -> String {
+    format!("{tenant}/{printer}")
+}
+
+/// Result of [`ContractStore::create_contract`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Exists,
+    /// The printer is already covered by another contract (and sharing is not allowed).
+    PrinterTaken {
+        printer: Id,
+        contract: String,
+    },
 }
 
 /// An entry of the `scheduled` index.
@@ -281,7 +317,7 @@ pub enum Inserted {
 
 impl ContractStore {
     pub fn open(db: &sled::Db) -> Result<ContractStore, StoreError> {
-        Ok(ContractStore {
+        ContractStore {
             db: db.clone(),
             tenants: db.open_tree("tenants")?,
             plans: db.open_tree("plans")?,
@@ -295,8 +331,45 @@ impl ContractStore {
             resellers: db.open_tree("resellers")?,
             migrations: db.open_tree("migrations")?,
             scheduled: db.open_tree("scheduled")?,
+            contract_changes: db.open_tree("contract_changes")?,
+            printer_contracts: db.open_tree("printer_contracts")?,
             readings: ReadingStore::open(db)?,
-        })
+        }
+        .with_indexes(db)
+    }
+
+    /// Build the `contract_changes` and `printer_contracts` indexes once, from the
+    /// records, for a state directory written before they existed (format 1). A flag
+    /// in `meta` says they are complete, so a crash during the build builds again.
+    fn with_indexes(self, db: &sled::Db) -> Result<ContractStore, StoreError> {
+        let meta = db.open_tree("meta")?;
+        if meta.get("indexes_v2")?.is_some() {
+            return Ok(self);
+        }
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            let rec: ChangeRecord = decode(&k, &v)?;
+            self.contract_changes.insert(
+                contract_change_key(&rec.change.contract, rec.change.seq).as_bytes(),
+                rec.change.id.as_bytes(),
+            )?;
+        }
+        let mut contracts: Vec<Contract> = Self::all(&self.contracts)?;
+        contracts.sort_by_key(|c| c.created_at);
+        for c in contracts {
+            for p in &c.printers {
+                let key = printer_key(&c.tenant, p);
+                // The first contract keeps the printer.
+                let _ = self.printer_contracts.compare_and_swap(
+                    key.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(c.id.as_str().as_bytes()),
+                )?;
+            }
+        }
+        meta.insert("indexes_v2", b"1".as_slice())?;
+        db.flush()?;
+        Ok(self)
     }
 
     fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
@@ -436,8 +509,13 @@ impl ContractStore {
             change: c.clone(),
             setup: SetupState::default(),
         });
-        let r = (&self.migrations, &self.scheduled, &self.changes).transaction(
-            |(migrations, scheduled, changes)| {
+        let r = (
+            &self.migrations,
+            &self.scheduled,
+            &self.changes,
+            &self.contract_changes,
+        )
+            .transaction(|(migrations, scheduled, changes, by_contract)| {
                 let Some(raw) = migrations.get(id.as_bytes())? else {
                     return Ok(false);
                 };
@@ -451,13 +529,16 @@ impl ContractStore {
                         return Ok(false);
                     }
                     changes.insert(rec.change.id.as_bytes(), encode(rec))?;
+                    by_contract.insert(
+                        contract_change_key(&rec.change.contract, rec.change.seq).as_bytes(),
+                        rec.change.id.as_bytes(),
+                    )?;
                 }
                 m.state = state.clone();
                 migrations.insert(id.as_bytes(), encode(&m))?;
                 scheduled.remove(id.as_bytes())?;
                 Ok(true)
-            },
-        );
+            });
         let done = r.map_err(|e| tx_error(e, id))?;
         self.db.flush()?;
         Ok(done)
@@ -470,37 +551,82 @@ impl ContractStore {
         Self::all(&self.contracts)
     }
 
-    /// Create a contract and its start change atomically (both or neither).
+    /// Create a contract and its start change atomically (both or neither), claiming
+    /// its printers unless `allow_shared` (a printer covered by another contract is
+    /// refused: both would push their settings to it and both would be billed).
     pub fn create_contract(
         &self,
         c: &Contract,
         start: &ContractChange,
-    ) -> Result<Inserted, StoreError> {
+        allow_shared: bool,
+    ) -> Result<Created, StoreError> {
+        use sled::transaction::ConflictableTransactionError as E;
         use sled::Transactional;
         let rec = ChangeRecord {
             change: start.clone(),
             setup: SetupState::default(),
         };
-        let r = (&self.contracts, &self.changes).transaction(|(contracts, changes)| {
-            if contracts.get(c.id.as_str())?.is_some() {
-                return Ok(Inserted::Exists);
-            }
-            contracts.insert(c.id.as_str(), encode(c))?;
-            changes.insert(start.id.as_str(), encode(&rec))?;
-            Ok(Inserted::New)
-        });
+        let r = (
+            &self.contracts,
+            &self.changes,
+            &self.contract_changes,
+            &self.printer_contracts,
+        )
+            .transaction(|(contracts, changes, by_contract, printers)| {
+                if contracts.get(c.id.as_str())?.is_some() {
+                    return Ok(Created::Exists);
+                }
+                for p in &c.printers {
+                    let key = printer_key(&c.tenant, p);
+                    match printers.get(key.as_bytes())? {
+                        Some(other) if !allow_shared => {
+                            return Ok(Created::PrinterTaken {
+                                printer: p.clone(),
+                                contract: String::from_utf8_lossy(&other).into_owned(),
+                            })
+                        }
+                        Some(_) => {}
+                        None => {
+                            printers.insert(key.as_bytes(), c.id.as_str().as_bytes())?;
+                        }
+                    }
+                }
+                contracts.insert(c.id.as_str(), encode(c))?;
+                changes.insert(start.id.as_str(), encode(&rec))?;
+                by_contract.insert(
+                    contract_change_key(&start.contract, start.seq).as_bytes(),
+                    start.id.as_bytes(),
+                )?;
+                Ok::<_, E<()>>(Created::New)
+            });
         let r = r.map_err(|e| tx_error(e, c.id.as_str()))?;
         self.db.flush()?;
         Ok(r)
     }
 
-    /// Add a change (its id must be new).
+    /// Add a change (its id must be new), with its entry in the contract's index.
     pub fn add_change(&self, change: &ContractChange) -> Result<Inserted, StoreError> {
+        use sled::transaction::ConflictableTransactionError as E;
+        use sled::Transactional;
         let rec = ChangeRecord {
             change: change.clone(),
             setup: SetupState::default(),
         };
-        Self::insert_new(&self.changes, &change.id, &rec)
+        let r = (&self.changes, &self.contract_changes)
+            .transaction(|(changes, by_contract)| {
+                if changes.get(change.id.as_bytes())?.is_some() {
+                    return Ok(Inserted::Exists);
+                }
+                changes.insert(change.id.as_bytes(), encode(&rec))?;
+                by_contract.insert(
+                    contract_change_key(&change.contract, change.seq).as_bytes(),
+                    change.id.as_bytes(),
+                )?;
+                Ok::<_, E<()>>(Inserted::New)
+            })
+            .map_err(|e| tx_error(e, &change.id))?;
+        self.db.flush()?;
+        Ok(r)
     }
 
     pub fn save_change(&self, rec: &ChangeRecord) -> Result<(), StoreError> {
@@ -513,19 +639,34 @@ impl ContractStore {
         Self::get(&self.changes, id)
     }
 
-    /// Changes of one contract in order.
+    /// Changes of one contract in order (through the `contract_changes` index: an
+    /// exact `{contract}/` prefix, so no other contract's changes come along).
     pub fn changes_of(&self, contract: &Id) -> Result<Vec<ChangeRecord>, StoreError> {
-        let prefix = format!("{contract}.");
-        let mut v: Vec<ChangeRecord> = self
-            .changes
-            .scan_prefix(prefix.as_bytes())
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&k, &v)
-            })
-            .collect::<Result<_, _>>()?;
+        let prefix = format!("{contract}/");
+        let mut v = Vec::new();
+        for kv in self.contract_changes.scan_prefix(prefix.as_bytes()) {
+            let (_, id) = kv?;
+            let id = String::from_utf8_lossy(&id).into_owned();
+            if let Some(rec) = Self::get::<ChangeRecord>(&self.changes, &id)? {
+                if rec.change.contract == *contract {
+                    v.push(rec);
+                }
+            }
+        }
         v.sort_by_key(|r| r.change.seq);
         Ok(v)
+    }
+
+    /// The contract that covers `printer` of `tenant`, if any.
+    pub fn contract_of_printer(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .printer_contracts
+            .get(printer_key(tenant, printer).as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     pub fn open_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
@@ -662,6 +803,49 @@ mod tests {
         assert_eq!(s.next_version(&t, &p).unwrap(), u64::MAX - 4);
     }
 
+    /// A state directory written before the indexes existed (format 1) gets them
+    /// built at open.
+    #[test]
+    fn indexes_are_built_for_an_older_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path()).unwrap();
+        let s = ContractStore::open(&db).unwrap();
+        let now = Utc::now();
+        let c = Contract {
+            id: "k".parse().unwrap(),
+            tenant: "acme".parse().unwrap(),
+            printers: vec!["p1".parse().unwrap()],
+            plan: "flat".parse().unwrap(),
+            effective_at: now,
+            time_zone: "UTC".into(),
+            currency: "EUR".into(),
+            term_months: None,
+            created_at: now,
+        };
+        let start = ContractChange {
+            id: "k.1".into(),
+            contract: c.id.clone(),
+            seq: 1,
+            change: ChangeKind::Start,
+            effective_at: now,
+            requested_at: now,
+            plan: c.plan.clone(),
+            settings: BTreeMap::new(),
+        };
+        assert_eq!(s.create_contract(&c, &start, false).unwrap(), Created::New);
+        // As format 1 left it: no index, no flag.
+        s.contract_changes.clear().unwrap();
+        s.printer_contracts.clear().unwrap();
+        db.open_tree("meta").unwrap().remove("indexes_v2").unwrap();
+        assert!(s.changes_of(&c.id).unwrap().is_empty());
+        let s = ContractStore::open(&db).unwrap();
+        assert_eq!(s.changes_of(&c.id).unwrap().len(), 1);
+        assert_eq!(
+            s.contract_of_printer(&c.tenant, &c.printers[0]).unwrap(),
+            Some("k".into())
+        );
+    }
+
     #[test]
     fn every_event_kind_reads_back() {
         let d = tempfile::tempdir().unwrap();
@@ -696,6 +880,9 @@ mod tests {
             Event::ConfigFault {
                 printer: p.clone(),
                 reason: "r".into(),
+                cause: Cause::Customer {
+                    evidence: "agent down".into(),
+                },
             },
             Event::ProviderCall {
                 call: "setup".into(),

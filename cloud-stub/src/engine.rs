@@ -17,9 +17,11 @@
 //! Every observation goes into the change's timeline. State is saved after each step,
 //! so a restart continues where it stopped and never pays twice.
 
+use crate::attribution::{self, Cause};
 use crate::compensation::{self, Decision};
 use crate::contracts::{
-    ledger_key, ChangeRecord, ContractStore, Event, FaultNote, Inserted, LedgerEntry, StoreError,
+    ledger_key, ChangeRecord, ContractStore, Event, FaultNote, Inserted, LedgerEntry, SetupState,
+    StoreError,
 };
 use crate::model::{Contract, Plan};
 use crate::{Cloud, ReceivedReport};
@@ -75,7 +77,9 @@ pub enum ReportVerdict {
     Fails(String),
 }
 
-/// A report confirms when every required setting is present with code 200.
+/// A report confirms when every required setting is present with code 200 and the
+/// value it verified is the one this change wants (a report of the same printer that
+/// verified other values — another contract's, an older change's — confirms nothing).
 pub fn judge_report(
     r: &ReceivedReport,
     required: &BTreeMap<String, SettingValue>,
@@ -91,7 +95,15 @@ pub fn judge_report(
     let mut problems = Vec::new();
     for name in required.keys() {
         match r.report.settings.iter().find(|s| &s.name == name) {
-            Some(s) if s.code == Code::Verified => {}
+            Some(s) if s.code == Code::Verified && Some(&s.desired) == required.get(name) => {}
+            Some(s) if s.code == Code::Verified => problems.push(format!(
+                "{name}: verified {} but this change wants {}",
+                s.desired,
+                required
+                    .get(name)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            )),
             Some(s) => problems.push(format!("{name}: {} {}", s.code.as_u16(), s.detail)),
             None => problems.push(format!("{name}: missing from report")),
         }
@@ -123,14 +135,15 @@ pub struct Engine {
     wake: Arc<Notify>,
 }
 
-/// Wait for the next report event. Telemetry (a fleet sends a steady stream) does
-/// not wake the engine: only reports can advance a change.
+/// Wait for the next new report.
 async fn next_report(events: &mut tokio::sync::broadcast::Receiver<crate::ReportEvent>) {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match events.recv().await {
-            Ok(crate::ReportEvent::Telemetry { .. }) => continue,
-            Ok(_) | Err(RecvError::Lagged(_)) => return,
+            // Only a new report can advance a change: duplicates, refusals, health
+            // and telemetry (a flood of them included) do not wake a pass.
+            Ok(crate::ReportEvent::New(_)) | Err(RecvError::Lagged(_)) => return,
+            Ok(_) => continue,
             Err(RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
@@ -285,12 +298,20 @@ impl Engine {
         };
         let (latest, latest_at) = ps.latest().unwrap_or((first, first_at));
         let mut events = Vec::new();
-        let mut fault = None;
-        for r in self.cloud.reports_for(&contract.tenant, printer, first) {
+        let mut fault: Option<(String, Cause)> = None;
+        // Only the versions this change published count: a report of any other
+        // version (never published, or another change's) is not this change's evidence.
+        for r in self
+            .cloud
+            .reports_for(&contract.tenant, printer, first..=latest)
+        {
+            let v = r.report.config_version;
+            if !ps.published.contains_key(&v) {
+                continue;
+            }
             if !ps.seen_reports.insert(r.report.report_id.clone()) {
                 continue;
             }
-            let v = r.report.config_version;
             // The publication this report answers (ours, or the latest before it).
             let published_at = ps
                 .published
@@ -327,7 +348,24 @@ impl Engine {
                 ReportVerdict::Fails(reason) => {
                     if v >= latest && ps.confirmed_at.is_none() {
                         ps.failed_at = Some(Utc::now());
-                        fault = Some(reason);
+                        let failing: Vec<u16> = match &r.report.refused {
+                            Some(refusal) => vec![refusal.code.as_u16()],
+                            None => r
+                                .report
+                                .settings
+                                .iter()
+                                .filter(|s| rec.change.settings.contains_key(&s.name))
+                                .map(|s| s.code.as_u16())
+                                .filter(|c| *c != 200)
+                                .collect(),
+                        };
+                        let cause = attribution::config_fault(&attribution::Facts {
+                            published_at,
+                            agent: None,
+                            printer: None,
+                            failing_codes: &failing,
+                        });
+                        fault = Some((reason, cause));
                     }
                 }
             }
@@ -340,21 +378,43 @@ impl Engine {
             if !answered && now - latest_at >= chrono_dur(self.cfg.report_deadline) {
                 ps.deadline_noted = true;
                 ps.failed_at = Some(now);
-                fault = Some(format!(
-                    "no report for version {latest} within {} s of its publication",
-                    self.cfg.report_deadline.as_secs()
+                let seen_printer = self.cloud.printer_seen(&contract.tenant, printer);
+                let agent = self
+                    .cloud
+                    .registered_agent(&contract.tenant, printer)
+                    .or_else(|| seen_printer.as_ref().map(|p| p.agent.clone()));
+                let seen_agent = agent.as_ref().and_then(|a| self.cloud.agent_seen(a));
+                let cause = attribution::config_fault(&attribution::Facts {
+                    published_at: latest_at,
+                    agent: agent.as_ref().map(|a| (a, seen_agent.as_ref())),
+                    printer: seen_printer.as_ref(),
+                    failing_codes: &[],
+                });
+                fault = Some((
+                    format!(
+                        "no report for version {latest} within {} s of its publication",
+                        self.cfg.report_deadline.as_secs()
+                    ),
+                    cause,
                 ));
             }
         }
         for e in events {
             self.note(rec, e)?;
         }
-        if let Some(reason) = fault {
-            warn!(change = %rec.change.id, %printer, %reason, "config distribution fault");
-            if rec.setup.config_fault.is_none() {
+        if let Some((reason, cause)) = fault {
+            warn!(change = %rec.change.id, %printer, %reason, ?cause, "config distribution fault");
+            // The first fault is kept, unless a provider-side one follows a
+            // customer-side one: the provider's share decides compensation.
+            let replace = match &rec.setup.config_fault {
+                None => true,
+                Some(f) => f.cause.is_customer() && !cause.is_customer(),
+            };
+            if replace {
                 rec.setup.config_fault = Some(FaultNote {
                     at: Utc::now(),
                     reason: reason.clone(),
+                    cause: cause.clone(),
                 });
             }
             self.note(
@@ -362,6 +422,7 @@ impl Engine {
                 Event::ConfigFault {
                     printer: printer.clone(),
                     reason,
+                    cause,
                 },
             )?;
         }
@@ -380,6 +441,7 @@ impl Engine {
             rec.setup.service_fault = Some(FaultNote {
                 at: Utc::now(),
                 reason: reason.clone(),
+                cause: Cause::Provider,
             });
             self.note(
                 rec,
@@ -558,17 +620,24 @@ impl Engine {
         contract: &Contract,
         plan: &Plan,
     ) -> Result<(), EngineError> {
+        let (fault, customer_side) = counted_fault(&rec.setup, plan);
         let decision = compensation::decide(&compensation::Input {
             service: &plan.service,
             tz: contract.tz(),
             t0: rec.change.effective_at,
             t1: rec.setup.completed_at,
-            fault: rec.setup.config_fault.is_some() || rec.setup.service_fault.is_some(),
+            fault,
             now: Utc::now(),
         });
         let (parts, last) = match decision {
             Decision::Pending => return Ok(()),
             Decision::NotOwed(reason) => {
+                let reason = match (reason, customer_side) {
+                    (compensation::NotOwed::NoFault, Some(evidence)) => {
+                        compensation::NotOwed::CustomerSide { evidence }
+                    }
+                    (reason, _) => reason,
+                };
                 info!(change = %rec.change.id, ?reason, "no compensation");
                 self.note(rec, Event::NoCompensation { reason })?;
                 rec.setup.settled = true;
@@ -660,6 +729,26 @@ impl Engine {
                 Ok(false)
             }
         }
+    }
+}
+
+/// Whether a fault counts for compensation, and — when the only fault is on the
+/// customer's side and the plan does not compensate those — its evidence.
+pub fn counted_fault(setup: &SetupState, plan: &Plan) -> (bool, Option<String>) {
+    let provider = setup.service_fault.is_some()
+        || setup
+            .config_fault
+            .as_ref()
+            .is_some_and(|f| !f.cause.is_customer());
+    let customer = setup.config_fault.as_ref().and_then(|f| match &f.cause {
+        Cause::Customer { evidence } => Some(evidence.clone()),
+        Cause::Provider => None,
+    });
+    match customer {
+        Some(_) if provider => (true, None),
+        Some(_) if plan.compensate_customer_side => (true, None),
+        Some(evidence) => (false, Some(evidence)),
+        None => (provider, None),
     }
 }
 

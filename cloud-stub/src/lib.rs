@@ -12,12 +12,15 @@
 
 pub mod agents;
 pub mod api;
+pub mod api_server;
+pub mod attribution;
 pub mod auth;
 pub mod catalog;
 pub mod compensation;
 pub mod config;
 pub mod contracts;
 pub mod engine;
+pub mod limits;
 pub mod migration;
 pub mod model;
 pub mod ops;
@@ -25,9 +28,12 @@ pub mod period;
 pub mod server;
 pub mod usage;
 
+use attribution::{AgentSeen, PrinterSeen};
 use chrono::{DateTime, Utc};
+use limits::{Buckets, IngestLimits};
 use platen_protocol::{
-    codec, ApplyReport, DesiredConfig, Id, Topic, MAX_INCOMING_PACKET_BYTES, MAX_MESSAGE_BYTES,
+    codec, ApplyReport, DesiredConfig, Health, HealthStatus, Id, Topic, MAX_INCOMING_PACKET_BYTES,
+    MAX_MESSAGE_BYTES,
 };
 use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
@@ -101,6 +107,14 @@ pub enum ReportEvent {
         topic: String,
         reason: String,
     },
+    /// Refused by the rate limit of its printer (counted, not logged one by one).
+    RateLimited {
+        topic: String,
+    },
+    /// An agent's health message, kept as evidence.
+    Health {
+        agent: Id,
+    },
     /// A telemetry message; `new_reading` when its reading was not stored before.
     Telemetry {
         tenant: Id,
@@ -115,6 +129,11 @@ pub struct Counters {
     pub new: AtomicU64,
     pub duplicates: AtomicU64,
     pub refused: AtomicU64,
+    /// Refused because they answer a version this cloud never published.
+    pub unpublished: AtomicU64,
+    /// Refused by the ingest rate limits, by kind.
+    pub limited_reports: AtomicU64,
+    pub limited_telemetry: AtomicU64,
 }
 
 impl Counters {
@@ -130,11 +149,21 @@ impl Counters {
              (malformed, oversized, wrong topic, printer not the agent's).\n\
              # TYPE platen_cloud_messages_refused_total counter\n\
              platen_cloud_messages_refused_total {}\n\
+             # HELP platen_cloud_reports_unpublished_total Reports refused for a version this cloud never published.\n\
+             # TYPE platen_cloud_reports_unpublished_total counter\n\
+             platen_cloud_reports_unpublished_total {}\n\
+             # HELP platen_cloud_messages_rate_limited_total Inbound messages refused by the per-printer rate limits.\n\
+             # TYPE platen_cloud_messages_rate_limited_total counter\n\
+             platen_cloud_messages_rate_limited_total{{kind=\"report\"}} {}\n\
+             platen_cloud_messages_rate_limited_total{{kind=\"telemetry\"}} {}\n\
              # HELP platen_cloud_api_errors_total API requests answered with an error, by status.\n\
              # TYPE platen_cloud_api_errors_total counter\n",
             get(&self.new),
             get(&self.duplicates),
-            get(&self.refused)
+            get(&self.refused),
+            get(&self.unpublished),
+            get(&self.limited_reports),
+            get(&self.limited_telemetry)
         );
         for (status, n) in api_rejected {
             out.push_str(&format!(
@@ -170,6 +199,15 @@ fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String
     format!("{tenant}/{printer}/{version:020}/{report_id}")
 }
 
+fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
+    format!("{tenant}/{printer}/{version:020}")
+}
+
+/// Most distinct reports stored for one published version of one printer (the
+/// genuine report and refusals, possibly from a replaced gateway): a gateway cannot
+/// grow the store without bound by inventing report ids.
+pub const MAX_REPORTS_PER_VERSION: usize = 8;
+
 /// How the cloud authenticates to the broker (beyond its client id).
 #[derive(Clone, Default)]
 pub struct BrokerAuth {
@@ -193,6 +231,15 @@ pub struct Cloud {
     client: AsyncClient,
     reports: sled::Tree,
     report_index: sled::Tree,
+    /// `{tenant}/{printer}/{version:020}` → publication time: every version this
+    /// cloud published. A report of any other version is refused.
+    published: sled::Tree,
+    /// agent → [`AgentSeen`]: its last health message.
+    agents_seen: sled::Tree,
+    /// `{tenant}/{printer}` → [`PrinterSeen`]: its agent and reachability.
+    printers_seen: sled::Tree,
+    limits: IngestLimits,
+    buckets: Arc<std::sync::Mutex<Buckets>>,
     readings: ReadingStore,
     db: sled::Db,
     publish_lock: Arc<Mutex<()>>,
@@ -244,6 +291,9 @@ impl Cloud {
         check_format(&db, state_dir)?;
         let reports = db.open_tree("reports")?;
         let report_index = db.open_tree("report_index")?;
+        let published = db.open_tree("published")?;
+        let agents_seen = db.open_tree("agents_seen")?;
+        let printers_seen = db.open_tree("printers_seen")?;
         let readings = ReadingStore::open(&db)?;
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
@@ -271,6 +321,11 @@ impl Cloud {
             client: client.clone(),
             reports,
             report_index,
+            published,
+            agents_seen,
+            printers_seen,
+            limits: IngestLimits::default(),
+            buckets: Arc::new(std::sync::Mutex::new(Buckets::default())),
             readings,
             db,
             publish_lock: Arc::new(Mutex::new(())),
@@ -295,6 +350,8 @@ impl Cloud {
                         let _ = client.try_subscribe(Topic::all_reports_filter(), QoS::AtLeastOnce);
                         let _ =
                             client.try_subscribe(Topic::all_telemetry_filter(), QoS::AtLeastOnce);
+                        // Agents' health: evidence of who caused a missed deadline.
+                        let _ = client.try_subscribe(Topic::all_health_filter(), QoS::AtLeastOnce);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if inbound_tx.send(p).is_err() {
@@ -330,10 +387,19 @@ impl Cloud {
     /// failed flush, leaves messages unacknowledged: the broker redelivers them.
     async fn ingest_batch(&self, batch: Vec<rumqttc::Publish>) {
         let mut results = Vec::with_capacity(batch.len());
+        let now = std::time::Instant::now();
         for p in &batch {
-            results.push(match p.topic.parse::<Topic>() {
+            let topic = p.topic.parse::<Topic>();
+            if let Some(refusal) = self.rate_limited(&topic, &p.topic, now) {
+                results.push(Ok(refusal));
+                continue;
+            }
+            results.push(match topic {
                 Ok(Topic::Telemetry { tenant, printer }) => {
                     self.ingest_telemetry_unflushed(tenant, printer, &p.payload)
+                }
+                Ok(Topic::AgentHealth { agent }) => {
+                    self.ingest_health(&agent, &p.payload, p.retain)
                 }
                 _ => self.ingest_unflushed(&p.topic, &p.payload),
             });
@@ -344,6 +410,7 @@ impl Cloud {
                 // A duplicate may be the redelivery of a report whose flush failed.
                 Ok(ReportEvent::New(_))
                     | Ok(ReportEvent::Duplicate { .. })
+                    | Ok(ReportEvent::Health { .. })
                     | Ok(ReportEvent::Telemetry {
                         new_reading: true,
                         ..
@@ -380,8 +447,12 @@ impl Cloud {
                 }
                 Ok(ReportEvent::Refused { topic, reason }) => {
                     self.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(topic, reason, "report refused");
+                    warn!(topic, reason, "message refused");
                 }
+                Ok(ReportEvent::RateLimited { .. }) => {
+                    // Counted by kind; a flood is not logged line by line.
+                }
+                Ok(ReportEvent::Health { .. }) => {}
                 Err(e) => {
                     // Not acknowledged: the broker redelivers it.
                     warn!(error = %e, topic = %p.topic, "could not store message");
@@ -433,6 +504,28 @@ impl Cloud {
                 return refused(why);
             }
         }
+        let version = report.config_version;
+        if !self.was_published(&tenant, &printer, version)? {
+            self.counters.unpublished.fetch_add(1, Ordering::Relaxed);
+            return refused(format!(
+                "version {version} of {tenant}/{printer} was never published by this cloud"
+            ));
+        }
+        let version_prefix = format!("{}/", published_key(&tenant, &printer, version));
+        let own_key = index_key(&tenant, &printer, version, &report.report_id);
+        if self.report_index.get(own_key.as_bytes())?.is_none()
+            && self
+                .report_index
+                .scan_prefix(version_prefix.as_bytes())
+                .take(MAX_REPORTS_PER_VERSION)
+                .count()
+                >= MAX_REPORTS_PER_VERSION
+        {
+            return refused(format!(
+                "version {version} of {tenant}/{printer} already has {MAX_REPORTS_PER_VERSION} reports"
+            ));
+        }
+        self.saw_printer(&tenant, &printer, &report.agent_id, None)?;
         let rec = ReceivedReport {
             report,
             received_at: Utc::now(),
@@ -509,6 +602,15 @@ impl Cloud {
                 });
             }
         }
+        if let Some(r) = &t.reading {
+            if r.read_at > Utc::now() + chrono::Duration::minutes(10) {
+                return Ok(ReportEvent::Refused {
+                    topic: Topic::Telemetry { tenant, printer }.to_string(),
+                    reason: format!("reading time {} is in the future", r.read_at),
+                });
+            }
+        }
+        self.saw_printer(&tenant, &printer, &t.agent_id, Some(t.reachable))?;
         let new_reading = self.readings.record(&tenant, &t)?;
         Ok(ReportEvent::Telemetry {
             tenant,
@@ -516,6 +618,201 @@ impl Cloud {
             message_id: t.message_id,
             new_reading,
         })
+    }
+
+    /// The rate-limit refusal of a message on `topic`, if it is over its printer's rate.
+    fn rate_limited(
+        &self,
+        topic: &Result<Topic, platen_protocol::topics::TopicError>,
+        raw: &str,
+        now: std::time::Instant,
+    ) -> Option<ReportEvent> {
+        let (tenant, printer, rate, counter, kind) = match topic {
+            Ok(Topic::ConfigReport { tenant, printer }) => (
+                tenant,
+                printer,
+                self.limits.reports?,
+                &self.counters.limited_reports,
+                "r",
+            ),
+            Ok(Topic::Telemetry { tenant, printer }) => (
+                tenant,
+                printer,
+                self.limits.telemetry?,
+                &self.counters.limited_telemetry,
+                "t",
+            ),
+            _ => return None,
+        };
+        let key = format!("{tenant}/{printer}/{kind}");
+        let ok = self
+            .buckets
+            .lock()
+            .map(|mut b| b.take(&key, rate, now))
+            .unwrap_or(true);
+        if ok {
+            return None;
+        }
+        let n = counter.fetch_add(1, Ordering::Relaxed);
+        if n.is_power_of_two() {
+            warn!(
+                topic = raw,
+                refused_so_far = n + 1,
+                "messages over the printer's rate limit refused"
+            );
+        }
+        Some(ReportEvent::RateLimited {
+            topic: raw.to_string(),
+        })
+    }
+
+    /// Use these ingest rate limits (default: [`IngestLimits::default`]).
+    pub fn with_limits(mut self, limits: IngestLimits) -> Cloud {
+        self.limits = limits;
+        self
+    }
+
+    /// Note that `version` of `tenant`/`printer` is published (before publishing it).
+    pub fn record_published(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        version: u64,
+    ) -> Result<(), CloudError> {
+        let at = serde_json::to_vec(&Utc::now()).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        self.published
+            .insert(published_key(tenant, printer, version).as_bytes(), at)?;
+        self.published.flush()?;
+        Ok(())
+    }
+
+    /// [`Cloud::record_published`] for many versions with one flush (bulk loads and
+    /// the benchmark).
+    pub fn record_published_many(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        versions: impl IntoIterator<Item = u64>,
+    ) -> Result<(), CloudError> {
+        let at = serde_json::to_vec(&Utc::now()).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        for v in versions {
+            self.published
+                .insert(published_key(tenant, printer, v).as_bytes(), at.as_slice())?;
+        }
+        self.published.flush()?;
+        Ok(())
+    }
+
+    fn was_published(&self, tenant: &Id, printer: &Id, version: u64) -> Result<bool, CloudError> {
+        Ok(self
+            .published
+            .contains_key(published_key(tenant, printer, version).as_bytes())?)
+    }
+
+    /// Keep what a report or telemetry message says of its printer's agent (and, for
+    /// telemetry, reachability); written only when it changes.
+    fn saw_printer(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        agent: &Id,
+        reachable: Option<bool>,
+    ) -> Result<(), CloudError> {
+        let key = format!("{tenant}/{printer}");
+        let old: Option<PrinterSeen> = self
+            .printers_seen
+            .get(key.as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        let reachable = reachable
+            .or(old.as_ref().map(|o| o.reachable))
+            .unwrap_or(true);
+        let since = match &old {
+            Some(o) if o.reachable == reachable && &o.agent == agent => return Ok(()),
+            Some(o) if o.reachable == reachable => o.since,
+            _ => Utc::now(),
+        };
+        let seen = PrinterSeen {
+            agent: agent.clone(),
+            reachable,
+            since,
+        };
+        let v = serde_json::to_vec(&seen).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        self.printers_seen.insert(key.as_bytes(), v)?;
+        Ok(())
+    }
+
+    /// Keep an agent's health message (only its own agent may publish it: the ACL).
+    fn ingest_health(
+        &self,
+        agent: &Id,
+        payload: &[u8],
+        retained: bool,
+    ) -> Result<ReportEvent, CloudError> {
+        let topic = Topic::health(agent).to_string();
+        let h: Health = match codec::decode(payload) {
+            Ok(h) => h,
+            Err(e) => {
+                return Ok(ReportEvent::Refused {
+                    topic,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        if &h.agent_id != agent {
+            return Ok(ReportEvent::Refused {
+                topic,
+                reason: format!("health of agent {} on this topic", h.agent_id),
+            });
+        }
+        let up = h.status == HealthStatus::Up;
+        let old: Option<AgentSeen> = self
+            .agents_seen
+            .get(agent.as_str().as_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        if old.as_ref().is_some_and(|o| o.up == up) {
+            return Ok(ReportEvent::Health {
+                agent: agent.clone(),
+            });
+        }
+        // A live message: it changed now. A retained one (read at subscription): the
+        // agent's own time, but never in the future.
+        let now = Utc::now();
+        let since = if retained { h.since.min(now) } else { now };
+        let seen = AgentSeen {
+            up,
+            since,
+            reason: h.reason,
+        };
+        let v = serde_json::to_vec(&seen).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        self.agents_seen.insert(agent.as_str().as_bytes(), v)?;
+        Ok(ReportEvent::Health {
+            agent: agent.clone(),
+        })
+    }
+
+    /// What the cloud last heard from `agent` on its health topic.
+    pub fn agent_seen(&self, agent: &Id) -> Option<AgentSeen> {
+        self.agents_seen
+            .get(agent.as_str().as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// The printer's agent and reachability, as last reported.
+    pub fn printer_seen(&self, tenant: &Id, printer: &Id) -> Option<PrinterSeen> {
+        self.printers_seen
+            .get(format!("{tenant}/{printer}").as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// The agent registered for a printer, if the cloud has a registry.
+    pub fn registered_agent(&self, tenant: &Id, printer: &Id) -> Option<Id> {
+        self.registry
+            .as_ref()
+            .and_then(|r| r.owner(tenant, printer).cloned())
     }
 
     pub fn subscribe_events(&self) -> broadcast::Receiver<ReportEvent> {
@@ -537,6 +834,9 @@ impl Cloud {
         config: &DesiredConfig,
     ) -> Result<(), CloudError> {
         config.validate().map_err(CloudError::Invalid)?;
+        // Recorded (and flushed) before the publish: a report can only answer a
+        // version the store knows was published.
+        self.record_published(tenant, &config.printer_id, config.version)?;
         let topic = Topic::desired(tenant, &config.printer_id).to_string();
         let payload = match &self.signer {
             Some(signer) => {
@@ -569,14 +869,20 @@ impl Cloud {
             .collect()
     }
 
-    /// Reports for `tenant`/`printer` with version ≥ `min_version`, oldest version first.
-    pub fn reports_for(&self, tenant: &Id, printer: &Id, min_version: u64) -> Vec<ReceivedReport> {
+    /// Reports for `tenant`/`printer` with a version in `versions`, oldest version first.
+    pub fn reports_for(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        versions: std::ops::RangeInclusive<u64>,
+    ) -> Vec<ReceivedReport> {
         let prefix = format!("{tenant}/{printer}/");
-        let start = index_key(tenant, printer, min_version, "");
+        let start = index_key(tenant, printer, *versions.start(), "");
+        let end = format!("{}0", published_key(tenant, printer, *versions.end()));
         self.report_index
             .range(start.as_bytes()..)
             .filter_map(|kv| kv.ok())
-            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()) && k.as_ref() < end.as_bytes())
             .filter_map(|(_, id)| self.report(&String::from_utf8_lossy(&id)))
             .collect()
     }
@@ -675,11 +981,14 @@ mod tests {
         let topic = "platen/v1/acme/p1/config/report";
         let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
         let versions = |c: &Cloud| -> Vec<u64> {
-            c.reports_for(&acme, &p1, 0)
+            c.reports_for(&acme, &p1, 0..=u64::MAX)
                 .iter()
                 .map(|r| r.report.config_version)
                 .collect()
         };
+        for v in [1, 2] {
+            c.record_published(&acme, &p1, v).unwrap();
+        }
         // Report kept, index entry lost.
         let one = codec::encode(&report(1));
         c.ingest(topic, &one).unwrap();
@@ -702,12 +1011,58 @@ mod tests {
         assert_eq!(versions(&c), vec![1, 2]);
     }
 
+    /// A report of a version this cloud never published is refused and counted, and
+    /// a version holds a bounded number of distinct reports.
+    #[tokio::test]
+    async fn only_published_versions_are_stored_and_each_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
+        let topic = "platen/v1/acme/p1/config/report";
+        let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+        for v in [5, u64::MAX] {
+            let ev = c.ingest(topic, &codec::encode(&report(v))).unwrap();
+            let ReportEvent::Refused { reason, .. } = ev else {
+                panic!("{ev:?}")
+            };
+            assert!(reason.contains("never published"), "{reason}");
+        }
+        assert_eq!(c.counters.unpublished.load(Ordering::Relaxed), 2);
+        assert!(c.reports().is_empty());
+        c.record_published(&acme, &p1, 5).unwrap();
+        // Reports of the same version from MAX_REPORTS_PER_VERSION + 2 agents.
+        let mut stored = 0;
+        for i in 0..MAX_REPORTS_PER_VERSION + 2 {
+            let mut r = report(5);
+            r.agent_id = format!("gw{i}").parse().unwrap();
+            r.report_id = ApplyReport::make_id(&r.agent_id, &p1, 5);
+            if matches!(
+                c.ingest(topic, &codec::encode(&r)).unwrap(),
+                ReportEvent::New(_)
+            ) {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, MAX_REPORTS_PER_VERSION);
+        // A redelivery of a stored one is still a duplicate, not a refusal.
+        let mut r = report(5);
+        r.agent_id = "gw0".parse().unwrap();
+        r.report_id = ApplyReport::make_id(&r.agent_id, &p1, 5);
+        assert!(matches!(
+            c.ingest(topic, &codec::encode(&r)).unwrap(),
+            ReportEvent::Duplicate { .. }
+        ));
+    }
+
     #[tokio::test]
     async fn ingest_stores_once_and_indexes_every_report() {
         let dir = tempfile::tempdir().unwrap();
         // No broker on port 1: ingest does not need one.
         let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
         let topic = "platen/v1/acme/p1/config/report";
+        let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+        for v in [1, 2, 3] {
+            c.record_published(&acme, &p1, v).unwrap();
+        }
         for v in [1, 2, 2, 3] {
             c.ingest(topic, &codec::encode(&report(v))).unwrap();
         }
@@ -715,14 +1070,18 @@ mod tests {
             c.ingest(topic, &codec::encode(&report(2))).unwrap(),
             ReportEvent::Duplicate { .. }
         ));
-        let acme: Id = "acme".parse().unwrap();
-        let p1: Id = "p1".parse().unwrap();
         let got: Vec<u64> = c
-            .reports_for(&acme, &p1, 2)
+            .reports_for(&acme, &p1, 2..=u64::MAX)
             .iter()
             .map(|r| r.report.config_version)
             .collect();
         assert_eq!(got, vec![2, 3]);
+        let bounded: Vec<u64> = c
+            .reports_for(&acme, &p1, 1..=2)
+            .iter()
+            .map(|r| r.report.config_version)
+            .collect();
+        assert_eq!(bounded, vec![1, 2], "the upper bound holds");
         assert_eq!(c.reports().len(), 3);
         let stored = c.report("gw:p1:v3").unwrap().report;
         assert_eq!(

@@ -106,6 +106,15 @@ enum Command {
         /// open to local callers and refuses to listen beyond loopback.
         #[arg(long)]
         tokens: Option<PathBuf>,
+        /// How far before its request a contract or change may take effect.
+        #[arg(long, default_value_t = 86400)]
+        max_backdate_secs: u64,
+        /// A request's header must arrive within this, or the connection is closed.
+        #[arg(long, default_value_t = 10)]
+        api_header_timeout_secs: u64,
+        /// Open API connections from one address at most.
+        #[arg(long, default_value_t = 256)]
+        api_max_connections_per_ip: usize,
     },
     /// API tokens.
     Token {
@@ -628,6 +637,8 @@ struct ServeExtras {
     signer: Option<std::sync::Arc<platen_protocol::Signer>>,
     registry: Option<std::sync::Arc<platen_cloud::agents::Registry>>,
     tokens_file: Option<PathBuf>,
+    /// Limits and policy (the listen address and tokens come from their own flags).
+    api: platen_cloud::config::Api,
 }
 
 async fn serve(
@@ -653,6 +664,9 @@ async fn serve(
         api_listen,
         engine,
         catalog,
+        api_limits: extras.api.limits(),
+        policy: extras.api.policy(),
+        ingest_limits: Default::default(),
     };
     run_server(cfg).await
 }
@@ -882,6 +896,9 @@ async fn main() -> ExitCode {
             signing_key_id,
             agents,
             tokens,
+            max_backdate_secs,
+            api_header_timeout_secs,
+            api_max_connections_per_ip,
         } => {
             let registry = match agents.as_deref().map(load_registry).transpose() {
                 Ok(r) => r,
@@ -912,6 +929,12 @@ async fn main() -> ExitCode {
                 signer,
                 registry,
                 tokens_file: tokens.clone(),
+                api: platen_cloud::config::Api {
+                    max_backdate_secs: *max_backdate_secs,
+                    header_timeout_secs: *api_header_timeout_secs,
+                    max_connections_per_ip: *api_max_connections_per_ip,
+                    ..Default::default()
+                },
             };
             return serve(&cli, *api_listen, engine, catalog.as_deref(), extras).await;
         }

@@ -525,7 +525,12 @@ mod tests {
         fn new(plan: &str) -> World {
             let dir = tempfile::tempdir().unwrap();
             let db = sled::open(dir.path()).unwrap();
+            // The contract starts at the beginning of a period of the tests' clock
+            // (March 2026), long before the wall clock.
             let ops = Ops::new(ContractStore::open(&db).unwrap(), None)
+                .with_policy(crate::ops::Policy {
+                    max_backdate: chrono::Duration::days(3650),
+                })
                 .with_catalog(Catalog::parse(EXAMPLE).unwrap())
                 .unwrap();
             ops.create_reseller(serde_json::from_str(r#"{"id":"r1","name":"R1"}"#).unwrap())

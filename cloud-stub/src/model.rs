@@ -89,6 +89,11 @@ pub struct Plan {
     /// The device settings this plan needs (setting name → value), all required.
     #[serde(default)]
     pub config_template: BTreeMap<String, SettingValue>,
+    /// Compensate faults whose cause is on the customer's side (its gateway down, its
+    /// printer unreachable from its gateway). Off by default: the customer could
+    /// otherwise cause the wait it is paid for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compensate_customer_side: bool,
 }
 
 impl Plan {

@@ -3,7 +3,7 @@
 
 use crate::catalog::Catalog;
 use crate::contracts::{
-    ChangeRecord, ContractStore, Event, Inserted, LedgerEntry, StoreError, TimelineEntry,
+    ChangeRecord, ContractStore, Created, Event, Inserted, LedgerEntry, StoreError, TimelineEntry,
 };
 use crate::engine::Engine;
 use crate::model::{
@@ -19,6 +19,58 @@ use std::sync::Arc;
 
 /// Most printers one contract may cover.
 pub const MAX_PRINTERS: usize = 1000;
+
+/// How far back a contract or change may take effect by default: a day covers a
+/// contract that started this morning and is entered this afternoon, and bounds what
+/// a mistaken or hostile date can make the setup engine owe.
+pub const DEFAULT_MAX_BACKDATE: chrono::Duration = chrono::Duration::hours(24);
+
+/// How far ahead an effective time may lie (longer is a typo, not a contract).
+pub const MAX_AHEAD_DAYS: i64 = 3 * 366;
+
+/// Limits on what a request may ask for.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// An `effective_at` earlier than its request by more than this is refused (422
+    /// `effective_at_out_of_range`). Compensation runs from `effective_at`, so this
+    /// is the most unavailable time a backdated contract can claim.
+    pub max_backdate: chrono::Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_backdate: DEFAULT_MAX_BACKDATE,
+        }
+    }
+}
+
+impl Policy {
+    /// `at` (default `now`) if it lies within [now − max_backdate, now + 3 years].
+    pub fn effective_at(
+        &self,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, ApiError> {
+        let Some(at) = at else { return Ok(now) };
+        let earliest = now - self.max_backdate;
+        let latest = now + chrono::Duration::days(MAX_AHEAD_DAYS);
+        if at < earliest || at > latest {
+            return Err(ApiError::new(
+                422,
+                "effective_at_out_of_range",
+                format!(
+                    "effective_at {} is outside [{}, {}]: at most {} s before the request (api.max_backdate_secs) and {MAX_AHEAD_DAYS} days after it",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    earliest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    self.max_backdate.num_seconds()
+                ),
+            ));
+        }
+        Ok(at)
+    }
+}
 
 /// An error for the API: HTTP status, stable code, message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -100,6 +152,9 @@ pub struct ChangeSummary {
     pub state: String,
     pub completed_at: Option<DateTime<Utc>>,
     pub config_fault: Option<String>,
+    /// Whose side the config fault is on (`provider` or `customer`, with evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_fault_cause: Option<crate::attribution::Cause>,
     pub service_fault: Option<String>,
     pub printers: BTreeMap<Id, PrinterState>,
 }
@@ -137,6 +192,7 @@ pub struct Ops {
     engine: Option<Engine>,
     /// The plan catalog and migration rules, when one is loaded.
     pub(crate) catalog: Option<Arc<Catalog>>,
+    pub(crate) policy: Policy,
 }
 
 fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiError> {
@@ -158,7 +214,14 @@ impl Ops {
             store,
             engine,
             catalog: None,
+            policy: Policy::default(),
         }
+    }
+
+    /// Use `policy` for what requests may ask for.
+    pub fn with_policy(mut self, policy: Policy) -> Ops {
+        self.policy = policy;
+        self
     }
 
     /// Use a catalog: its plans are written to the store (the file is authoritative
@@ -274,12 +337,13 @@ impl Ops {
         settings.extend(n.settings.clone());
         check_settings(&settings)?;
         let now = Utc::now();
+        let effective_at = self.policy.effective_at(n.effective_at, now)?;
         let contract = Contract {
             id: n.id.clone(),
             tenant: n.tenant,
             printers: n.printers,
             plan: n.plan.clone(),
-            effective_at: n.effective_at.unwrap_or(now),
+            effective_at,
             time_zone: n.time_zone,
             currency: n.currency,
             term_months: n.term_months,
@@ -295,12 +359,28 @@ impl Ops {
             plan: n.plan,
             settings,
         };
-        if self.store.create_contract(&contract, &start)? == Inserted::Exists {
-            return Err(ApiError::new(
-                409,
-                "contract_exists",
-                format!("contract {} exists", contract.id),
-            ));
+        let shared = self
+            .catalog
+            .as_ref()
+            .is_some_and(|c| c.contracts.allow_shared_printers);
+        match self.store.create_contract(&contract, &start, shared)? {
+            Created::New => {}
+            Created::Exists => {
+                return Err(ApiError::new(
+                    409,
+                    "contract_exists",
+                    format!("contract {} exists", contract.id),
+                ))
+            }
+            Created::PrinterTaken { printer, contract } => {
+                return Err(ApiError::new(
+                    409,
+                    "printer_under_contract",
+                    format!(
+                        "printer {printer} is covered by contract {contract}; one printer takes one contract unless the catalog sets [contracts] allow_shared_printers"
+                    ),
+                ))
+            }
         }
         self.requested(&start)?;
         Ok((contract, start))
@@ -337,6 +417,7 @@ impl Ops {
         if req.settings.is_empty() {
             return Err(ApiError::invalid("nothing to change: give settings"));
         }
+        let effective_at = self.policy.effective_at(req.effective_at, Utc::now())?;
         let mut settings = last.change.settings.clone();
         settings.extend(req.settings.clone());
         let change = self.next_change(
@@ -347,7 +428,7 @@ impl Ops {
             },
             last.change.plan.clone(),
             settings,
-            req.effective_at.unwrap_or_else(Utc::now),
+            effective_at,
         )?;
         if self.store.add_change(&change)? == Inserted::Exists {
             return Err(ApiError::new(
@@ -497,6 +578,7 @@ fn summary(r: &ChangeRecord) -> ChangeSummary {
         .into(),
         completed_at: s.completed_at,
         config_fault: s.config_fault.as_ref().map(|f| f.reason.clone()),
+        config_fault_cause: s.config_fault.as_ref().map(|f| f.cause.clone()),
         service_fault: s.service_fault.as_ref().map(|f| f.reason.clone()),
         printers,
     }
@@ -631,6 +713,123 @@ mod tests {
             e.code, "invalid",
             "same plan, no settings: nothing to change"
         );
+    }
+
+    /// Ids that are prefixes, suffixes and dotted variants of each other, across
+    /// tenants: each contract sees exactly its own changes, and a change of one never
+    /// touches another.
+    #[test]
+    fn ids_that_extend_each_other_stay_apart() {
+        let (_d, o) = ops();
+        setup(&o);
+        o.create_tenant(Tenant {
+            id: "globex".parse().unwrap(),
+            name: "Globex".into(),
+            reseller: None,
+        })
+        .unwrap();
+        let ids = [
+            "k", "k.globex", "k.1", "k.1.1", "k.10", "kk", "k-1", "1", "1.k",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            let tenant = if i % 2 == 0 { "acme" } else { "globex" };
+            let n: NewContract = serde_json::from_value(serde_json::json!({
+                "id": id, "tenant": tenant, "printers": [format!("p{i}")], "plan": "flat",
+                "time_zone": "UTC", "currency": "EUR", "settings": {"sysLocation": *id}
+            }))
+            .unwrap();
+            o.create_contract(n).unwrap();
+        }
+        let mut s = BTreeMap::new();
+        s.insert("sysName".to_string(), SettingValue::Text("only k".into()));
+        let c2 = o
+            .change_contract(
+                "k",
+                ChangeRequest {
+                    plan: None,
+                    settings: s,
+                    effective_at: None,
+                },
+            )
+            .unwrap();
+        assert_eq!((c2.id.as_str(), c2.contract.as_str()), ("k.2", "k"));
+        for id in ids {
+            let st = o.contract_status(id).unwrap();
+            assert!(
+                st.changes
+                    .iter()
+                    .all(|c| c.id.rsplit_once('.').unwrap().0 == id),
+                "{id}: {:?}",
+                st.changes.iter().map(|c| &c.id).collect::<Vec<_>>()
+            );
+            assert_eq!(st.changes.len(), if id == "k" { 2 } else { 1 }, "{id}");
+            assert_eq!(st.settings["sysLocation"], SettingValue::Text(id.into()));
+            for e in o.timeline(id).unwrap() {
+                assert_eq!(e.change_id.rsplit_once('.').unwrap().0, id, "{id}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_printer_takes_one_contract_and_dates_are_bounded() {
+        let (_d, o) = ops();
+        setup(&o);
+        o.create_contract(new_contract("c1")).unwrap();
+        let e = o.create_contract(new_contract("c2")).unwrap_err();
+        assert_eq!((e.status, e.code), (409, "printer_under_contract"), "{e}");
+        assert!(e.message.contains("p1") && e.message.contains("c1"), "{e}");
+        // Nothing of c2 was stored.
+        assert_eq!(o.contract("c2").unwrap_err().status, 404);
+        // Effective times: a day back at most by default, three years ahead.
+        let now = Utc::now();
+        for (days, ok) in [
+            (0, true),
+            (-1, false),
+            (-2, false),
+            (-36500, false),
+            (365, true),
+            (1200, false),
+        ] {
+            let at = now
+                + chrono::Duration::days(days)
+                + chrono::Duration::minutes(if days < 0 { 0 } else { 1 });
+            let n = NewContract {
+                effective_at: Some(at),
+                printers: vec![format!("q{}", days.abs()).parse().unwrap()],
+                ..new_contract(&format!("d{}", days.abs()))
+            };
+            match o.create_contract(n) {
+                Ok(_) => assert!(ok, "{days} days accepted"),
+                Err(e) => {
+                    assert!(!ok, "{days} days refused: {e}");
+                    assert_eq!((e.status, e.code), (422, "effective_at_out_of_range"));
+                }
+            }
+        }
+        let e = o
+            .change_contract(
+                "c1",
+                ChangeRequest {
+                    plan: None,
+                    settings: [("sysName".to_string(), SettingValue::Text("x".into()))].into(),
+                    effective_at: Some(now - chrono::Duration::days(3)),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(e.code, "effective_at_out_of_range");
+        // A longer window is the operator's choice.
+        let o = o.with_policy(Policy {
+            max_backdate: chrono::Duration::days(7),
+        });
+        o.change_contract(
+            "c1",
+            ChangeRequest {
+                plan: None,
+                settings: [("sysName".to_string(), SettingValue::Text("x".into()))].into(),
+                effective_at: Some(now - chrono::Duration::days(3)),
+            },
+        )
+        .unwrap();
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub struct ServerConfig {
     /// API bearer tokens ([`crate::auth`]). None: an open API, refused unless
     /// `api_listen` is a loopback address.
     pub tokens_file: Option<PathBuf>,
+    /// Timeouts and connection caps of the HTTP API.
+    pub api_limits: crate::api_server::ApiLimits,
+    /// What requests may ask for (how far back a contract may take effect).
+    pub policy: crate::ops::Policy,
+    /// Per-printer rate limits on reports and telemetry.
+    pub ingest_limits: crate::limits::IngestLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +88,11 @@ impl Server {
             cfg.broker_auth.clone(),
             cfg.registry.clone(),
         )?
-        .with_signer(cfg.signer.clone());
+        .with_signer(cfg.signer.clone())
+        .with_limits(cfg.ingest_limits);
         let store = ContractStore::open(cloud.db())?;
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
-        let mut ops = Ops::new(store, Some(engine.clone()));
+        let mut ops = Ops::new(store, Some(engine.clone())).with_policy(cfg.policy.clone());
         if let Some(c) = cfg.catalog.clone() {
             ops = ops.with_catalog(c)?;
         }
@@ -114,13 +121,12 @@ impl Server {
                 async move { text }
             }),
         );
-        let api_task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = api_stop_rx.await;
-                })
-                .await;
-        });
+        let api_task = tokio::spawn(crate::api_server::serve(
+            listener,
+            app,
+            cfg.api_limits,
+            api_stop_rx,
+        ));
         info!(%api_addr, "platen-cloud API listening");
         Ok(Server {
             cloud,

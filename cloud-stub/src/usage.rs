@@ -168,7 +168,7 @@ pub fn pages_in(samples: &[Sample], period: &Period) -> Option<PrinterUsage> {
                     dropped = None;
                 }
                 Some((_, since, _)) => {
-                    *since += new - old;
+                    *since = since.saturating_add(new - old);
                     pages = pages.saturating_add(new - old);
                 }
                 None => pages = pages.saturating_add(new - old),

@@ -426,6 +426,9 @@ async fn start_contract_cloud(
             platen_cloud::catalog::Catalog::parse(CATALOG)
                 .map_err(|e| format!("example catalog: {e}"))?,
         ),
+        api_limits: Default::default(),
+        policy: Default::default(),
+        ingest_limits: Default::default(),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -326,7 +326,11 @@ async fn check(
         for c in status["changes"].as_array().unwrap() {
             outcome.changes += 1;
             let change_id = c["id"].as_str().unwrap();
-            let fault = !c["config_fault"].is_null() || !c["service_fault"].is_null();
+            // A customer-side config fault (the agent was down before publication) is
+            // not compensated on this plan.
+            let fault = (!c["config_fault"].is_null()
+                && c["config_fault_cause"]["side"] != "customer")
+                || !c["service_fault"].is_null();
             let t1 = ts(&c["completed_at"]);
             let decision = compensation::decide(&compensation::Input {
                 service: &service,

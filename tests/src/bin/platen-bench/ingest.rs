@@ -9,6 +9,7 @@
 
 use crate::table::{Bound, Results};
 use chrono::Utc;
+use platen_cloud::limits::{IngestLimits, Rate};
 use platen_cloud::Cloud;
 use platen_e2e::{system_bin, Mosquitto};
 use platen_protocol::{codec, ApplyReport, Code, ReportStatus, SettingResult, SettingValue, Topic};
@@ -157,7 +158,23 @@ async fn cloud(
         &format!("bench-cloud-{round}"),
         dir.path(),
     )
-    .expect("cloud");
+    .expect("cloud")
+    // The rate limit is checked on every message but never bites: this figure is
+    // the store's.
+    .with_limits(IngestLimits {
+        reports: Some(Rate {
+            burst: u32::MAX,
+            per_minute: u32::MAX,
+        }),
+        telemetry: None,
+    });
+    // Every version the feed reports was published (as the engine records it).
+    c.record_published_many(
+        &"acme".parse().expect("id"),
+        &"p1".parse().expect("id"),
+        1..=n as u64,
+    )
+    .expect("record published versions");
     assert!(c.wait_connected(Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
