@@ -51,18 +51,21 @@ pub struct CloudConfig {
     pub ingest: Ingest,
 }
 
-/// `[ingest]`: per-printer rate limits on what agents send.
+/// `[ingest]`: the per-printer telemetry rate limit.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ingest {
-    #[serde(default = "default_reports_burst")]
-    pub reports_burst: u32,
-    #[serde(default = "default_reports_per_minute")]
-    pub reports_per_minute: u32,
     #[serde(default = "default_telemetry_burst")]
     pub telemetry_burst: u32,
     #[serde(default = "default_telemetry_per_minute")]
     pub telemetry_per_minute: u32,
+    /// Telemetry samples read longer ago are removed (each printer's newest kept).
+    #[serde(default = "default_retention_days")]
+    pub telemetry_retention_days: u64,
+}
+
+fn default_retention_days() -> u64 {
+    crate::server::DEFAULT_TELEMETRY_RETENTION.as_secs() / 86400
 }
 
 fn default_rate(
@@ -72,12 +75,6 @@ fn default_rate(
         burst: 60,
         per_minute: 60,
     })
-}
-fn default_reports_burst() -> u32 {
-    default_rate(|l| l.reports).burst
-}
-fn default_reports_per_minute() -> u32 {
-    default_rate(|l| l.reports).per_minute
 }
 fn default_telemetry_burst() -> u32 {
     default_rate(|l| l.telemetry).burst
@@ -89,10 +86,9 @@ fn default_telemetry_per_minute() -> u32 {
 impl Default for Ingest {
     fn default() -> Self {
         Ingest {
-            reports_burst: default_reports_burst(),
-            reports_per_minute: default_reports_per_minute(),
             telemetry_burst: default_telemetry_burst(),
             telemetry_per_minute: default_telemetry_per_minute(),
+            telemetry_retention_days: default_retention_days(),
         }
     }
 }
@@ -257,10 +253,6 @@ impl Ingest {
     pub fn limits(&self) -> crate::limits::IngestLimits {
         use crate::limits::Rate;
         crate::limits::IngestLimits {
-            reports: Some(Rate {
-                burst: self.reports_burst,
-                per_minute: self.reports_per_minute,
-            }),
             telemetry: Some(Rate {
                 burst: self.telemetry_burst,
                 per_minute: self.telemetry_per_minute,
@@ -339,9 +331,13 @@ impl ConfigFile for CloudConfig {
         if self.api.max_backdate_secs > 366 * 86400 {
             bad("api.max_backdate_secs", "must be at most a year (31622400)");
         }
+        if self.ingest.telemetry_retention_days < 62 {
+            bad(
+                "ingest.telemetry_retention_days",
+                "must be at least 62 (the open and the previous billing period)",
+            );
+        }
         for (f, v) in [
-            ("ingest.reports_burst", self.ingest.reports_burst),
-            ("ingest.reports_per_minute", self.ingest.reports_per_minute),
             ("ingest.telemetry_burst", self.ingest.telemetry_burst),
             (
                 "ingest.telemetry_per_minute",
@@ -388,6 +384,9 @@ impl CloudConfig {
             api_limits: self.api.limits(),
             policy: self.api.policy(),
             ingest_limits: self.ingest.limits(),
+            telemetry_retention: Duration::from_secs(
+                self.ingest.telemetry_retention_days.saturating_mul(86400),
+            ),
         }
     }
 }

@@ -856,6 +856,65 @@ mod tests {
     }
 
     #[test]
+    fn a_report_of_other_values_confirms_nothing() {
+        let t = "2026-01-01T00:00:10Z";
+        let mut r = report(&[("a", Code::Verified)], t, t);
+        r.report.settings[0].desired = SettingValue::Text("another contract's".into());
+        let ReportVerdict::Fails(why) = judge_report(&r, &required(&["a"])) else {
+            panic!()
+        };
+        assert!(why.contains("a: verified"), "{why}");
+    }
+
+    #[test]
+    fn customer_side_faults_count_only_where_the_plan_says_so() {
+        let plan = |compensate: bool| Plan {
+            id: "p".parse().unwrap(),
+            name: "P".into(),
+            service: crate::model::ServiceKind::Basic { monthly_fee: 100 },
+            groups: vec![],
+            features: vec![],
+            config_template: BTreeMap::new(),
+            compensate_customer_side: compensate,
+        };
+        let note = |cause: Cause| FaultNote {
+            at: Utc::now(),
+            reason: "r".into(),
+            cause,
+        };
+        let customer = Cause::Customer {
+            evidence: "agent gw down".into(),
+        };
+        let setup = |config: Option<Cause>, service: bool| SetupState {
+            config_fault: config.map(note),
+            service_fault: service.then(|| note(Cause::Provider)),
+            ..Default::default()
+        };
+        let cases = [
+            // (config fault cause, service fault, plan compensates customer side) → counted, evidence
+            (None, false, false, (false, None)),
+            (Some(Cause::Provider), false, false, (true, None)),
+            (
+                Some(customer.clone()),
+                false,
+                false,
+                (false, Some("agent gw down")),
+            ),
+            (Some(customer.clone()), false, true, (true, None)),
+            (Some(customer.clone()), true, false, (true, None)),
+            (None, true, false, (true, None)),
+        ];
+        for (config, service, compensate, (counted, evidence)) in cases {
+            let got = counted_fault(&setup(config.clone(), service), &plan(compensate));
+            assert_eq!(
+                (got.0, got.1.as_deref()),
+                (counted, evidence),
+                "{config:?} {service} {compensate}"
+            );
+        }
+    }
+
+    #[test]
     fn report_time_is_the_earlier_clock_but_not_before_publication() {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
         let published = t("2026-01-01T00:00:00Z");

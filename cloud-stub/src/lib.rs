@@ -111,6 +111,11 @@ pub enum ReportEvent {
     RateLimited {
         topic: String,
     },
+    /// Refused like [`ReportEvent::Refused`] and counted, but one of a flood of the
+    /// same kind: not logged one by one.
+    RefusedQuietly {
+        topic: String,
+    },
     /// An agent's health message, kept as evidence.
     Health {
         agent: Id,
@@ -131,8 +136,7 @@ pub struct Counters {
     pub refused: AtomicU64,
     /// Refused because they answer a version this cloud never published.
     pub unpublished: AtomicU64,
-    /// Refused by the ingest rate limits, by kind.
-    pub limited_reports: AtomicU64,
+    /// Telemetry refused by the per-printer rate limit.
     pub limited_telemetry: AtomicU64,
 }
 
@@ -154,7 +158,6 @@ impl Counters {
              platen_cloud_reports_unpublished_total {}\n\
              # HELP platen_cloud_messages_rate_limited_total Inbound messages refused by the per-printer rate limits.\n\
              # TYPE platen_cloud_messages_rate_limited_total counter\n\
-             platen_cloud_messages_rate_limited_total{{kind=\"report\"}} {}\n\
              platen_cloud_messages_rate_limited_total{{kind=\"telemetry\"}} {}\n\
              # HELP platen_cloud_api_errors_total API requests answered with an error, by status.\n\
              # TYPE platen_cloud_api_errors_total counter\n",
@@ -162,7 +165,6 @@ impl Counters {
             get(&self.duplicates),
             get(&self.refused),
             get(&self.unpublished),
-            get(&self.limited_reports),
             get(&self.limited_telemetry)
         );
         for (status, n) in api_rejected {
@@ -452,6 +454,9 @@ impl Cloud {
                 Ok(ReportEvent::RateLimited { .. }) => {
                     // Counted by kind; a flood is not logged line by line.
                 }
+                Ok(ReportEvent::RefusedQuietly { .. }) => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(ReportEvent::Health { .. }) => {}
                 Err(e) => {
                     // Not acknowledged: the broker redelivers it.
@@ -506,10 +511,17 @@ impl Cloud {
         }
         let version = report.config_version;
         if !self.was_published(&tenant, &printer, version)? {
-            self.counters.unpublished.fetch_add(1, Ordering::Relaxed);
-            return refused(format!(
+            let n = self.counters.unpublished.fetch_add(1, Ordering::Relaxed) + 1;
+            let reason = format!(
                 "version {version} of {tenant}/{printer} was never published by this cloud"
-            ));
+            );
+            // Counted always, logged at 1, 2, 4, 8… so a flood does not flood the log.
+            if !n.is_power_of_two() {
+                return Ok(ReportEvent::RefusedQuietly {
+                    topic: topic.to_string(),
+                });
+            }
+            return refused(format!("{reason} ({n} such reports so far)"));
         }
         let version_prefix = format!("{}/", published_key(&tenant, &printer, version));
         let own_key = index_key(&tenant, &printer, version, &report.report_id);
@@ -627,24 +639,12 @@ impl Cloud {
         raw: &str,
         now: std::time::Instant,
     ) -> Option<ReportEvent> {
-        let (tenant, printer, rate, counter, kind) = match topic {
-            Ok(Topic::ConfigReport { tenant, printer }) => (
-                tenant,
-                printer,
-                self.limits.reports?,
-                &self.counters.limited_reports,
-                "r",
-            ),
-            Ok(Topic::Telemetry { tenant, printer }) => (
-                tenant,
-                printer,
-                self.limits.telemetry?,
-                &self.counters.limited_telemetry,
-                "t",
-            ),
-            _ => return None,
+        let (Ok(Topic::Telemetry { tenant, printer }), Some(rate)) = (topic, self.limits.telemetry)
+        else {
+            return None;
         };
-        let key = format!("{tenant}/{printer}/{kind}");
+        let counter = &self.counters.limited_telemetry;
+        let key = format!("{tenant}/{printer}");
         let ok = self
             .buckets
             .lock()

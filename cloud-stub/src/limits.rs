@@ -1,6 +1,12 @@
-//! Ingest rate limits: a token bucket per printer and message kind, checked on the
-//! topic alone before a message is decoded, so a flooding gateway costs the cloud a
-//! map lookup per message and is refused (acknowledged and counted) beyond its rate.
+//! Ingest rate limits: a token bucket per printer for telemetry, checked on the topic
+//! alone before a message is decoded, so a flooding gateway costs the cloud a map
+//! lookup per message and is refused (acknowledged and counted) beyond its rate.
+//!
+//! Reports have no such limit: a report is stored only for a version this cloud
+//! published, at most [`crate::MAX_REPORTS_PER_VERSION`] of them, so what a gateway
+//! can make the cloud keep is bounded by what the cloud sent it; everything else is
+//! refused after a decode and one lookup. A genuine report is never dropped for a
+//! rate (that would turn a gateway's flood into a missed deadline the provider pays).
 //!
 //! Pure: the caller passes the time. An agent can publish only on its own printers'
 //! topics (the broker ACL), so the per-printer buckets bound each agent too.
@@ -17,23 +23,17 @@ pub struct Rate {
     pub per_minute: u32,
 }
 
-/// Limits per printer; `None`: unlimited (the benchmark's broker-ceiling run).
+/// Limits per printer; `None`: unlimited.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IngestLimits {
-    pub reports: Option<Rate>,
     pub telemetry: Option<Rate>,
 }
 
 impl Default for IngestLimits {
-    /// Reports: a burst of 60, then one a second (one per config version is normal).
     /// Telemetry: a burst of 240 (four hours of a default-interval backlog after an
     /// outage), then two a second.
     fn default() -> Self {
         IngestLimits {
-            reports: Some(Rate {
-                burst: 60,
-                per_minute: 60,
-            }),
             telemetry: Some(Rate {
                 burst: 240,
                 per_minute: 120,
@@ -43,10 +43,7 @@ impl Default for IngestLimits {
 }
 
 impl IngestLimits {
-    pub const UNLIMITED: IngestLimits = IngestLimits {
-        reports: None,
-        telemetry: None,
-    };
+    pub const UNLIMITED: IngestLimits = IngestLimits { telemetry: None };
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -115,6 +115,9 @@ enum Command {
         /// Open API connections from one address at most.
         #[arg(long, default_value_t = 256)]
         api_max_connections_per_ip: usize,
+        /// A whole request (body read, answer made) within this, or 408.
+        #[arg(long, default_value_t = 30)]
+        api_request_timeout_secs: u64,
     },
     /// API tokens.
     Token {
@@ -667,6 +670,7 @@ async fn serve(
         api_limits: extras.api.limits(),
         policy: extras.api.policy(),
         ingest_limits: Default::default(),
+        telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
     };
     run_server(cfg).await
 }
@@ -899,6 +903,7 @@ async fn main() -> ExitCode {
             max_backdate_secs,
             api_header_timeout_secs,
             api_max_connections_per_ip,
+            api_request_timeout_secs,
         } => {
             let registry = match agents.as_deref().map(load_registry).transpose() {
                 Ok(r) => r,
@@ -933,6 +938,7 @@ async fn main() -> ExitCode {
                     max_backdate_secs: *max_backdate_secs,
                     header_timeout_secs: *api_header_timeout_secs,
                     max_connections_per_ip: *api_max_connections_per_ip,
+                    request_timeout_secs: *api_request_timeout_secs,
                     ..Default::default()
                 },
             };

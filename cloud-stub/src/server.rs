@@ -38,9 +38,16 @@ pub struct ServerConfig {
     pub api_limits: crate::api_server::ApiLimits,
     /// What requests may ask for (how far back a contract may take effect).
     pub policy: crate::ops::Policy,
-    /// Per-printer rate limits on reports and telemetry.
+    /// Per-printer rate limit on telemetry.
     pub ingest_limits: crate::limits::IngestLimits,
+    /// Telemetry samples read longer ago than this are removed (each printer's
+    /// newest is kept).
+    pub telemetry_retention: Duration,
 }
+
+/// Telemetry samples are kept 400 days by default: the open and the previous billing
+/// period with room for a year of disputes.
+pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(400 * 86400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -67,6 +74,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     engine: JoinHandle<()>,
     scheduler: JoinHandle<()>,
+    retention: JoinHandle<()>,
     api: (oneshot::Sender<()>, JoinHandle<()>),
 }
 
@@ -98,7 +106,8 @@ impl Server {
         }
         let (stop, stop_rx) = watch::channel(false);
         let engine_task = engine.spawn(stop_rx.clone());
-        let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx);
+        let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx.clone());
+        let retention = spawn_retention(ops.clone(), cfg.telemetry_retention, stop_rx);
         let listener = tokio::net::TcpListener::bind(cfg.api_listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -135,6 +144,7 @@ impl Server {
             stop,
             engine: engine_task,
             scheduler,
+            retention,
             api: (api_stop, api_task),
         })
     }
@@ -148,6 +158,7 @@ impl Server {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.engine).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.scheduler).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.retention).await;
         let _ = self.api.0.send(());
         let abort = self.api.1.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), self.api.1)
@@ -176,6 +187,51 @@ fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) ->
             }
             tokio::select! {
                 _ = tokio::time::sleep(tick.max(Duration::from_millis(100))) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+/// Removes telemetry samples older than `keep` at start and then hourly, in batches
+/// of 10,000 keys off the runtime's threads, so a large history never stalls the API.
+fn spawn_retention(ops: Ops, keep: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let cutoff = chrono::Utc::now()
+                - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let (mut from, mut removed) = (Vec::new(), 0usize);
+            loop {
+                let readings = ops.store().readings.clone();
+                let start = std::mem::take(&mut from);
+                let r = tokio::task::spawn_blocking(move || readings.prune(cutoff, &start, 10_000))
+                    .await;
+                match r {
+                    Ok(Ok((n, next))) => {
+                        removed += n;
+                        match next {
+                            Some(k) => from = k,
+                            None => break,
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "telemetry retention: will retry");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "telemetry retention task failed; will retry");
+                        break;
+                    }
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+            if removed > 0 {
+                info!(removed, %cutoff, "telemetry samples past retention removed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
                 _ = stop.changed() => return,
             }
         }

@@ -315,6 +315,46 @@ impl ReadingStore {
     pub async fn flush(&self) -> Result<(), sled::Error> {
         self.tree.flush_async().await.map(|_| ())
     }
+
+    /// Remove samples read before `cutoff`, scanning at most `max_keys` keys from
+    /// `from` on, but keep each printer's newest sample (a period's usage starts from
+    /// the last sample before it). Returns what was removed and where the next batch
+    /// starts (`None`: the end was reached).
+    pub fn prune(
+        &self,
+        cutoff: DateTime<Utc>,
+        from: &[u8],
+        max_keys: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), sled::Error> {
+        let cut = format!(
+            "{:020}",
+            u64::try_from(cutoff.timestamp_millis()).unwrap_or(0)
+        );
+        let mut iter = self.tree.range(from..).keys().peekable();
+        let (mut removed, mut scanned) = (0, 0);
+        while let Some(k) = iter.next() {
+            let k = k?;
+            scanned += 1;
+            // `{tenant}/{printer}/{ms:020}`: ids cannot hold '/', so the part up to the
+            // last '/' is exactly this printer's prefix.
+            if let Some(slash) = k.iter().rposition(|b| *b == b'/') {
+                let (prefix, ms) = (&k[..=slash], &k[slash + 1..]);
+                let same_printer_next = matches!(iter.peek(), Some(Ok(n)) if n.starts_with(prefix));
+                if ms < cut.as_bytes() && same_printer_next {
+                    self.tree.remove(&k)?;
+                    removed += 1;
+                }
+            }
+            if scanned >= max_keys {
+                let next = match iter.peek() {
+                    Some(Ok(n)) => Some(n.to_vec()),
+                    _ => None,
+                };
+                return Ok((removed, next));
+            }
+        }
+        Ok((removed, None))
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +379,54 @@ mod tests {
 
     fn march() -> Period {
         period::month(chrono_tz::UTC, 2026, 3)
+    }
+
+    #[test]
+    fn pruning_keeps_recent_samples_and_each_printers_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let db = sled::open(d.path()).unwrap();
+        let store = ReadingStore::open(&db).unwrap();
+        let acme: Id = "acme".parse().unwrap();
+        let put = |printer: &str, t: DateTime<Utc>| {
+            let p: Id = printer.parse().unwrap();
+            let smp = s(t, 1);
+            store
+                .tree
+                .insert(
+                    key(&acme, &p, t).as_bytes(),
+                    serde_json::to_vec(&smp).unwrap(),
+                )
+                .unwrap();
+        };
+        // p1: three old, one recent; p10 (a prefix-sharing id): two old; p2: one old.
+        for day in [1, 2, 3] {
+            put("p1", at(day, 0));
+        }
+        put("p1", at(20, 0));
+        put("p10", at(1, 0));
+        put("p10", at(2, 0));
+        put("p2", at(1, 0));
+        let cutoff = at(10, 0);
+        // In batches of two keys.
+        let (mut removed, mut from) = (0, Vec::new());
+        loop {
+            let (n, next) = store.prune(cutoff, &from, 2).unwrap();
+            removed += n;
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        assert_eq!(removed, 4, "p1's three old ones, p10's older one");
+        let left: Vec<String> = store
+            .tree
+            .iter()
+            .keys()
+            .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left.iter().any(|k| k.starts_with("acme/p10/")));
+        assert!(left.iter().any(|k| k.starts_with("acme/p2/")));
     }
 
     #[test]

@@ -429,6 +429,7 @@ async fn start_contract_cloud(
         api_limits: Default::default(),
         policy: Default::default(),
         ingest_limits: Default::default(),
+        telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -433,11 +433,16 @@ pub struct LineProc {
 }
 
 impl LineProc {
-    pub fn spawn(mut cmd: Command, what: &str) -> LineProc {
+    pub fn spawn(cmd: Command, what: &str) -> LineProc {
+        Self::spawn_with_stderr(cmd, what, Stdio::inherit())
+    }
+
+    /// [`LineProc::spawn`] with standard error going to `stderr` (say, a log file).
+    pub fn spawn_with_stderr(mut cmd: Command, what: &str, stderr: Stdio) -> LineProc {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let stdin = child.stdin.take().expect("stdin");
@@ -575,6 +580,8 @@ pub struct CloudProc {
     pub api: String,
     args: Vec<String>,
     proc: Option<LineProc>,
+    /// Where its standard error goes, when the test reads its log.
+    log: Option<PathBuf>,
 }
 
 impl CloudProc {
@@ -624,16 +631,49 @@ impl CloudProc {
             api: format!("http://127.0.0.1:{api_port}"),
             args,
             proc: None,
+            log: None,
         };
         c.launch();
         c
+    }
+
+    /// [`CloudProc::start_with`], its log (standard error) written to `state_dir/cloud.log`.
+    pub fn start_logged(
+        broker_port: u16,
+        state_dir: &Path,
+        provider_url: &str,
+        extra: &[&str],
+    ) -> CloudProc {
+        let mut c = Self::start_with(broker_port, state_dir, provider_url, extra);
+        c.crash();
+        c.log = Some(state_dir.join("cloud.log"));
+        c.launch();
+        c
+    }
+
+    /// What it logged so far ([`CloudProc::start_logged`] only).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     fn launch(&mut self) {
         let mut cmd = Command::new(workspace_bin("platen-cloud"));
         cmd.args(&self.args)
             .env("RUST_LOG", "info,sled=warn,rumqttc=warn");
-        self.proc = Some(LineProc::spawn(cmd, "platen-cloud"));
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .expect("cloud log"),
+            ),
+            None => Stdio::inherit(),
+        };
+        self.proc = Some(LineProc::spawn_with_stderr(cmd, "platen-cloud", stderr));
     }
 
     /// SIGKILL, then start again on the same state and ports.

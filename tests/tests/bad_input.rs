@@ -241,6 +241,9 @@ async fn bad_input_is_refused_counted_answered_and_changes_nothing() {
     let code = |r: &ApplyReport, n: &str| r.settings.iter().find(|s| s.name == n).map(|s| s.code);
     assert_eq!(code(&r10, "sysLocation"), Some(Code::Verified));
     assert_eq!(code(&r10, "noSuchSetting"), Some(Code::NotSupported));
+    // The cloud never published p2's versions 6, 7, 8 and 10 (this test did, on the
+    // broker): their reports are refused there, and counted as unpublished.
+    cloud_refusals += 4;
     // Stale (v9 < v10) and duplicate (v10 again, other content): ignored, no report.
     tap.publish(desired_p2, config(9, "p2", json!({"sysLocation": "Stale"})))
         .await;
@@ -366,6 +369,11 @@ async fn bad_input_is_refused_counted_answered_and_changes_nothing() {
         metric(&m, "platen_cloud_messages_refused_total") - refused_before,
         cloud_refusals,
         "{m}"
+    );
+    assert_eq!(
+        metric(&m, "platen_cloud_reports_unpublished_total"),
+        4,
+        "p2's reports of versions the cloud never published: {m}"
     );
     let api_errors: u64 = m
         .lines()

@@ -99,6 +99,11 @@ async fn metrics_json_logs_notify_env_and_protocol_refusal() {
     )))
     .unwrap()
     .replacen("\"protocol\":\"1.0\"", "\"protocol\":\"2.0\"", 1);
+    // As a newer cloud would publish it: recorded as published, so the cloud takes
+    // its report (a report of a version never published is refused).
+    cloud
+        .record_published(&tenant(), &"p1".parse().unwrap(), 5)
+        .unwrap();
     tap.publish(
         &Topic::desired(&tenant(), &"p1".parse().unwrap()).to_string(),
         newer.into_bytes(),

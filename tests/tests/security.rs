@@ -87,6 +87,27 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     agent.wait_log("connected to broker", Duration::from_secs(15));
     let plain = start_cloud(broker.port, dir.path()).await;
     let cloud = plain.clone().with_signer(Some(k1.clone()));
+    // Reports of configs the cloud never published reach the broker, not the
+    // cloud's store: this tap sees them.
+    let tap = Tap::start(broker.port, "sec-tap", &["platen/v1/+/+/config/report"]).await;
+    let agent_report = |id: String| {
+        let (tap, agent, cloud) = (&tap, &agent, &cloud);
+        async move {
+            let r = tap
+                .wait_for::<platen_protocol::ApplyReport, _>(
+                    Duration::from_secs(20),
+                    &id,
+                    || agent.log(),
+                    |rs| rs.iter().find(|r| r.report_id == id).cloned(),
+                )
+                .await;
+            assert!(
+                cloud.report(&id).is_none(),
+                "the cloud stored {id}, a report of a version it never published"
+            );
+            r
+        }
+    };
 
     // Signed with the first key: applied.
     let v1 = desired("p1", 1, &[("sysLocation", t("signed by k1"))]);
@@ -116,22 +137,15 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     v3.settings
         .insert("sysLocation".into(), t("tampered-value"));
     publish_raw(broker.port, &v3);
-    let r = wait_report(
-        &cloud,
-        "gw-sig:p1:v3:refused401",
-        Duration::from_secs(20),
-        &agent,
-    )
-    .await;
+    let r = agent_report("gw-sig:p1:v3:refused401".into()).await;
     assert!(
-        r.report
-            .refused
+        r.refused
             .as_ref()
             .unwrap()
             .detail
             .contains("does not verify"),
         "{:?}",
-        r.report
+        r
     );
 
     // A forged config with an enormous version, signed by an unknown key: refused,
@@ -144,13 +158,7 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     );
     rogue.sign(&tenant(), &mut forged);
     publish_raw(broker.port, &forged);
-    wait_report(
-        &cloud,
-        "gw-sig:p1:v9000000000000:refused401",
-        Duration::from_secs(20),
-        &agent,
-    )
-    .await;
+    agent_report("gw-sig:p1:v9000000000000:refused401".into()).await;
     assert!(
         location(&sim).contains("signed by k1"),
         "{}",

@@ -9,7 +9,6 @@
 
 use crate::table::{Bound, Results};
 use chrono::Utc;
-use platen_cloud::limits::{IngestLimits, Rate};
 use platen_cloud::Cloud;
 use platen_e2e::{system_bin, Mosquitto};
 use platen_protocol::{codec, ApplyReport, Code, ReportStatus, SettingResult, SettingValue, Topic};
@@ -158,16 +157,7 @@ async fn cloud(
         &format!("bench-cloud-{round}"),
         dir.path(),
     )
-    .expect("cloud")
-    // The rate limit is checked on every message but never bites: this figure is
-    // the store's.
-    .with_limits(IngestLimits {
-        reports: Some(Rate {
-            burst: u32::MAX,
-            per_minute: u32::MAX,
-        }),
-        telemetry: None,
-    });
+    .expect("cloud");
     // Every version the feed reports was published (as the engine records it).
     c.record_published_many(
         &"acme".parse().expect("id"),
