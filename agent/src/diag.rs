@@ -174,7 +174,7 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
                     r.status,
                     r.failed.join(", ")
                 ),
-                format!("see the settings table for printer {id}; codes are explained in protocol/README.md"),
+                format!("see the settings table for printer {id}; codes are explained in the guide: docs/src/protocol.md"),
             ));
         }
     }

@@ -509,7 +509,7 @@ async fn storage_watch(
 }
 
 /// Tell systemd the agent is ready: at the first broker connection, or after
-/// [`READY_GRACE`] without one (degraded start, documented in the README).
+/// [`READY_GRACE`] without one (degraded start, documented in the guide).
 async fn notify_ready(link: MqttLink, printers: usize, mut stop: watch::Receiver<bool>) {
     let deadline = tokio::time::Instant::now() + READY_GRACE;
     loop {

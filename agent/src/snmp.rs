@@ -207,7 +207,7 @@ use async_snmp::{Auth, Client, Oid, Retry, Value};
 /// fewer responses than 128 printers × 2 requests in flight send back at once:
 /// `platen-bench` saw datagrams dropped (`RcvbufErrors` in /proc/net/snmp) and
 /// sweeps waiting a whole timeout for them. The kernel caps this at
-/// `net.core.rmem_max` (README: tuning for large fleets).
+/// `net.core.rmem_max` (the guide: tuning for large fleets).
 pub const RECV_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// One UDP socket shared by every printer of an agent.

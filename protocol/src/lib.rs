@@ -14,7 +14,7 @@
 //! - [`codec`]: strict decoding with a size limit; unknown fields are errors; every
 //!   message carries `"protocol": "1.0"` and a newer major version is refused.
 //!
-//! The codes are documented in `protocol/README.md`; golden examples live in
+//! The codes are documented in the guide's protocol page (`docs/src/protocol.md`); golden examples live in
 //! `protocol/golden/` and are round-tripped by the tests.
 
 pub mod codec;

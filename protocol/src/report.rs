@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
-/// Per-setting reason code (HTTP-like, documented in `protocol/README.md`).
+/// Per-setting reason code (HTTP-like, documented in `docs/src/protocol.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Code {
     /// 200: the value was read back from the printer and equals the desired value.

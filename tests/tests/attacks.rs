@@ -1,7 +1,7 @@
 //! Hostile input against real processes (Mosquitto, the agent binary, the simulator,
 //! `platen-provider`, `platen-cloud serve`): each test reproduces one attack and
 //! asserts that it can neither move money, cross tenants nor starve the cloud.
-//! The README's Security section lists them with their outcomes.
+//! The guide's Security page lists them with their outcomes.
 
 use platen_e2e::*;
 use platen_protocol::{codec, ApplyReport, Code, ReportStatus, SettingResult, Signer};

@@ -18,7 +18,7 @@
 //! kill lands inside applies; p2 refuses sysLocation until the end, so its changes
 //! are config faults that are compensated), `platen-provider`, `platen-cloud serve`
 //! and the agent binary. Each run makes `PLATEN_CRASH_KILLS` kills (default 20, the
-//! long run in the README uses 200); `PLATEN_CRASH_SEED` replays a run's timing.
+//! long run in the guide uses 200); `PLATEN_CRASH_SEED` replays a run's timing.
 
 use chrono::{DateTime, Utc};
 use platen_cloud::compensation::{self, Decision};

@@ -1,6 +1,6 @@
 //! The Debian packages, built with `scripts/package` (cargo-deb), checked file by
 //! file, and — when the tests run as root — installed on this machine and taken
-//! through the README's "Install on a gateway" steps: config check on the installed
+//! through the guide's "Installing on a gateway" steps: config check on the installed
 //! config, an edited config kept across a reinstall, `systemd-analyze verify` and
 //! `security` on the installed units, and the installed agent run as the `platen`
 //! user the way the unit runs it (environment from agent.env only), connecting to a real Mosquitto and printer

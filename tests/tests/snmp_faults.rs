@@ -1,7 +1,7 @@
 //! SNMP fault matrix (#6): the agent binary manages two simulated printers; one sits
 //! behind a [`FaultProxy`] (or has a fault knob turned in the simulator), the other is
 //! healthy. For each fault a new config version goes to both: the faulty printer's
-//! report carries the documented code for each setting (protocol/README.md), the
+//! report carries the documented code for each setting (docs/src/protocol.md), the
 //! number of requests stays bounded, the healthy printer is applied as usual, and
 //! the agent keeps running. At the end the faulty printer is healthy again and its
 //! next version applies.

@@ -1,4 +1,4 @@
-//! `platen-bench`: every performance figure of the README, side by side in one run.
+//! `platen-bench`: every performance figure of the guide (docs/src/performance.md), side by side in one run.
 //!
 //! Each section measures Platen beside the limit it is judged against, in the same
 //! run on the same machine, and states the goal as a ratio of the two (absolute
@@ -12,7 +12,7 @@
 //! 5. [`footprint`]: agent RSS with 10 and 1,000 printers, stripped binary sizes,
 //!    sled state after 100k reports.
 //!
-//! Prints a Markdown table (the README's) and writes the same figures as JSON.
+//! Prints a Markdown table (the guide's) and writes the same figures as JSON.
 //! Run it through `scripts/bench`, which builds the release binaries first.
 
 mod apply;

@@ -90,7 +90,7 @@ impl Results {
         self.notes.push(text.into());
     }
 
-    /// The figures and goals as Markdown tables (pasteable into the README).
+    /// The figures and goals as Markdown tables (pasteable into the guide's performance page).
     pub fn render(&self) -> String {
         let mut s = String::new();
         s.push_str("| section | figure | value |\n|---|---|---:|\n");
