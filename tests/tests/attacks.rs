@@ -92,6 +92,55 @@ async fn wait_change(
     }
 }
 
+/// A broker, the provider and `platen-cloud serve` (with `cloud_args`) on free ports;
+/// [`World::with_agent`] adds a simulated printer p1 and an agent for it.
+struct World {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    _provider: ProviderProc,
+    cloud: CloudProc,
+    sim: Option<Sim>,
+    agent: Option<AgentProc>,
+}
+
+impl World {
+    fn start(cloud_args: &[&str]) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::start(false);
+        let provider = ProviderProc::start();
+        let cloud = CloudProc::start_with(
+            broker.port,
+            &dir.path().join("cloud"),
+            &provider.url,
+            cloud_args,
+        );
+        World {
+            dir,
+            broker,
+            _provider: provider,
+            cloud,
+            sim: None,
+            agent: None,
+        }
+    }
+
+    fn with_agent(mut self) -> World {
+        let sim = Sim::start(&["p1"]);
+        self.agent = Some(AgentProc::one_printer(
+            self.dir.path(),
+            self.broker.port,
+            sim.addr("p1"),
+        ));
+        self.sim = Some(sim);
+        self
+    }
+
+    fn location(&self) -> String {
+        let sim = self.sim.as_ref().expect("a world with an agent");
+        snmpget("private", &sim.addr("p1").to_string(), SYS_LOCATION).unwrap()
+    }
+}
+
 fn settled(c: &Value) -> bool {
     c["state"] == "settled"
 }
@@ -243,13 +292,8 @@ async fn reports_of_versions_never_published_neither_poison_nor_pay() {
 /// contract, and a change of `k` carries `k`'s settings to `k`'s printer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_ids_that_extend_each_other_neither_leak_nor_cross() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(false);
-    let sim = Sim::start(&["p1"]);
-    let provider = ProviderProc::start();
-    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
-    let _agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
-    let api = &cloud.api;
+    let w = World::start(&[]).with_agent();
+    let api = &w.cloud.api;
     setup(api, json!({})).await;
     assert_eq!(contract(api, "k", "acme", "p1", "Acme hall").await, 201);
     assert_eq!(
@@ -303,7 +347,7 @@ async fn contract_ids_that_extend_each_other_neither_leak_nor_cross() {
     .await;
     assert_eq!(s, 404);
     // k's printer holds k's settings, never globex's.
-    let got = snmpget("private", &sim.addr("p1").to_string(), SYS_LOCATION).unwrap();
+    let got = w.location();
     assert!(got.contains("\"Acme hall\""), "{got}");
     let globex = get(api, "/v1/contracts/k.globex").await;
     assert_eq!(globex["changes"].as_array().unwrap().len(), 1, "{globex:#}");
@@ -369,22 +413,15 @@ fn connect_from(local: &str, to: SocketAddr) -> Option<TcpStream> {
 async fn silent_and_half_sent_connections_do_not_starve_the_api() {
     let nofile = raise_nofile();
     assert!(nofile >= 2500, "open-file limit {nofile}");
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(false);
-    let provider = ProviderProc::start();
-    let cloud = CloudProc::start_with(
-        broker.port,
-        &dir.path().join("cloud"),
-        &provider.url,
-        &[
-            "--api-header-timeout-secs",
-            "2",
-            "--api-request-timeout-secs",
-            "2",
-            "--api-max-connections-per-ip",
-            "64",
-        ],
-    );
+    let w = World::start(&[
+        "--api-header-timeout-secs",
+        "2",
+        "--api-request-timeout-secs",
+        "2",
+        "--api-max-connections-per-ip",
+        "64",
+    ]);
+    let cloud = &w.cloud;
     let api: SocketAddr = cloud.api.trim_start_matches("http://").parse().unwrap();
     let held: Vec<TcpStream> = tokio::task::spawn_blocking(move || {
         let mut v = Vec::new();
@@ -448,11 +485,8 @@ async fn silent_and_half_sent_connections_do_not_starve_the_api() {
 /// nothing stored); a printer already under contract cannot join another (409).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backdated_contracts_and_shared_printers_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(false);
-    let provider = ProviderProc::start();
-    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
-    let api = &cloud.api;
+    let w = World::start(&[]);
+    let api = &w.cloud.api;
     setup(api, json!({})).await;
     for at in [
         "2000-01-01T00:00:00Z",
@@ -504,13 +538,9 @@ async fn backdated_contracts_and_shared_printers_are_refused() {
 /// plan (default) does not compensate it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_stopped_by_its_customer_earns_no_compensation() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(false);
-    let sim = Sim::start(&["p1"]);
-    let provider = ProviderProc::start();
-    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
-    let mut agent = AgentProc::one_printer(dir.path(), broker.port, sim.addr("p1"));
-    let api = &cloud.api;
+    let mut w = World::start(&[]).with_agent();
+    let api = &w.cloud.api.clone();
+    let agent = w.agent.as_mut().unwrap();
     setup(api, json!({})).await;
     assert_eq!(contract(api, "c1", "acme", "p1", "A").await, 201);
     wait_change(api, "c1", 0, "settled", settled).await;
@@ -611,12 +641,9 @@ async fn control_characters_never_forge_a_log_line() {
 /// a deleted file refuses every token; health says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_or_missing_tokens_file_never_keeps_a_revoked_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(false);
-    let provider = ProviderProc::start();
-    let state = dir.path().join("cloud");
-    let cloud = CloudProc::start(broker.port, &state, &provider.url);
-    let api = &cloud.api;
+    let w = World::start(&[]);
+    let state = w.dir.path().join("cloud");
+    let api = &w.cloud.api;
     let tokens = state.join("tokens.toml");
     let plans = format!("{api}/v1/plans");
     let as_ = |actor: &'static str| {
