@@ -13,7 +13,13 @@
 //! * `readings`: see [`crate::usage::ReadingStore`];
 //! * `contract_changes`: `{contract}/{seq:010}` → change id (the changes of one
 //!   contract, found by an exact prefix: ids cannot contain `/`);
-//! * `printer_contracts`: `{tenant}/{printer}` → the contract that covers the printer.
+//! * `printer_contracts`: `{tenant}/{printer}` → the contract that covers the printer;
+//! * `due`: `{due ms:020}/{change id}` → nothing: every open change under the time the
+//!   engine next needs to look at it (`due_of`: change id → its `due` key). Written in
+//!   the same transaction as the change; a settled change leaves it, so the engine's
+//!   cost follows the open changes, never the history;
+//! * `ledger_by_contract`, `ledger_by_tenant`: `{contract or tenant}/{ledger key}` →
+//!   nothing, written with the entry: a contract's or tenant's ledger is read by key.
 //!
 //! Keys are unambiguous: every key joins ids with `/`, which ids cannot contain, and
 //! every prefix scan ends its prefix with that separator (a contract `k` never finds
@@ -60,9 +66,47 @@ pub struct PrinterSetup {
     /// When the latest version was judged failed (a re-publish follows later).
     pub failed_at: Option<DateTime<Utc>>,
     pub deadline_noted: bool,
+    /// Publications in a row that got no report by their deadline: each re-publish
+    /// waits twice as long, and after [`MAX_UNANSWERED`] the engine waits for a sign
+    /// of life from the agent instead.
+    #[serde(default)]
+    pub unanswered: u32,
+    /// Versions published but no longer listed in `published` (it keeps the first
+    /// and the last [`KEPT_VERSIONS`]).
+    #[serde(default)]
+    pub versions_dropped: u32,
 }
 
+/// Unanswered publications after which the engine stops re-publishing and waits for
+/// the agent's next sign of life (health up, or telemetry of the printer).
+pub const MAX_UNANSWERED: u32 = 5;
+
+/// Versions a change keeps listed per printer beyond the first.
+pub const KEPT_VERSIONS: usize = 8;
+
+/// Longest wait between two publications of an unanswered change.
+pub const MAX_REPUBLISH_WAIT: chrono::Duration = chrono::Duration::hours(1);
+
 impl PrinterSetup {
+    /// How long after a failure to publish again: `base` doubled for every unanswered
+    /// publication, at most [`MAX_REPUBLISH_WAIT`].
+    pub fn republish_wait(&self, base: chrono::Duration) -> chrono::Duration {
+        let factor = 1i32 << self.unanswered.saturating_sub(1).min(12);
+        (base * factor).min(MAX_REPUBLISH_WAIT.max(base))
+    }
+
+    /// Record a publication, keeping the first version and the last [`KEPT_VERSIONS`].
+    pub fn add_published(&mut self, version: u64, at: DateTime<Utc>) {
+        self.published.insert(version, at);
+        while self.published.len() > KEPT_VERSIONS + 1 {
+            let second = self.published.keys().nth(1).copied();
+            if let Some(v) = second {
+                self.published.remove(&v);
+                self.versions_dropped = self.versions_dropped.saturating_add(1);
+            }
+        }
+    }
+
     pub fn latest(&self) -> Option<(u64, DateTime<Utc>)> {
         self.published.iter().next_back().map(|(v, t)| (*v, *t))
     }
@@ -206,6 +250,17 @@ pub struct TimelineEntry {
     pub change_id: String,
     #[serde(flatten)]
     pub event: Event,
+    /// The same event noted again right after this one (a fault each re-publish, a
+    /// provider call each retry): counted here instead of a new entry each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<Repeated>,
+}
+
+/// How often an entry's event was noted again in a row, and when last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeated {
+    pub times: u64,
+    pub last_at: DateTime<Utc>,
 }
 
 /// One compensation: at most one per (change, period), never rewritten.
@@ -246,7 +301,43 @@ pub struct ContractStore {
     contract_changes: sled::Tree,
     /// `{tenant}/{printer}` → contract id.
     printer_contracts: sled::Tree,
+    /// `{due ms:020}/{change id}` → nothing.
+    due: sled::Tree,
+    /// change id → its key in `due`.
+    due_of: sled::Tree,
+    ledger_by_contract: sled::Tree,
+    ledger_by_tenant: sled::Tree,
     pub readings: ReadingStore,
+}
+
+fn due_key(at: DateTime<Utc>, change_id: &str) -> String {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    format!("{ms:020}/{change_id}")
+}
+
+type TxResult<T> = Result<T, sled::transaction::ConflictableTransactionError<()>>;
+
+/// Put `change_id` in the due index at `at` (`None`: take it out), in a transaction.
+fn set_due(
+    due: &sled::transaction::TransactionalTree,
+    due_of: &sled::transaction::TransactionalTree,
+    change_id: &str,
+    at: Option<DateTime<Utc>>,
+) -> TxResult<()> {
+    if let Some(old) = due_of.get(change_id.as_bytes())? {
+        due.remove(old)?;
+    }
+    match at {
+        Some(at) => {
+            let key = due_key(at, change_id);
+            due.insert(key.as_bytes(), &[] as &[u8])?;
+            due_of.insert(change_id.as_bytes(), key.as_bytes())?;
+        }
+        None => {
+            due_of.remove(change_id.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 fn contract_change_key(contract: &Id, seq: u32) -> String {
@@ -255,6 +346,13 @@ fn contract_change_key(contract: &Id, seq: u32) -> String {
 
 fn printer_key(tenant: &Id, printer: &Id) -> String {
     format!("{tenant}/{printer}")
+}
+
+/// Whose ledger to read.
+#[derive(Clone, Copy, Debug)]
+pub enum LedgerOwner<'a> {
+    Contract(&'a Id),
+    Tenant(&'a Id),
 }
 
 /// Result of [`ContractStore::create_contract`].
@@ -333,9 +431,14 @@ impl ContractStore {
             scheduled: db.open_tree("scheduled")?,
             contract_changes: db.open_tree("contract_changes")?,
             printer_contracts: db.open_tree("printer_contracts")?,
+            due: db.open_tree("due")?,
+            due_of: db.open_tree("due_of")?,
+            ledger_by_contract: db.open_tree("ledger_by_contract")?,
+            ledger_by_tenant: db.open_tree("ledger_by_tenant")?,
             readings: ReadingStore::open(db)?,
         }
-        .with_indexes(db)
+        .with_indexes(db)?
+        .with_due_index(db)
     }
 
     /// Build the `contract_changes` and `printer_contracts` indexes once, from the
@@ -368,6 +471,37 @@ impl ContractStore {
             }
         }
         meta.insert("indexes_v2", b"1".as_slice())?;
+        db.flush()?;
+        Ok(self)
+    }
+
+    /// The due index (every open change due now) and the ledger indexes, once, for a
+    /// directory written before they existed.
+    fn with_due_index(self, db: &sled::Db) -> Result<ContractStore, StoreError> {
+        let meta = db.open_tree("meta")?;
+        if meta.get("indexes_v3")?.is_some() {
+            return Ok(self);
+        }
+        let now = Utc::now();
+        for kv in self.changes.iter() {
+            let (k, v) = kv?;
+            let rec: ChangeRecord = decode(&k, &v)?;
+            if !rec.setup.settled && self.due_of.get(rec.change.id.as_bytes())?.is_none() {
+                let key = due_key(now, &rec.change.id);
+                self.due.insert(key.as_bytes(), &[] as &[u8])?;
+                self.due_of
+                    .insert(rec.change.id.as_bytes(), key.as_bytes())?;
+            }
+        }
+        for kv in self.ledger.iter() {
+            let (k, v) = kv?;
+            let e: LedgerEntry = decode(&k, &v)?;
+            self.ledger_by_contract
+                .insert(format!("{}/{}", e.contract, e.key).as_bytes(), &[] as &[u8])?;
+            self.ledger_by_tenant
+                .insert(format!("{}/{}", e.tenant, e.key).as_bytes(), &[] as &[u8])?;
+        }
+        meta.insert("indexes_v3", b"1".as_slice())?;
         db.flush()?;
         Ok(self)
     }
@@ -509,36 +643,42 @@ impl ContractStore {
             change: c.clone(),
             setup: SetupState::default(),
         });
+        let now = Utc::now();
         let r = (
             &self.migrations,
             &self.scheduled,
             &self.changes,
             &self.contract_changes,
+            &self.due,
+            &self.due_of,
         )
-            .transaction(|(migrations, scheduled, changes, by_contract)| {
-                let Some(raw) = migrations.get(id.as_bytes())? else {
-                    return Ok(false);
-                };
-                let mut m: Migration = serde_json::from_slice(&raw)
-                    .map_err(|_| ConflictableTransactionError::Abort(()))?;
-                if m.state != MigrationState::Scheduled {
-                    return Ok(false);
-                }
-                if let Some(rec) = &rec {
-                    if changes.get(rec.change.id.as_bytes())?.is_some() {
+            .transaction(
+                |(migrations, scheduled, changes, by_contract, due, due_of)| {
+                    let Some(raw) = migrations.get(id.as_bytes())? else {
+                        return Ok(false);
+                    };
+                    let mut m: Migration = serde_json::from_slice(&raw)
+                        .map_err(|_| ConflictableTransactionError::Abort(()))?;
+                    if m.state != MigrationState::Scheduled {
                         return Ok(false);
                     }
-                    changes.insert(rec.change.id.as_bytes(), encode(rec))?;
-                    by_contract.insert(
-                        contract_change_key(&rec.change.contract, rec.change.seq).as_bytes(),
-                        rec.change.id.as_bytes(),
-                    )?;
-                }
-                m.state = state.clone();
-                migrations.insert(id.as_bytes(), encode(&m))?;
-                scheduled.remove(id.as_bytes())?;
-                Ok(true)
-            });
+                    if let Some(rec) = &rec {
+                        if changes.get(rec.change.id.as_bytes())?.is_some() {
+                            return Ok(false);
+                        }
+                        changes.insert(rec.change.id.as_bytes(), encode(rec))?;
+                        by_contract.insert(
+                            contract_change_key(&rec.change.contract, rec.change.seq).as_bytes(),
+                            rec.change.id.as_bytes(),
+                        )?;
+                        set_due(due, due_of, &rec.change.id, Some(now))?;
+                    }
+                    m.state = state.clone();
+                    migrations.insert(id.as_bytes(), encode(&m))?;
+                    scheduled.remove(id.as_bytes())?;
+                    Ok(true)
+                },
+            );
         let done = r.map_err(|e| tx_error(e, id))?;
         self.db.flush()?;
         Ok(done)
@@ -566,13 +706,16 @@ impl ContractStore {
             change: start.clone(),
             setup: SetupState::default(),
         };
+        let now = Utc::now();
         let r = (
             &self.contracts,
             &self.changes,
             &self.contract_changes,
             &self.printer_contracts,
+            &self.due,
+            &self.due_of,
         )
-            .transaction(|(contracts, changes, by_contract, printers)| {
+            .transaction(|(contracts, changes, by_contract, printers, due, due_of)| {
                 if contracts.get(c.id.as_str())?.is_some() {
                     return Ok(Created::Exists);
                 }
@@ -597,6 +740,7 @@ impl ContractStore {
                     contract_change_key(&start.contract, start.seq).as_bytes(),
                     start.id.as_bytes(),
                 )?;
+                set_due(due, due_of, &start.id, Some(now))?;
                 Ok::<_, E<()>>(Created::New)
             });
         let r = r.map_err(|e| tx_error(e, c.id.as_str()))?;
@@ -612,8 +756,14 @@ impl ContractStore {
             change: change.clone(),
             setup: SetupState::default(),
         };
-        let r = (&self.changes, &self.contract_changes)
-            .transaction(|(changes, by_contract)| {
+        let now = Utc::now();
+        let r = (
+            &self.changes,
+            &self.contract_changes,
+            &self.due,
+            &self.due_of,
+        )
+            .transaction(|(changes, by_contract, due, due_of)| {
                 if changes.get(change.id.as_bytes())?.is_some() {
                     return Ok(Inserted::Exists);
                 }
@@ -622,6 +772,7 @@ impl ContractStore {
                     contract_change_key(&change.contract, change.seq).as_bytes(),
                     change.id.as_bytes(),
                 )?;
+                set_due(due, due_of, &change.id, Some(now))?;
                 Ok::<_, E<()>>(Inserted::New)
             })
             .map_err(|e| tx_error(e, &change.id))?;
@@ -629,10 +780,76 @@ impl ContractStore {
         Ok(r)
     }
 
-    pub fn save_change(&self, rec: &ChangeRecord) -> Result<(), StoreError> {
-        self.changes.insert(rec.change.id.as_bytes(), encode(rec))?;
-        self.changes.flush()?;
+    /// Save a change's state and when the engine next needs it (`None`, or settled:
+    /// out of the due index), in one transaction.
+    pub fn save_change(
+        &self,
+        rec: &ChangeRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let due_at = if rec.setup.settled { None } else { due_at };
+        let value = encode(rec);
+        let id = rec.change.id.as_str();
+        (&self.changes, &self.due, &self.due_of)
+            .transaction(|(changes, due, due_of)| {
+                changes.insert(id.as_bytes(), value.as_slice())?;
+                set_due(due, due_of, id, due_at)
+            })
+            .map_err(|e| tx_error(e, id))?;
+        self.db.flush()?;
         Ok(())
+    }
+
+    /// Open changes due at or before `now`, soonest first, at most `limit`.
+    pub fn due_changes(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, StoreError> {
+        let end = format!(
+            "{:020}0",
+            u64::try_from(now.timestamp_millis()).unwrap_or(0)
+        );
+        let mut out = Vec::new();
+        for kv in self.due.range(..end.as_bytes()).keys().take(limit) {
+            let k = kv?;
+            let Some(id) = k.get(21..) else { continue };
+            let id = String::from_utf8_lossy(id).into_owned();
+            if let Some(rec) = Self::get::<ChangeRecord>(&self.changes, &id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When `change_id` is next due, if it is open.
+    pub fn due_at(&self, change_id: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.due_of.get(change_id.as_bytes())?.and_then(|k| {
+            std::str::from_utf8(&k[..20.min(k.len())])
+                .ok()?
+                .parse()
+                .ok()
+        }))
+    }
+
+    /// Make an open change due now (a report for it arrived).
+    pub fn wake_change(&self, change_id: &str) -> Result<(), StoreError> {
+        use sled::Transactional;
+        (&self.due, &self.due_of)
+            .transaction(|(due, due_of)| {
+                if due_of.get(change_id.as_bytes())?.is_some() {
+                    set_due(due, due_of, change_id, Some(Utc::now()))?;
+                }
+                Ok(())
+            })
+            .map_err(|e| tx_error(e, change_id))?;
+        Ok(())
+    }
+
+    /// How many changes are open (in the due index).
+    pub fn open_count(&self) -> usize {
+        self.due_of.len()
     }
 
     pub fn change(&self, id: &str) -> Result<Option<ChangeRecord>, StoreError> {
@@ -669,11 +886,16 @@ impl ContractStore {
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Every open change (through the due index; settled ones are not read).
     pub fn open_changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
-        Ok(Self::all::<ChangeRecord>(&self.changes)?
-            .into_iter()
-            .filter(|r| !r.setup.settled)
-            .collect())
+        let mut out = Vec::new();
+        for kv in self.due_of.iter().keys() {
+            let id = String::from_utf8_lossy(&kv?).into_owned();
+            if let Some(rec) = Self::get::<ChangeRecord>(&self.changes, &id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 
     /// Next config version for a printer: max(last + 1, now in Unix milliseconds).
@@ -705,13 +927,38 @@ impl ContractStore {
         change_id: &str,
         event: Event,
     ) -> Result<Option<TimelineEntry>, StoreError> {
-        let seq = self.db.generate_id()?;
         let once = event.once_key().map(|k| format!("{change_id}/{k}"));
+        if once.is_none() {
+            // A recurring event identical to the change's last entry is counted on
+            // that entry: a change nobody answers does not grow its timeline.
+            let prefix = format!("{change_id}/");
+            if let Some((k, v)) = self
+                .timeline
+                .scan_prefix(prefix.as_bytes())
+                .next_back()
+                .transpose()?
+            {
+                let mut last: TimelineEntry = decode(&k, &v)?;
+                if last.event == event {
+                    let now = Utc::now();
+                    let times = last.repeated.as_ref().map_or(1, |r| r.times + 1);
+                    last.repeated = Some(Repeated {
+                        times,
+                        last_at: now,
+                    });
+                    self.timeline.insert(k, encode(&last))?;
+                    self.timeline.flush()?;
+                    return Ok(None);
+                }
+            }
+        }
+        let seq = self.db.generate_id()?;
         let entry = TimelineEntry {
             seq,
             at: Utc::now(),
             change_id: change_id.to_string(),
             event,
+            repeated: None,
         };
         let key = format!("{change_id}/{seq:020}");
         let value = encode(&entry);
@@ -744,8 +991,50 @@ impl ContractStore {
             .collect()
     }
 
+    /// Insert a ledger entry if its key is new, with its contract and tenant index
+    /// entries, in one transaction.
     pub fn add_ledger(&self, e: &LedgerEntry) -> Result<Inserted, StoreError> {
-        Self::insert_new(&self.ledger, &e.key, e)
+        use sled::Transactional;
+        let value = encode(e);
+        let (by_c, by_t) = (
+            format!("{}/{}", e.contract, e.key),
+            format!("{}/{}", e.tenant, e.key),
+        );
+        let r = (
+            &self.ledger,
+            &self.ledger_by_contract,
+            &self.ledger_by_tenant,
+        )
+            .transaction(|(ledger, by_contract, by_tenant)| {
+                if ledger.get(e.key.as_bytes())?.is_some() {
+                    return Ok(Inserted::Exists);
+                }
+                ledger.insert(e.key.as_bytes(), value.as_slice())?;
+                by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
+                by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
+                Ok(Inserted::New)
+            })
+            .map_err(|x| tx_error(x, &e.key))?;
+        self.db.flush()?;
+        Ok(r)
+    }
+
+    /// The ledger entries of one contract, or of one tenant, read by key.
+    pub fn ledger_of(&self, owner: LedgerOwner<'_>) -> Result<Vec<LedgerEntry>, StoreError> {
+        let (tree, id) = match owner {
+            LedgerOwner::Contract(c) => (&self.ledger_by_contract, c),
+            LedgerOwner::Tenant(t) => (&self.ledger_by_tenant, t),
+        };
+        let prefix = format!("{id}/");
+        let mut out = Vec::new();
+        for k in tree.scan_prefix(prefix.as_bytes()).keys() {
+            let k = k?;
+            let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            if let Some(e) = Self::get::<LedgerEntry>(&self.ledger, &key)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
     }
 
     pub fn ledger_entry(&self, key: &str) -> Result<Option<LedgerEntry>, StoreError> {
@@ -950,5 +1239,23 @@ mod tests {
         assert_eq!(again, [events.clone(), recurring].concat());
         // The same report in another change's timeline is that change's evidence.
         assert!(s.append("c.2", events[2].clone()).unwrap().is_some());
+
+        // A recurring event noted again in a row is counted on the last entry.
+        let fault = Event::ConfigFault {
+            printer: p.clone(),
+            reason: "no report for version 9 within 60 s of its publication".into(),
+            cause: Cause::Provider,
+        };
+        let before = s.timeline("c.3").unwrap().len();
+        for _ in 0..100 {
+            s.append("c.3", fault.clone()).unwrap();
+        }
+        let tl = s.timeline("c.3").unwrap();
+        assert_eq!(tl.len(), before + 1);
+        assert_eq!(tl.last().unwrap().repeated.as_ref().unwrap().times, 99);
+        // Another event between two faults: both faults stay visible.
+        s.append("c.3", events[1].clone()).unwrap();
+        s.append("c.3", fault.clone()).unwrap();
+        assert_eq!(s.timeline("c.3").unwrap().len(), before + 3);
     }
 }

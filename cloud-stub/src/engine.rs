@@ -15,7 +15,16 @@
 //!    shipments are ordered from the provider under the same key (idempotent there too).
 //!
 //! Every observation goes into the change's timeline. State is saved after each step,
-//! so a restart continues where it stopped and never pays twice.
+//! with the time the change is next due ([`crate::schedule::next_due`]), so a restart
+//! continues where it stopped and never pays twice. A pass takes only the changes that
+//! are due (settled ones are never read again); a new report makes the open changes of
+//! its printer's contract due at once. The engine runs on a thread and runtime of its
+//! own, so a long pass never delays the API.
+//!
+//! A change nobody answers is published again with a doubling wait (at most an hour);
+//! after [`crate::contracts::MAX_UNANSWERED`] unanswered publications it waits for the
+//! agent's next sign of life (health up, or telemetry of the printer) before the next;
+//! the fault time runs on all the while.
 
 use crate::attribution::{self, Cause};
 use crate::compensation::{self, Decision};
@@ -135,19 +144,28 @@ pub struct Engine {
     wake: Arc<Notify>,
 }
 
-/// Wait for the next new report.
-async fn next_report(events: &mut tokio::sync::broadcast::Receiver<crate::ReportEvent>) {
+/// Wait for the next new report: its tenant and printer (`None` when events were
+/// lost: then every open change of any printer may be concerned).
+async fn next_report(
+    events: &mut tokio::sync::broadcast::Receiver<crate::ReportEvent>,
+) -> Option<(Id, Id)> {
     use tokio::sync::broadcast::error::RecvError;
     loop {
         match events.recv().await {
             // Only a new report can advance a change: duplicates, refusals, health
             // and telemetry (a flood of them included) do not wake a pass.
-            Ok(crate::ReportEvent::New(_)) | Err(RecvError::Lagged(_)) => return,
+            Ok(crate::ReportEvent::New(r, tenant)) => {
+                return Some((tenant, r.report.printer_id.clone()))
+            }
+            Err(RecvError::Lagged(_)) => return None,
             Ok(_) => continue,
             Err(RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
 }
+
+/// Most changes one pass takes (the rest stay due for the next).
+const PASS_LIMIT: usize = 256;
 
 fn backoff(base: Duration, attempts: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << attempts.min(16)).min(max)
@@ -183,40 +201,126 @@ impl Engine {
         self.wake.notify_one();
     }
 
-    /// Run until `stop` turns true.
-    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    /// Run until `stop` turns true, on a thread and runtime of its own. The returned
+    /// task ends when the engine has stopped.
+    pub fn spawn(self, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let (done, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("platen-engine".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(self.run(stop)),
+                    Err(e) => warn!(error = %e, "engine runtime could not start"),
+                }
+                let _ = done.send(());
+            });
+        if let Err(e) = thread {
+            warn!(error = %e, "engine thread could not start");
+        }
         tokio::spawn(async move {
-            let mut events = self.cloud.subscribe_events();
-            loop {
-                if let Err(e) = self.step_all().await {
-                    warn!(error = %e, "engine step failed; retrying");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.tick) => {}
-                    _ = next_report(&mut events) => {}
-                    _ = self.wake.notified() => {}
-                    _ = stop.changed() => return,
-                }
-                if *stop.borrow() {
-                    return;
-                }
-            }
+            let _ = stopped.await;
         })
     }
 
-    /// One pass over every open change.
-    pub async fn step_all(&self) -> Result<(), EngineError> {
-        for mut rec in self.store.open_changes()? {
-            let before = rec.clone();
-            let r = self.step(&mut rec).await;
-            if rec != before {
-                self.store.save_change(&rec)?;
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut events = self.cloud.subscribe_events();
+        loop {
+            if let Err(e) = self.step_due().await {
+                warn!(error = %e, "engine step failed; retrying");
             }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.tick) => {}
+                r = next_report(&mut events) => {
+                    if let Err(e) = self.wake_for_report(r) {
+                        warn!(error = %e, "engine: could not wake the report's change");
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            if *stop.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// A report came for `printer`: its contract's open changes are due now.
+    fn wake_for_report(&self, from: Option<(Id, Id)>) -> Result<(), StoreError> {
+        let Some((tenant, printer)) = from else {
+            // Events were lost: every open change looks at its reports once.
+            for rec in self.store.open_changes()? {
+                self.store.wake_change(&rec.change.id)?;
+            }
+            return Ok(());
+        };
+        let Some(contract) = self.store.contract_of_printer(&tenant, &printer)? else {
+            return Ok(());
+        };
+        let Ok(contract) = contract.parse::<Id>() else {
+            return Ok(());
+        };
+        for rec in self.store.changes_of(&contract)? {
+            if !rec.setup.settled {
+                self.store.wake_change(&rec.change.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn timers(&self) -> crate::schedule::Timers {
+        crate::schedule::Timers {
+            report_deadline: chrono_dur(self.cfg.report_deadline),
+            republish_after: chrono_dur(self.cfg.republish_after),
+            tick: chrono_dur(self.cfg.tick),
+            recheck: chrono::Duration::seconds(60),
+        }
+    }
+
+    /// One pass over the changes that are due (at most [`PASS_LIMIT`]).
+    pub async fn step_due(&self) -> Result<(), EngineError> {
+        for mut rec in self.store.due_changes(Utc::now(), PASS_LIMIT)? {
+            let r = self.step(&mut rec).await;
+            let printers = self
+                .store
+                .contract(rec.change.contract.as_str())?
+                .map(|c| (c.printers.clone(), c.tz()))
+                .unwrap_or_default();
+            let due = crate::schedule::next_due(
+                &rec.setup,
+                &printers.0,
+                &self.timers(),
+                printers.1,
+                Utc::now(),
+            );
+            self.store.save_change(&rec, due)?;
             if let Err(e) = r {
                 warn!(change = %rec.change.id, error = %e, "change step failed");
             }
         }
         Ok(())
+    }
+
+    /// Whether the printer's agent showed a sign of life after `since`: health up, or
+    /// a telemetry reading of the printer.
+    fn sign_of_life(&self, tenant: &Id, printer: &Id, since: DateTime<Utc>) -> bool {
+        let seen_printer = self.cloud.printer_seen(tenant, printer);
+        let agent = self
+            .cloud
+            .registered_agent(tenant, printer)
+            .or_else(|| seen_printer.as_ref().map(|p| p.agent.clone()));
+        let health = agent
+            .as_ref()
+            .and_then(|a| self.cloud.agent_seen(a))
+            .is_some_and(|h| h.up && h.since > since);
+        health
+            || self
+                .store
+                .readings
+                .latest(tenant, printer)
+                .is_some_and(|t| t > since)
     }
 
     fn note(&self, rec: &ChangeRecord, event: Event) -> Result<(), StoreError> {
@@ -257,7 +361,13 @@ impl Engine {
         }
         let republish = match ps.failed_at {
             _ if ps.published.is_empty() => true,
-            Some(f) => now - f >= chrono_dur(self.cfg.republish_after),
+            Some(f) => {
+                now - f >= ps.republish_wait(chrono_dur(self.cfg.republish_after))
+                    && (ps.unanswered < crate::contracts::MAX_UNANSWERED
+                        || ps.latest().is_some_and(|(_, at)| {
+                            self.sign_of_life(&contract.tenant, printer, at)
+                        }))
+            }
             None => false,
         };
         if republish {
@@ -272,7 +382,7 @@ impl Engine {
             match self.cloud.publish_desired(&contract.tenant, &desired).await {
                 Ok(()) => {
                     let ps = rec.setup.printers.entry(printer.clone()).or_default();
-                    ps.published.insert(version, Utc::now());
+                    ps.add_published(version, Utc::now());
                     ps.failed_at = None;
                     ps.deadline_noted = false;
                     info!(change = %rec.change.id, %printer, version, "config published");
@@ -312,6 +422,8 @@ impl Engine {
             if !ps.seen_reports.insert(r.report.report_id.clone()) {
                 continue;
             }
+            // The agent answered: re-publishing goes back to its normal pace.
+            ps.unanswered = 0;
             // The publication this report answers (ours, or the latest before it).
             let published_at = ps
                 .published
@@ -378,6 +490,7 @@ impl Engine {
             if !answered && now - latest_at >= chrono_dur(self.cfg.report_deadline) {
                 ps.deadline_noted = true;
                 ps.failed_at = Some(now);
+                ps.unanswered = ps.unanswered.saturating_add(1);
                 let seen_printer = self.cloud.printer_seen(&contract.tenant, printer);
                 let agent = self
                     .cloud

@@ -25,6 +25,7 @@ pub mod migration;
 pub mod model;
 pub mod ops;
 pub mod period;
+pub mod schedule;
 pub mod server;
 pub mod usage;
 
@@ -99,7 +100,8 @@ pub struct ReceivedReport {
 /// What happened to an inbound report or telemetry message.
 #[derive(Clone, Debug)]
 pub enum ReportEvent {
-    New(Box<ReceivedReport>),
+    /// A report stored for the first time, and its tenant.
+    New(Box<ReceivedReport>, Id),
     Duplicate {
         report_id: String,
     },
@@ -410,7 +412,7 @@ impl Cloud {
             matches!(
                 r,
                 // A duplicate may be the redelivery of a report whose flush failed.
-                Ok(ReportEvent::New(_))
+                Ok(ReportEvent::New(..))
                     | Ok(ReportEvent::Duplicate { .. })
                     | Ok(ReportEvent::Health { .. })
                     | Ok(ReportEvent::Telemetry {
@@ -439,7 +441,7 @@ impl Cloud {
                 }) => {
                     debug!(message_id, new_reading, "telemetry received");
                 }
-                Ok(ReportEvent::New(r)) => {
+                Ok(ReportEvent::New(r, _)) => {
                     self.counters.new.fetch_add(1, Ordering::Relaxed);
                     info!(report_id = %r.report.report_id, status = %r.report.status, "report received");
                 }
@@ -475,7 +477,7 @@ impl Cloud {
     /// input is a `Refused` event.
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> Result<ReportEvent, CloudError> {
         let ev = self.ingest_unflushed(topic, payload)?;
-        if matches!(ev, ReportEvent::New(_)) {
+        if matches!(ev, ReportEvent::New(..)) {
             self.db.flush()?;
         }
         Ok(ev)
@@ -558,7 +560,7 @@ impl Cloud {
             .compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
             .is_ok();
         if inserted {
-            Ok(ReportEvent::New(Box::new(rec)))
+            Ok(ReportEvent::New(Box::new(rec), tenant))
         } else {
             Ok(ReportEvent::Duplicate { report_id: id })
         }
@@ -1006,7 +1008,7 @@ mod tests {
         assert_eq!(versions(&c), vec![1]);
         assert!(matches!(
             c.ingest(topic, &two).unwrap(),
-            ReportEvent::New(_)
+            ReportEvent::New(..)
         ));
         assert_eq!(versions(&c), vec![1, 2]);
     }
@@ -1037,7 +1039,7 @@ mod tests {
             r.report_id = ApplyReport::make_id(&r.agent_id, &p1, 5);
             if matches!(
                 c.ingest(topic, &codec::encode(&r)).unwrap(),
-                ReportEvent::New(_)
+                ReportEvent::New(..)
             ) {
                 stored += 1;
             }

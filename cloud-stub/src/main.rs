@@ -1051,7 +1051,7 @@ async fn main() -> ExitCode {
                         eprintln!("timed out after {seen} reports");
                         return ExitCode::FAILURE;
                     }
-                    Some(Ok(ReportEvent::New(r))) => {
+                    Some(Ok(ReportEvent::New(r, _))) => {
                         println!("{}", serde_json::to_string(&*r).unwrap_or_default());
                         seen += 1;
                         if count.is_some_and(|c| seen >= c) {

@@ -541,9 +541,14 @@ impl Ops {
         contract: Option<&Id>,
         tenant: Option<&Id>,
     ) -> Result<Vec<LedgerEntry>, ApiError> {
-        Ok(self
-            .store
-            .ledger()?
+        use crate::contracts::LedgerOwner;
+        // Read by key when the query names its owner (an index, not the whole ledger).
+        let entries = match (contract, tenant) {
+            (Some(c), _) => self.store.ledger_of(LedgerOwner::Contract(c))?,
+            (None, Some(t)) => self.store.ledger_of(LedgerOwner::Tenant(t))?,
+            (None, None) => self.store.ledger()?,
+        };
+        Ok(entries
             .into_iter()
             .filter(|e| contract.is_none_or(|c| &e.contract == c))
             .filter(|e| tenant.is_none_or(|t| &e.tenant == t))

@@ -312,6 +312,17 @@ impl ReadingStore {
         out
     }
 
+    /// When the printer's newest sample was read.
+    pub fn latest(&self, tenant: &Id, printer: &Id) -> Option<DateTime<Utc>> {
+        let prefix = format!("{tenant}/{printer}/");
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .next_back()
+            .and_then(|kv| kv.ok())
+            .and_then(|(_, v)| serde_json::from_slice::<Sample>(&v).ok())
+            .map(|s| s.read_at)
+    }
+
     pub async fn flush(&self) -> Result<(), sled::Error> {
         self.tree.flush_async().await.map(|_| ())
     }

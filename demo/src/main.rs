@@ -266,7 +266,7 @@ async fn demo() -> Result<(), String> {
                     printers.len()
                 ))
             }
-            Ok(Ok(ReportEvent::New(r))) => {
+            Ok(Ok(ReportEvent::New(r, _))) => {
                 let latency = published
                     .get(r.report.printer_id.as_str())
                     .map(|t| t.elapsed())
