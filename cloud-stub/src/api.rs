@@ -7,6 +7,7 @@
 //! | POST | `/v1/plans` | `Plan` | 201 plan |
 //! | GET | `/v1/plans` | | plans |
 //! | POST | `/v1/contracts` | `NewContract` | 201 `{contract, change}` |
+//! | GET | `/v1/contracts` | `?tenant=&reseller=` | contracts |
 //! | GET | `/v1/contracts/{id}` | | `ContractStatus` |
 //! | POST | `/v1/contracts/{id}/changes` | `ChangeRequest` | 201 change |
 //! | GET | `/v1/contracts/{id}/timeline` | | timeline entries |
@@ -24,6 +25,11 @@
 //! A refused migration is a 422 with code `migration_refused` and, beside the
 //! error, the stored `migration` with the deciding rule and the usage it saw.
 //! Request bodies are limited to 256 KiB.
+//!
+//! Every list (`GET` tenants, plans, resellers, contracts, a timeline, the ledger,
+//! migrations) is paged: `?limit=` (default 100, at most 1,000) and `?after=` (the
+//! cursor); a page that may not be the last carries `Link: <…>; rel="next"` and
+//! `Platen-Next-After`. Cursors are keys, so a page is stable under inserts.
 //!
 //! Every `/v1` request carries `Authorization: Bearer <token>` ([`crate::auth`]); the
 //! token's actor decides what it may do:
@@ -45,6 +51,7 @@
 
 use crate::auth::{Auth, Caller, Scope};
 use crate::catalog::{Catalog, Decision, Problem};
+use crate::contracts::{List, OwnerIndex, Page, DEFAULT_PAGE, MAX_PAGE};
 use crate::migration::{Actor, MigrationRequest, Outcome};
 use crate::model::{Plan, Reseller, Tenant};
 use crate::ops::{ApiError, ChangeRequest, NewContract, Ops};
@@ -230,6 +237,66 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     })
 }
 
+/// `?limit=&after=` of every list: at most `limit` items (default 100, at most 1,000)
+/// after the cursor `after` (the key of the last item of the page before).
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+type PageParams = Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>;
+
+fn page_params(q: PageParams) -> Result<(Option<String>, usize), ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            format!("limit: between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok((q.after, limit))
+}
+
+/// Percent-encode a cursor for a query string.
+fn encode_query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A page as a JSON array; when there may be more, `Link: <…&after=…>; rel="next"`
+/// (RFC 8288) and `Platen-Next-After: <cursor>`.
+fn paged<T: Serialize>(uri: &axum::http::Uri, items: Vec<T>, next: Option<String>) -> Response {
+    let mut resp = Json(items).into_response();
+    if let Some(next) = next {
+        let mut query: Vec<String> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("after="))
+            .map(str::to_string)
+            .collect();
+        query.push(format!("after={}", encode_query_value(&next)));
+        let link = format!("<{}?{}>; rel=\"next\"", uri.path(), query.join("&"));
+        let headers = resp.headers_mut();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&link) {
+            headers.insert(axum::http::header::LINK, v);
+        }
+        if let Ok(v) = axum::http::HeaderValue::from_str(&next) {
+            headers.insert("platen-next-after", v);
+        }
+    }
+    resp
+}
+
 fn created<T: Serialize>(v: T) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
@@ -243,15 +310,21 @@ async fn post_tenant(
     Ok(created(o.create_tenant(body(b)?)?))
 }
 
-async fn get_tenants(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
+async fn get_tenants(
+    State(o): State<Ops>,
+    c: Caller,
+    uri: axum::http::Uri,
+    pq: PageParams,
+) -> Result<Response, ApiError> {
+    let (after, limit) = page_params(pq)?;
     let scope = Scope(&c.actor);
-    let tenants: Vec<Tenant> = o
-        .store()
-        .tenants()?
+    let page: Page<Tenant> = o.store().page(List::Tenants, after.as_deref(), limit)?;
+    let tenants: Vec<Tenant> = page
+        .items
         .into_iter()
         .filter(|t| scope.sees_tenant(t.id.as_str(), Some(t)))
         .collect();
-    Ok(Json(tenants).into_response())
+    Ok(paged(&uri, tenants, page.next))
 }
 
 async fn post_plan(
@@ -263,8 +336,15 @@ async fn post_plan(
     Ok(created(o.create_plan(body(b)?)?))
 }
 
-async fn get_plans(State(o): State<Ops>, _c: Caller) -> Result<Response, ApiError> {
-    Ok(Json(o.store().plans()?).into_response())
+async fn get_plans(
+    State(o): State<Ops>,
+    _c: Caller,
+    uri: axum::http::Uri,
+    pq: PageParams,
+) -> Result<Response, ApiError> {
+    let (after, limit) = page_params(pq)?;
+    let page: Page<Plan> = o.store().page(List::Plans, after.as_deref(), limit)?;
+    Ok(paged(&uri, page.items, page.next))
 }
 
 async fn post_contract(
@@ -277,6 +357,49 @@ async fn post_contract(
     Ok(created(
         serde_json::json!({"contract": contract, "change": change}),
     ))
+}
+
+#[derive(Deserialize)]
+struct ContractQuery {
+    tenant: Option<Id>,
+    reseller: Option<Id>,
+}
+
+/// Contracts, newest state not included (`GET /v1/contracts/{id}` has it): filtered
+/// by tenant or reseller, scoped to what the caller sees.
+async fn get_contracts(
+    State(o): State<Ops>,
+    c: Caller,
+    uri: axum::http::Uri,
+    q: Result<Query<ContractQuery>, axum::extract::rejection::QueryRejection>,
+    pq: PageParams,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let (after, limit) = page_params(pq)?;
+    // A tenant's own contracts are read through its index, whoever asks.
+    let tenant = match (&c.actor, &q.tenant) {
+        (Actor::Tenant(own), _) => Some(own.clone()),
+        (_, t) => t.clone(),
+    };
+    let page: Page<crate::model::Contract> = match &tenant {
+        Some(t) => o
+            .store()
+            .page_of(OwnerIndex::ContractsOfTenant, t, after.as_deref(), limit)?,
+        None => o.store().page(List::Contracts, after.as_deref(), limit)?,
+    };
+    let mut items = visible_only(&o, &c, page.items, |k| &k.tenant)?;
+    if let Some(r) = &q.reseller {
+        let mut keep = Vec::new();
+        for k in items {
+            let rec = o.store().tenant(k.tenant.as_str())?;
+            if rec.and_then(|t| t.reseller).as_ref() == Some(r) {
+                keep.push(k);
+            }
+        }
+        items = keep;
+    }
+    // The cursor of an index page is the contract id, as on the whole list.
+    Ok(paged(&uri, items, page.next))
 }
 
 async fn get_contract(
@@ -303,9 +426,28 @@ async fn get_timeline(
     State(o): State<Ops>,
     c: Caller,
     PathId(id): PathId,
+    uri: axum::http::Uri,
+    pq: PageParams,
 ) -> Result<Response, ApiError> {
     visible_contract(&o, &c, &id)?;
-    Ok(Json(o.timeline(&id)?).into_response())
+    let (after, limit) = page_params(pq)?;
+    let after: Option<u64> = match after {
+        None => None,
+        Some(a) => Some(
+            a.parse()
+                .map_err(|_| ApiError::new(400, "bad_request", "after: an entry's seq"))?,
+        ),
+    };
+    // Entries in the order they were noted (seq grows); the cursor is the last seq.
+    let mut all = o.timeline(&id)?;
+    all.sort_by_key(|e| e.seq);
+    let mut rest: Vec<_> = all
+        .into_iter()
+        .filter(|e| after.is_none_or(|a| e.seq > a))
+        .collect();
+    let next = (rest.len() > limit).then(|| rest[limit - 1].seq.to_string());
+    rest.truncate(limit);
+    Ok(paged(&uri, rest, next))
 }
 
 #[derive(Deserialize)]
@@ -317,16 +459,42 @@ struct LedgerQuery {
 async fn get_ledger(
     State(o): State<Ops>,
     c: Caller,
+    uri: axum::http::Uri,
     q: Result<Query<LedgerQuery>, axum::extract::rejection::QueryRejection>,
+    pq: PageParams,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let (after, limit) = page_params(pq)?;
     if let Some(t) = &q.tenant {
         if !sees_tenant(&o, &c, t)? {
             return Err(forbidden(&c, &format!("read the ledger of tenant {t}")));
         }
     }
-    let entries = o.ledger(q.contract.as_ref(), q.tenant.as_ref())?;
-    Ok(Json(visible_only(&o, &c, entries, |e| &e.tenant)?).into_response())
+    // Read by key: the contract's or the tenant's index (a tenant's own by default).
+    let tenant = match (&c.actor, &q.tenant) {
+        (Actor::Tenant(own), None) => Some(own.clone()),
+        (_, t) => t.clone(),
+    };
+    let after = after.as_deref();
+    let page: Page<crate::contracts::LedgerEntry> = match (&q.contract, &tenant) {
+        (Some(k), _) => o
+            .store()
+            .page_of(OwnerIndex::LedgerOfContract, k, after, limit)?,
+        (None, Some(t)) => o
+            .store()
+            .page_of(OwnerIndex::LedgerOfTenant, t, after, limit)?,
+        (None, None) => o.store().page(List::Ledger, after, limit)?,
+    };
+    let entries: Vec<_> = page
+        .items
+        .into_iter()
+        .filter(|e| tenant.as_ref().is_none_or(|t| &e.tenant == t))
+        .collect();
+    Ok(paged(
+        &uri,
+        visible_only(&o, &c, entries, |e| &e.tenant)?,
+        page.next,
+    ))
 }
 
 async fn post_reseller(
@@ -338,18 +506,24 @@ async fn post_reseller(
     Ok(created(o.create_reseller(body(b)?)?))
 }
 
-async fn get_resellers(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
+async fn get_resellers(
+    State(o): State<Ops>,
+    c: Caller,
+    uri: axum::http::Uri,
+    pq: PageParams,
+) -> Result<Response, ApiError> {
     if matches!(c.actor, Actor::Tenant(_)) {
         return Err(forbidden(&c, "list resellers"));
     }
+    let (after, limit) = page_params(pq)?;
     let scope = Scope(&c.actor);
-    let resellers: Vec<Reseller> = o
-        .store()
-        .resellers()?
+    let page: Page<Reseller> = o.store().page(List::Resellers, after.as_deref(), limit)?;
+    let resellers: Vec<Reseller> = page
+        .items
         .into_iter()
         .filter(|r| scope.sees_reseller(r.id.as_str()))
         .collect();
-    Ok(Json(resellers).into_response())
+    Ok(paged(&uri, resellers, page.next))
 }
 
 /// A rule as the API shows it.
@@ -446,11 +620,37 @@ struct MigrationQuery {
 async fn get_migrations(
     State(o): State<Ops>,
     c: Caller,
+    uri: axum::http::Uri,
     q: Result<Query<MigrationQuery>, axum::extract::rejection::QueryRejection>,
+    pq: PageParams,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
-    let all = o.migrations(q.tenant.as_ref(), q.contract.as_ref(), q.state.as_deref())?;
-    Ok(Json(visible_only(&o, &c, all, |m| &m.decision.tenant)?).into_response())
+    let (after, limit) = page_params(pq)?;
+    let tenant = match (&c.actor, &q.tenant) {
+        (Actor::Tenant(own), None) => Some(own.clone()),
+        (_, t) => t.clone(),
+    };
+    let after = after.as_deref();
+    let page: Page<crate::migration::Migration> = match (&q.contract, &tenant) {
+        (Some(k), _) => o
+            .store()
+            .page_of(OwnerIndex::MigrationsOfContract, k, after, limit)?,
+        (None, Some(t)) => o
+            .store()
+            .page_of(OwnerIndex::MigrationsOfTenant, t, after, limit)?,
+        (None, None) => o.store().page(List::Migrations, after, limit)?,
+    };
+    let all: Vec<_> = page
+        .items
+        .into_iter()
+        .filter(|m| tenant.as_ref().is_none_or(|t| &m.decision.tenant == t))
+        .filter(|m| q.state.as_deref().is_none_or(|s| m.state.name() == s))
+        .collect();
+    Ok(paged(
+        &uri,
+        visible_only(&o, &c, all, |m| &m.decision.tenant)?,
+        page.next,
+    ))
 }
 
 /// The migration, if the caller may see it; otherwise the same 404 as a missing one.
@@ -502,7 +702,7 @@ pub fn router(ops: Ops, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/tenants", post(post_tenant).get(get_tenants))
         .route("/v1/plans", post(post_plan).get(get_plans))
-        .route("/v1/contracts", post(post_contract))
+        .route("/v1/contracts", post(post_contract).get(get_contracts))
         .route("/v1/contracts/{id}", get(get_contract))
         .route("/v1/contracts/{id}/changes", post(post_change))
         .route("/v1/contracts/{id}/timeline", get(get_timeline))

@@ -307,6 +307,11 @@ pub struct ContractStore {
     due_of: sled::Tree,
     ledger_by_contract: sled::Tree,
     ledger_by_tenant: sled::Tree,
+    /// `{tenant}/{contract}` → nothing.
+    contracts_by_tenant: sled::Tree,
+    /// `{tenant or contract}/{migration id}` → nothing.
+    migrations_by_tenant: sled::Tree,
+    migrations_by_contract: sled::Tree,
     pub readings: ReadingStore,
 }
 
@@ -348,7 +353,77 @@ fn printer_key(tenant: &Id, printer: &Id) -> String {
     format!("{tenant}/{printer}")
 }
 
-/// Whose ledger to read.
+/// One page of a list in key order: the items and, when there may be more, the key to
+/// continue after (a cursor that stays valid when items are inserted).
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Most items a page may hold, and how many it holds by default.
+pub const MAX_PAGE: usize = 1000;
+pub const DEFAULT_PAGE: usize = 100;
+
+/// Keys under `prefix` strictly after `prefix + after`, at most `limit`, with the rest
+/// of each key after the prefix.
+fn page_keys(
+    tree: &sled::Tree,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page<(String, sled::IVec)>, StoreError> {
+    let start = match after {
+        Some(a) => {
+            let mut k = format!("{prefix}{a}").into_bytes();
+            k.push(0); // the first key after it
+            k
+        }
+        None => prefix.as_bytes().to_vec(),
+    };
+    let mut items = Vec::new();
+    let mut more = false;
+    for kv in tree.range(start..) {
+        let (k, v) = kv?;
+        if !k.starts_with(prefix.as_bytes()) {
+            break;
+        }
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        items.push((String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), v));
+    }
+    let next = if more {
+        items.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+/// The lists [`ContractStore::page`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum List {
+    Tenants,
+    Plans,
+    Resellers,
+    Contracts,
+    Ledger,
+    Migrations,
+}
+
+/// The indexes [`ContractStore::page_of`] reads.
+#[derive(Clone, Copy, Debug)]
+pub enum OwnerIndex {
+    ContractsOfTenant,
+    LedgerOfTenant,
+    LedgerOfContract,
+    MigrationsOfTenant,
+    MigrationsOfContract,
+}
+
+/// Whose ledger or migrations to read.
 #[derive(Clone, Copy, Debug)]
 pub enum LedgerOwner<'a> {
     Contract(&'a Id),
@@ -435,10 +510,124 @@ impl ContractStore {
             due_of: db.open_tree("due_of")?,
             ledger_by_contract: db.open_tree("ledger_by_contract")?,
             ledger_by_tenant: db.open_tree("ledger_by_tenant")?,
+            contracts_by_tenant: db.open_tree("contracts_by_tenant")?,
+            migrations_by_tenant: db.open_tree("migrations_by_tenant")?,
+            migrations_by_contract: db.open_tree("migrations_by_contract")?,
             readings: ReadingStore::open(db)?,
         }
         .with_indexes(db)?
-        .with_due_index(db)
+        .with_due_index(db)?
+        .with_owner_indexes(db)
+    }
+
+    /// The contracts-by-tenant and migrations-by-owner indexes, once, for a directory
+    /// written before they existed.
+    fn with_owner_indexes(self, db: &sled::Db) -> Result<ContractStore, StoreError> {
+        let meta = db.open_tree("meta")?;
+        if meta.get("indexes_v4")?.is_some() {
+            return Ok(self);
+        }
+        for c in Self::all::<Contract>(&self.contracts)? {
+            self.contracts_by_tenant
+                .insert(format!("{}/{}", c.tenant, c.id).as_bytes(), &[] as &[u8])?;
+        }
+        for m in Self::all::<Migration>(&self.migrations)? {
+            self.migrations_by_tenant.insert(
+                format!("{}/{}", m.decision.tenant, m.id).as_bytes(),
+                &[] as &[u8],
+            )?;
+            self.migrations_by_contract.insert(
+                format!("{}/{}", m.decision.contract, m.id).as_bytes(),
+                &[] as &[u8],
+            )?;
+        }
+        meta.insert("indexes_v4", b"1".as_slice())?;
+        db.flush()?;
+        Ok(self)
+    }
+
+    /// The ids under `{owner}/` in an index whose keys are `{owner}/{id}`.
+    fn ids_under(tree: &sled::Tree, owner: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("{owner}/");
+        tree.scan_prefix(prefix.as_bytes())
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?[prefix.len()..]).into_owned()))
+            .collect()
+    }
+
+    /// A page of one of the id → record trees (`tenants`, `plans`, `resellers`,
+    /// `contracts`, `ledger`, `migrations`) in key order.
+    pub fn page<T: DeserializeOwned>(
+        &self,
+        list: List,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, StoreError> {
+        let tree = match list {
+            List::Tenants => &self.tenants,
+            List::Plans => &self.plans,
+            List::Resellers => &self.resellers,
+            List::Contracts => &self.contracts,
+            List::Ledger => &self.ledger,
+            List::Migrations => &self.migrations,
+        };
+        let p = page_keys(tree, "", after, limit)?;
+        Ok(Page {
+            items: p
+                .items
+                .iter()
+                .map(|(k, v)| decode(k.as_bytes(), v))
+                .collect::<Result<_, _>>()?,
+            next: p.next,
+        })
+    }
+
+    /// A page of an owner's items through one of the `{owner}/{id}` indexes.
+    pub fn page_of<T: DeserializeOwned>(
+        &self,
+        index: OwnerIndex,
+        owner: &Id,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, StoreError> {
+        let (tree, records) = match index {
+            OwnerIndex::ContractsOfTenant => (&self.contracts_by_tenant, &self.contracts),
+            OwnerIndex::LedgerOfTenant => (&self.ledger_by_tenant, &self.ledger),
+            OwnerIndex::LedgerOfContract => (&self.ledger_by_contract, &self.ledger),
+            OwnerIndex::MigrationsOfTenant => (&self.migrations_by_tenant, &self.migrations),
+            OwnerIndex::MigrationsOfContract => (&self.migrations_by_contract, &self.migrations),
+        };
+        let p = page_keys(tree, &format!("{owner}/"), after, limit)?;
+        let mut items = Vec::with_capacity(p.items.len());
+        for (id, _) in &p.items {
+            items.extend(Self::get::<T>(records, id)?);
+        }
+        Ok(Page {
+            items,
+            next: p.next,
+        })
+    }
+
+    /// A tenant's contracts, read by key.
+    pub fn contracts_of_tenant(&self, tenant: &Id) -> Result<Vec<Contract>, StoreError> {
+        let mut out = Vec::new();
+        for id in Self::ids_under(&self.contracts_by_tenant, tenant.as_str())? {
+            out.extend(Self::get::<Contract>(&self.contracts, &id)?);
+        }
+        Ok(out)
+    }
+
+    /// A tenant's or a contract's migrations, read by key.
+    pub fn migrations_of(&self, owner: LedgerOwner<'_>) -> Result<Vec<Migration>, StoreError> {
+        let (tree, id) = match owner {
+            LedgerOwner::Contract(c) => (&self.migrations_by_contract, c),
+            LedgerOwner::Tenant(t) => (&self.migrations_by_tenant, t),
+        };
+        let mut out = Vec::new();
+        for mid in Self::ids_under(tree, id.as_str())? {
+            out.extend(Self::get::<Migration>(&self.migrations, &mid)?);
+        }
+        Ok(out)
     }
 
     /// Build the `contract_changes` and `printer_contracts` indexes once, from the
@@ -581,16 +770,26 @@ impl ContractStore {
     /// in the same transaction.
     pub fn add_migration(&self, m: &Migration) -> Result<Inserted, StoreError> {
         use sled::Transactional;
-        let r = (&self.migrations, &self.scheduled).transaction(|(migrations, scheduled)| {
-            if migrations.get(m.id.as_bytes())?.is_some() {
-                return Ok(Inserted::Exists);
-            }
-            migrations.insert(m.id.as_bytes(), encode(m))?;
-            if m.state == MigrationState::Scheduled {
-                scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
-            }
-            Ok(Inserted::New)
-        });
+        let by_t = format!("{}/{}", m.decision.tenant, m.id);
+        let by_c = format!("{}/{}", m.decision.contract, m.id);
+        let r = (
+            &self.migrations,
+            &self.scheduled,
+            &self.migrations_by_tenant,
+            &self.migrations_by_contract,
+        )
+            .transaction(|(migrations, scheduled, by_tenant, by_contract)| {
+                if migrations.get(m.id.as_bytes())?.is_some() {
+                    return Ok(Inserted::Exists);
+                }
+                migrations.insert(m.id.as_bytes(), encode(m))?;
+                by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
+                by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
+                if m.state == MigrationState::Scheduled {
+                    scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
+                }
+                Ok(Inserted::New)
+            });
         let r = r.map_err(|e| tx_error(e, &m.id))?;
         self.db.flush()?;
         Ok(r)
@@ -714,35 +913,39 @@ impl ContractStore {
             &self.printer_contracts,
             &self.due,
             &self.due_of,
+            &self.contracts_by_tenant,
         )
-            .transaction(|(contracts, changes, by_contract, printers, due, due_of)| {
-                if contracts.get(c.id.as_str())?.is_some() {
-                    return Ok(Created::Exists);
-                }
-                for p in &c.printers {
-                    let key = printer_key(&c.tenant, p);
-                    match printers.get(key.as_bytes())? {
-                        Some(other) if !allow_shared => {
-                            return Ok(Created::PrinterTaken {
-                                printer: p.clone(),
-                                contract: String::from_utf8_lossy(&other).into_owned(),
-                            })
-                        }
-                        Some(_) => {}
-                        None => {
-                            printers.insert(key.as_bytes(), c.id.as_str().as_bytes())?;
+            .transaction(
+                |(contracts, changes, by_contract, printers, due, due_of, by_tenant)| {
+                    if contracts.get(c.id.as_str())?.is_some() {
+                        return Ok(Created::Exists);
+                    }
+                    for p in &c.printers {
+                        let key = printer_key(&c.tenant, p);
+                        match printers.get(key.as_bytes())? {
+                            Some(other) if !allow_shared => {
+                                return Ok(Created::PrinterTaken {
+                                    printer: p.clone(),
+                                    contract: String::from_utf8_lossy(&other).into_owned(),
+                                })
+                            }
+                            Some(_) => {}
+                            None => {
+                                printers.insert(key.as_bytes(), c.id.as_str().as_bytes())?;
+                            }
                         }
                     }
-                }
-                contracts.insert(c.id.as_str(), encode(c))?;
-                changes.insert(start.id.as_str(), encode(&rec))?;
-                by_contract.insert(
-                    contract_change_key(&start.contract, start.seq).as_bytes(),
-                    start.id.as_bytes(),
-                )?;
-                set_due(due, due_of, &start.id, Some(now))?;
-                Ok::<_, E<()>>(Created::New)
-            });
+                    contracts.insert(c.id.as_str(), encode(c))?;
+                    changes.insert(start.id.as_str(), encode(&rec))?;
+                    by_contract.insert(
+                        contract_change_key(&start.contract, start.seq).as_bytes(),
+                        start.id.as_bytes(),
+                    )?;
+                    set_due(due, due_of, &start.id, Some(now))?;
+                    by_tenant.insert(format!("{}/{}", c.tenant, c.id).as_bytes(), &[] as &[u8])?;
+                    Ok::<_, E<()>>(Created::New)
+                },
+            );
         let r = r.map_err(|e| tx_error(e, c.id.as_str()))?;
         self.db.flush()?;
         Ok(r)

@@ -280,6 +280,13 @@ enum PlanCmd {
 
 #[derive(Subcommand)]
 enum ContractCmd {
+    /// List contracts (every page), optionally of one tenant or reseller.
+    List {
+        #[arg(long)]
+        tenant: Option<Id>,
+        #[arg(long)]
+        reseller: Option<Id>,
+    },
     Create {
         #[arg(long)]
         id: Id,
@@ -342,33 +349,62 @@ async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Val
             return ExitCode::from(2);
         }
     };
-    let mut req = client.request(method, &url);
-    if let Some(Some(t)) = TOKEN.get() {
-        req = req.bearer_auth(t.expose());
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = match req.send().await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot reach the API at {url}: {e}");
-            return ExitCode::from(2);
+    // Lists come in pages: follow `Link: <…>; rel="next"` and print them as one.
+    let origin = url.find("/v1/").map(|i| url[..i].to_string());
+    let mut next_url = Some(url);
+    let mut pages: Vec<serde_json::Value> = Vec::new();
+    while let Some(url) = next_url.take() {
+        let mut req = client.request(method.clone(), &url);
+        if let Some(Some(t)) = TOKEN.get() {
+            req = req.bearer_auth(t.expose());
         }
-    };
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    let pretty = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or(text);
-    if status.is_success() {
-        println!("{pretty}");
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("HTTP {status}\n{pretty}");
-        ExitCode::FAILURE
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("cannot reach the API at {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let status = resp.status();
+        let next = resp
+            .headers()
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.strip_prefix('<')?.split_once(">; rel=\"next\""))
+            .map(|(path, _)| path.to_string());
+        let text = resp.text().await.unwrap_or_default();
+        let value = serde_json::from_str::<serde_json::Value>(&text).ok();
+        if !status.is_success() {
+            let pretty = value
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            eprintln!("HTTP {status}\n{pretty}");
+            return ExitCode::FAILURE;
+        }
+        match (value, next, &origin) {
+            (Some(serde_json::Value::Array(items)), Some(path), Some(origin)) => {
+                pages.extend(items);
+                next_url = Some(format!("{origin}{path}"));
+            }
+            (Some(serde_json::Value::Array(items)), _, _) => pages.extend(items),
+            (Some(v), _, _) => {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return ExitCode::SUCCESS;
+            }
+            (None, _, _) => {
+                println!("{text}");
+                return ExitCode::SUCCESS;
+            }
+        }
     }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::Value::Array(pages)).unwrap_or_default()
+    );
+    ExitCode::SUCCESS
 }
 
 fn read_plan(file: &std::path::Path) -> Result<serde_json::Value, String> {
@@ -453,6 +489,23 @@ async fn client(api: String, command: Command) -> ExitCode {
         Command::Migrations {
             command: MigrationsCmd::Cancel { id },
         } => call(Method::DELETE, format!("{api}/v1/migrations/{id}"), None).await,
+        Command::Contract {
+            command: ContractCmd::List { tenant, reseller },
+        } => {
+            let mut q = Vec::new();
+            if let Some(t) = tenant {
+                q.push(format!("tenant={t}"));
+            }
+            if let Some(r) = reseller {
+                q.push(format!("reseller={r}"));
+            }
+            call(
+                Method::GET,
+                format!("{api}/v1/contracts?{}", q.join("&")),
+                None,
+            )
+            .await
+        }
         Command::Contract {
             command: ContractCmd::Usage { id },
         } => call(Method::GET, format!("{api}/v1/contracts/{id}/usage"), None).await,

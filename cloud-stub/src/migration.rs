@@ -218,12 +218,7 @@ impl Ops {
                 format!("{actor} may not act for tenant {tenant}"),
             ));
         }
-        let mut own: Vec<Contract> = self
-            .store
-            .contracts()?
-            .into_iter()
-            .filter(|c| &c.tenant == tenant)
-            .collect();
+        let mut own: Vec<Contract> = self.store.contracts_of_tenant(tenant)?;
         match contract {
             Some(id) => own.into_iter().find(|c| &c.id == id).ok_or_else(|| {
                 ApiError::new(
@@ -305,10 +300,19 @@ impl Ops {
                 format!("contract {} is on plan {} already", contract.id, to.id),
             ));
         }
-        let pending =
-            self.store.migrations()?.into_iter().find(|m| {
-                m.decision.contract == contract.id && m.state == MigrationState::Scheduled
-            });
+        // The scheduled migrations are an index of their own: no history is read.
+        let pending = match self
+            .store
+            .scheduled()?
+            .into_iter()
+            .find(|d| d.contract == contract.id)
+        {
+            Some(d) => self
+                .store
+                .migration(&d.id)?
+                .filter(|m| m.state == MigrationState::Scheduled),
+            None => None,
+        };
         if let (Some(p), false) = (&pending, req.dry_run) {
             return Err(ApiError::new(
                 409,
@@ -462,9 +466,13 @@ impl Ops {
         contract: Option<&Id>,
         state: Option<&str>,
     ) -> Result<Vec<Migration>, ApiError> {
-        Ok(self
-            .store
-            .migrations()?
+        use crate::contracts::LedgerOwner;
+        let all = match (contract, tenant) {
+            (Some(c), _) => self.store.migrations_of(LedgerOwner::Contract(c))?,
+            (None, Some(t)) => self.store.migrations_of(LedgerOwner::Tenant(t))?,
+            (None, None) => self.store.migrations()?,
+        };
+        Ok(all
             .into_iter()
             .filter(|m| tenant.is_none_or(|t| &m.decision.tenant == t))
             .filter(|m| contract.is_none_or(|c| &m.decision.contract == c))

@@ -199,6 +199,33 @@ async fn refused_setting_later_writable_is_compensated_by_the_formula() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
+    // The same timeline read in pages of three, following `Platen-Next-After`.
+    let mut paged: Vec<serde_json::Value> = Vec::new();
+    let mut after: Option<String> = None;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    loop {
+        let mut url = format!("{}/v1/contracts/c1/timeline?limit=3", w.cloud.api);
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let r = client
+            .get(&url)
+            .bearer_auth(test_token("operator"))
+            .send()
+            .await
+            .unwrap();
+        after = r
+            .headers()
+            .get("platen-next-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<serde_json::Value> = r.json().await.unwrap();
+        assert!(page.len() <= 3);
+        paged.extend(page);
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(paged.len(), tl.as_array().unwrap().len(), "{paged:#?}");
     for needed in [
         "change_requested",
         "config_published",
