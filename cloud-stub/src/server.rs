@@ -193,19 +193,32 @@ fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) ->
     })
 }
 
-/// Removes telemetry samples older than `keep` at start and then hourly, in batches
-/// of 10,000 keys off the runtime's threads, so a large history never stalls the API.
+/// Thins telemetry samples older than the previous billing period to what billing and
+/// disputes need, and removes those older than `keep`, at start and then hourly, in
+/// batches of 10,000 keys off the runtime's threads, so a large history never stalls
+/// the API.
 fn spawn_retention(ops: Ops, keep: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let cutoff = chrono::Utc::now()
-                - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let now = chrono::Utc::now();
+            let cutoff = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            // Full resolution for the open and the previous billing period (UTC months;
+            // a zone's month starts at most a day off).
+            let this_month = crate::period::containing(chrono_tz::UTC, now).start;
+            let thin_before = crate::period::containing(
+                chrono_tz::UTC,
+                this_month - chrono::Duration::seconds(1),
+            )
+            .start
+                - chrono::Duration::days(1);
             let (mut from, mut removed) = (Vec::new(), 0usize);
             loop {
                 let readings = ops.store().readings.clone();
                 let start = std::mem::take(&mut from);
-                let r = tokio::task::spawn_blocking(move || readings.prune(cutoff, &start, 10_000))
-                    .await;
+                let r = tokio::task::spawn_blocking(move || {
+                    readings.prune(cutoff, thin_before, &start, 10_000)
+                })
+                .await;
                 match r {
                     Ok(Ok((n, next))) => {
                         removed += n;

@@ -327,38 +327,70 @@ impl ReadingStore {
         self.tree.flush_async().await.map(|_| ())
     }
 
-    /// Remove samples read before `cutoff`, scanning at most `max_keys` keys from
-    /// `from` on, but keep each printer's newest sample (a period's usage starts from
-    /// the last sample before it). Returns what was removed and where the next batch
-    /// starts (`None`: the end was reached).
+    /// Thin and prune old samples, scanning at most `max_keys` keys from `from` on:
+    /// samples read before `thin_before` are kept only where billing and disputes need
+    /// them — the last of each UTC day (the day's maximum of a counter that only
+    /// grows) and both sides of a counter drop (a reset or a replaced counter) —
+    /// and samples read before `delete_before` are removed. Each printer's newest
+    /// sample always stays (a period's usage starts from the last sample before it).
+    /// Returns what was removed and where the next batch starts (`None`: the end).
     pub fn prune(
         &self,
-        cutoff: DateTime<Utc>,
+        delete_before: DateTime<Utc>,
+        thin_before: DateTime<Utc>,
         from: &[u8],
         max_keys: usize,
     ) -> Result<(usize, Option<Vec<u8>>), sled::Error> {
-        let cut = format!(
-            "{:020}",
-            u64::try_from(cutoff.timestamp_millis()).unwrap_or(0)
-        );
-        let mut iter = self.tree.range(from..).keys().peekable();
-        let (mut removed, mut scanned) = (0, 0);
-        while let Some(k) = iter.next() {
-            let k = k?;
-            scanned += 1;
+        let ms = |t: DateTime<Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
+        let (delete, thin) = (ms(delete_before), ms(thin_before.max(delete_before)));
+        let parse = |k: &[u8]| -> Option<(usize, u64)> {
             // `{tenant}/{printer}/{ms:020}`: ids cannot hold '/', so the part up to the
             // last '/' is exactly this printer's prefix.
-            if let Some(slash) = k.iter().rposition(|b| *b == b'/') {
-                let (prefix, ms) = (&k[..=slash], &k[slash + 1..]);
-                let same_printer_next = matches!(iter.peek(), Some(Ok(n)) if n.starts_with(prefix));
-                if ms < cut.as_bytes() && same_printer_next {
+            let slash = k.iter().rposition(|b| *b == b'/')?;
+            let at = std::str::from_utf8(&k[slash + 1..]).ok()?.parse().ok()?;
+            Some((slash, at))
+        };
+        let value = |v: &[u8]| {
+            serde_json::from_slice::<Sample>(v)
+                .ok()
+                .and_then(|s| s.value)
+        };
+        let mut iter = self.tree.range(from..).peekable();
+        let (mut removed, mut scanned) = (0, 0);
+        let mut prev: Option<(Vec<u8>, Option<u64>)> = None;
+        while let Some(kv) = iter.next() {
+            let (k, v) = kv?;
+            scanned += 1;
+            if let Some((slash, at)) = parse(&k) {
+                let prefix = &k[..=slash];
+                let here = value(&v);
+                let next = match iter.peek() {
+                    Some(Ok((nk, nv))) if nk.starts_with(prefix) => {
+                        Some((parse(nk).map(|(_, t)| t).unwrap_or(u64::MAX), value(nv)))
+                    }
+                    _ => None,
+                };
+                let after_drop = matches!(&prev, Some((p, Some(pv))) if p.as_slice() == prefix && here.is_some_and(|h| h < *pv));
+                let keep = match next {
+                    None => true, // the printer's newest
+                    Some(_) if at < delete => false,
+                    Some(_) if at >= thin => true,
+                    Some((next_at, next_value)) => {
+                        let day = |t: u64| t / 86_400_000;
+                        day(next_at) != day(at)
+                            || matches!((here, next_value), (Some(h), Some(n)) if n < h)
+                            || after_drop
+                    }
+                };
+                prev = Some((prefix.to_vec(), here));
+                if !keep {
                     self.tree.remove(&k)?;
                     removed += 1;
                 }
             }
             if scanned >= max_keys {
                 let next = match iter.peek() {
-                    Some(Ok(n)) => Some(n.to_vec()),
+                    Some(Ok((n, _))) => Some(n.to_vec()),
                     _ => None,
                 };
                 return Ok((removed, next));
@@ -393,51 +425,80 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_recent_samples_and_each_printers_newest() {
+    fn pruning_thins_to_daily_maxima_and_resets_and_keeps_each_printers_newest() {
         let d = tempfile::tempdir().unwrap();
         let db = sled::open(d.path()).unwrap();
         let store = ReadingStore::open(&db).unwrap();
         let acme: Id = "acme".parse().unwrap();
-        let put = |printer: &str, t: DateTime<Utc>| {
+        let put = |printer: &str, t: DateTime<Utc>, value: u64| {
             let p: Id = printer.parse().unwrap();
-            let smp = s(t, 1);
             store
                 .tree
                 .insert(
                     key(&acme, &p, t).as_bytes(),
-                    serde_json::to_vec(&smp).unwrap(),
+                    serde_json::to_vec(&s(t, value)).unwrap(),
                 )
                 .unwrap();
         };
-        // p1: three old, one recent; p10 (a prefix-sharing id): two old; p2: one old.
-        for day in [1, 2, 3] {
-            put("p1", at(day, 0));
+        // p1, March 1–3: hourly readings; on March 2 the counter drops (a reset).
+        for hour in 0..24 {
+            put("p1", at(1, hour), 100 + hour as u64);
+            put(
+                "p1",
+                at(2, hour),
+                if hour < 12 {
+                    200 + hour as u64
+                } else {
+                    hour as u64
+                },
+            );
         }
-        put("p1", at(20, 0));
-        put("p10", at(1, 0));
-        put("p10", at(2, 0));
-        put("p2", at(1, 0));
-        let cutoff = at(10, 0);
-        // In batches of two keys.
-        let (mut removed, mut from) = (0, Vec::new());
+        put("p1", at(20, 0), 900); // recent: kept as it is
+        put("p1", at(20, 1), 901);
+        // p10 (shares a prefix with p1) and p2: one old sample each, their newest.
+        put("p10", at(1, 5), 7);
+        put("p2", at(1, 6), 8);
+        let (delete_before, thin_before) = (at(1, 0) - chrono::Duration::days(1), at(10, 0));
+        let mut from = Vec::new();
         loop {
-            let (n, next) = store.prune(cutoff, &from, 2).unwrap();
-            removed += n;
+            let (_, next) = store.prune(delete_before, thin_before, &from, 7).unwrap();
             match next {
                 Some(k) => from = k,
                 None => break,
             }
         }
-        assert_eq!(removed, 4, "p1's three old ones, p10's older one");
-        let left: Vec<String> = store
+        let left: Vec<(String, u64)> = store
             .tree
             .iter()
-            .keys()
-            .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                let smp: Sample = serde_json::from_slice(&v).unwrap();
+                (String::from_utf8(k.to_vec()).unwrap(), smp.value.unwrap())
+            })
             .collect();
-        assert_eq!(left.len(), 3, "{left:?}");
-        assert!(left.iter().any(|k| k.starts_with("acme/p10/")));
-        assert!(left.iter().any(|k| k.starts_with("acme/p2/")));
+        let p1: Vec<u64> = left
+            .iter()
+            .filter(|(k, _)| k.starts_with("acme/p1/"))
+            .map(|(_, v)| *v)
+            .collect();
+        // March 1: its last (123). March 2: 211 before the drop, 12 after it, 23 last.
+        assert_eq!(p1, [123, 211, 12, 23, 900, 901], "{left:?}");
+        assert!(left.iter().any(|(k, _)| k.starts_with("acme/p10/")));
+        assert!(left.iter().any(|(k, _)| k.starts_with("acme/p2/")));
+        // Past the retention: removed, but for each printer's newest.
+        let mut from = Vec::new();
+        loop {
+            let (_, next) = store.prune(at(15, 0), at(15, 0), &from, 7).unwrap();
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        assert_eq!(
+            store.tree.len(),
+            4,
+            "p1's two recent ones, p10's and p2's newest"
+        );
     }
 
     #[test]

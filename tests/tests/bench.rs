@@ -19,7 +19,14 @@ fn the_benchmark_command_runs_every_section_and_writes_json() {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("JSON written")).unwrap();
     let figures = v["figures"].as_array().expect("figures");
-    for section in ["apply", "fleet", "ingest", "decisions", "footprint"] {
+    for section in [
+        "apply",
+        "fleet",
+        "ingest",
+        "decisions",
+        "footprint",
+        "history",
+    ] {
         let n = figures.iter().filter(|f| f["section"] == section).count();
         assert!(n >= 3, "section {section} has {n} figures:\n{stdout}");
     }
@@ -28,8 +35,9 @@ fn the_benchmark_command_runs_every_section_and_writes_json() {
         assert!(x.is_finite() && x > 0.0, "figure {f}");
     }
     let goals = v["goals"].as_array().expect("goals");
-    // apply p50 and p99, fleet rate and timeout, ingest, footprint RSS × 2 and binary.
-    assert_eq!(goals.len(), 8, "{stdout}");
+    // apply p50 and p99, fleet rate and timeout, ingest, footprint RSS × 2 and binary;
+    // history: three p95 ratios, idle CPU, the burst.
+    assert_eq!(goals.len(), 13, "{stdout}");
     for g in goals {
         let ratio = g["ratio"].as_f64().unwrap_or(f64::NAN);
         assert!(ratio.is_finite(), "goal {g}");

@@ -19,6 +19,7 @@ mod apply;
 mod decisions;
 mod fleet;
 mod footprint;
+mod history;
 mod ingest;
 mod mqtt;
 mod table;
@@ -33,7 +34,7 @@ struct Args {
     /// Small sizes (a smoke run of every section, seconds instead of minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (apply, fleet, ingest, decisions, footprint).
+    /// Run only these sections (apply, fleet, ingest, decisions, footprint, history).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the figures as JSON here.
@@ -50,6 +51,8 @@ pub struct Sizes {
     pub footprint_printers: usize,
     pub footprint_secs: u64,
     pub stored_reports: usize,
+    /// Contracts of the history section: the small and the large state, and the burst.
+    pub history: (usize, usize, usize),
 }
 
 impl Sizes {
@@ -62,6 +65,7 @@ impl Sizes {
             footprint_printers: 1000,
             footprint_secs: 30,
             stored_reports: 100_000,
+            history: (1_000, 50_000, 10_000),
         }
     }
     fn quick() -> Sizes {
@@ -73,6 +77,7 @@ impl Sizes {
             footprint_printers: 50,
             footprint_secs: 6,
             stored_reports: 2_000,
+            history: (100, 1_000, 500),
         }
     }
 }
@@ -119,6 +124,11 @@ async fn main() {
     }
     if want("footprint") {
         footprint::run(&mut r, &sizes).await;
+    }
+    if want("history") {
+        let (small, large, burst) = sizes.history;
+        let idle = std::time::Duration::from_secs(if args.quick { 2 } else { 10 });
+        history::run(&mut r, small, large, burst, idle).await;
     }
     println!("{}", r.render());
     let json = r.to_json(machine());
