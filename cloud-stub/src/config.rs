@@ -62,6 +62,14 @@ pub struct Ingest {
     /// Telemetry samples read longer ago are removed (each printer's newest kept).
     #[serde(default = "default_retention_days")]
     pub telemetry_retention_days: u64,
+    /// Reports of changes settled longer ago (unless a ledger entry refers to the
+    /// change) and refused migrations decided longer ago are removed.
+    #[serde(default = "default_history_retention_days")]
+    pub history_retention_days: u64,
+}
+
+fn default_history_retention_days() -> u64 {
+    crate::server::DEFAULT_HISTORY_RETENTION.as_secs() / 86400
 }
 
 fn default_retention_days() -> u64 {
@@ -89,6 +97,7 @@ impl Default for Ingest {
             telemetry_burst: default_telemetry_burst(),
             telemetry_per_minute: default_telemetry_per_minute(),
             telemetry_retention_days: default_retention_days(),
+            history_retention_days: default_history_retention_days(),
         }
     }
 }
@@ -331,6 +340,9 @@ impl ConfigFile for CloudConfig {
         if self.api.max_backdate_secs > 366 * 86400 {
             bad("api.max_backdate_secs", "must be at most a year (31622400)");
         }
+        if self.ingest.history_retention_days < 1 {
+            bad("ingest.history_retention_days", "must be at least 1");
+        }
         if self.ingest.telemetry_retention_days < 62 {
             bad(
                 "ingest.telemetry_retention_days",
@@ -386,6 +398,9 @@ impl CloudConfig {
             ingest_limits: self.ingest.limits(),
             telemetry_retention: Duration::from_secs(
                 self.ingest.telemetry_retention_days.saturating_mul(86400),
+            ),
+            history_retention: Duration::from_secs(
+                self.ingest.history_retention_days.saturating_mul(86400),
             ),
         }
     }

@@ -132,6 +132,9 @@ pub struct SetupState {
     pub completed_at: Option<DateTime<Utc>>,
     /// The final decision is recorded and every shipment accepted: nothing left to do.
     pub settled: bool,
+    /// When it settled (absent in records written before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -606,6 +609,62 @@ impl ContractStore {
             items,
             next: p.next,
         })
+    }
+
+    /// Remove refused migrations decided before `before` (with their index entries),
+    /// scanning at most `max_keys` from `from` on. Returns (removed, next batch start).
+    pub fn prune_refused_migrations(
+        &self,
+        before: DateTime<Utc>,
+        from: &[u8],
+        max_keys: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
+        let mut removed = 0;
+        let mut iter = self.migrations.range(from..).peekable();
+        let mut scanned = 0;
+        while let Some(kv) = iter.next() {
+            let (k, v) = kv?;
+            scanned += 1;
+            let m: Migration = decode(&k, &v)?;
+            if m.state == MigrationState::Refused && m.decision.decided_at < before {
+                self.migrations.remove(&k)?;
+                self.migrations_by_tenant
+                    .remove(format!("{}/{}", m.decision.tenant, m.id).as_bytes())?;
+                self.migrations_by_contract
+                    .remove(format!("{}/{}", m.decision.contract, m.id).as_bytes())?;
+                removed += 1;
+            }
+            if scanned >= max_keys {
+                let next = match iter.peek() {
+                    Some(Ok((n, _))) => Some(n.to_vec()),
+                    _ => None,
+                };
+                self.db.flush()?;
+                return Ok((removed, next));
+            }
+        }
+        self.db.flush()?;
+        Ok((removed, None))
+    }
+
+    /// Whether a report of change `change_id` may go: the change settled before
+    /// `before` and no ledger entry refers to it (a paid change keeps its evidence).
+    pub fn report_may_go(
+        &self,
+        change_id: &str,
+        before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(rec) = self.change(change_id)? else {
+            return Ok(false);
+        };
+        if !rec.setup.settled || rec.setup.settled_at.is_none_or(|t| t >= before) {
+            return Ok(false);
+        }
+        let owner = LedgerOwner::Contract(&rec.change.contract);
+        Ok(!self
+            .ledger_of(owner)?
+            .iter()
+            .any(|e| e.change_id == rec.change.id))
     }
 
     /// A tenant's contracts, read by key.

@@ -379,7 +379,11 @@ impl Engine {
                 settings: rec.change.settings.clone(),
                 signature: None,
             };
-            match self.cloud.publish_desired(&contract.tenant, &desired).await {
+            match self
+                .cloud
+                .publish_desired_for(&contract.tenant, &desired, Some(&rec.change.id))
+                .await
+            {
                 Ok(()) => {
                     let ps = rec.setup.printers.entry(printer.clone()).or_default();
                     ps.add_published(version, Utc::now());
@@ -754,6 +758,7 @@ impl Engine {
                 info!(change = %rec.change.id, ?reason, "no compensation");
                 self.note(rec, Event::NoCompensation { reason })?;
                 rec.setup.settled = true;
+                rec.setup.settled_at = Some(Utc::now());
                 return Ok(());
             }
             Decision::Interim { parts } => (parts, false),
@@ -798,6 +803,7 @@ impl Engine {
         }
         if last && all_shipped {
             rec.setup.settled = true;
+            rec.setup.settled_at = Some(Utc::now());
         }
         Ok(())
     }

@@ -207,6 +207,16 @@ fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
     format!("{tenant}/{printer}/{version:020}")
 }
 
+/// A `published` entry: when, and for which contract change (none: published by
+/// hand, e.g. `platen-cloud publish`). Entries written before the change was noted
+/// hold only the time, as a JSON string; they read as `change: None`.
+#[derive(Serialize, Deserialize)]
+struct Published {
+    at: DateTime<Utc>,
+    #[serde(default)]
+    change: Option<String>,
+}
+
 /// Most distinct reports stored for one published version of one printer (the
 /// genuine report and refusals, possibly from a replaced gateway): a gateway cannot
 /// grow the store without bound by inventing report ids.
@@ -681,9 +691,25 @@ impl Cloud {
         printer: &Id,
         version: u64,
     ) -> Result<(), CloudError> {
-        let at = serde_json::to_vec(&Utc::now()).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        self.record_published_for(tenant, printer, version, None)
+    }
+
+    /// [`Cloud::record_published`], noting the contract change the version is for
+    /// (report retention asks whether that change settled).
+    fn record_published_for(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        version: u64,
+        change: Option<&str>,
+    ) -> Result<(), CloudError> {
+        let v = serde_json::to_vec(&Published {
+            at: Utc::now(),
+            change: change.map(str::to_string),
+        })
+        .map_err(|e| CloudError::Invalid(e.to_string()))?;
         self.published
-            .insert(published_key(tenant, printer, version).as_bytes(), at)?;
+            .insert(published_key(tenant, printer, version).as_bytes(), v)?;
         self.published.flush()?;
         Ok(())
     }
@@ -696,7 +722,11 @@ impl Cloud {
         printer: &Id,
         versions: impl IntoIterator<Item = u64>,
     ) -> Result<(), CloudError> {
-        let at = serde_json::to_vec(&Utc::now()).map_err(|e| CloudError::Invalid(e.to_string()))?;
+        let at = serde_json::to_vec(&Published {
+            at: Utc::now(),
+            change: None,
+        })
+        .map_err(|e| CloudError::Invalid(e.to_string()))?;
         for v in versions {
             self.published
                 .insert(published_key(tenant, printer, v).as_bytes(), at.as_slice())?;
@@ -835,10 +865,20 @@ impl Cloud {
         tenant: &Id,
         config: &DesiredConfig,
     ) -> Result<(), CloudError> {
+        self.publish_desired_for(tenant, config, None).await
+    }
+
+    /// [`Cloud::publish_desired`] for a contract change (noted with the version).
+    pub async fn publish_desired_for(
+        &self,
+        tenant: &Id,
+        config: &DesiredConfig,
+        change: Option<&str>,
+    ) -> Result<(), CloudError> {
         config.validate().map_err(CloudError::Invalid)?;
         // Recorded (and flushed) before the publish: a report can only answer a
         // version the store knows was published.
-        self.record_published(tenant, &config.printer_id, config.version)?;
+        self.record_published_for(tenant, &config.printer_id, config.version, change)?;
         let topic = Topic::desired(tenant, &config.printer_id).to_string();
         let payload = match &self.signer {
             Some(signer) => {
@@ -887,6 +927,66 @@ impl Cloud {
             .take_while(|(k, _)| k.starts_with(prefix.as_bytes()) && k.as_ref() < end.as_bytes())
             .filter_map(|(_, id)| self.report(&String::from_utf8_lossy(&id)))
             .collect()
+    }
+
+    /// Remove the reports of changes that settled before `before` and that no ledger
+    /// entry refers to, scanning at most `max_keys` index entries from `from` on.
+    /// Reports of versions published by hand (no change noted) are kept. Returns
+    /// (removed, next batch start).
+    pub fn prune_reports(
+        &self,
+        store: &contracts::ContractStore,
+        before: DateTime<Utc>,
+        from: &[u8],
+        max_keys: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), CloudError> {
+        let mut removed = 0;
+        let mut scanned = 0;
+        let mut iter = self.report_index.range(from..).peekable();
+        let mut decided: std::collections::HashMap<String, bool> = Default::default();
+        while let Some(kv) = iter.next() {
+            let (k, id) = kv?;
+            scanned += 1;
+            // `{tenant}/{printer}/{version:020}/{report id}`: the published key is the
+            // part before the third '/'.
+            let cut = k
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'/')
+                .nth(2)
+                .map(|(i, _)| i);
+            let change = cut
+                .and_then(|i| self.published.get(&k[..i]).ok().flatten())
+                .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
+                .and_then(|p| p.change);
+            if let Some(change) = change {
+                let go = match decided.get(&change) {
+                    Some(g) => *g,
+                    None => {
+                        let g = store
+                            .report_may_go(&change, before)
+                            .map_err(|e| CloudError::Invalid(e.to_string()))?;
+                        decided.insert(change.clone(), g);
+                        g
+                    }
+                };
+                if go {
+                    self.report_index.remove(&k)?;
+                    self.reports.remove(&id)?;
+                    removed += 1;
+                }
+            }
+            if scanned >= max_keys {
+                let next = match iter.peek() {
+                    Some(Ok((n, _))) => Some(n.to_vec()),
+                    _ => None,
+                };
+                self.db.flush()?;
+                return Ok((removed, next));
+            }
+        }
+        self.db.flush()?;
+        Ok((removed, None))
     }
 
     /// The sled database (the contract store keeps its trees in it too).
@@ -1053,6 +1153,123 @@ mod tests {
             c.ingest(topic, &codec::encode(&r)).unwrap(),
             ReportEvent::Duplicate { .. }
         ));
+    }
+
+    /// Reports of a change settled before the cutoff go, unless a ledger entry refers
+    /// to the change; those of open changes and of hand-published versions stay.
+    #[tokio::test]
+    async fn report_retention_keeps_open_and_paid_changes_evidence() {
+        use crate::contracts::{ChangeRecord, ContractStore, LedgerEntry};
+        use crate::model::{ChangeKind, Contract, ContractChange};
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
+        let store = ContractStore::open(c.db()).unwrap();
+        let (acme, now) = ("acme".parse::<Id>().unwrap(), Utc::now());
+        let mut changes = Vec::new();
+        for (i, printer) in ["p1", "p2", "p3"].iter().enumerate() {
+            let k = Contract {
+                id: format!("c{i}").parse().unwrap(),
+                tenant: acme.clone(),
+                printers: vec![printer.parse().unwrap()],
+                plan: "basic".parse().unwrap(),
+                effective_at: now,
+                time_zone: "UTC".into(),
+                currency: "EUR".into(),
+                term_months: None,
+                created_at: now,
+            };
+            let start = ContractChange {
+                id: format!("c{i}.1"),
+                contract: k.id.clone(),
+                seq: 1,
+                change: ChangeKind::Start,
+                effective_at: now,
+                requested_at: now,
+                plan: k.plan.clone(),
+                settings: Default::default(),
+            };
+            store.create_contract(&k, &start, false).unwrap();
+            c.record_published_for(&acme, &k.printers[0], 1, Some(&start.id))
+                .unwrap();
+            let mut r = report(1);
+            r.printer_id = k.printers[0].clone();
+            r.report_id = ApplyReport::make_id(&r.agent_id, &r.printer_id, 1);
+            let topic = format!("platen/v1/acme/{printer}/config/report");
+            assert!(matches!(
+                c.ingest(&topic, &codec::encode(&r)).unwrap(),
+                ReportEvent::New(..)
+            ));
+            changes.push((k, start, r.report_id));
+        }
+        // c0 settled long ago; c1 settled long ago but paid; c2 still open.
+        let long_ago = now - chrono::Duration::days(500);
+        for (k, start, _) in &changes[..2] {
+            let mut rec = ChangeRecord {
+                change: start.clone(),
+                setup: Default::default(),
+            };
+            rec.setup.settled = true;
+            rec.setup.settled_at = Some(long_ago);
+            store.save_change(&rec, None).unwrap();
+            if k.id.as_str() == "c1" {
+                let decision = crate::compensation::decide(&crate::compensation::Input {
+                    service: &crate::model::ServiceKind::Basic { monthly_fee: 100 },
+                    tz: chrono_tz::UTC,
+                    t0: long_ago - chrono::Duration::hours(1),
+                    t1: Some(long_ago),
+                    fault: true,
+                    now,
+                });
+                let crate::compensation::Decision::Final { parts } = decision else {
+                    panic!()
+                };
+                for part in parts {
+                    store
+                        .add_ledger(&LedgerEntry {
+                            key: format!("{}/{}", start.id, part.period.label()),
+                            tenant: acme.clone(),
+                            contract: k.id.clone(),
+                            change_id: start.id.clone(),
+                            currency: "EUR".into(),
+                            created_at: now,
+                            part,
+                        })
+                        .unwrap();
+                }
+            }
+        }
+        // A hand-published version (no change noted): kept.
+        let p9: Id = "p9".parse().unwrap();
+        c.record_published(&acme, &p9, 1).unwrap();
+        let mut r9 = report(1);
+        r9.printer_id = p9.clone();
+        r9.report_id = ApplyReport::make_id(&r9.agent_id, &p9, 1);
+        c.ingest("platen/v1/acme/p9/config/report", &codec::encode(&r9))
+            .unwrap();
+        let before = now - chrono::Duration::days(400);
+        let (mut removed, mut from) = (0, Vec::new());
+        loop {
+            let (n, next) = c.prune_reports(&store, before, &from, 2).unwrap();
+            removed += n;
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+        assert_eq!(removed, 1);
+        assert!(
+            c.report(&changes[0].2).is_none(),
+            "settled, unpaid: removed"
+        );
+        assert!(
+            c.report(&changes[1].2).is_some(),
+            "paid: its evidence stays"
+        );
+        assert!(c.report(&changes[2].2).is_some(), "open: stays");
+        assert!(c.report(&r9.report_id).is_some(), "hand-published: stays");
+        assert!(c
+            .reports_for(&acme, &"p1".parse().unwrap(), 0..=u64::MAX)
+            .is_empty());
     }
 
     #[tokio::test]

@@ -724,6 +724,7 @@ async fn serve(
         policy: extras.api.policy(),
         ingest_limits: Default::default(),
         telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
+        history_retention: platen_cloud::server::DEFAULT_HISTORY_RETENTION,
     };
     run_server(cfg).await
 }

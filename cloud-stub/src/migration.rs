@@ -656,6 +656,27 @@ mod tests {
                 .len(),
             1
         );
+        // Retention: a refusal decided before the cutoff goes, with its index entries.
+        let decided = m.decision.decided_at;
+        let (n, _) = w
+            .ops
+            .store
+            .prune_refused_migrations(decided, &[], 100)
+            .unwrap();
+        assert_eq!(n, 0, "decided at the cutoff, not before it");
+        let later = decided + chrono::Duration::seconds(1);
+        let (n, next) = w
+            .ops
+            .store
+            .prune_refused_migrations(later, &[], 100)
+            .unwrap();
+        assert_eq!((n, next), (1, None));
+        assert!(w.ops.migrations(None, None, None).unwrap().is_empty());
+        assert!(w
+            .ops
+            .migrations(Some(&"acme".parse().unwrap()), None, None)
+            .unwrap()
+            .is_empty());
         // Timing by usage: mono-1000 → color-2000 is fine (600 ≤ 2000), at once.
         let Outcome::Accepted(m) = w.ask("tenant:acme", "color-2000", false).unwrap() else {
             panic!("upgrade accepted")

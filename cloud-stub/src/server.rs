@@ -43,11 +43,17 @@ pub struct ServerConfig {
     /// Telemetry samples read longer ago than this are removed (each printer's
     /// newest is kept).
     pub telemetry_retention: Duration,
+    /// Reports of changes settled longer ago (unless a ledger entry refers to the
+    /// change) and refused migrations decided longer ago are removed.
+    pub history_retention: Duration,
 }
 
 /// Telemetry samples are kept 400 days by default: the open and the previous billing
 /// period with room for a year of disputes.
 pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(400 * 86400);
+
+/// Reports of settled changes and refused migrations are kept 400 days by default.
+pub const DEFAULT_HISTORY_RETENTION: Duration = Duration::from_secs(400 * 86400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -107,7 +113,12 @@ impl Server {
         let (stop, stop_rx) = watch::channel(false);
         let engine_task = engine.spawn(stop_rx.clone());
         let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx.clone());
-        let retention = spawn_retention(ops.clone(), cfg.telemetry_retention, stop_rx);
+        let retention = spawn_retention(
+            ops.clone(),
+            cloud.clone(),
+            (cfg.telemetry_retention, cfg.history_retention),
+            stop_rx,
+        );
         let listener = tokio::net::TcpListener::bind(cfg.api_listen)
             .await
             .map_err(|source| ServerError::Listen {
@@ -193,15 +204,24 @@ fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) ->
     })
 }
 
-/// Thins telemetry samples older than the previous billing period to what billing and
-/// disputes need, and removes those older than `keep`, at start and then hourly, in
-/// batches of 10,000 keys off the runtime's threads, so a large history never stalls
-/// the API.
-fn spawn_retention(ops: Ops, keep: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Retention, at start and then hourly, in batches of 10,000 keys off the runtime's
+/// threads (a large history never stalls the API): telemetry samples older than the
+/// previous billing period are thinned to what billing and disputes need and removed
+/// past `keep.0`; reports of changes settled before `keep.1` (no ledger entry
+/// referring to them) and refused migrations decided before it are removed.
+fn spawn_retention(
+    ops: Ops,
+    cloud: Cloud,
+    keep: (Duration, Duration),
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let now = chrono::Utc::now();
-            let cutoff = now - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+            let ago =
+                |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+            let cutoff = ago(keep.0);
+            let history = ago(keep.1);
             // Full resolution for the open and the previous billing period (UTC months;
             // a zone's month starts at most a day off).
             let this_month = crate::period::containing(chrono_tz::UTC, now).start;
@@ -211,37 +231,51 @@ fn spawn_retention(ops: Ops, keep: Duration, mut stop: watch::Receiver<bool>) ->
             )
             .start
                 - chrono::Duration::days(1);
-            let (mut from, mut removed) = (Vec::new(), 0usize);
-            loop {
-                let readings = ops.store().readings.clone();
-                let start = std::mem::take(&mut from);
-                let r = tokio::task::spawn_blocking(move || {
-                    readings.prune(cutoff, thin_before, &start, 10_000)
-                })
-                .await;
-                match r {
-                    Ok(Ok((n, next))) => {
-                        removed += n;
-                        match next {
-                            Some(k) => from = k,
-                            None => break,
+            for what in ["telemetry samples", "reports", "refused migrations"] {
+                let (mut from, mut removed) = (Vec::new(), 0usize);
+                loop {
+                    let (o, c) = (ops.clone(), cloud.clone());
+                    let start = std::mem::take(&mut from);
+                    let r = tokio::task::spawn_blocking(move || -> Result<_, String> {
+                        let store = o.store();
+                        match what {
+                            "telemetry samples" => store
+                                .readings
+                                .prune(cutoff, thin_before, &start, 10_000)
+                                .map_err(|e| e.to_string()),
+                            "reports" => c
+                                .prune_reports(store, history, &start, 10_000)
+                                .map_err(|e| e.to_string()),
+                            _ => store
+                                .prune_refused_migrations(history, &start, 10_000)
+                                .map_err(|e| e.to_string()),
+                        }
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok((n, next))) => {
+                            removed += n;
+                            match next {
+                                Some(k) => from = k,
+                                None => break,
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, what, "retention: will retry");
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, what, "retention task failed; will retry");
+                            break;
                         }
                     }
-                    Ok(Err(e)) => {
-                        warn!(error = %e, "telemetry retention: will retry");
-                        break;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "telemetry retention task failed; will retry");
-                        break;
+                    if *stop.borrow() {
+                        return;
                     }
                 }
-                if *stop.borrow() {
-                    return;
+                if removed > 0 {
+                    info!(removed, what, "retention: removed");
                 }
-            }
-            if removed > 0 {
-                info!(removed, %cutoff, "telemetry samples past retention removed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

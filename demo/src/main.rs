@@ -430,6 +430,7 @@ async fn start_contract_cloud(
         policy: Default::default(),
         ingest_limits: Default::default(),
         telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
+        history_retention: platen_cloud::server::DEFAULT_HISTORY_RETENTION,
     })
     .await
     .map_err(|e| e.to_string())?;

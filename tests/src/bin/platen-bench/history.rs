@@ -179,6 +179,7 @@ async fn one_size(broker: &Mosquitto, n: usize, burst: usize, idle: Duration) ->
         policy: Default::default(),
         ingest_limits: Default::default(),
         telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
+        history_retention: platen_cloud::server::DEFAULT_HISTORY_RETENTION,
     })
     .await
     .expect("server");
