@@ -45,6 +45,12 @@ pub enum NotOwed {
         t0: DateTime<Utc>,
         t1: DateTime<Utc>,
     },
+    /// A fault, but less than one whole second of unavailability (T1 − T0 < 1 s):
+    /// whole seconds are what is paid for.
+    UnderOneSecond {
+        t0: DateTime<Utc>,
+        t1: DateTime<Utc>,
+    },
     /// Every fault had its cause on the customer's side (its gateway down, its
     /// printer unreachable from its gateway) and the plan does not compensate those.
     CustomerSide { evidence: String },
@@ -121,7 +127,12 @@ fn part(
     to: DateTime<Utc>,
     up_to_completion: bool,
 ) -> Part {
-    let u = (to - from).num_seconds().max(0) as u64;
+    // Whole seconds of the total, split cumulatively: a part is the whole seconds
+    // from T0 to its end less those from T0 to its start, so the parts add up to
+    // the whole seconds of T1 − T0 (truncating each part alone would lose up to a
+    // second per period boundary).
+    let whole = |t: DateTime<Utc>| (t - input.t0).num_seconds().max(0) as u64;
+    let u = whole(to).saturating_sub(whole(from));
     let ps = p.secs();
     let fee = input.service.monthly_fee();
     let credit = fee_credit(fee, u, ps);
@@ -172,6 +183,9 @@ fn part(
     }
 }
 
+/// How long after a period closes its interim part (setup still incomplete) is paid.
+pub const INTERIM_GRACE: chrono::Duration = chrono::Duration::days(1);
+
 /// Decide what is owed. Pure: the same input gives the same output.
 pub fn decide(input: &Input) -> Decision {
     match input.t1 {
@@ -182,21 +196,26 @@ pub fn decide(input: &Input) -> Decision {
             if t1 <= input.t0 {
                 return Decision::NotOwed(NotOwed::CompletedInTime { t0: input.t0, t1 });
             }
-            let parts = period::split(input.tz, input.t0, t1)
+            let parts: Vec<Part> = period::split(input.tz, input.t0, t1)
                 .into_iter()
                 .map(|(p, a, b)| part(input, p, a, b, b == t1))
                 .filter(|p| p.unavailable_secs > 0)
                 .collect();
+            if parts.is_empty() {
+                return Decision::NotOwed(NotOwed::UnderOneSecond { t0: input.t0, t1 });
+            }
             Decision::Final { parts }
         }
         None => {
             if !input.fault {
                 return Decision::Pending;
             }
-            // Only periods that have closed, each up to its end.
+            // Only periods that closed at least INTERIM_GRACE ago, each up to its end:
+            // a report held in an outbox across the month's end still arrives before
+            // the interim part is paid for time the service was in fact working.
             let parts = period::split(input.tz, input.t0, input.now)
                 .into_iter()
-                .filter(|(p, _, _)| p.end <= input.now)
+                .filter(|(p, _, _)| p.end + INTERIM_GRACE <= input.now)
                 .map(|(p, a, b)| part(input, p, a, b, false))
                 .filter(|p| p.unavailable_secs > 0)
                 .collect();
@@ -379,6 +398,79 @@ mod tests {
             decide(&input(&s, t0, None, false, "2026-02-03T00:00:00Z")),
             Decision::Pending
         );
+    }
+
+    /// Defect: a confirmation held across the month's end (completed_at before it)
+    /// used to find January's interim part already paid up to the month's end.
+    #[test]
+    fn a_late_report_within_the_grace_overpays_nothing() {
+        let s = ServiceKind::Basic {
+            monthly_fee: 2_678_400,
+        };
+        let t0 = "2026-01-20T00:00:00Z";
+        // 30 s after January closed: inside the grace, nothing is paid yet.
+        assert_eq!(
+            decide(&input(&s, t0, None, true, "2026-02-01T00:00:30Z")),
+            Decision::Interim { parts: vec![] }
+        );
+        // The report arrives: completed at 23:59 on January 31.
+        let p = parts(decide(&input(
+            &s,
+            t0,
+            Some("2026-01-31T23:59:00Z"),
+            true,
+            "2026-02-01T00:05:00Z",
+        )));
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].fee_credit, 1_036_740,
+            "the formula, not the month's end"
+        );
+        // A day after the close, still incomplete: January is paid to its end.
+        let i = parts(decide(&input(&s, t0, None, true, "2026-02-02T00:00:00Z")));
+        assert_eq!(i[0].fee_credit, 1_036_800);
+    }
+
+    /// Defect: less than a second of unavailability settled with no entry and no
+    /// reason; now the reason says so.
+    #[test]
+    fn under_one_second_says_why_nothing_is_owed() {
+        let s = ServiceKind::Basic { monthly_fee: 100 };
+        let d = decide(&input(
+            &s,
+            "2026-01-10T00:00:00Z",
+            Some("2026-01-10T00:00:00.800Z"),
+            true,
+            "2026-01-10T00:00:01Z",
+        ));
+        assert!(
+            matches!(d, Decision::NotOwed(NotOwed::UnderOneSecond { .. })),
+            "{d:?}"
+        );
+    }
+
+    /// Defect: each month's part was truncated on its own, so 1.8 s across a month
+    /// boundary paid 0 s; the parts now add up to the whole seconds of the total.
+    #[test]
+    fn parts_add_up_to_the_whole_seconds_of_the_total() {
+        let s = ServiceKind::Basic {
+            monthly_fee: 2_678_400,
+        };
+        let cases = [
+            // (T0, T1, whole seconds of the total)
+            ("2026-01-31T23:59:59.100Z", "2026-02-01T00:00:00.900Z", 1),
+            ("2026-01-31T23:59:58.500Z", "2026-02-01T00:00:01.700Z", 3),
+            (
+                "2026-01-31T12:00:00.999Z",
+                "2026-03-01T00:00:00.001Z",
+                2_462_399,
+            ),
+        ];
+        for (t0, t1, total) in cases {
+            let p = parts(decide(&input(&s, t0, Some(t1), true, t1)));
+            let sum: u64 = p.iter().map(|p| p.unavailable_secs).sum();
+            assert_eq!(sum, total, "{t0} → {t1}: {p:#?}");
+        }
     }
 
     #[test]

@@ -58,9 +58,11 @@ pub fn next_due(
                 Some(ss) => at(ss.next_attempt_at.unwrap_or(now)),
             }
         }
-        // A fault known while setup is open: the period's part is owed when it ends.
+        // A fault known while setup is open: the period's part is owed a grace after
+        // it ends (the period that ended less than the grace ago, or this one).
         if s.config_fault.is_some() || s.service_fault.is_some() {
-            at(period::containing(tz, now).end);
+            let grace = crate::compensation::INTERIM_GRACE;
+            at(period::containing(tz, now - grace).end + grace);
         }
     } else {
         // Completed, not settled: the decision or a shipment is still to be made.
@@ -178,13 +180,13 @@ mod tests {
                 "{what}"
             );
         }
-        // A fault while setup is open: due when the period ends, if nothing is sooner.
+        // A fault while setup is open: due a grace after the period ends, if nothing
+        // is sooner.
         let late = t("2026-03-31T23:59:30Z");
+        // Both confirmations are in, T1 not yet decided: only the period's end counts.
         let mut s = state(
             Some(PrinterSetup {
-                failed_at: Some(late),
-                unanswered: 12,
-                deadline_noted: true,
+                confirmed_at: Some(late),
                 ..published("2026-03-10T11:00:00Z")
             }),
             Some(confirmed_service),
@@ -206,7 +208,7 @@ mod tests {
                 chrono_tz::UTC,
                 late
             ),
-            Some(end_of_march + Duration::seconds(1)),
+            Some(end_of_march + Duration::seconds(1) + crate::compensation::INTERIM_GRACE),
         );
     }
 
