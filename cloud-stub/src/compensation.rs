@@ -183,6 +183,46 @@ fn part(
     }
 }
 
+/// What an interim part paid beyond the final part of the same period (a
+/// confirmation arrived after the grace with a completion time before the period's
+/// end): the part to take back, or `None` when nothing was overpaid. Shipments are not
+/// taken back (they went out).
+pub fn reversal(interim: &Part, final_part: &Part) -> Option<Part> {
+    if interim.unavailable_secs <= final_part.unavailable_secs {
+        return None;
+    }
+    let secs = interim.unavailable_secs - final_part.unavailable_secs;
+    let fee = interim.fee_credit.saturating_sub(final_part.fee_credit);
+    let extra_pages = match (&interim.extra_pages, &final_part.extra_pages) {
+        (Some(a), Some(b)) => Some(ExtraPages {
+            pages: a.pages.saturating_sub(b.pages),
+            period: a.period.clone(),
+            arithmetic: format!(
+                "interim {} pages − final {} pages = {}",
+                a.pages,
+                b.pages,
+                a.pages.saturating_sub(b.pages)
+            ),
+        }),
+        _ => None,
+    };
+    Some(Part {
+        period: interim.period,
+        from: final_part.to,
+        to: interim.to,
+        unavailable_secs: secs,
+        period_secs: interim.period_secs,
+        up_to_completion: false,
+        fee_credit: fee,
+        fee_arithmetic: format!(
+            "interim {} − final {} = {fee} taken back",
+            interim.fee_credit, final_part.fee_credit
+        ),
+        extra_pages,
+        shipment: None,
+    })
+}
+
 /// How long after a period closes its interim part (setup still incomplete) is paid.
 pub const INTERIM_GRACE: chrono::Duration = chrono::Duration::days(1);
 
@@ -471,6 +511,39 @@ mod tests {
             let sum: u64 = p.iter().map(|p| p.unavailable_secs).sum();
             assert_eq!(sum, total, "{t0} → {t1}: {p:#?}");
         }
+    }
+
+    /// A confirmation later than the grace, completed before the month's end: the
+    /// interim part paid to the end is corrected by a reversal of the difference, so
+    /// interim − reversal = the formula's part.
+    #[test]
+    fn a_report_later_than_the_grace_is_corrected_by_a_reversal() {
+        let s = flat(2_678_400, 3100);
+        let t0 = "2026-01-20T00:00:00Z";
+        let interim = parts(decide(&input(&s, t0, None, true, "2026-02-03T00:00:00Z")));
+        let fin = parts(decide(&input(
+            &s,
+            t0,
+            Some("2026-01-31T23:59:00Z"),
+            true,
+            "2026-02-03T00:00:00Z",
+        )));
+        let r = reversal(&interim[0], &fin[0]).expect("an overpayment");
+        assert_eq!(r.fee_credit, 60, "the issue's 60 overpaid");
+        assert_eq!(interim[0].fee_credit - r.fee_credit, fin[0].fee_credit);
+        assert_eq!(r.unavailable_secs, 60);
+        let pages = |p: &Part| p.extra_pages.as_ref().unwrap().pages;
+        assert_eq!(pages(&interim[0]) - pages(&r), pages(&fin[0]));
+        // Completed after the month's end: January's part is the interim one, nothing
+        // to take back.
+        let later = parts(decide(&input(
+            &s,
+            t0,
+            Some("2026-02-02T00:00:00Z"),
+            true,
+            "2026-02-03T00:00:00Z",
+        )));
+        assert_eq!(reversal(&interim[0], &later[0]), None);
     }
 
     #[test]

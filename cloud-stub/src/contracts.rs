@@ -207,6 +207,13 @@ pub enum Event {
         currency: String,
         part: Box<Part>,
     },
+    /// An interim part paid beyond the final one was taken back (`part` is what).
+    CompensationReversed {
+        ledger_key: String,
+        reverses: String,
+        currency: String,
+        part: Box<Part>,
+    },
     ShipmentAccepted {
         ledger_key: String,
         item: String,
@@ -235,6 +242,9 @@ impl Event {
             Event::SetupCompleted { .. } => Some("setup_completed".into()),
             Event::NoCompensation { .. } => Some("no_compensation".into()),
             Event::Compensation { ledger_key, .. } => Some(format!("compensation/{ledger_key}")),
+            Event::CompensationReversed { ledger_key, .. } => {
+                Some(format!("compensation/{ledger_key}"))
+            }
             Event::ShipmentAccepted { ledger_key, .. } => Some(format!("shipment/{ledger_key}")),
             Event::MigrationExecuted { migration, .. } => Some(format!("migration/{migration}")),
             Event::ChangeRequested { .. }
@@ -276,8 +286,24 @@ pub struct LedgerEntry {
     pub change_id: String,
     pub currency: String,
     pub created_at: DateTime<Utc>,
+    /// A reversal: this entry takes back its `fee_credit`, extra pages and seconds
+    /// from the entry under this key (an interim part that paid beyond the final one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<String>,
     #[serde(flatten)]
     pub part: Part,
+}
+
+impl LedgerEntry {
+    /// The fee credit this entry adds (negative for a reversal), in minor units.
+    pub fn signed_credit(&self) -> i128 {
+        let v = i128::from(self.part.fee_credit);
+        if self.reverses.is_some() {
+            -v
+        } else {
+            v
+        }
+    }
 }
 
 pub fn ledger_key(change_id: &str, period_label: &str) -> String {

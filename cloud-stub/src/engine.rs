@@ -774,6 +774,7 @@ impl Engine {
                 change_id: rec.change.id.clone(),
                 currency: contract.currency.clone(),
                 created_at: Utc::now(),
+                reverses: None,
                 part: part.clone(),
             };
             if self.store.add_ledger(&entry)? == Inserted::New {
@@ -792,6 +793,34 @@ impl Engine {
                     part: Box::new(stored.part.clone()),
                 },
             )?;
+            // The final decision found less than an interim part paid (a confirmation
+            // later than the grace): take the difference back, once, under its own key.
+            if last {
+                if let Some(back) = compensation::reversal(&stored.part, &part) {
+                    let rkey = format!("{key}/reversal");
+                    let r = LedgerEntry {
+                        key: rkey.clone(),
+                        reverses: Some(key.clone()),
+                        created_at: Utc::now(),
+                        part: back,
+                        ..entry.clone()
+                    };
+                    if self.store.add_ledger(&r)? == Inserted::New {
+                        warn!(change = %rec.change.id, key, taken_back = r.part.fee_credit, "interim compensation reversed in part");
+                    }
+                    if let Some(stored_r) = self.store.ledger_entry(&rkey)? {
+                        self.note(
+                            rec,
+                            Event::CompensationReversed {
+                                ledger_key: rkey,
+                                reverses: key.clone(),
+                                currency: contract.currency.clone(),
+                                part: Box::new(stored_r.part),
+                            },
+                        )?;
+                    }
+                }
+            }
             if let Some(s) = &stored.part.shipment {
                 if s.quantity > 0
                     && !self.store.shipment_sent(&key)?

@@ -1232,6 +1232,7 @@ mod tests {
                             change_id: start.id.clone(),
                             currency: "EUR".into(),
                             created_at: now,
+                            reverses: None,
                             part,
                         })
                         .unwrap();

@@ -497,7 +497,13 @@ impl Ops {
         let mut extra: BTreeMap<String, u64> = BTreeMap::new();
         for e in &ledger {
             if let Some(x) = &e.part.extra_pages {
-                *extra.entry(x.period.clone()).or_default() += x.pages;
+                let v = extra.entry(x.period.clone()).or_default();
+                // A reversal takes pages back from what its interim entry gave.
+                *v = if e.reverses.is_some() {
+                    v.saturating_sub(x.pages)
+                } else {
+                    v.saturating_add(x.pages)
+                };
             }
         }
         let mut page_caps = Vec::new();
@@ -515,10 +521,14 @@ impl Ops {
             }
         }
         Ok(ContractStatus {
-            credits_total: ledger
-                .iter()
-                .map(|e| e.part.fee_credit)
-                .fold(0u64, u64::saturating_add),
+            credits_total: u64::try_from(
+                ledger
+                    .iter()
+                    .map(LedgerEntry::signed_credit)
+                    .sum::<i128>()
+                    .max(0),
+            )
+            .unwrap_or(u64::MAX),
             settings: current.change.settings.clone(),
             changes: changes.iter().map(summary).collect(),
             contract,
@@ -835,6 +845,65 @@ mod tests {
             },
         )
         .unwrap();
+    }
+
+    /// A reversal takes its amount and pages back: the contract's credits and page
+    /// caps are interim − reversal.
+    #[test]
+    fn a_reversal_is_subtracted_from_credits_and_page_caps() {
+        let (_d, o) = ops();
+        setup(&o);
+        o.create_contract(new_contract("c1")).unwrap();
+        let s = ServiceKind::FlatRatePrint {
+            monthly_fee: 2_678_400,
+            page_cap: 3100,
+        };
+        let t = |x: &str| x.parse::<DateTime<Utc>>().unwrap();
+        let decide =
+            |t1: Option<&str>| match crate::compensation::decide(&crate::compensation::Input {
+                service: &s,
+                tz: chrono_tz::UTC,
+                t0: t("2026-01-20T00:00:00Z"),
+                t1: t1.map(t),
+                fault: true,
+                now: t("2026-02-03T00:00:00Z"),
+            }) {
+                crate::compensation::Decision::Final { parts }
+                | crate::compensation::Decision::Interim { parts } => parts,
+                other => panic!("{other:?}"),
+            };
+        let interim = decide(None).remove(0);
+        let fin = decide(Some("2026-01-31T23:59:00Z")).remove(0);
+        let back = crate::compensation::reversal(&interim, &fin).unwrap();
+        let entry = |key: &str, reverses: Option<String>, part| LedgerEntry {
+            key: key.into(),
+            tenant: "acme".parse().unwrap(),
+            contract: "c1".parse().unwrap(),
+            change_id: "c1.1".into(),
+            currency: "EUR".into(),
+            created_at: Utc::now(),
+            reverses,
+            part,
+        };
+        o.store
+            .add_ledger(&entry("c1.1/2026-01", None, interim.clone()))
+            .unwrap();
+        o.store
+            .add_ledger(&entry(
+                "c1.1/2026-01/reversal",
+                Some("c1.1/2026-01".into()),
+                back,
+            ))
+            .unwrap();
+        let st = o.contract_status("c1").unwrap();
+        assert_eq!(st.credits_total, fin.fee_credit);
+        let pages = fin.extra_pages.as_ref().unwrap();
+        let cap = st
+            .page_caps
+            .iter()
+            .find(|c| c.period == pages.period)
+            .unwrap();
+        assert_eq!(cap.extra, pages.pages);
     }
 
     #[test]

@@ -379,6 +379,16 @@ fn describe(e: &TimelineEntry) -> String {
             }
             s
         }
+        Event::CompensationReversed {
+            ledger_key,
+            reverses,
+            currency,
+            part,
+        } => format!(
+            "REVERSAL {ledger_key} of {reverses}: {} taken back ({})",
+            money(part.fee_credit, currency),
+            part.fee_arithmetic
+        ),
         Event::ShipmentAccepted { item, quantity, .. } => {
             format!("provider accepted shipment {quantity} × {item}")
         }

@@ -104,6 +104,7 @@ fn populate(state: &std::path::Path, n: usize) {
                         change_id: rec.change.id.clone(),
                         currency: "EUR".into(),
                         created_at: now,
+                        reverses: None,
                         part,
                     })
                     .expect("ledger");
