@@ -645,32 +645,20 @@ impl ContractStore {
         from: &[u8],
         max_keys: usize,
     ) -> Result<(usize, Option<Vec<u8>>), StoreError> {
-        let mut removed = 0;
-        let mut iter = self.migrations.range(from..).peekable();
-        let mut scanned = 0;
-        while let Some(kv) = iter.next() {
-            let (k, v) = kv?;
-            scanned += 1;
-            let m: Migration = decode(&k, &v)?;
-            if m.state == MigrationState::Refused && m.decision.decided_at < before {
-                self.migrations.remove(&k)?;
-                self.migrations_by_tenant
-                    .remove(format!("{}/{}", m.decision.tenant, m.id).as_bytes())?;
-                self.migrations_by_contract
-                    .remove(format!("{}/{}", m.decision.contract, m.id).as_bytes())?;
-                removed += 1;
+        let r = crate::batch::scan(&self.migrations, from, max_keys, |k, v, _| {
+            let m: Migration = decode(k, v)?;
+            if m.state != MigrationState::Refused || m.decision.decided_at >= before {
+                return Ok(false);
             }
-            if scanned >= max_keys {
-                let next = match iter.peek() {
-                    Some(Ok((n, _))) => Some(n.to_vec()),
-                    _ => None,
-                };
-                self.db.flush()?;
-                return Ok((removed, next));
-            }
-        }
+            self.migrations.remove(k)?;
+            self.migrations_by_tenant
+                .remove(format!("{}/{}", m.decision.tenant, m.id).as_bytes())?;
+            self.migrations_by_contract
+                .remove(format!("{}/{}", m.decision.contract, m.id).as_bytes())?;
+            Ok::<bool, StoreError>(true)
+        })?;
         self.db.flush()?;
-        Ok((removed, None))
+        Ok(r)
     }
 
     /// Whether a report of change `change_id` may go: the change settled before

@@ -15,6 +15,7 @@ pub mod api;
 pub mod api_server;
 pub mod attribution;
 pub mod auth;
+mod batch;
 pub mod catalog;
 pub mod compensation;
 pub mod config;
@@ -940,13 +941,8 @@ impl Cloud {
         from: &[u8],
         max_keys: usize,
     ) -> Result<(usize, Option<Vec<u8>>), CloudError> {
-        let mut removed = 0;
-        let mut scanned = 0;
-        let mut iter = self.report_index.range(from..).peekable();
         let mut decided: std::collections::HashMap<String, bool> = Default::default();
-        while let Some(kv) = iter.next() {
-            let (k, id) = kv?;
-            scanned += 1;
+        let r = batch::scan::<CloudError>(&self.report_index, from, max_keys, |k, id, _| {
             // `{tenant}/{printer}/{version:020}/{report id}`: the published key is the
             // part before the third '/'.
             let cut = k
@@ -959,34 +955,27 @@ impl Cloud {
                 .and_then(|i| self.published.get(&k[..i]).ok().flatten())
                 .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
                 .and_then(|p| p.change);
-            if let Some(change) = change {
-                let go = match decided.get(&change) {
-                    Some(g) => *g,
-                    None => {
-                        let g = store
-                            .report_may_go(&change, before)
-                            .map_err(|e| CloudError::Invalid(e.to_string()))?;
-                        decided.insert(change.clone(), g);
-                        g
-                    }
-                };
-                if go {
-                    self.report_index.remove(&k)?;
-                    self.reports.remove(&id)?;
-                    removed += 1;
+            let Some(change) = change else {
+                return Ok(false);
+            };
+            let go = match decided.get(&change) {
+                Some(g) => *g,
+                None => {
+                    let g = store
+                        .report_may_go(&change, before)
+                        .map_err(|e| CloudError::Invalid(e.to_string()))?;
+                    decided.insert(change, g);
+                    g
                 }
+            };
+            if go {
+                self.report_index.remove(k)?;
+                self.reports.remove(id)?;
             }
-            if scanned >= max_keys {
-                let next = match iter.peek() {
-                    Some(Ok((n, _))) => Some(n.to_vec()),
-                    _ => None,
-                };
-                self.db.flush()?;
-                return Ok((removed, next));
-            }
-        }
+            Ok(go)
+        })?;
         self.db.flush()?;
-        Ok((removed, None))
+        Ok(r)
     }
 
     /// The sled database (the contract store keeps its trees in it too).

@@ -355,48 +355,34 @@ impl ReadingStore {
                 .ok()
                 .and_then(|s| s.value)
         };
-        let mut iter = self.tree.range(from..).peekable();
-        let (mut removed, mut scanned) = (0, 0);
         let mut prev: Option<(Vec<u8>, Option<u64>)> = None;
-        while let Some(kv) = iter.next() {
-            let (k, v) = kv?;
-            scanned += 1;
-            if let Some((slash, at)) = parse(&k) {
-                let prefix = &k[..=slash];
-                let here = value(&v);
-                let next = match iter.peek() {
-                    Some(Ok((nk, nv))) if nk.starts_with(prefix) => {
-                        Some((parse(nk).map(|(_, t)| t).unwrap_or(u64::MAX), value(nv)))
-                    }
-                    _ => None,
-                };
-                let after_drop = matches!(&prev, Some((p, Some(pv))) if p.as_slice() == prefix && here.is_some_and(|h| h < *pv));
-                let keep = match next {
-                    None => true, // the printer's newest
-                    Some(_) if at < delete => false,
-                    Some(_) if at >= thin => true,
-                    Some((next_at, next_value)) => {
-                        let day = |t: u64| t / 86_400_000;
-                        day(next_at) != day(at)
-                            || matches!((here, next_value), (Some(h), Some(n)) if n < h)
-                            || after_drop
-                    }
-                };
-                prev = Some((prefix.to_vec(), here));
-                if !keep {
-                    self.tree.remove(&k)?;
-                    removed += 1;
+        crate::batch::scan(&self.tree, from, max_keys, |k, v, next| {
+            let Some((slash, at)) = parse(k) else {
+                return Ok(false);
+            };
+            let prefix = &k[..=slash];
+            let here = value(v);
+            let next = next
+                .filter(|(nk, _)| nk.starts_with(prefix))
+                .map(|(nk, nv)| (parse(nk).map(|(_, t)| t).unwrap_or(u64::MAX), value(nv)));
+            let after_drop = matches!(&prev, Some((p, Some(pv))) if p.as_slice() == prefix && here.is_some_and(|h| h < *pv));
+            let keep = match next {
+                None => true, // the printer's newest
+                Some(_) if at < delete => false,
+                Some(_) if at >= thin => true,
+                Some((next_at, next_value)) => {
+                    let day = |t: u64| t / 86_400_000;
+                    day(next_at) != day(at)
+                        || matches!((here, next_value), (Some(h), Some(n)) if n < h)
+                        || after_drop
                 }
+            };
+            prev = Some((prefix.to_vec(), here));
+            if !keep {
+                self.tree.remove(k)?;
             }
-            if scanned >= max_keys {
-                let next = match iter.peek() {
-                    Some(Ok((n, _))) => Some(n.to_vec()),
-                    _ => None,
-                };
-                return Ok((removed, next));
-            }
-        }
-        Ok((removed, None))
+            Ok::<bool, sled::Error>(!keep)
+        })
     }
 }
 
