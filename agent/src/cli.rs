@@ -429,11 +429,20 @@ pub async fn discover(a: DiscoverArgs) -> ExitCode {
         }
     } else {
         println!(
-            "{} printer{} in {} addresses",
+            "{} printer{} in {} address{}",
             found.len(),
             if found.len() == 1 { "" } else { "s" },
-            addresses.len()
+            addresses.len(),
+            if addresses.len() == 1 { "" } else { "es" }
         );
+        if found.is_empty() {
+            // SNMPv1/v2c agents stay silent to a wrong community: say what to try.
+            println!(
+                "hint: nothing answered on UDP port {port}. A printer stays silent to a wrong community \
+                 (--community, default public); check the range and the port, and that SNMP is on in the \
+                 printer's web page."
+            );
+        }
         for f in &found {
             println!(
                 "{:<21} {:<36} {}",

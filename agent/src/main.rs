@@ -81,6 +81,10 @@ const LOG_DEFAULT: &str = "info,async_snmp=off,rumqttc=warn,sled=warn";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // `status | head -1`: end quietly (141), never panic on a closed pipe.
+        platen_ops::cli::quiet_broken_pipe();
+    }
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },

@@ -867,6 +867,10 @@ enum ConfigCmd {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // `platen-cloud reports | head -1`: end quietly (141), never panic.
+        platen_ops::cli::quiet_broken_pipe();
+    }
     let _ = TOKEN.set(cli.token.clone().map(platen_ops::secret::Secret::new));
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
         "info,rumqttc=warn,sled=warn"

@@ -10,7 +10,9 @@
 //!   not to be readable by others.
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=…` to `$NOTIFY_SOCKET`; no-ops
 //!   outside systemd.
+//! - [`cli`]: tool commands end quietly when their reader goes away (`| head`).
 
+pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod secret;

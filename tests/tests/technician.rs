@@ -181,6 +181,25 @@ async fn status_reads_the_running_agent_then_the_store() {
     assert!(out.contains("outbox: 0 pending"), "{out}");
     assert!(out.contains("1000"), "pages from the last reading: {out}");
 
+    // Its reader gone (`status | head -1`): a quiet end, no panic.
+    for args in [
+        vec!["status", "--config", cfg.as_str()],
+        vec!["status", "--config", cfg.as_str(), "--json"],
+    ] {
+        let mut child = Command::new(workspace_bin("platen-agent"))
+            .args(&args)
+            .env("RUST_LOG", "off")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader closes before the first line
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
+    }
+
     // Stopped: the store is read directly.
     assert_eq!(agent.terminate(), Some(0));
     let o = agent_cmd(&["status", "--config", &cfg, "--json"]);
@@ -216,6 +235,25 @@ fn discover_finds_printers_on_loopback_addresses() {
     assert!(
         out.contains(&format!("127.0.0.2:{port}")) && out.contains("Platen SimPrinter 1000"),
         "{out}"
+    );
+    // A wrong community: nothing answers, and the output says what to try.
+    let o = agent_cmd(&[
+        "discover",
+        "127.0.0.2",
+        "--port",
+        &port.to_string(),
+        "--community",
+        "wrong-one",
+        "--timeout-ms",
+        "200",
+    ]);
+    let wrong = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{wrong}");
+    assert!(wrong.starts_with("0 printers in 1 address\n"), "{wrong}");
+    assert!(wrong.contains("wrong community (--community"), "{wrong}");
+    assert!(
+        !wrong.contains("wrong-one"),
+        "the community is never printed: {wrong}"
     );
     // The Xerox recording has no hrDevicePrinter row: found by its supplies table.
     assert!(
