@@ -530,6 +530,21 @@ pub fn outbox_problem(o: &OutboxCheck, now: chrono::DateTime<Utc>) -> Option<Pro
     })
 }
 
+/// The STATUS column: hrDeviceStatus/hrPrinterStatus and the error bits; a printer
+/// that does not answer hrPrinterStatus shows the device status alone (not
+/// "warning/?").
+pub fn status_text(st: &platen_protocol::telemetry::Status) -> String {
+    let mut t = st.device.as_deref().unwrap_or("-").to_string();
+    if let Some(p) = st.printer.as_deref() {
+        t.push('/');
+        t.push_str(p);
+    }
+    if !st.errors.is_empty() {
+        t.push_str(&format!(" [{}]", st.errors.join(",")));
+    }
+    t
+}
+
 /// The readable form of a diag run.
 pub fn render_table(d: &DiagOutput) -> String {
     let mut s = String::new();
@@ -556,17 +571,7 @@ pub fn render_table(d: &DiagOutput) -> String {
         let status = p
             .status
             .as_ref()
-            .map(|st| {
-                let mut t = format!(
-                    "{}/{}",
-                    st.device.as_deref().unwrap_or("?"),
-                    st.printer.as_deref().unwrap_or("?")
-                );
-                if !st.errors.is_empty() {
-                    t.push_str(&format!(" [{}]", st.errors.join(",")));
-                }
-                t
-            })
+            .map(status_text)
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
@@ -735,5 +740,36 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platen_protocol::telemetry::Status;
+
+    #[test]
+    fn status_column() {
+        let st = |d: Option<&str>, p: Option<&str>, e: &[&str]| Status {
+            device: d.map(str::to_string),
+            printer: p.map(str::to_string),
+            errors: e.iter().map(|x| x.to_string()).collect(),
+        };
+        let cases = [
+            (st(Some("running"), Some("idle"), &[]), "running/idle"),
+            // No hrPrinterStatus (some models): the device status alone.
+            (
+                st(Some("warning"), None, &["lowToner"]),
+                "warning [lowToner]",
+            ),
+            (st(None, None, &[]), "-"),
+            (
+                st(Some("down"), Some("other"), &["jammed", "doorOpen"]),
+                "down/other [jammed,doorOpen]",
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(status_text(&s), want);
+        }
     }
 }

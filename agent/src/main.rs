@@ -90,7 +90,8 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => match check(&file) {
             Ok(n) => {
-                println!("{}: ok ({n} printers)", file.display());
+                let plural = if n == 1 { "" } else { "s" };
+                println!("{}: ok ({n} printer{plural})", file.display());
                 ExitCode::SUCCESS
             }
             Err((n, e)) => {

@@ -514,7 +514,10 @@ async fn notify_ready(link: MqttLink, printers: usize, mut stop: watch::Receiver
     let deadline = tokio::time::Instant::now() + READY_GRACE;
     loop {
         if link.is_connected() {
-            platen_ops::systemd::ready(&format!("connected to the broker; {printers} printers"));
+            let plural = if printers == 1 { "" } else { "s" };
+            platen_ops::systemd::ready(&format!(
+                "connected to the broker; {printers} printer{plural}"
+            ));
             info!("ready: connected to the broker");
             return;
         }

@@ -204,7 +204,7 @@ async fn metrics_json_logs_notify_env_and_protocol_refusal() {
     assert!(seen.iter().any(|l| l == "READY=1"), "{seen:?}");
     assert!(
         seen.iter()
-            .any(|l| l == "STATUS=connected to the broker; 1 printers"),
+            .any(|l| l == "STATUS=connected to the broker; 1 printer"),
         "{seen:?}"
     );
     assert!(seen.iter().any(|l| l == "WATCHDOG=1"), "{seen:?}");
@@ -275,7 +275,7 @@ fn config_check_lists_every_problem_and_show_redacts() {
     );
     assert_eq!(
         String::from_utf8_lossy(&ok.stdout).trim(),
-        format!("{f}: ok (1 printers)")
+        format!("{f}: ok (1 printer)")
     );
 
     let show = Command::new(workspace_bin("platen-agent"))

@@ -152,7 +152,7 @@ async fn debian_packages_build_install_and_run() {
         "check",
         "/etc/platen/agent.toml",
     ]));
-    assert_eq!(check.trim(), "/etc/platen/agent.toml: ok (1 printers)");
+    assert_eq!(check.trim(), "/etc/platen/agent.toml: ok (1 printer)");
     let check = stdout(Command::new("/usr/bin/platen-cloud").args([
         "config",
         "check",
