@@ -164,6 +164,10 @@ fn check(file: &std::path::Path) -> Result<usize, (usize, String)> {
     if let Err(e) = platen_agent::run::load_profiles(&cfg) {
         problems.push(format!("{}: {e}", file.display()));
     }
+    // The same check `run` makes: a file with credentials that others can read.
+    if let Err(e) = platen_agent::config::check_not_world_readable(file, &cfg) {
+        problems.push(e);
+    }
     if problems.is_empty() {
         Ok(cfg.printers.len())
     } else {

@@ -429,9 +429,16 @@ fn the_examples_shown_are_the_packaged_files_and_pass_their_checks() {
             text.contains(&format!("{{{{#include ../../../{file}}}}}")),
             "{page} does not include {file} as it is"
         );
+        // Installed as the package installs it: not readable by others (the agent's
+        // holds a community, and both `run` and `config check` refuse it otherwise).
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join(Path::new(file).file_name().unwrap());
+        std::fs::copy(root().join(file), &copy).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o640)).unwrap();
         let out = Command::new(workspace_bin(bin))
             .args(check)
-            .arg(root().join(file))
+            .arg(&copy)
             .output()
             .unwrap();
         assert!(

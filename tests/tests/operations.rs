@@ -263,6 +263,22 @@ fn config_check_lists_every_problem_and_show_redacts() {
         .replace("port = \"1883\"\nkeepalive = 3\n", "")
         .replace("timeout_ms = 5", "timeout_ms = 500");
     std::fs::write(&file, fixed).unwrap();
+    // Readable by others, with a community in it: refused, as `run` refuses it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = Command::new(workspace_bin("platen-agent"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert_eq!(open.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is readable by every user (mode 644)"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-community"), "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let ok = Command::new(workspace_bin("platen-agent"))
         .args(["config", "check"])
         .arg(&file)
