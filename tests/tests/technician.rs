@@ -283,6 +283,9 @@ fn discover_finds_printers_on_loopback_addresses() {
         format!("agent_id='g'\ntenant='t'\nstate_dir='/tmp/x'\n[broker]\nhost='h'\n{entries}"),
     )
     .unwrap();
+    // It holds a community: not for every user's eyes (config check refuses that).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = agent_cmd(&["config", "check", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // A range that is not one: exit 2.
