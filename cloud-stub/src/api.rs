@@ -260,6 +260,17 @@ fn page_params(q: PageParams) -> Result<(Option<String>, usize), ApiError> {
     Ok((q.after, limit))
 }
 
+/// The tenant a list is read for: the `tenant` filter if given (what the caller may
+/// not see is filtered out after), else a tenant caller's own. Lists of one tenant are
+/// read through its index, not by scanning everyone's.
+fn scoped_tenant(c: &Caller, asked: Option<&Id>) -> Option<Id> {
+    match (asked, &c.actor) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Actor::Tenant(own)) => Some(own.clone()),
+        (None, _) => None,
+    }
+}
+
 /// Percent-encode a cursor for a query string.
 fn encode_query_value(v: &str) -> String {
     v.bytes()
@@ -377,10 +388,7 @@ async fn get_contracts(
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
     let (after, limit) = page_params(pq)?;
     // A tenant's own contracts are read through its index, whoever asks.
-    let tenant = match (&c.actor, &q.tenant) {
-        (Actor::Tenant(own), _) => Some(own.clone()),
-        (_, t) => t.clone(),
-    };
+    let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let page: Page<crate::model::Contract> = match &tenant {
         Some(t) => o
             .store()
@@ -471,10 +479,7 @@ async fn get_ledger(
         }
     }
     // Read by key: the contract's or the tenant's index (a tenant's own by default).
-    let tenant = match (&c.actor, &q.tenant) {
-        (Actor::Tenant(own), None) => Some(own.clone()),
-        (_, t) => t.clone(),
-    };
+    let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let after = after.as_deref();
     let page: Page<crate::contracts::LedgerEntry> = match (&q.contract, &tenant) {
         (Some(k), _) => o
@@ -626,10 +631,7 @@ async fn get_migrations(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
     let (after, limit) = page_params(pq)?;
-    let tenant = match (&c.actor, &q.tenant) {
-        (Actor::Tenant(own), None) => Some(own.clone()),
-        (_, t) => t.clone(),
-    };
+    let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let after = after.as_deref();
     let page: Page<crate::migration::Migration> = match (&q.contract, &tenant) {
         (Some(k), _) => o

@@ -1099,16 +1099,6 @@ impl ContractStore {
         Ok(out)
     }
 
-    /// When `change_id` is next due, if it is open.
-    pub fn due_at(&self, change_id: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.due_of.get(change_id.as_bytes())?.and_then(|k| {
-            std::str::from_utf8(&k[..20.min(k.len())])
-                .ok()?
-                .parse()
-                .ok()
-        }))
-    }
-
     /// Make an open change due now (a report for it arrived).
     pub fn wake_change(&self, change_id: &str) -> Result<(), StoreError> {
         use sled::Transactional;
@@ -1121,11 +1111,6 @@ impl ContractStore {
             })
             .map_err(|e| tx_error(e, change_id))?;
         Ok(())
-    }
-
-    /// How many changes are open (in the due index).
-    pub fn open_count(&self) -> usize {
-        self.due_of.len()
     }
 
     pub fn change(&self, id: &str) -> Result<Option<ChangeRecord>, StoreError> {

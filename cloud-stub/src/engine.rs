@@ -282,19 +282,21 @@ impl Engine {
     /// One pass over the changes that are due (at most [`PASS_LIMIT`]).
     pub async fn step_due(&self) -> Result<(), EngineError> {
         for mut rec in self.store.due_changes(Utc::now(), PASS_LIMIT)? {
-            let r = self.step(&mut rec).await;
-            let printers = self
-                .store
-                .contract(rec.change.contract.as_str())?
-                .map(|c| (c.printers.clone(), c.tz()))
+            // The contract is read once per step (its printers and zone also give the
+            // next due time).
+            let contract = self.store.contract(rec.change.contract.as_str())?;
+            let r = match &contract {
+                Some(c) => self.step(&mut rec, c).await,
+                None => Err(EngineError::Missing(rec.change.id.clone(), "contract")),
+            };
+            let (printers, tz) = contract
+                .map(|c| {
+                    let tz = c.tz();
+                    (c.printers, tz)
+                })
                 .unwrap_or_default();
-            let due = crate::schedule::next_due(
-                &rec.setup,
-                &printers.0,
-                &self.timers(),
-                printers.1,
-                Utc::now(),
-            );
+            let due =
+                crate::schedule::next_due(&rec.setup, &printers, &self.timers(), tz, Utc::now());
             self.store.save_change(&rec, due)?;
             if let Err(e) = r {
                 warn!(change = %rec.change.id, error = %e, "change step failed");
@@ -306,14 +308,10 @@ impl Engine {
     /// Whether the printer's agent showed a sign of life after `since`: health up, or
     /// a telemetry reading of the printer.
     fn sign_of_life(&self, tenant: &Id, printer: &Id, since: DateTime<Utc>) -> bool {
-        let seen_printer = self.cloud.printer_seen(tenant, printer);
-        let agent = self
+        let health = self
             .cloud
-            .registered_agent(tenant, printer)
-            .or_else(|| seen_printer.as_ref().map(|p| p.agent.clone()));
-        let health = agent
-            .as_ref()
-            .and_then(|a| self.cloud.agent_seen(a))
+            .printer_evidence(tenant, printer)
+            .health
             .is_some_and(|h| h.up && h.since > since);
         health
             || self
@@ -328,24 +326,19 @@ impl Engine {
         self.store.append(&rec.change.id, event).map(|_| ())
     }
 
-    async fn step(&self, rec: &mut ChangeRecord) -> Result<(), EngineError> {
-        let id = rec.change.id.clone();
-        let contract = self
-            .store
-            .contract(rec.change.contract.as_str())?
-            .ok_or_else(|| EngineError::Missing(id.clone(), "contract"))?;
+    async fn step(&self, rec: &mut ChangeRecord, contract: &Contract) -> Result<(), EngineError> {
         let plan = self
             .store
             .plan(rec.change.plan.as_str())?
-            .ok_or_else(|| EngineError::Missing(id.clone(), "plan"))?;
+            .ok_or_else(|| EngineError::Missing(rec.change.id.clone(), "plan"))?;
         if rec.setup.completed_at.is_none() {
             for printer in &contract.printers {
-                self.config_step(rec, &contract, printer).await?;
-                self.service_step(rec, &contract, &plan, printer).await?;
+                self.config_step(rec, contract, printer).await?;
+                self.service_step(rec, contract, &plan, printer).await?;
             }
-            self.completion_step(rec, &contract)?;
+            self.completion_step(rec, contract)?;
         }
-        self.compensation_step(rec, &contract, &plan).await
+        self.compensation_step(rec, contract, &plan).await
     }
 
     async fn config_step(
@@ -495,16 +488,11 @@ impl Engine {
                 ps.deadline_noted = true;
                 ps.failed_at = Some(now);
                 ps.unanswered = ps.unanswered.saturating_add(1);
-                let seen_printer = self.cloud.printer_seen(&contract.tenant, printer);
-                let agent = self
-                    .cloud
-                    .registered_agent(&contract.tenant, printer)
-                    .or_else(|| seen_printer.as_ref().map(|p| p.agent.clone()));
-                let seen_agent = agent.as_ref().and_then(|a| self.cloud.agent_seen(a));
+                let ev = self.cloud.printer_evidence(&contract.tenant, printer);
                 let cause = attribution::config_fault(&attribution::Facts {
                     published_at: latest_at,
-                    agent: agent.as_ref().map(|a| (a, seen_agent.as_ref())),
-                    printer: seen_printer.as_ref(),
+                    agent: ev.agent.as_ref().map(|a| (a, ev.health.as_ref())),
+                    printer: ev.printer.as_ref(),
                     failing_codes: &[],
                 });
                 fault = Some((

@@ -91,6 +91,15 @@ pub fn check_format(db: &sled::Db, path: &std::path::Path) -> Result<u32, CloudE
     Ok(found)
 }
 
+/// [`Cloud::printer_evidence`].
+#[derive(Clone, Debug, Default)]
+pub struct PrinterEvidence {
+    pub agent: Option<Id>,
+    /// The agent's last health message.
+    pub health: Option<AgentSeen>,
+    pub printer: Option<PrinterSeen>,
+}
+
 /// A report as stored: the agent's report plus when the cloud received it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ReceivedReport {
@@ -119,9 +128,10 @@ pub enum ReportEvent {
     RefusedQuietly {
         topic: String,
     },
-    /// An agent's health message, kept as evidence.
+    /// An agent's health message, kept as evidence when its state `changed`.
     Health {
         agent: Id,
+        changed: bool,
     },
     /// A telemetry message; `new_reading` when its reading was not stored before.
     Telemetry {
@@ -202,6 +212,20 @@ pub const INGEST_BATCH: usize = 256;
 
 fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String {
     format!("{tenant}/{printer}/{version:020}/{report_id}")
+}
+
+/// A JSON record of `tree` under `key`; `None` when absent or unreadable.
+fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &str) -> Option<T> {
+    tree.get(key.as_bytes())
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok())
+}
+
+/// Counted always, logged at the 1st, 2nd, 4th, 8th… occurrence: a flood of the same
+/// refusal does not flood the log.
+fn worth_logging(nth: u64) -> bool {
+    nth.is_power_of_two()
 }
 
 fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
@@ -425,7 +449,7 @@ impl Cloud {
                 // A duplicate may be the redelivery of a report whose flush failed.
                 Ok(ReportEvent::New(..))
                     | Ok(ReportEvent::Duplicate { .. })
-                    | Ok(ReportEvent::Health { .. })
+                    | Ok(ReportEvent::Health { changed: true, .. })
                     | Ok(ReportEvent::Telemetry {
                         new_reading: true,
                         ..
@@ -528,8 +552,7 @@ impl Cloud {
             let reason = format!(
                 "version {version} of {tenant}/{printer} was never published by this cloud"
             );
-            // Counted always, logged at 1, 2, 4, 8… so a flood does not flood the log.
-            if !n.is_power_of_two() {
+            if !worth_logging(n) {
                 return Ok(ReportEvent::RefusedQuietly {
                     topic: topic.to_string(),
                 });
@@ -666,11 +689,11 @@ impl Cloud {
         if ok {
             return None;
         }
-        let n = counter.fetch_add(1, Ordering::Relaxed);
-        if n.is_power_of_two() {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if worth_logging(n) {
             warn!(
                 topic = raw,
-                refused_so_far = n + 1,
+                refused_so_far = n,
                 "messages over the printer's rate limit refused"
             );
         }
@@ -704,15 +727,7 @@ impl Cloud {
         version: u64,
         change: Option<&str>,
     ) -> Result<(), CloudError> {
-        let v = serde_json::to_vec(&Published {
-            at: Utc::now(),
-            change: change.map(str::to_string),
-        })
-        .map_err(|e| CloudError::Invalid(e.to_string()))?;
-        self.published
-            .insert(published_key(tenant, printer, version).as_bytes(), v)?;
-        self.published.flush()?;
-        Ok(())
+        self.record_versions(tenant, printer, [version], change)
     }
 
     /// [`Cloud::record_published`] for many versions with one flush (bulk loads and
@@ -723,14 +738,26 @@ impl Cloud {
         printer: &Id,
         versions: impl IntoIterator<Item = u64>,
     ) -> Result<(), CloudError> {
-        let at = serde_json::to_vec(&Published {
+        self.record_versions(tenant, printer, versions, None)
+    }
+
+    fn record_versions(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        versions: impl IntoIterator<Item = u64>,
+        change: Option<&str>,
+    ) -> Result<(), CloudError> {
+        let value = serde_json::to_vec(&Published {
             at: Utc::now(),
-            change: None,
+            change: change.map(str::to_string),
         })
         .map_err(|e| CloudError::Invalid(e.to_string()))?;
         for v in versions {
-            self.published
-                .insert(published_key(tenant, printer, v).as_bytes(), at.as_slice())?;
+            self.published.insert(
+                published_key(tenant, printer, v).as_bytes(),
+                value.as_slice(),
+            )?;
         }
         self.published.flush()?;
         Ok(())
@@ -752,10 +779,7 @@ impl Cloud {
         reachable: Option<bool>,
     ) -> Result<(), CloudError> {
         let key = format!("{tenant}/{printer}");
-        let old: Option<PrinterSeen> = self
-            .printers_seen
-            .get(key.as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok());
+        let old: Option<PrinterSeen> = get_json(&self.printers_seen, &key);
         let reachable = reachable
             .or(old.as_ref().map(|o| o.reachable))
             .unwrap_or(true);
@@ -798,13 +822,12 @@ impl Cloud {
             });
         }
         let up = h.status == HealthStatus::Up;
-        let old: Option<AgentSeen> = self
-            .agents_seen
-            .get(agent.as_str().as_bytes())?
-            .and_then(|v| serde_json::from_slice(&v).ok());
+        let old: Option<AgentSeen> = get_json(&self.agents_seen, agent.as_str());
         if old.as_ref().is_some_and(|o| o.up == up) {
+            // The minutely `up` of a running agent: nothing to write or flush.
             return Ok(ReportEvent::Health {
                 agent: agent.clone(),
+                changed: false,
             });
         }
         // A live message: it changed now. A retained one (read at subscription): the
@@ -820,32 +843,29 @@ impl Cloud {
         self.agents_seen.insert(agent.as_str().as_bytes(), v)?;
         Ok(ReportEvent::Health {
             agent: agent.clone(),
+            changed: true,
         })
     }
 
-    /// What the cloud last heard from `agent` on its health topic.
-    pub fn agent_seen(&self, agent: &Id) -> Option<AgentSeen> {
-        self.agents_seen
-            .get(agent.as_str().as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-    }
-
-    /// The printer's agent and reachability, as last reported.
-    pub fn printer_seen(&self, tenant: &Id, printer: &Id) -> Option<PrinterSeen> {
-        self.printers_seen
-            .get(format!("{tenant}/{printer}").as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
-    }
-
-    /// The agent registered for a printer, if the cloud has a registry.
-    pub fn registered_agent(&self, tenant: &Id, printer: &Id) -> Option<Id> {
-        self.registry
+    /// What the cloud knows of who answers for a printer: its agent (registered, or
+    /// the last one heard on its topics) with that agent's last health, and the
+    /// printer's reachability — the evidence a fault is attributed by.
+    pub fn printer_evidence(&self, tenant: &Id, printer: &Id) -> PrinterEvidence {
+        let seen: Option<PrinterSeen> =
+            get_json(&self.printers_seen, &format!("{tenant}/{printer}"));
+        let agent = self
+            .registry
             .as_ref()
             .and_then(|r| r.owner(tenant, printer).cloned())
+            .or_else(|| seen.as_ref().map(|p| p.agent.clone()));
+        let health = agent
+            .as_ref()
+            .and_then(|a| get_json(&self.agents_seen, a.as_str()));
+        PrinterEvidence {
+            agent,
+            health,
+            printer: seen,
+        }
     }
 
     pub fn subscribe_events(&self) -> broadcast::Receiver<ReportEvent> {

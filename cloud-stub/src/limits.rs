@@ -12,7 +12,7 @@
 //! topics (the broker ACL), so the per-printer buckets bound each agent too.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A sustained rate with a burst on top.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -40,10 +40,6 @@ impl Default for IngestLimits {
             }),
         }
     }
-}
-
-impl IngestLimits {
-    pub const UNLIMITED: IngestLimits = IngestLimits { telemetry: None };
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,24 +82,16 @@ impl Buckets {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.map.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-/// How long until `rate` admits `n` more messages from empty (for documentation and
-/// tests).
-pub fn refill_time(rate: Rate, n: u32) -> Duration {
-    Duration::from_secs_f64(f64::from(n) * 60.0 / f64::from(rate.per_minute.max(1)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn burst_then_sustained_rate_per_key() {
@@ -125,7 +113,6 @@ mod tests {
         let t2 = t1 + Duration::from_secs(3600);
         let taken: Vec<bool> = (0..4).map(|_| b.take("a", rate, t2)).collect();
         assert_eq!(taken, [true, true, true, false]);
-        assert_eq!(refill_time(rate, 3), Duration::from_secs(3));
     }
 
     #[test]
