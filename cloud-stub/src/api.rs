@@ -51,10 +51,10 @@
 
 use crate::auth::{Auth, Caller, Scope};
 use crate::catalog::{Catalog, Decision, Problem};
-use crate::contracts::{List, OwnerIndex, Page, DEFAULT_PAGE, MAX_PAGE};
 use crate::migration::{Actor, MigrationRequest, Outcome};
 use crate::model::{Plan, Reseller, Tenant};
 use crate::ops::{ApiError, ChangeRequest, NewContract, Ops};
+use crate::store::{List, OwnerIndex, Page, DEFAULT_PAGE, MAX_PAGE};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -583,7 +583,7 @@ async fn get_usage(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let c = visible_contract(&o, &caller, &id)?;
-    let (seen, detail) = o.usage_of(&c, chrono::Utc::now());
+    let (seen, detail) = o.usage_of(&c, chrono::Utc::now())?;
     Ok(Json(serde_json::json!({"seen": seen, "detail": detail})).into_response())
 }
 

@@ -28,11 +28,9 @@
 
 use crate::attribution::{self, Cause};
 use crate::compensation::{self, Decision};
-use crate::contracts::{
-    ledger_key, ChangeRecord, ContractStore, Event, FaultNote, Inserted, LedgerEntry, SetupState,
-    StoreError,
-};
+use crate::contracts::{ledger_key, ChangeRecord, Event, FaultNote, LedgerEntry, SetupState};
 use crate::model::{Contract, Plan};
+use crate::store::{Inserted, Store, StoreError};
 use crate::{Cloud, ReceivedReport};
 use chrono::{DateTime, Utc};
 use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
@@ -138,7 +136,7 @@ pub fn report_time(r: &ReceivedReport, published_at: DateTime<Utc>) -> DateTime<
 #[derive(Clone)]
 pub struct Engine {
     cloud: Cloud,
-    store: ContractStore,
+    store: Store,
     cfg: EngineConfig,
     http: reqwest::Client,
     wake: Arc<Notify>,
@@ -176,7 +174,7 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 }
 
 impl Engine {
-    pub fn new(cloud: Cloud, store: ContractStore, cfg: EngineConfig) -> Engine {
+    pub fn new(cloud: Cloud, store: Store, cfg: EngineConfig) -> Engine {
         let http = reqwest::Client::builder()
             .timeout(cfg.provider_timeout)
             .connect_timeout(cfg.provider_timeout)
@@ -192,7 +190,7 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &ContractStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -316,8 +314,9 @@ impl Engine {
         health
             || self
                 .store
-                .readings
-                .latest(tenant, printer)
+                .latest_sample(tenant, printer)
+                .ok()
+                .flatten()
                 .is_some_and(|t| t > since)
     }
 

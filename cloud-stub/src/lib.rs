@@ -15,7 +15,6 @@ pub mod api;
 pub mod api_server;
 pub mod attribution;
 pub mod auth;
-mod batch;
 pub mod catalog;
 pub mod compensation;
 pub mod config;
@@ -28,6 +27,7 @@ pub mod ops;
 pub mod period;
 pub mod schedule;
 pub mod server;
+pub mod store;
 pub mod usage;
 
 use attribution::{AgentSeen, PrinterSeen};
@@ -43,52 +43,20 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use store::{Store, StoreError, Stored};
 use tokio::sync::{broadcast, mpsc, watch, Mutex};
 use tracing::{debug, info, warn};
-use usage::ReadingStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
-    #[error("state store: {0}")]
-    Store(#[from] sled::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
     #[error("broker: {0}")]
     Client(#[from] rumqttc::ClientError),
     #[error("the broker did not acknowledge the publish within {0:?}")]
     NotAcknowledged(Duration),
     #[error("desired config refused: {0}")]
     Invalid(String),
-    #[error("state directory {path} has format version {found}; this cloud reads up to {FORMAT_VERSION}")]
-    TooNew {
-        path: std::path::PathBuf,
-        found: u32,
-    },
-}
-
-/// Version of the cloud's on-disk format (`meta/format_version`). A directory
-/// without one (written before the cloud recorded it) is format 1, the layout then.
-/// A newer version is refused; an older one would be migrated here, step by step.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// Check (and record) the state directory's format version.
-pub fn check_format(db: &sled::Db, path: &std::path::Path) -> Result<u32, CloudError> {
-    let meta = db.open_tree("meta")?;
-    let found = match meta.get("format_version")? {
-        Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
-            Ok(b) => u32::from_be_bytes(b),
-            Err(_) => u32::MAX,
-        },
-        None => 1,
-    };
-    if found > FORMAT_VERSION {
-        return Err(CloudError::TooNew {
-            path: path.to_path_buf(),
-            found,
-        });
-    }
-    // Migrations from older formats go here (none yet: 1 is the first).
-    meta.insert("format_version", &FORMAT_VERSION.to_be_bytes())?;
-    db.flush()?;
-    Ok(found)
 }
 
 /// [`Cloud::printer_evidence`].
@@ -210,36 +178,10 @@ fn stored_bytes(rec: &ReceivedReport, payload: &[u8]) -> Result<Vec<u8>, CloudEr
 /// Most inbound messages stored under one flush.
 pub const INGEST_BATCH: usize = 256;
 
-fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String {
-    format!("{tenant}/{printer}/{version:020}/{report_id}")
-}
-
-/// A JSON record of `tree` under `key`; `None` when absent or unreadable.
-fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &str) -> Option<T> {
-    tree.get(key.as_bytes())
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_slice(&v).ok())
-}
-
 /// Counted always, logged at the 1st, 2nd, 4th, 8th… occurrence: a flood of the same
 /// refusal does not flood the log.
 fn worth_logging(nth: u64) -> bool {
     nth.is_power_of_two()
-}
-
-fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
-    format!("{tenant}/{printer}/{version:020}")
-}
-
-/// A `published` entry: when, and for which contract change (none: published by
-/// hand, e.g. `platen-cloud publish`). Entries written before the change was noted
-/// hold only the time, as a JSON string; they read as `change: None`.
-#[derive(Serialize, Deserialize)]
-struct Published {
-    at: DateTime<Utc>,
-    #[serde(default)]
-    change: Option<String>,
 }
 
 /// Most distinct reports stored for one published version of one printer (the
@@ -268,19 +210,11 @@ impl std::fmt::Debug for BrokerAuth {
 #[derive(Clone)]
 pub struct Cloud {
     client: AsyncClient,
-    reports: sled::Tree,
-    report_index: sled::Tree,
-    /// `{tenant}/{printer}/{version:020}` → publication time: every version this
-    /// cloud published. A report of any other version is refused.
-    published: sled::Tree,
-    /// agent → [`AgentSeen`]: its last health message.
-    agents_seen: sled::Tree,
-    /// `{tenant}/{printer}` → [`PrinterSeen`]: its agent and reachability.
-    printers_seen: sled::Tree,
+    /// Reports, published versions, seen state and readings (the contract store's
+    /// backend too).
+    store: Store,
     limits: IngestLimits,
     buckets: Arc<std::sync::Mutex<Buckets>>,
-    readings: ReadingStore,
-    db: sled::Db,
     publish_lock: Arc<Mutex<()>>,
     pubacks: broadcast::Sender<u16>,
     events: broadcast::Sender<ReportEvent>,
@@ -325,15 +259,19 @@ impl Cloud {
         auth: BrokerAuth,
         registry: Option<Arc<agents::Registry>>,
     ) -> Result<Cloud, CloudError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| CloudError::Store(sled::Error::Io(e)))?;
-        let db = sled::open(state_dir.join("db"))?;
-        check_format(&db, state_dir)?;
-        let reports = db.open_tree("reports")?;
-        let report_index = db.open_tree("report_index")?;
-        let published = db.open_tree("published")?;
-        let agents_seen = db.open_tree("agents_seen")?;
-        let printers_seen = db.open_tree("printers_seen")?;
-        let readings = ReadingStore::open(&db)?;
+        let store = Store::open_sled(state_dir)?;
+        Self::connect(host, port, client_id, store, auth, registry)
+    }
+
+    /// Connect to the broker and collect reports and telemetry into `store`.
+    pub fn connect(
+        host: &str,
+        port: u16,
+        client_id: &str,
+        store: Store,
+        auth: BrokerAuth,
+        registry: Option<Arc<agents::Registry>>,
+    ) -> Result<Cloud, CloudError> {
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -358,15 +296,9 @@ impl Cloud {
         let (conn_tx, connected) = watch::channel(false);
         let cloud = Cloud {
             client: client.clone(),
-            reports,
-            report_index,
-            published,
-            agents_seen,
-            printers_seen,
+            store,
             limits: IngestLimits::default(),
             buckets: Arc::new(std::sync::Mutex::new(Buckets::default())),
-            readings,
-            db,
             publish_lock: Arc::new(Mutex::new(())),
             pubacks: pubacks.clone(),
             events,
@@ -457,8 +389,8 @@ impl Cloud {
             )
         });
         if wrote {
-            let db = self.db.clone();
-            let flushed = tokio::task::spawn_blocking(move || db.flush()).await;
+            let store = self.store.clone();
+            let flushed = tokio::task::spawn_blocking(move || store.sync()).await;
             if !matches!(flushed, Ok(Ok(_))) {
                 warn!(
                     messages = batch.len(),
@@ -513,7 +445,7 @@ impl Cloud {
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> Result<ReportEvent, CloudError> {
         let ev = self.ingest_unflushed(topic, payload)?;
         if matches!(ev, ReportEvent::New(..)) {
-            self.db.flush()?;
+            self.store.sync()?;
         }
         Ok(ev)
     }
@@ -559,44 +491,28 @@ impl Cloud {
             }
             return refused(format!("{reason} ({n} such reports so far)"));
         }
-        let version_prefix = format!("{}/", published_key(&tenant, &printer, version));
-        let own_key = index_key(&tenant, &printer, version, &report.report_id);
-        if self.report_index.get(own_key.as_bytes())?.is_none()
-            && self
-                .report_index
-                .scan_prefix(version_prefix.as_bytes())
-                .take(MAX_REPORTS_PER_VERSION)
-                .count()
-                >= MAX_REPORTS_PER_VERSION
-        {
-            return refused(format!(
-                "version {version} of {tenant}/{printer} already has {MAX_REPORTS_PER_VERSION} reports"
-            ));
-        }
-        self.saw_printer(&tenant, &printer, &report.agent_id, None)?;
+        let agent = report.agent_id.clone();
         let rec = ReceivedReport {
             report,
             received_at: Utc::now(),
         };
         let bytes = stored_bytes(&rec, payload)?;
         let id = rec.report.report_id.clone();
-        // Insert only if absent: the first delivery wins, later ones are duplicates.
-        // No sled transaction (it made each report ~6× dearer, measured by
-        // `platen-bench`): the index entry is written, then the report with
-        // compare-and-swap, and every delivery writes the index entry again (the same
-        // bytes). Nothing is acknowledged before the flush that covers both, so a crash
-        // that kept one without the other leaves the message unacknowledged: its
-        // redelivery writes the index entry and finds the report (or stores it).
-        let key = index_key(&tenant, &printer, rec.report.config_version, &id);
-        self.report_index.insert(key.as_bytes(), id.as_bytes())?;
-        let inserted = self
-            .reports
-            .compare_and_swap(id.as_bytes(), None as Option<&[u8]>, Some(bytes))?
-            .is_ok();
-        if inserted {
-            Ok(ReportEvent::New(Box::new(rec), tenant))
-        } else {
-            Ok(ReportEvent::Duplicate { report_id: id })
+        match self
+            .store
+            .store_report(&tenant, &rec, &bytes, MAX_REPORTS_PER_VERSION)?
+        {
+            Stored::Full => refused(format!(
+                "version {version} of {tenant}/{printer} already has {MAX_REPORTS_PER_VERSION} reports"
+            )),
+            Stored::New => {
+                self.saw_printer(&tenant, &printer, &agent, None)?;
+                Ok(ReportEvent::New(Box::new(rec), tenant))
+            }
+            Stored::Duplicate => {
+                self.saw_printer(&tenant, &printer, &agent, None)?;
+                Ok(ReportEvent::Duplicate { report_id: id })
+            }
         }
     }
 
@@ -616,7 +532,10 @@ impl Cloud {
                 ..
             }
         ) {
-            self.readings.flush().await?;
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.sync())
+                .await
+                .map_err(|e| CloudError::Invalid(e.to_string()))??;
         }
         Ok(ev)
     }
@@ -659,7 +578,10 @@ impl Cloud {
             }
         }
         self.saw_printer(&tenant, &printer, &t.agent_id, Some(t.reachable))?;
-        let new_reading = self.readings.record(&tenant, &t)?;
+        let new_reading = match usage::Sample::of(&t) {
+            Some(sample) => self.store.record_sample(&tenant, &printer, &sample)?,
+            None => false,
+        };
         Ok(ReportEvent::Telemetry {
             tenant,
             printer,
@@ -748,25 +670,14 @@ impl Cloud {
         versions: impl IntoIterator<Item = u64>,
         change: Option<&str>,
     ) -> Result<(), CloudError> {
-        let value = serde_json::to_vec(&Published {
-            at: Utc::now(),
-            change: change.map(str::to_string),
-        })
-        .map_err(|e| CloudError::Invalid(e.to_string()))?;
-        for v in versions {
-            self.published.insert(
-                published_key(tenant, printer, v).as_bytes(),
-                value.as_slice(),
-            )?;
-        }
-        self.published.flush()?;
+        let versions: Vec<u64> = versions.into_iter().collect();
+        self.store
+            .record_published(tenant, printer, &versions, change, Utc::now())?;
         Ok(())
     }
 
     fn was_published(&self, tenant: &Id, printer: &Id, version: u64) -> Result<bool, CloudError> {
-        Ok(self
-            .published
-            .contains_key(published_key(tenant, printer, version).as_bytes())?)
+        Ok(self.store.was_published(tenant, printer, version)?)
     }
 
     /// Keep what a report or telemetry message says of its printer's agent (and, for
@@ -778,8 +689,7 @@ impl Cloud {
         agent: &Id,
         reachable: Option<bool>,
     ) -> Result<(), CloudError> {
-        let key = format!("{tenant}/{printer}");
-        let old: Option<PrinterSeen> = get_json(&self.printers_seen, &key);
+        let old = self.store.printer_seen(tenant, printer)?;
         let reachable = reachable
             .or(old.as_ref().map(|o| o.reachable))
             .unwrap_or(true);
@@ -793,8 +703,7 @@ impl Cloud {
             reachable,
             since,
         };
-        let v = serde_json::to_vec(&seen).map_err(|e| CloudError::Invalid(e.to_string()))?;
-        self.printers_seen.insert(key.as_bytes(), v)?;
+        self.store.set_printer_seen(tenant, printer, &seen)?;
         Ok(())
     }
 
@@ -822,7 +731,7 @@ impl Cloud {
             });
         }
         let up = h.status == HealthStatus::Up;
-        let old: Option<AgentSeen> = get_json(&self.agents_seen, agent.as_str());
+        let old = self.store.agent_seen(agent)?;
         if old.as_ref().is_some_and(|o| o.up == up) {
             // The minutely `up` of a running agent: nothing to write or flush.
             return Ok(ReportEvent::Health {
@@ -839,8 +748,7 @@ impl Cloud {
             since,
             reason: h.reason,
         };
-        let v = serde_json::to_vec(&seen).map_err(|e| CloudError::Invalid(e.to_string()))?;
-        self.agents_seen.insert(agent.as_str().as_bytes(), v)?;
+        self.store.set_agent_seen(agent, &seen)?;
         Ok(ReportEvent::Health {
             agent: agent.clone(),
             changed: true,
@@ -851,8 +759,7 @@ impl Cloud {
     /// the last one heard on its topics) with that agent's last health, and the
     /// printer's reachability — the evidence a fault is attributed by.
     pub fn printer_evidence(&self, tenant: &Id, printer: &Id) -> PrinterEvidence {
-        let seen: Option<PrinterSeen> =
-            get_json(&self.printers_seen, &format!("{tenant}/{printer}"));
+        let seen = self.store.printer_seen(tenant, printer).ok().flatten();
         let agent = self
             .registry
             .as_ref()
@@ -860,7 +767,7 @@ impl Cloud {
             .or_else(|| seen.as_ref().map(|p| p.agent.clone()));
         let health = agent
             .as_ref()
-            .and_then(|a| get_json(&self.agents_seen, a.as_str()));
+            .and_then(|a| self.store.agent_seen(a).ok().flatten());
         PrinterEvidence {
             agent,
             health,
@@ -925,11 +832,7 @@ impl Cloud {
 
     /// Every stored report, ordered by report id.
     pub fn reports(&self) -> Vec<ReceivedReport> {
-        self.reports
-            .iter()
-            .filter_map(|kv| kv.ok())
-            .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
-            .collect()
+        self.store.reports().unwrap_or_default()
     }
 
     /// Reports for `tenant`/`printer` with a version in `versions`, oldest version first.
@@ -939,80 +842,23 @@ impl Cloud {
         printer: &Id,
         versions: std::ops::RangeInclusive<u64>,
     ) -> Vec<ReceivedReport> {
-        let prefix = format!("{tenant}/{printer}/");
-        let start = index_key(tenant, printer, *versions.start(), "");
-        let end = format!("{}0", published_key(tenant, printer, *versions.end()));
-        self.report_index
-            .range(start.as_bytes()..)
-            .filter_map(|kv| kv.ok())
-            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()) && k.as_ref() < end.as_bytes())
-            .filter_map(|(_, id)| self.report(&String::from_utf8_lossy(&id)))
-            .collect()
+        self.store
+            .reports_for(tenant, printer, versions)
+            .unwrap_or_default()
     }
 
-    /// Remove the reports of changes that settled before `before` and that no ledger
-    /// entry refers to, scanning at most `max_keys` index entries from `from` on.
-    /// Reports of versions published by hand (no change noted) are kept. Returns
-    /// (removed, next batch start).
-    pub fn prune_reports(
-        &self,
-        store: &contracts::ContractStore,
-        before: DateTime<Utc>,
-        from: &[u8],
-        max_keys: usize,
-    ) -> Result<(usize, Option<Vec<u8>>), CloudError> {
-        let mut decided: std::collections::HashMap<String, bool> = Default::default();
-        let r = batch::scan::<CloudError>(&self.report_index, from, max_keys, |k, id, _| {
-            // `{tenant}/{printer}/{version:020}/{report id}`: the published key is the
-            // part before the third '/'.
-            let cut = k
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'/')
-                .nth(2)
-                .map(|(i, _)| i);
-            let change = cut
-                .and_then(|i| self.published.get(&k[..i]).ok().flatten())
-                .and_then(|v| serde_json::from_slice::<Published>(&v).ok())
-                .and_then(|p| p.change);
-            let Some(change) = change else {
-                return Ok(false);
-            };
-            let go = match decided.get(&change) {
-                Some(g) => *g,
-                None => {
-                    let g = store
-                        .report_may_go(&change, before)
-                        .map_err(|e| CloudError::Invalid(e.to_string()))?;
-                    decided.insert(change, g);
-                    g
-                }
-            };
-            if go {
-                self.report_index.remove(k)?;
-                self.reports.remove(id)?;
-            }
-            Ok(go)
-        })?;
-        self.db.flush()?;
-        Ok(r)
-    }
-
-    /// The sled database (the contract store keeps its trees in it too).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+    /// The store (the contract store is the same backend).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn report(&self, report_id: &str) -> Option<ReceivedReport> {
-        self.reports
-            .get(report_id.as_bytes())
-            .ok()
-            .flatten()
-            .and_then(|v| serde_json::from_slice(&v).ok())
+        self.store.report(report_id).ok().flatten()
     }
 
     pub async fn shutdown(&self) {
-        let _ = self.db.flush_async().await;
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.sync()).await;
         let _ = self.client.disconnect().await;
     }
 }
@@ -1021,26 +867,6 @@ impl Cloud {
 mod tests {
     use super::*;
     use platen_protocol::{Code, ReportStatus, SettingResult, SettingValue};
-
-    #[test]
-    fn format_version_recorded_older_opens_newer_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let db = sled::open(d.path().join("db")).unwrap();
-        // Written before the cloud recorded a version: format 1, now recorded.
-        db.open_tree("reports").unwrap().insert("r", "x").unwrap();
-        assert_eq!(check_format(&db, d.path()).unwrap(), 1);
-        assert_eq!(check_format(&db, d.path()).unwrap(), FORMAT_VERSION);
-        assert!(db.open_tree("reports").unwrap().get("r").unwrap().is_some());
-        db.open_tree("meta")
-            .unwrap()
-            .insert("format_version", &(FORMAT_VERSION + 1).to_be_bytes())
-            .unwrap();
-        let e = check_format(&db, d.path()).unwrap_err();
-        assert!(
-            matches!(e, CloudError::TooNew { found, .. } if found == FORMAT_VERSION + 1),
-            "{e}"
-        );
-    }
 
     fn report(v: u64) -> ApplyReport {
         let now = Utc::now();
@@ -1080,46 +906,6 @@ mod tests {
             let back: ReceivedReport = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(back, rec, "{}", String::from_utf8_lossy(&payload));
         }
-    }
-
-    /// A crash before the flush may keep the report without its index entry or the
-    /// entry without its report; the message was not acknowledged, so the broker
-    /// redelivers it, and the redelivery completes the pair.
-    #[tokio::test]
-    async fn a_redelivery_repairs_what_a_crash_split() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
-        let topic = "platen/v1/acme/p1/config/report";
-        let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
-        let versions = |c: &Cloud| -> Vec<u64> {
-            c.reports_for(&acme, &p1, 0..=u64::MAX)
-                .iter()
-                .map(|r| r.report.config_version)
-                .collect()
-        };
-        for v in [1, 2] {
-            c.record_published(&acme, &p1, v).unwrap();
-        }
-        // Report kept, index entry lost.
-        let one = codec::encode(&report(1));
-        c.ingest(topic, &one).unwrap();
-        c.report_index.clear().unwrap();
-        assert!(versions(&c).is_empty());
-        assert!(matches!(
-            c.ingest(topic, &one).unwrap(),
-            ReportEvent::Duplicate { .. }
-        ));
-        assert_eq!(versions(&c), vec![1]);
-        // Index entry kept, report lost: skipped by readers, then stored.
-        let two = codec::encode(&report(2));
-        c.ingest(topic, &two).unwrap();
-        c.reports.remove("gw:p1:v2").unwrap();
-        assert_eq!(versions(&c), vec![1]);
-        assert!(matches!(
-            c.ingest(topic, &two).unwrap(),
-            ReportEvent::New(..)
-        ));
-        assert_eq!(versions(&c), vec![1, 2]);
     }
 
     /// A report of a version this cloud never published is refused and counted, and
@@ -1168,11 +954,11 @@ mod tests {
     /// to the change; those of open changes and of hand-published versions stay.
     #[tokio::test]
     async fn report_retention_keeps_open_and_paid_changes_evidence() {
-        use crate::contracts::{ChangeRecord, ContractStore, LedgerEntry};
+        use crate::contracts::{ChangeRecord, LedgerEntry};
         use crate::model::{ChangeKind, Contract, ContractChange};
         let dir = tempfile::tempdir().unwrap();
         let c = Cloud::start("127.0.0.1", 1, "t", dir.path()).unwrap();
-        let store = ContractStore::open(c.db()).unwrap();
+        let store = c.store().clone();
         let (acme, now) = ("acme".parse::<Id>().unwrap(), Utc::now());
         let mut changes = Vec::new();
         for (i, printer) in ["p1", "p2", "p3"].iter().enumerate() {
@@ -1259,7 +1045,7 @@ mod tests {
         let before = now - chrono::Duration::days(400);
         let (mut removed, mut from) = (0, Vec::new());
         loop {
-            let (n, next) = c.prune_reports(&store, before, &from, 2).unwrap();
+            let (n, next) = store.prune_settled_reports(before, &from, 2).unwrap();
             removed += n;
             match next {
                 Some(k) => from = k,

@@ -15,10 +15,11 @@
 //! `superseded`. The rules are not asked again: the decision stands as given.
 
 use crate::catalog::{self, Decision, Usage, Verdict};
-use crate::contracts::{Event, Inserted};
+use crate::contracts::Event;
 use crate::model::{ChangeKind, Contract, Plan, Tenant};
 use crate::ops::{ApiError, Ops};
 use crate::period;
+use crate::store::{Inserted, StoreError};
 use crate::usage::{contract_usage, PrinterUsage};
 use chrono::{DateTime, Utc};
 use platen_protocol::{Id, SettingValue};
@@ -246,19 +247,14 @@ impl Ops {
         &self,
         contract: &Contract,
         now: DateTime<Utc>,
-    ) -> (Usage, crate::usage::ContractUsage) {
+    ) -> Result<(Usage, crate::usage::ContractUsage), ApiError> {
         let tz = contract.tz();
         let p = period::containing(tz, now);
         let samples = contract
             .printers
             .iter()
-            .map(|pr| {
-                (
-                    pr.clone(),
-                    self.store.readings.samples(&contract.tenant, pr, &p),
-                )
-            })
-            .collect();
+            .map(|pr| Ok((pr.clone(), self.store.samples(&contract.tenant, pr, &p)?)))
+            .collect::<Result<_, StoreError>>()?;
         let cu = contract_usage(&p, &samples);
         let seen = Usage {
             used: cu.used,
@@ -266,7 +262,7 @@ impl Ops {
             days_left: catalog::days_left(tz, now),
             supplies: cu.supplies,
         };
-        (seen, cu)
+        Ok((seen, cu))
     }
 
     /// Decide a migration request and, unless it is a dry run, store it (refused or
@@ -328,7 +324,7 @@ impl Ops {
                 ),
             ));
         }
-        let (seen, cu) = self.usage_of(&contract, now);
+        let (seen, cu) = self.usage_of(&contract, now)?;
         let verdict = catalog.decide(&from, &to, &seen).ok_or_else(|| {
             ApiError::new(
                 500,
@@ -384,7 +380,7 @@ impl Ops {
     }
 
     /// Execute every scheduled migration whose time has come. Idempotent: each runs
-    /// once, even across crashes (see [`crate::contracts::ContractStore::execute_migration`]).
+    /// once, even across crashes (see [`crate::store::Contracts::execute_migration`]).
     pub fn run_due_migrations(&self, now: DateTime<Utc>) -> Result<usize, ApiError> {
         let mut n = 0;
         let scheduled = self.store.scheduled()?.into_iter();
@@ -466,7 +462,7 @@ impl Ops {
         contract: Option<&Id>,
         state: Option<&str>,
     ) -> Result<Vec<Migration>, ApiError> {
-        use crate::contracts::LedgerOwner;
+        use crate::store::LedgerOwner;
         let all = match (contract, tenant) {
             (Some(c), _) => self.store.migrations_of(LedgerOwner::Contract(c))?,
             (None, Some(t)) => self.store.migrations_of(LedgerOwner::Tenant(t))?,
@@ -515,8 +511,8 @@ impl Ops {
 mod tests {
     use super::*;
     use crate::catalog::{Catalog, TelemetryState};
-    use crate::contracts::ContractStore;
     use crate::ops::NewContract;
+    use crate::store::Store;
     use platen_protocol::Telemetry;
 
     const EXAMPLE: &str = include_str!("../../packaging/catalog.example.toml");
@@ -532,10 +528,9 @@ mod tests {
         /// printers p1 and p2, started at the beginning of the current period.
         fn new(plan: &str) -> World {
             let dir = tempfile::tempdir().unwrap();
-            let db = sled::open(dir.path()).unwrap();
             // The contract starts at the beginning of a period of the tests' clock
             // (March 2026), long before the wall clock.
-            let ops = Ops::new(ContractStore::open(&db).unwrap(), None)
+            let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), None)
                 .with_policy(crate::ops::Policy {
                     max_backdate: chrono::Duration::days(3650),
                 })
@@ -584,7 +579,12 @@ mod tests {
             r.read_at = at;
             r.counters[0].value = value;
             let tenant = "acme".parse().unwrap();
-            assert!(self.ops.store.readings.record(&tenant, &t).unwrap());
+            let sample = crate::usage::Sample::of(&t).unwrap();
+            assert!(self
+                .ops
+                .store
+                .record_sample(&tenant, &t.printer_id, &sample)
+                .unwrap());
         }
 
         fn ask(&self, actor: &str, plan: &str, dry_run: bool) -> Result<Outcome, ApiError> {

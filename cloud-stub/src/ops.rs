@@ -2,15 +2,14 @@
 //! errors. The HTTP API and the CLI are thin layers over these.
 
 use crate::catalog::Catalog;
-use crate::contracts::{
-    ChangeRecord, ContractStore, Created, Event, Inserted, LedgerEntry, StoreError, TimelineEntry,
-};
+use crate::contracts::{ChangeRecord, Event, LedgerEntry, TimelineEntry};
 use crate::engine::Engine;
 use crate::model::{
     change_id, check_currency, parse_time_zone, ChangeKind, Contract, ContractChange, Plan,
     Reseller, ServiceKind, Tenant,
 };
 use crate::period;
+use crate::store::{Created, Inserted, Store, StoreError};
 use chrono::{DateTime, Utc};
 use platen_protocol::{DesiredConfig, Id, SettingValue};
 use serde::{Deserialize, Serialize};
@@ -188,7 +187,7 @@ pub struct ContractStatus {
 
 #[derive(Clone)]
 pub struct Ops {
-    pub(crate) store: ContractStore,
+    pub(crate) store: Store,
     engine: Option<Engine>,
     /// The plan catalog and migration rules, when one is loaded.
     pub(crate) catalog: Option<Arc<Catalog>>,
@@ -209,7 +208,7 @@ fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiEr
 }
 
 impl Ops {
-    pub fn new(store: ContractStore, engine: Option<Engine>) -> Ops {
+    pub fn new(store: Store, engine: Option<Engine>) -> Ops {
         Ops {
             store,
             engine,
@@ -238,7 +237,7 @@ impl Ops {
         self.catalog.as_deref()
     }
 
-    pub fn store(&self) -> &ContractStore {
+    pub fn store(&self) -> &Store {
         &self.store
     }
 
@@ -551,7 +550,7 @@ impl Ops {
         contract: Option<&Id>,
         tenant: Option<&Id>,
     ) -> Result<Vec<LedgerEntry>, ApiError> {
-        use crate::contracts::LedgerOwner;
+        use crate::store::LedgerOwner;
         // Read by key when the query names its owner (an index, not the whole ledger).
         let entries = match (contract, tenant) {
             (Some(c), _) => self.store.ledger_of(LedgerOwner::Contract(c))?,
@@ -605,8 +604,8 @@ mod tests {
 
     fn ops() -> (tempfile::TempDir, Ops) {
         let d = tempfile::tempdir().unwrap();
-        let db = sled::open(d.path()).unwrap();
-        (d, Ops::new(ContractStore::open(&db).unwrap(), None))
+        let store = Store::open_sled(d.path()).unwrap();
+        (d, Ops::new(store, None))
     }
 
     fn setup(o: &Ops) {

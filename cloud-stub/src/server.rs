@@ -3,7 +3,6 @@
 
 use crate::api;
 use crate::catalog::Catalog;
-use crate::contracts::ContractStore;
 use crate::engine::{Engine, EngineConfig};
 use crate::ops::Ops;
 use crate::{Cloud, CloudError};
@@ -60,7 +59,7 @@ pub enum ServerError {
     #[error(transparent)]
     Cloud(#[from] CloudError),
     #[error(transparent)]
-    Store(#[from] crate::contracts::StoreError),
+    Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Tokens(#[from] crate::auth::TokenFileError),
     #[error("the HTTP API listens on {0}, beyond this machine, without authentication: set api.tokens_file (--tokens)")]
@@ -104,7 +103,7 @@ impl Server {
         )?
         .with_signer(cfg.signer.clone())
         .with_limits(cfg.ingest_limits);
-        let store = ContractStore::open(cloud.db())?;
+        let store = cloud.store().clone();
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
         let mut ops = Ops::new(store, Some(engine.clone())).with_policy(cfg.policy.clone());
         if let Some(c) = cfg.catalog.clone() {
@@ -115,7 +114,6 @@ impl Server {
         let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx.clone());
         let retention = spawn_retention(
             ops.clone(),
-            cloud.clone(),
             (cfg.telemetry_retention, cfg.history_retention),
             stop_rx,
         );
@@ -211,7 +209,6 @@ fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) ->
 /// referring to them) and refused migrations decided before it are removed.
 fn spawn_retention(
     ops: Ops,
-    cloud: Cloud,
     keep: (Duration, Duration),
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -234,17 +231,16 @@ fn spawn_retention(
             for what in ["telemetry samples", "reports", "refused migrations"] {
                 let (mut from, mut removed) = (Vec::new(), 0usize);
                 loop {
-                    let (o, c) = (ops.clone(), cloud.clone());
+                    let o = ops.clone();
                     let start = std::mem::take(&mut from);
                     let r = tokio::task::spawn_blocking(move || -> Result<_, String> {
                         let store = o.store();
                         match what {
                             "telemetry samples" => store
-                                .readings
-                                .prune(cutoff, thin_before, &start, 10_000)
+                                .prune_samples(cutoff, thin_before, &start, 10_000)
                                 .map_err(|e| e.to_string()),
-                            "reports" => c
-                                .prune_reports(store, history, &start, 10_000)
+                            "reports" => store
+                                .prune_settled_reports(history, &start, 10_000)
                                 .map_err(|e| e.to_string()),
                             _ => store
                                 .prune_refused_migrations(history, &start, 10_000)

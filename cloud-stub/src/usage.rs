@@ -13,7 +13,8 @@
 //! the low readings were outliers and are ignored); a change of counter source (another billing counter) likewise starts
 //! afresh. A period with no sample from a printer has no telemetry for it.
 //!
-//! [`pages_in`] and [`contract_usage`] are pure; [`ReadingStore`] is the sled edge.
+//! [`pages_in`] and [`contract_usage`] are pure; the samples are kept behind the
+//! storage port ([`crate::store::Readings`]).
 
 use crate::catalog::{SuppliesState, TelemetryState};
 use crate::period::Period;
@@ -255,137 +256,6 @@ pub fn contract_usage(period: &Period, printers: &BTreeMap<Id, Vec<Sample>>) -> 
     }
 }
 
-/// The `readings` tree: `{tenant}/{printer}/{read_at ms:020}` → [`Sample`] JSON.
-#[derive(Clone)]
-pub struct ReadingStore {
-    tree: sled::Tree,
-}
-
-fn key(tenant: &Id, printer: &Id, at: DateTime<Utc>) -> String {
-    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    format!("{tenant}/{printer}/{ms:020}")
-}
-
-impl ReadingStore {
-    pub fn open(db: &sled::Db) -> Result<ReadingStore, sled::Error> {
-        Ok(ReadingStore {
-            tree: db.open_tree("readings")?,
-        })
-    }
-
-    /// Keep the reading of a telemetry message if it is new. Returns whether it was.
-    /// The caller flushes (it acknowledges the message only after that).
-    pub fn record(&self, tenant: &Id, t: &Telemetry) -> Result<bool, sled::Error> {
-        let Some(sample) = Sample::of(t) else {
-            return Ok(false);
-        };
-        let k = key(tenant, &t.printer_id, sample.read_at);
-        let v = serde_json::to_vec(&sample).expect("plain data serializes");
-        Ok(self
-            .tree
-            .compare_and_swap(k.as_bytes(), None as Option<&[u8]>, Some(v))?
-            .is_ok())
-    }
-
-    /// The samples a period's usage needs: the last one before `period.start` and
-    /// every one inside the period, oldest first. Unreadable rows are skipped.
-    pub fn samples(&self, tenant: &Id, printer: &Id, period: &Period) -> Vec<Sample> {
-        let prefix = format!("{tenant}/{printer}/");
-        let start = key(tenant, printer, period.start);
-        let end = key(tenant, printer, period.end);
-        let decode = |kv: sled::Result<(sled::IVec, sled::IVec)>| {
-            kv.ok()
-                .and_then(|(_, v)| serde_json::from_slice::<Sample>(&v).ok())
-        };
-        let mut out: Vec<Sample> = self
-            .tree
-            .range(prefix.as_bytes()..start.as_bytes())
-            .next_back()
-            .and_then(decode)
-            .into_iter()
-            .collect();
-        out.extend(
-            self.tree
-                .range(start.as_bytes()..end.as_bytes())
-                .filter_map(decode),
-        );
-        out
-    }
-
-    /// When the printer's newest sample was read.
-    pub fn latest(&self, tenant: &Id, printer: &Id) -> Option<DateTime<Utc>> {
-        let prefix = format!("{tenant}/{printer}/");
-        self.tree
-            .scan_prefix(prefix.as_bytes())
-            .next_back()
-            .and_then(|kv| kv.ok())
-            .and_then(|(_, v)| serde_json::from_slice::<Sample>(&v).ok())
-            .map(|s| s.read_at)
-    }
-
-    pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.tree.flush_async().await.map(|_| ())
-    }
-
-    /// Thin and prune old samples, scanning at most `max_keys` keys from `from` on:
-    /// samples read before `thin_before` are kept only where billing and disputes need
-    /// them — the last of each UTC day (the day's maximum of a counter that only
-    /// grows) and both sides of a counter drop (a reset or a replaced counter) —
-    /// and samples read before `delete_before` are removed. Each printer's newest
-    /// sample always stays (a period's usage starts from the last sample before it).
-    /// Returns what was removed and where the next batch starts (`None`: the end).
-    pub fn prune(
-        &self,
-        delete_before: DateTime<Utc>,
-        thin_before: DateTime<Utc>,
-        from: &[u8],
-        max_keys: usize,
-    ) -> Result<(usize, Option<Vec<u8>>), sled::Error> {
-        let ms = |t: DateTime<Utc>| u64::try_from(t.timestamp_millis()).unwrap_or(0);
-        let (delete, thin) = (ms(delete_before), ms(thin_before.max(delete_before)));
-        let parse = |k: &[u8]| -> Option<(usize, u64)> {
-            // `{tenant}/{printer}/{ms:020}`: ids cannot hold '/', so the part up to the
-            // last '/' is exactly this printer's prefix.
-            let slash = k.iter().rposition(|b| *b == b'/')?;
-            let at = std::str::from_utf8(&k[slash + 1..]).ok()?.parse().ok()?;
-            Some((slash, at))
-        };
-        let value = |v: &[u8]| {
-            serde_json::from_slice::<Sample>(v)
-                .ok()
-                .and_then(|s| s.value)
-        };
-        let mut prev: Option<(Vec<u8>, Option<u64>)> = None;
-        crate::batch::scan(&self.tree, from, max_keys, |k, v, next| {
-            let Some((slash, at)) = parse(k) else {
-                return Ok(false);
-            };
-            let prefix = &k[..=slash];
-            let here = value(v);
-            let next = next
-                .filter(|(nk, _)| nk.starts_with(prefix))
-                .map(|(nk, nv)| (parse(nk).map(|(_, t)| t).unwrap_or(u64::MAX), value(nv)));
-            let after_drop = matches!(&prev, Some((p, Some(pv))) if p.as_slice() == prefix && here.is_some_and(|h| h < *pv));
-            let keep = match next {
-                None => true, // the printer's newest
-                Some(_) if at < delete => false,
-                Some(_) if at >= thin => true,
-                Some((next_at, next_value)) => {
-                    let day = |t: u64| t / 86_400_000;
-                    day(next_at) != day(at)
-                        || matches!((here, next_value), (Some(h), Some(n)) if n < h)
-                        || after_drop
-                }
-            };
-            prev = Some((prefix.to_vec(), here));
-            if !keep {
-                self.tree.remove(k)?;
-            }
-            Ok::<bool, sled::Error>(!keep)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,83 +278,6 @@ mod tests {
 
     fn march() -> Period {
         period::month(chrono_tz::UTC, 2026, 3)
-    }
-
-    #[test]
-    fn pruning_thins_to_daily_maxima_and_resets_and_keeps_each_printers_newest() {
-        let d = tempfile::tempdir().unwrap();
-        let db = sled::open(d.path()).unwrap();
-        let store = ReadingStore::open(&db).unwrap();
-        let acme: Id = "acme".parse().unwrap();
-        let put = |printer: &str, t: DateTime<Utc>, value: u64| {
-            let p: Id = printer.parse().unwrap();
-            store
-                .tree
-                .insert(
-                    key(&acme, &p, t).as_bytes(),
-                    serde_json::to_vec(&s(t, value)).unwrap(),
-                )
-                .unwrap();
-        };
-        // p1, March 1–3: hourly readings; on March 2 the counter drops (a reset).
-        for hour in 0..24 {
-            put("p1", at(1, hour), 100 + hour as u64);
-            put(
-                "p1",
-                at(2, hour),
-                if hour < 12 {
-                    200 + hour as u64
-                } else {
-                    hour as u64
-                },
-            );
-        }
-        put("p1", at(20, 0), 900); // recent: kept as it is
-        put("p1", at(20, 1), 901);
-        // p10 (shares a prefix with p1) and p2: one old sample each, their newest.
-        put("p10", at(1, 5), 7);
-        put("p2", at(1, 6), 8);
-        let (delete_before, thin_before) = (at(1, 0) - chrono::Duration::days(1), at(10, 0));
-        let mut from = Vec::new();
-        loop {
-            let (_, next) = store.prune(delete_before, thin_before, &from, 7).unwrap();
-            match next {
-                Some(k) => from = k,
-                None => break,
-            }
-        }
-        let left: Vec<(String, u64)> = store
-            .tree
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.unwrap();
-                let smp: Sample = serde_json::from_slice(&v).unwrap();
-                (String::from_utf8(k.to_vec()).unwrap(), smp.value.unwrap())
-            })
-            .collect();
-        let p1: Vec<u64> = left
-            .iter()
-            .filter(|(k, _)| k.starts_with("acme/p1/"))
-            .map(|(_, v)| *v)
-            .collect();
-        // March 1: its last (123). March 2: 211 before the drop, 12 after it, 23 last.
-        assert_eq!(p1, [123, 211, 12, 23, 900, 901], "{left:?}");
-        assert!(left.iter().any(|(k, _)| k.starts_with("acme/p10/")));
-        assert!(left.iter().any(|(k, _)| k.starts_with("acme/p2/")));
-        // Past the retention: removed, but for each printer's newest.
-        let mut from = Vec::new();
-        loop {
-            let (_, next) = store.prune(at(15, 0), at(15, 0), &from, 7).unwrap();
-            match next {
-                Some(k) => from = k,
-                None => break,
-            }
-        }
-        assert_eq!(
-            store.tree.len(),
-            4,
-            "p1's two recent ones, p10's and p2's newest"
-        );
     }
 
     #[test]
@@ -610,40 +403,5 @@ mod tests {
         for (states, want) in cases {
             assert_eq!(worst_supply(states.clone().into_iter()), want, "{states:?}");
         }
-    }
-
-    #[test]
-    fn store_keeps_one_sample_per_reading_and_finds_the_baseline() {
-        let d = tempfile::tempdir().unwrap();
-        let db = sled::open(d.path()).unwrap();
-        let st = ReadingStore::open(&db).unwrap();
-        let tenant: Id = "acme".parse().unwrap();
-        let golden = include_str!("../../protocol/golden/telemetry.json");
-        let mut t: Telemetry = platen_protocol::decode(golden.as_bytes()).unwrap();
-        let mut put = |read_at: DateTime<Utc>, seq: u64| {
-            t.seq = seq;
-            t.reading.as_mut().unwrap().read_at = read_at;
-            st.record(&tenant, &t).unwrap()
-        };
-        assert!(put(Utc.with_ymd_and_hms(2026, 2, 20, 0, 0, 0).unwrap(), 1));
-        assert!(put(Utc.with_ymd_and_hms(2026, 2, 27, 0, 0, 0).unwrap(), 2));
-        assert!(put(at(5, 0), 3));
-        assert!(
-            !put(at(5, 0), 4),
-            "the same reading again (a stale message)"
-        );
-        assert!(put(Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap(), 5));
-        let got = st.samples(&tenant, &t.printer_id, &march());
-        let times: Vec<_> = got.iter().map(|s| s.read_at).collect();
-        assert_eq!(
-            times,
-            vec![
-                Utc.with_ymd_and_hms(2026, 2, 27, 0, 0, 0).unwrap(),
-                at(5, 0)
-            ]
-        );
-        assert!(st
-            .samples(&tenant, &"other".parse().unwrap(), &march())
-            .is_empty());
     }
 }

@@ -6,8 +6,8 @@
 use platen_cloud::api;
 use platen_cloud::auth::{hash_token, Auth};
 use platen_cloud::catalog::Catalog;
-use platen_cloud::contracts::ContractStore;
 use platen_cloud::ops::Ops;
+use platen_cloud::store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -67,9 +67,9 @@ async fn start() -> Api {
         .collect();
     let tokens_file = dir.path().join("tokens.toml");
     std::fs::write(&tokens_file, tokens).unwrap();
-    let db = sled::open(dir.path().join("db")).unwrap();
+
     let catalog = Catalog::parse(include_str!("../../packaging/catalog.example.toml")).unwrap();
-    let ops = Ops::new(ContractStore::open(&db).unwrap(), None)
+    let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), None)
         .with_catalog(catalog)
         .unwrap();
     let app = api::router(ops, Arc::new(Auth::from_file(&tokens_file).unwrap()));

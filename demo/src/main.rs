@@ -572,7 +572,7 @@ async fn migration_demo(server: &Server, p3: &SimPrinter) -> Result<(), String> 
     let contract = ops.contract("acme-2026-001").map_err(api)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (seen, _) = ops.usage_of(&contract, chrono::Utc::now());
+        let (seen, _) = ops.usage_of(&contract, chrono::Utc::now()).map_err(api)?;
         if seen.used >= Some(600) {
             break;
         }

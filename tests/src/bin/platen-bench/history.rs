@@ -17,10 +17,11 @@ use crate::table::{quantile, sorted_ms, Bound, Results};
 use chrono::{Duration as CDuration, Utc};
 use platen_cloud::catalog::Catalog;
 use platen_cloud::compensation;
-use platen_cloud::contracts::{ChangeRecord, ContractStore, LedgerEntry};
+use platen_cloud::contracts::{ChangeRecord, LedgerEntry};
 use platen_cloud::engine::EngineConfig;
 use platen_cloud::model::{ChangeKind, Contract, ContractChange, ServiceKind, Tenant};
 use platen_cloud::server::{Server, ServerConfig};
+use platen_cloud::store::Store;
 use platen_e2e::Mosquitto;
 use platen_protocol::{codec, ApplyReport, Code, Id, ReportStatus, SettingResult, SettingValue};
 use rumqttc::QoS;
@@ -38,8 +39,7 @@ fn id(s: String) -> Id {
 /// Write N contracts (tenant t{i/10}, printer p{i}, plan mono-1000): even ones settled
 /// with a ledger entry, odd ones open and due in a day.
 fn populate(state: &std::path::Path, n: usize) {
-    let db = sled::open(state.join("db")).expect("sled");
-    let store = ContractStore::open(&db).expect("store");
+    let store = Store::open_sled(state).expect("store");
     let catalog = Catalog::parse(CATALOG).expect("catalog");
     for p in catalog.plans.values() {
         store.put_plan(p).expect("plan");
@@ -116,7 +116,7 @@ fn populate(state: &std::path::Path, n: usize) {
                 .expect("open");
         }
     }
-    db.flush().expect("flush");
+    store.sync().expect("sync");
 }
 
 /// CPU seconds this process used so far (its CPU-time clock, nanoseconds).

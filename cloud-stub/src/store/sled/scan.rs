@@ -4,7 +4,7 @@
 /// Visit at most `max_keys` entries of `tree` from `from` on, in key order. `visit`
 /// gets the entry and the one after it (if any) and returns whether it removed the
 /// entry. Returns (removed, the key the next batch starts at; `None` at the end).
-pub fn scan<E: From<sled::Error>>(
+pub(crate) fn scan<E: From<sled::Error>>(
     tree: &sled::Tree,
     from: &[u8],
     max_keys: usize,
