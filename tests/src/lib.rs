@@ -5,6 +5,7 @@
 //! - [`Sim`]: the `platen-printer-sim` binary.
 //! - [`AgentProc`]: the `platen-agent` binary with a generated config.
 //! - [`fault_proxy::FaultProxy`]: SNMP faults between the agent and a printer.
+//! - [`postgres::Postgres`]: a PostgreSQL cluster of its own (Debian `postgresql`).
 //!
 //! A missing peer fails the test with what to install; nothing is skipped silently.
 //! Binaries are taken from the same target directory as the test executable; run
@@ -12,6 +13,7 @@
 
 pub mod fault_proxy;
 pub mod pki;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};

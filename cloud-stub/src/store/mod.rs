@@ -355,6 +355,12 @@ impl Store {
         Ok(Store::new(sled::SledStore::open(state_dir)?))
     }
 
+    /// The production store: PostgreSQL at `url`, its schema migrated to this binary's.
+    /// `tls`: the TLS client for `sslmode=prefer|require` (none: plain connections).
+    pub fn open_postgres(url: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Store> {
+        Ok(Store::new(postgres::PgStore::open(url, tls)?))
+    }
+
     /// A page of one of the lists, decoded.
     pub fn page<T: DeserializeOwned>(
         &self,

@@ -455,6 +455,9 @@ impl Contracts for SledStore {
                     if contracts.get(c.id.as_str())?.is_some() {
                         return Ok(Created::Exists);
                     }
+                    // Every printer is checked before any is claimed: a refusal
+                    // returns Ok, which commits what the closure wrote so far.
+                    let mut free = Vec::new();
                     for p in &c.printers {
                         let key = printer_key(&c.tenant, p);
                         match printers.get(key.as_bytes())? {
@@ -465,10 +468,11 @@ impl Contracts for SledStore {
                                 })
                             }
                             Some(_) => {}
-                            None => {
-                                printers.insert(key.as_bytes(), c.id.as_str().as_bytes())?;
-                            }
+                            None => free.push(key),
                         }
+                    }
+                    for key in free {
+                        printers.insert(key.as_bytes(), c.id.as_str().as_bytes())?;
                     }
                     contracts.insert(c.id.as_str(), encode(c))?;
                     changes.insert(start.id.as_str(), encode(&rec))?;

@@ -1,0 +1,281 @@
+//! [`Reports`] on PostgreSQL.
+
+use super::{decode, json, to_i64, PgStore};
+use crate::attribution::{AgentSeen, PrinterSeen};
+use crate::store::{Batch, Reports, Result, Stored};
+use crate::ReceivedReport;
+use chrono::{DateTime, Utc};
+use platen_protocol::Id;
+use std::ops::RangeInclusive;
+
+/// A report-index position: (tenant, printer, version, report id).
+type Cursor = (String, String, i64, String);
+
+impl Reports for PgStore {
+    fn record_published(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        versions: &[u64],
+        change: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let versions: Vec<i64> = versions
+            .iter()
+            .map(|v| to_i64(*v, "config version"))
+            .collect::<Result<_>>()?;
+        self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "INSERT INTO published (tenant, printer, version, at, change_id)
+                     SELECT $1, $2, v, $4, $5 FROM unnest($3::bigint[]) AS v
+                     ON CONFLICT (tenant, printer, version)
+                     DO UPDATE SET at = excluded.at, change_id = excluded.change_id",
+                )
+                .await?;
+            c.client
+                .execute(
+                    &st,
+                    &[&tenant.as_str(), &printer.as_str(), &versions, &at, &change],
+                )
+                .await
+        })?;
+        Ok(())
+    }
+
+    fn was_published(&self, tenant: &Id, printer: &Id, version: u64) -> Result<bool> {
+        // Nothing beyond the column's range was ever published.
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(false);
+        };
+        self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "SELECT EXISTS (SELECT 1 FROM published
+                                    WHERE tenant = $1 AND printer = $2 AND version = $3)",
+                )
+                .await?;
+            Ok(c.client
+                .query_one(&st, &[&tenant.as_str(), &printer.as_str(), &version])
+                .await?
+                .get(0))
+        })
+    }
+
+    fn store_report(
+        &self,
+        tenant: &Id,
+        rec: &ReceivedReport,
+        json: &[u8],
+        max_per_version: usize,
+    ) -> Result<Stored> {
+        let r = &rec.report;
+        let version = to_i64(r.config_version, "config version")?;
+        let doc = String::from_utf8_lossy(json);
+        let max = max_per_version as i64;
+        // One statement: the report is inserted if its id is new and its version
+        // holds fewer than `max` reports.
+        let (inserted, existed): (bool, bool) = self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "WITH own AS (SELECT 1 FROM reports WHERE report_id = $1),
+                          n AS (SELECT count(*) AS n FROM
+                                  (SELECT 1 FROM reports WHERE tenant = $2 AND printer = $3
+                                     AND version = $4 LIMIT $6) x),
+                          ins AS (INSERT INTO reports (report_id, tenant, printer, version,
+                                                       received_at, doc)
+                                  SELECT $1, $2, $3, $4, $5, $7::text::jsonb
+                                  WHERE NOT EXISTS (SELECT 1 FROM own)
+                                    AND (SELECT n FROM n) < $6
+                                  ON CONFLICT (report_id) DO NOTHING
+                                  RETURNING 1)
+                     SELECT EXISTS (SELECT 1 FROM ins), EXISTS (SELECT 1 FROM own)",
+                )
+                .await?;
+            let row = c
+                .client
+                .query_one(
+                    &st,
+                    &[
+                        &r.report_id,
+                        &tenant.as_str(),
+                        &r.printer_id.as_str(),
+                        &version,
+                        &rec.received_at,
+                        &max,
+                        &doc.as_ref(),
+                    ],
+                )
+                .await?;
+            Ok((row.get(0), row.get(1)))
+        })?;
+        if inserted {
+            return Ok(Stored::New);
+        }
+        if existed || self.report(&r.report_id)?.is_some() {
+            // (The second look: another instance stored it in the meantime.)
+            return Ok(Stored::Duplicate);
+        }
+        Ok(Stored::Full)
+    }
+
+    fn report(&self, report_id: &str) -> Result<Option<ReceivedReport>> {
+        let t = self.pool().with(async |c| {
+            let st = c
+                .prep("SELECT doc::text FROM reports WHERE report_id = $1")
+                .await?;
+            Ok(c.client
+                .query_opt(&st, &[&report_id])
+                .await?
+                .map(|r| r.get::<_, String>(0)))
+        })?;
+        t.map(|t| decode(report_id, &t)).transpose()
+    }
+
+    /// Unreadable rows are skipped.
+    fn reports(&self) -> Result<Vec<ReceivedReport>> {
+        let rows: Vec<String> = self.pool().with(async |c| {
+            Ok(c.client
+                .query("SELECT doc::text FROM reports ORDER BY report_id", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|t| serde_json::from_str(t).ok())
+            .collect())
+    }
+
+    fn reports_for(
+        &self,
+        tenant: &Id,
+        printer: &Id,
+        versions: RangeInclusive<u64>,
+    ) -> Result<Vec<ReceivedReport>> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (from, to) = (clamp(*versions.start()), clamp(*versions.end()));
+        let rows: Vec<String> = self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "SELECT doc::text FROM reports
+                     WHERE tenant = $1 AND printer = $2 AND version BETWEEN $3 AND $4
+                     ORDER BY version, report_id",
+                )
+                .await?;
+            Ok(c.client
+                .query(&st, &[&tenant.as_str(), &printer.as_str(), &from, &to])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        Ok(rows
+            .iter()
+            .filter_map(|t| serde_json::from_str(t).ok())
+            .collect())
+    }
+
+    fn prune_reports(
+        &self,
+        may_go: &mut dyn FnMut(&str) -> Result<bool>,
+        from: &[u8],
+        max_keys: usize,
+    ) -> Result<Batch> {
+        let cursor: Cursor = serde_json::from_slice(from).unwrap_or_default();
+        let n = max_keys.max(1) as i64 + 1;
+        type Row = (Cursor, Option<String>);
+        let rows: Vec<Row> = self.pool().with(async |c| {
+            Ok(c.client
+                .query(
+                    "SELECT r.tenant, r.printer, r.version, r.report_id, p.change_id
+                     FROM reports r LEFT JOIN published p
+                       ON p.tenant = r.tenant AND p.printer = r.printer AND p.version = r.version
+                     WHERE (r.tenant, r.printer, r.version, r.report_id) >= ($1, $2, $3, $4)
+                     ORDER BY r.tenant, r.printer, r.version, r.report_id
+                     LIMIT $5",
+                    &[&cursor.0, &cursor.1, &cursor.2, &cursor.3, &n],
+                )
+                .await?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), r.get(4)))
+                .collect())
+        })?;
+        let mut gone = Vec::new();
+        for ((_, _, _, id), change) in rows.iter().take(max_keys.max(1)) {
+            if let Some(change) = change {
+                if may_go(change)? {
+                    gone.push(id.clone());
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.pool().with(async |c| {
+                c.client
+                    .execute("DELETE FROM reports WHERE report_id = ANY($1)", &[&gone])
+                    .await
+            })?;
+        }
+        let next = rows
+            .get(max_keys.max(1))
+            .map(|(k, _)| serde_json::to_vec(k).expect("plain data serializes"));
+        Ok((gone.len(), next))
+    }
+
+    fn agent_seen(&self, agent: &Id) -> Result<Option<AgentSeen>> {
+        let t = self.pool().with(async |c| {
+            let st = c
+                .prep("SELECT doc::text FROM agents_seen WHERE agent = $1")
+                .await?;
+            Ok(c.client
+                .query_opt(&st, &[&agent.as_str()])
+                .await?
+                .map(|r| r.get::<_, String>(0)))
+        })?;
+        t.map(|t| decode(agent.as_str(), &t)).transpose()
+    }
+
+    fn set_agent_seen(&self, agent: &Id, seen: &AgentSeen) -> Result<()> {
+        let doc = json(seen);
+        self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "INSERT INTO agents_seen (agent, doc) VALUES ($1, $2::text::jsonb)
+                     ON CONFLICT (agent) DO UPDATE SET doc = excluded.doc",
+                )
+                .await?;
+            c.client.execute(&st, &[&agent.as_str(), &doc]).await
+        })?;
+        Ok(())
+    }
+
+    fn printer_seen(&self, tenant: &Id, printer: &Id) -> Result<Option<PrinterSeen>> {
+        let t = self.pool().with(async |c| {
+            let st = c
+                .prep("SELECT doc::text FROM printers_seen WHERE tenant = $1 AND printer = $2")
+                .await?;
+            Ok(c.client
+                .query_opt(&st, &[&tenant.as_str(), &printer.as_str()])
+                .await?
+                .map(|r| r.get::<_, String>(0)))
+        })?;
+        t.map(|t| decode(printer.as_str(), &t)).transpose()
+    }
+
+    fn set_printer_seen(&self, tenant: &Id, printer: &Id, seen: &PrinterSeen) -> Result<()> {
+        let doc = json(seen);
+        self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "INSERT INTO printers_seen (tenant, printer, doc) VALUES ($1, $2, $3::text::jsonb)
+                     ON CONFLICT (tenant, printer) DO UPDATE SET doc = excluded.doc",
+                )
+                .await?;
+            c.client
+                .execute(&st, &[&tenant.as_str(), &printer.as_str(), &doc])
+                .await
+        })?;
+        Ok(())
+    }
+}

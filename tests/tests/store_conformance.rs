@@ -1,0 +1,954 @@
+//! One conformance suite for the storage port: the same test bodies against the
+//! embedded backend (sled) and the production one (PostgreSQL, a server of the
+//! test's own), then what only PostgreSQL has: schema versions, a newer schema
+//! refused, a wrong URL, a database restart.
+//!
+//! One test function per backend runs every body (one PostgreSQL for all of them);
+//! a failing body is named in the panic.
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use platen_cloud::attribution::{AgentSeen, Cause, PrinterSeen};
+use platen_cloud::catalog::{self, Catalog, SuppliesState, TelemetryState, Usage, Verdict};
+use platen_cloud::compensation::{NotOwed, Part};
+use platen_cloud::contracts::{ChangeRecord, Event, LedgerEntry};
+use platen_cloud::migration::{Actor, Migration, MigrationDecision, MigrationState};
+use platen_cloud::model::{ChangeKind, Contract, ContractChange, Reseller, Tenant};
+use platen_cloud::period;
+use platen_cloud::store::{
+    Created, Inserted, LedgerOwner, List, OwnerIndex, Store, StoreError, Stored,
+};
+use platen_cloud::usage::Sample;
+use platen_cloud::ReceivedReport;
+use platen_e2e::postgres::{Postgres, PASSWORD};
+use platen_protocol::{ApplyReport, Id, ReportStatus};
+use std::collections::BTreeMap;
+
+const CATALOG: &str = include_str!("../../packaging/catalog.example.toml");
+
+fn id(s: &str) -> Id {
+    s.parse().unwrap()
+}
+
+fn t(day: u32, hour: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, day, hour, 0, 0).unwrap()
+}
+
+fn tenant(s: &Store, name: &str, reseller: Option<&str>) {
+    s.add_tenant(&Tenant {
+        id: id(name),
+        name: name.to_uppercase(),
+        reseller: reseller.map(id),
+    })
+    .unwrap();
+}
+
+fn contract(tenant: &str, cid: &str, printers: &[&str]) -> (Contract, ContractChange) {
+    let now = Utc::now();
+    let c = Contract {
+        id: id(cid),
+        tenant: id(tenant),
+        printers: printers.iter().map(|p| id(p)).collect(),
+        plan: id("mono-1000"),
+        effective_at: now,
+        time_zone: "UTC".into(),
+        currency: "EUR".into(),
+        term_months: None,
+        created_at: now,
+    };
+    let start = change(&c, 1);
+    (c, start)
+}
+
+fn change(c: &Contract, seq: u32) -> ContractChange {
+    ContractChange {
+        id: platen_cloud::model::change_id(&c.id, seq),
+        contract: c.id.clone(),
+        seq,
+        change: if seq == 1 {
+            ChangeKind::Start
+        } else {
+            ChangeKind::PlanChange {
+                from: c.plan.clone(),
+                to: c.plan.clone(),
+            }
+        },
+        effective_at: c.effective_at,
+        requested_at: c.effective_at,
+        plan: c.plan.clone(),
+        settings: BTreeMap::new(),
+    }
+}
+
+fn migration(mid: &str, tenant: &str, contract: &str, state: MigrationState) -> Migration {
+    Migration {
+        id: mid.into(),
+        decision: MigrationDecision {
+            tenant: id(tenant),
+            contract: id(contract),
+            from_plan: id("mono-1000"),
+            to_plan: id("mono-5000"),
+            requested_by: Actor::Operator,
+            decided_at: t(1, 0),
+            verdict: Verdict {
+                rule: "r1".into(),
+                rule_line: 1,
+                decision: catalog::Decision::Refuse {
+                    code: "c".into(),
+                    message: "m".into(),
+                },
+            },
+            effective_at: Some(t(2, 0)),
+            usage: Usage {
+                used: Some(10),
+                telemetry: TelemetryState::Complete,
+                days_left: 3,
+                supplies: SuppliesState::Ok,
+            },
+            period: "2026-03".into(),
+            printers: BTreeMap::new(),
+        },
+        state,
+    }
+}
+
+fn part(fee: u64) -> Part {
+    let p = period::month(chrono_tz::UTC, 2026, 3);
+    Part {
+        period: p,
+        from: t(1, 0),
+        to: t(2, 0),
+        unavailable_secs: 86_400,
+        period_secs: 31 * 86_400,
+        up_to_completion: true,
+        fee_credit: fee,
+        fee_arithmetic: "x".into(),
+        extra_pages: None,
+        shipment: None,
+    }
+}
+
+fn ledger_entry(c: &Contract, change_id: &str, period: &str, fee: u64) -> LedgerEntry {
+    LedgerEntry {
+        key: format!("{change_id}/{period}"),
+        tenant: c.tenant.clone(),
+        contract: c.id.clone(),
+        change_id: change_id.into(),
+        currency: "EUR".into(),
+        created_at: t(3, 0),
+        reverses: None,
+        part: part(fee),
+    }
+}
+
+fn report(tenant: &Id, printer: &str, agent: &str, version: u64) -> (ReceivedReport, Vec<u8>) {
+    let (agent, printer) = (id(agent), id(printer));
+    let rec = ReceivedReport {
+        report: ApplyReport {
+            report_id: ApplyReport::make_id(&agent, &printer, version),
+            agent_id: agent,
+            printer_id: printer,
+            config_version: version,
+            status: ReportStatus::Applied,
+            settings: vec![],
+            received_at: Utc::now(),
+            completed_at: Utc::now(),
+            refused: None,
+        },
+        received_at: Utc::now(),
+    };
+    let _ = tenant;
+    let json = serde_json::to_vec(&rec).unwrap();
+    (rec, json)
+}
+
+// ---------------------------------------------------------------------------------
+// The bodies
+
+fn catalog_and_parties(s: &Store) {
+    let cat = Catalog::parse(CATALOG).unwrap();
+    for p in cat.plans.values() {
+        assert_eq!(s.add_plan(p).unwrap(), Inserted::New);
+        assert_eq!(s.add_plan(p).unwrap(), Inserted::Exists);
+    }
+    let mut p = s.plan("mono-1000").unwrap().unwrap();
+    p.name = "renamed".into();
+    s.put_plan(&p).unwrap();
+    assert_eq!(s.plan("mono-1000").unwrap().unwrap().name, "renamed");
+    let ids: Vec<String> = s
+        .plans()
+        .unwrap()
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "in key order");
+    let r = Reseller {
+        id: id("r1"),
+        name: "R".into(),
+    };
+    assert_eq!(s.add_reseller(&r).unwrap(), Inserted::New);
+    assert_eq!(s.add_reseller(&r).unwrap(), Inserted::Exists);
+    assert_eq!(s.reseller("r1").unwrap(), Some(r));
+    tenant(s, "acme", Some("r1"));
+    tenant(s, "globex", None);
+    assert_eq!(
+        s.add_tenant(&Tenant {
+            id: id("acme"),
+            name: "other".into(),
+            reseller: None
+        })
+        .unwrap(),
+        Inserted::Exists
+    );
+    assert_eq!(
+        s.tenant("acme").unwrap().unwrap().name,
+        "ACME",
+        "first wins"
+    );
+    assert_eq!(s.tenants().unwrap().len(), 2);
+    assert!(s.tenant("nobody").unwrap().is_none());
+    let (a, b) = (s.next_id().unwrap(), s.next_id().unwrap());
+    assert!(b > a);
+}
+
+fn contracts_claims_and_prefix_ids(s: &Store) {
+    tenant(s, "acme", None);
+    tenant(s, "globex", None);
+    let (k, start) = contract("acme", "k", &["p1", "p2"]);
+    assert_eq!(s.create_contract(&k, &start, false).unwrap(), Created::New);
+    assert_eq!(
+        s.create_contract(&k, &start, false).unwrap(),
+        Created::Exists
+    );
+    // Another contract on a claimed printer: refused, and nothing of it stays.
+    let (k2, start2) = contract("acme", "k2", &["p3", "p2"]);
+    assert_eq!(
+        s.create_contract(&k2, &start2, false).unwrap(),
+        Created::PrinterTaken {
+            printer: id("p2"),
+            contract: "k".into()
+        }
+    );
+    assert!(s.contract("k2").unwrap().is_none());
+    assert!(s.change(&start2.id).unwrap().is_none());
+    assert_eq!(s.contract_of_printer(&id("acme"), &id("p3")).unwrap(), None);
+    // Sharing allowed: created, the printer stays with its first contract.
+    assert_eq!(s.create_contract(&k2, &start2, true).unwrap(), Created::New);
+    assert_eq!(
+        s.contract_of_printer(&id("acme"), &id("p2")).unwrap(),
+        Some("k".into())
+    );
+    // The same printer id under another tenant is another printer.
+    let (g, gstart) = contract("globex", "k.globex", &["p1"]);
+    assert_eq!(s.create_contract(&g, &gstart, false).unwrap(), Created::New);
+    for seq in 2..=3 {
+        assert_eq!(s.add_change(&change(&k, seq)).unwrap(), Inserted::New);
+    }
+    assert_eq!(s.add_change(&change(&k, 3)).unwrap(), Inserted::Exists);
+    let seqs: Vec<u32> = s
+        .changes_of(&id("k"))
+        .unwrap()
+        .iter()
+        .map(|r| r.change.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3], "only k's changes, in order");
+    assert_eq!(s.changes_of(&id("k.globex")).unwrap().len(), 1);
+    let mine: Vec<String> = s
+        .contracts_of_tenant(&id("acme"))
+        .unwrap()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    assert_eq!(mine, ["k", "k2"]);
+    assert_eq!(s.contracts().unwrap().len(), 3);
+}
+
+fn changes_fall_due_and_settle(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    s.add_change(&change(&k, 2)).unwrap();
+    let now = Utc::now() + Duration::seconds(1);
+    // New changes are due now.
+    assert_eq!(s.due_changes(now, 10).unwrap().len(), 2);
+    assert_eq!(s.due_changes(now, 1).unwrap().len(), 1, "at most the limit");
+    let mut one = s.change(&start.id).unwrap().unwrap();
+    s.save_change(&one, Some(now + Duration::hours(1))).unwrap();
+    let due: Vec<String> = s
+        .due_changes(now, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.change.id)
+        .collect();
+    assert_eq!(due, ["k.2"]);
+    // Soonest first.
+    let later = s.due_changes(now + Duration::hours(2), 10).unwrap();
+    assert_eq!(later[0].change.id, "k.2");
+    // A report wakes it.
+    s.wake_change(&start.id).unwrap();
+    assert_eq!(s.due_changes(now, 10).unwrap().len(), 2);
+    // Settled: never due again, not open, and its state reads back.
+    one.setup.settled = true;
+    one.setup.settled_at = Some(now);
+    one.setup.completed_at = Some(now);
+    s.save_change(&one, Some(now)).unwrap();
+    assert_eq!(s.change(&start.id).unwrap().unwrap(), one);
+    assert!(s
+        .open_changes()
+        .unwrap()
+        .iter()
+        .all(|r| r.change.id != start.id));
+    s.wake_change(&start.id).unwrap();
+    assert!(s
+        .due_changes(now + Duration::days(1), 10)
+        .unwrap()
+        .iter()
+        .all(|r| r.change.id != start.id));
+    // Not due (None) but not settled: out of the due list and of the open ones.
+    let two = s.change("k.2").unwrap().unwrap();
+    s.save_change(&two, None).unwrap();
+    assert!(s
+        .due_changes(now + Duration::days(1), 10)
+        .unwrap()
+        .is_empty());
+}
+
+fn versions_follow_the_clock_and_only_grow(s: &Store) {
+    let before = Utc::now().timestamp_millis() as u64;
+    let (t1, p) = (id("acme"), id("p1"));
+    let v1 = s.next_version(&t1, &p).unwrap();
+    let v2 = s.next_version(&t1, &p).unwrap();
+    assert!(v1 >= before && v2 > v1, "{before} {v1} {v2}");
+    let other = s.next_version(&id("globex"), &p).unwrap();
+    assert!(other >= before);
+}
+
+fn every_event_kind_reads_back(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "c", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    for seq in 2..=3 {
+        s.add_change(&change(&k, seq)).unwrap();
+    }
+    let p = id("p1");
+    let now = Utc::now();
+    let events = vec![
+        Event::ChangeRequested {
+            change: ChangeKind::Start,
+            plan: id("x"),
+            effective_at: now,
+        },
+        Event::ConfigPublished {
+            printer: p.clone(),
+            version: 1,
+            settings: 2,
+        },
+        Event::ReportReceived {
+            printer: p.clone(),
+            version: 1,
+            report_id: "r".into(),
+            status: ReportStatus::Applied,
+            report_time: now,
+            codes: BTreeMap::new(),
+        },
+        Event::ConfigConfirmed {
+            printer: p.clone(),
+            version: 1,
+            confirmed_at: now,
+        },
+        Event::ConfigFault {
+            printer: p.clone(),
+            reason: "r".into(),
+            cause: Cause::Customer {
+                evidence: "agent down".into(),
+            },
+        },
+        Event::ProviderCall {
+            call: "setup".into(),
+            printer: Some(p.clone()),
+            ok: true,
+            result: "ok".into(),
+        },
+        Event::ServiceConfirmed {
+            printer: p.clone(),
+            confirmed_at: now,
+        },
+        Event::ServiceFault {
+            printer: p.clone(),
+            reason: "r".into(),
+        },
+        Event::SetupCompleted {
+            t0: now,
+            t1: now,
+            config_confirmed_at: now,
+            service_confirmed_at: now,
+        },
+        Event::NoCompensation {
+            reason: NotOwed::NoFault,
+        },
+        Event::ShipmentAccepted {
+            ledger_key: "k".into(),
+            item: "i".into(),
+            quantity: 1,
+        },
+        Event::MigrationExecuted {
+            migration: "m".into(),
+            rule: "r".into(),
+            from: p.clone(),
+            to: p.clone(),
+        },
+    ];
+    for e in &events {
+        s.append("c.1", e.clone()).unwrap();
+    }
+    let back: Vec<Event> = s
+        .timeline("c.1")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(back, events);
+    // Noted again (the engine killed after noting, before saving its state): the
+    // once-per-change observations stay single, recurring ones are appended.
+    for e in &events {
+        let added = s.append("c.1", e.clone()).unwrap();
+        assert_eq!(added.is_some(), e.once_key().is_none(), "{e:?}");
+    }
+    let again: Vec<Event> = s
+        .timeline("c.1")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    let recurring: Vec<Event> = events
+        .iter()
+        .filter(|e| e.once_key().is_none())
+        .cloned()
+        .collect();
+    assert_eq!(again, [events.clone(), recurring].concat());
+    // The same report in another change's timeline is that change's evidence.
+    assert!(s.append("c.2", events[2].clone()).unwrap().is_some());
+    // A recurring event noted again in a row is counted on the last entry.
+    let fault = Event::ConfigFault {
+        printer: p.clone(),
+        reason: "no report for version 9 within 60 s of its publication".into(),
+        cause: Cause::Provider,
+    };
+    for _ in 0..100 {
+        s.append("c.3", fault.clone()).unwrap();
+    }
+    let tl = s.timeline("c.3").unwrap();
+    assert_eq!(tl.len(), 1);
+    assert_eq!(tl[0].repeated.as_ref().unwrap().times, 99);
+    s.append("c.3", events[1].clone()).unwrap();
+    s.append("c.3", fault.clone()).unwrap();
+    assert_eq!(s.timeline("c.3").unwrap().len(), 3);
+    // Sequence numbers only grow.
+    let seqs: Vec<u64> = s.timeline("c.1").unwrap().iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}
+
+fn ledger_is_insert_once_and_read_by_owner(s: &Store) {
+    tenant(s, "acme", None);
+    tenant(s, "globex", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    let (g, gstart) = contract("globex", "g", &["p1"]);
+    s.create_contract(&g, &gstart, false).unwrap();
+    let e = ledger_entry(&k, "k.1", "2026-03", 1000);
+    assert_eq!(s.add_ledger(&e).unwrap(), Inserted::New);
+    let mut again = e.clone();
+    again.part.fee_credit = 5;
+    assert_eq!(s.add_ledger(&again).unwrap(), Inserted::Exists);
+    assert_eq!(
+        s.ledger_entry(&e.key).unwrap(),
+        Some(e.clone()),
+        "never rewritten"
+    );
+    let mut reversal = ledger_entry(&k, "k.1", "2026-03/reversal", 60);
+    reversal.reverses = Some(e.key.clone());
+    assert_eq!(s.add_ledger(&reversal).unwrap(), Inserted::New);
+    s.add_ledger(&ledger_entry(&g, "g.1", "2026-03", 7))
+        .unwrap();
+    let mine = s.ledger_of(LedgerOwner::Tenant(&id("acme"))).unwrap();
+    assert_eq!(mine.len(), 2);
+    assert_eq!(mine.iter().map(|e| e.signed_credit()).sum::<i128>(), 940);
+    assert_eq!(
+        s.ledger_of(LedgerOwner::Contract(&id("g"))).unwrap().len(),
+        1
+    );
+    assert_eq!(s.ledger().unwrap().len(), 3);
+    assert!(!s.shipment_sent(&e.key).unwrap());
+    s.mark_shipment_sent(&e.key, t(4, 0)).unwrap();
+    s.mark_shipment_sent(&e.key, t(5, 0)).unwrap();
+    assert!(s.shipment_sent(&e.key).unwrap());
+}
+
+fn migrations_execute_once(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    let m = migration("m1", "acme", "k", MigrationState::Scheduled);
+    assert_eq!(s.add_migration(&m).unwrap(), Inserted::New);
+    assert_eq!(s.add_migration(&m).unwrap(), Inserted::Exists);
+    s.add_migration(&migration("m2", "acme", "k", MigrationState::Scheduled))
+        .unwrap();
+    s.add_migration(&migration("m3", "acme", "k", MigrationState::Refused))
+        .unwrap();
+    let due: Vec<String> = s.scheduled().unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(due, ["m1", "m2"]);
+    let ch = change(&k, 2);
+    assert!(s.execute_migration("m1", &ch).unwrap());
+    assert!(!s.execute_migration("m1", &ch).unwrap(), "once");
+    assert!(s.change(&ch.id).unwrap().is_some());
+    assert!(matches!(
+        s.migration("m1").unwrap().unwrap().state,
+        MigrationState::Executed { .. }
+    ));
+    // A change id already taken: not executed, still scheduled.
+    assert!(!s.execute_migration("m2", &ch).unwrap());
+    assert_eq!(s.scheduled().unwrap().len(), 1);
+    let cancelled = MigrationState::Cancelled {
+        by: Actor::Operator,
+        at: t(1, 0),
+    };
+    assert!(s.finish_migration("m2", cancelled.clone()).unwrap());
+    assert!(!s.finish_migration("m2", cancelled).unwrap());
+    assert!(s.scheduled().unwrap().is_empty());
+    assert_eq!(
+        s.migrations_of(LedgerOwner::Tenant(&id("acme")))
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.migrations_of(LedgerOwner::Contract(&id("k")))
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(s
+        .migrations_of(LedgerOwner::Tenant(&id("other")))
+        .unwrap()
+        .is_empty());
+    // Retention: refused ones decided before the cutoff go, in batches.
+    for i in 0..5 {
+        s.add_migration(&migration(
+            &format!("r{i}"),
+            "acme",
+            "k",
+            MigrationState::Refused,
+        ))
+        .unwrap();
+    }
+    let (mut removed, mut from) = (0, Vec::new());
+    loop {
+        let (n, next) = s.prune_refused_migrations(t(2, 0), &from, 2).unwrap();
+        removed += n;
+        match next {
+            Some(k) => from = k,
+            None => break,
+        }
+    }
+    assert_eq!(removed, 6);
+    assert_eq!(s.migrations().unwrap().len(), 2);
+}
+
+fn pages_continue_where_they_stopped(s: &Store) {
+    for i in 0..7 {
+        tenant(s, &format!("t{i}"), None);
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let p = s
+            .page::<Tenant>(List::Tenants, after.as_deref(), 3)
+            .unwrap();
+        assert!(p.items.len() <= 3);
+        seen.extend(p.items.iter().map(|t| t.id.to_string()));
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    for c in ["a", "b", "c"] {
+        let (k, start) = contract("t1", c, &[c]);
+        s.create_contract(&k, &start, false).unwrap();
+    }
+    let (k, start) = contract("t2", "z", &["z"]);
+    s.create_contract(&k, &start, false).unwrap();
+    let p = s
+        .page_of::<Contract>(OwnerIndex::ContractsOfTenant, &id("t1"), None, 2)
+        .unwrap();
+    assert_eq!(p.items.len(), 2);
+    assert_eq!(p.next.as_deref(), Some("b"));
+    let p = s
+        .page_of::<Contract>(OwnerIndex::ContractsOfTenant, &id("t1"), Some("b"), 2)
+        .unwrap();
+    assert_eq!(p.items.len(), 1);
+    assert!(p.next.is_none());
+}
+
+fn reports_are_stored_once_and_bounded(s: &Store) {
+    let (acme, p1) = (id("acme"), id("p1"));
+    assert!(!s.was_published(&acme, &p1, 5).unwrap());
+    assert!(
+        !s.was_published(&acme, &p1, u64::MAX).unwrap(),
+        "beyond any column"
+    );
+    s.record_published(&acme, &p1, &[5, 6], None, Utc::now())
+        .unwrap();
+    assert!(s.was_published(&acme, &p1, 5).unwrap());
+    assert!(!s.was_published(&id("globex"), &p1, 5).unwrap());
+    let (r, json) = report(&acme, "p1", "gw", 5);
+    assert_eq!(s.store_report(&acme, &r, &json, 3).unwrap(), Stored::New);
+    assert_eq!(
+        s.store_report(&acme, &r, &json, 3).unwrap(),
+        Stored::Duplicate
+    );
+    for agent in ["gw2", "gw3"] {
+        let (r, json) = report(&acme, "p1", agent, 5);
+        assert_eq!(s.store_report(&acme, &r, &json, 3).unwrap(), Stored::New);
+    }
+    let (r4, json4) = report(&acme, "p1", "gw4", 5);
+    assert_eq!(s.store_report(&acme, &r4, &json4, 3).unwrap(), Stored::Full);
+    // A stored one is still a duplicate, not a refusal.
+    assert_eq!(
+        s.store_report(&acme, &r, &json, 3).unwrap(),
+        Stored::Duplicate
+    );
+    let (r6, json6) = report(&acme, "p1", "gw", 6);
+    s.store_report(&acme, &r6, &json6, 3).unwrap();
+    assert_eq!(s.report(&r.report.report_id).unwrap(), Some(r.clone()));
+    assert_eq!(s.reports_for(&acme, &p1, 5..=5).unwrap().len(), 3);
+    let versions: Vec<u64> = s
+        .reports_for(&acme, &p1, 0..=u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.report.config_version)
+        .collect();
+    assert_eq!(versions, [5, 5, 5, 6], "oldest version first");
+    assert!(s
+        .reports_for(&acme, &id("p10"), 0..=u64::MAX)
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.reports().unwrap().len(), 4);
+}
+
+fn report_retention_keeps_open_and_paid_changes_evidence(s: &Store) {
+    tenant(s, "acme", None);
+    let acme = id("acme");
+    let now = Utc::now();
+    let mut changes = Vec::new();
+    for (i, printer) in ["p1", "p2", "p3"].iter().enumerate() {
+        let (k, start) = contract("acme", &format!("c{i}"), &[printer]);
+        s.create_contract(&k, &start, false).unwrap();
+        s.record_published(&acme, &id(printer), &[1], Some(&start.id), now)
+            .unwrap();
+        let (r, json) = report(&acme, printer, "gw", 1);
+        s.store_report(&acme, &r, &json, 8).unwrap();
+        changes.push((k, start));
+    }
+    // c0 settled long ago, unpaid; c1 settled long ago, paid; c2 open.
+    for (k, start) in &changes[..2] {
+        let mut rec = ChangeRecord {
+            change: start.clone(),
+            setup: Default::default(),
+        };
+        rec.setup.settled = true;
+        rec.setup.settled_at = Some(now - Duration::days(500));
+        s.save_change(&rec, None).unwrap();
+        let _ = k;
+    }
+    s.add_ledger(&ledger_entry(&changes[1].0, &changes[1].1.id, "2026-03", 5))
+        .unwrap();
+    // A report of a version published by hand stays.
+    s.record_published(&acme, &id("p9"), &[1], None, now)
+        .unwrap();
+    let (r9, json9) = report(&acme, "p9", "gw", 1);
+    s.store_report(&acme, &r9, &json9, 8).unwrap();
+    let before = now - Duration::days(400);
+    let (mut removed, mut from) = (0, Vec::new());
+    loop {
+        let (n, next) = s.prune_settled_reports(before, &from, 2).unwrap();
+        removed += n;
+        match next {
+            Some(k) => from = k,
+            None => break,
+        }
+    }
+    assert_eq!(removed, 1);
+    assert!(s.reports_for(&acme, &id("p1"), 0..=9).unwrap().is_empty());
+    for p in ["p2", "p3", "p9"] {
+        assert_eq!(s.reports_for(&acme, &id(p), 0..=9).unwrap().len(), 1, "{p}");
+    }
+}
+
+fn seen_state_round_trips(s: &Store) {
+    let a = AgentSeen {
+        up: false,
+        since: t(1, 0),
+        reason: Some("stopped".into()),
+    };
+    assert!(s.agent_seen(&id("gw")).unwrap().is_none());
+    s.set_agent_seen(&id("gw"), &a).unwrap();
+    assert_eq!(s.agent_seen(&id("gw")).unwrap(), Some(a));
+    let p = PrinterSeen {
+        agent: id("gw"),
+        reachable: true,
+        since: t(1, 0),
+    };
+    s.set_printer_seen(&id("acme"), &id("p1"), &p).unwrap();
+    let mut p2 = p.clone();
+    p2.reachable = false;
+    s.set_printer_seen(&id("acme"), &id("p1"), &p2).unwrap();
+    assert_eq!(s.printer_seen(&id("acme"), &id("p1")).unwrap(), Some(p2));
+    assert!(s.printer_seen(&id("globex"), &id("p1")).unwrap().is_none());
+}
+
+fn sample(read_at: DateTime<Utc>, value: u64) -> Sample {
+    Sample {
+        read_at,
+        message_id: format!("m{}", read_at.timestamp()),
+        counter: Some("total".into()),
+        value: Some(value),
+        supplies: SuppliesState::Ok,
+    }
+}
+
+fn samples_keep_one_per_reading_and_find_the_baseline(s: &Store) {
+    let (acme, p1) = (id("acme"), id("p1"));
+    let feb = |d| Utc.with_ymd_and_hms(2026, 2, d, 0, 0, 0).unwrap();
+    assert!(s.record_sample(&acme, &p1, &sample(feb(20), 1)).unwrap());
+    assert!(s.record_sample(&acme, &p1, &sample(feb(27), 2)).unwrap());
+    assert!(s.record_sample(&acme, &p1, &sample(t(5, 0), 3)).unwrap());
+    assert!(
+        !s.record_sample(&acme, &p1, &sample(t(5, 0), 4)).unwrap(),
+        "the same reading again"
+    );
+    let april = Utc.with_ymd_and_hms(2026, 4, 2, 0, 0, 0).unwrap();
+    assert!(s.record_sample(&acme, &p1, &sample(april, 5)).unwrap());
+    let march = period::month(chrono_tz::UTC, 2026, 3);
+    let times: Vec<_> = s
+        .samples(&acme, &p1, &march)
+        .unwrap()
+        .iter()
+        .map(|s| s.read_at)
+        .collect();
+    assert_eq!(times, [feb(27), t(5, 0)]);
+    assert!(s.samples(&acme, &id("p10"), &march).unwrap().is_empty());
+    assert_eq!(s.latest_sample(&acme, &p1).unwrap(), Some(april));
+}
+
+fn pruning_thins_to_daily_maxima_and_resets(s: &Store) {
+    let acme = id("acme");
+    let put = |printer: &str, at: DateTime<Utc>, value: u64| {
+        assert!(s
+            .record_sample(&acme, &id(printer), &sample(at, value))
+            .unwrap());
+    };
+    // p1, March 1–3: hourly readings; on March 2 the counter drops (a reset).
+    for hour in 0..24 {
+        put("p1", t(1, hour), 100 + hour as u64);
+        put(
+            "p1",
+            t(2, hour),
+            if hour < 12 {
+                200 + hour as u64
+            } else {
+                hour as u64
+            },
+        );
+    }
+    put("p1", t(20, 0), 900);
+    put("p1", t(20, 1), 901);
+    put("p10", t(1, 5), 7);
+    put("p2", t(1, 6), 8);
+    let prune_all = |delete_before, thin_before| {
+        let mut from = Vec::new();
+        loop {
+            let (_, next) = s
+                .prune_samples(delete_before, thin_before, &from, 7)
+                .unwrap();
+            match next {
+                Some(k) => from = k,
+                None => break,
+            }
+        }
+    };
+    prune_all(t(1, 0) - Duration::days(1), t(10, 0));
+    let all = period::Period {
+        start: t(1, 0) - Duration::days(30),
+        end: t(28, 0),
+        year: 2026,
+        month: 3,
+    };
+    let values = |p: &str| -> Vec<u64> {
+        s.samples(&acme, &id(p), &all)
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.value)
+            .collect()
+    };
+    // March 1: its last (123). March 2: 211 before the drop, 12 after it, 23 last.
+    assert_eq!(values("p1"), [123, 211, 12, 23, 900, 901]);
+    assert_eq!(values("p10"), [7]);
+    assert_eq!(values("p2"), [8]);
+    // Past the retention: removed, but for each printer's newest.
+    prune_all(t(15, 0), t(15, 0));
+    assert_eq!(values("p1"), [900, 901]);
+    assert_eq!(values("p10"), [7]);
+    assert_eq!(values("p2"), [8]);
+}
+
+type Body = fn(&Store);
+
+const BODIES: &[(&str, Body)] = &[
+    ("catalog_and_parties", catalog_and_parties),
+    (
+        "contracts_claims_and_prefix_ids",
+        contracts_claims_and_prefix_ids,
+    ),
+    ("changes_fall_due_and_settle", changes_fall_due_and_settle),
+    (
+        "versions_follow_the_clock_and_only_grow",
+        versions_follow_the_clock_and_only_grow,
+    ),
+    ("every_event_kind_reads_back", every_event_kind_reads_back),
+    (
+        "ledger_is_insert_once_and_read_by_owner",
+        ledger_is_insert_once_and_read_by_owner,
+    ),
+    ("migrations_execute_once", migrations_execute_once),
+    (
+        "pages_continue_where_they_stopped",
+        pages_continue_where_they_stopped,
+    ),
+    (
+        "reports_are_stored_once_and_bounded",
+        reports_are_stored_once_and_bounded,
+    ),
+    (
+        "report_retention_keeps_open_and_paid_changes_evidence",
+        report_retention_keeps_open_and_paid_changes_evidence,
+    ),
+    ("seen_state_round_trips", seen_state_round_trips),
+    (
+        "samples_keep_one_per_reading_and_find_the_baseline",
+        samples_keep_one_per_reading_and_find_the_baseline,
+    ),
+    (
+        "pruning_thins_to_daily_maxima_and_resets",
+        pruning_thins_to_daily_maxima_and_resets,
+    ),
+];
+
+/// Run every body on a fresh store from `open`; panic naming the failed ones.
+fn run_all(backend: &str, open: impl Fn(&str) -> Store) {
+    let mut failed = Vec::new();
+    for (name, body) in BODIES {
+        let store = open(name);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&store))).is_err() {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "{backend}: failed {failed:?}");
+}
+
+#[test]
+fn conformance_sled() {
+    let dirs = tempfile::tempdir().unwrap();
+    run_all("sled", |name| {
+        Store::open_sled(&dirs.path().join(name)).unwrap()
+    });
+}
+
+#[test]
+fn conformance_postgres() {
+    let pg = Postgres::start();
+    run_all("postgres", |name| {
+        Store::open_postgres(&pg.fresh_db(name), None).unwrap()
+    });
+}
+
+/// What only the database backend has: versioned schema applied once under a lock,
+/// a newer schema refused naming both versions, a wrong URL refused naming the host
+/// and never the password, and a database restart survived without a restart of
+/// the cloud.
+#[test]
+fn postgres_schema_urls_and_restarts() {
+    let mut pg = Postgres::start();
+    let url = pg.fresh_db("schema");
+    // Four instances start at once: the schema is applied once.
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Store::open_postgres(&url, None).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let db = url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM platen_schema"), "1");
+    // A schema from a newer Platen.
+    pg.psql(
+        &db,
+        "INSERT INTO platen_schema (version, name) VALUES (99, 'future')",
+    );
+    let e = Store::open_postgres(&url, None).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::TooNew {
+                found: 99,
+                known: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("99") && text.contains("up to 1"), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+    pg.psql(&db, "DELETE FROM platen_schema WHERE version = 99");
+
+    // Nobody listens there: a clear error naming the host, never the password.
+    let closed = platen_e2e::free_tcp_port();
+    let bad = format!("postgres://platen:{PASSWORD}@127.0.0.1:{closed}/x");
+    let e = Store::open_postgres(&bad, None).unwrap_err().to_string();
+    assert!(e.contains(&format!("127.0.0.1:{closed}")), "{e}");
+    assert!(!e.contains(PASSWORD), "{e}");
+    // A wrong password: refused by the server, password not repeated.
+    let wrong = url.replace(PASSWORD, "not-the-password");
+    let e = Store::open_postgres(&wrong, None).unwrap_err().to_string();
+    assert!(e.contains("password authentication failed"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+    let e = Store::open_postgres("postgres://db.example:port/x", None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("store.url"), "{e}");
+
+    // The database restarts under a running store: calls fail while it is down, and
+    // the store recovers by itself.
+    let s = Store::open_postgres(&url, None).unwrap();
+    tenant(&s, "acme", None);
+    pg.stop();
+    assert!(
+        s.tenant("acme").is_err(),
+        "down: an error, not a stale answer"
+    );
+    pg.restart();
+    assert!(pg.wait_ready(std::time::Duration::from_secs(30)));
+    let mut back = false;
+    for _ in 0..50 {
+        if s.tenant("acme").ok().flatten().is_some() {
+            back = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(back, "the store did not recover after the restart");
+}
