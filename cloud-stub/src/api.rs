@@ -42,7 +42,8 @@
 //! operator's. 401 `unauthenticated` without a valid token, 403 `forbidden` for an
 //! action the actor may not take, 404 for a contract or migration it may not see
 //! (as if it did not exist). `/healthz` needs no token; it answers `ok`, or 503 with
-//! the reason while the tokens file cannot be used.
+//! the reason while the tokens file cannot be used or the state store does not
+//! answer (a storage failure answers 503 `storage_unavailable` on every endpoint).
 //!
 //! Ids in paths follow the id grammar (400 `invalid_id` otherwise); a contract or
 //! change whose `effective_at` lies more than `api.max_backdate_secs` before the
@@ -687,9 +688,16 @@ async fn delete_migration(
     Ok(Json(o.cancel_migration(&c.actor, &id)?).into_response())
 }
 
-/// `ok`, or 503 with what is wrong (a tokens file that cannot be used).
+/// `ok`, or 503 with what is wrong (a tokens file that cannot be used, a state store
+/// that does not answer).
 async fn healthz(State(s): State<ApiState>) -> Response {
-    match s.auth.problem() {
+    let store = s.ops.store().clone();
+    let store_problem = match tokio::task::spawn_blocking(move || store.check()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    match s.auth.problem().or(store_problem) {
         None => "ok".into_response(),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("degraded: {p}")).into_response(),
     }

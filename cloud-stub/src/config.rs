@@ -25,11 +25,13 @@ pub const ENV_ROOTS: &[&str] = &[
     "engine",
     "signing",
     "ingest",
+    "store",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CloudConfig {
-    /// Where the cloud keeps its sled database (contracts, reports, ledger).
+    /// Where the cloud keeps its embedded (sled) database: contracts, reports,
+    /// ledger. Not used when `store.url` names a PostgreSQL database.
     pub state_dir: PathBuf,
     /// Plan catalog and migration rules; without one, plans come from the API and
     /// migrations are refused.
@@ -49,6 +51,38 @@ pub struct CloudConfig {
     pub signing: Option<Signing>,
     #[serde(default)]
     pub ingest: Ingest,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: the production store. Without `url`, the embedded store in `state_dir`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `postgres://user:password@host:port/database[?sslmode=require]`. Shown as
+    /// `[REDACTED]` (it may hold the password); also `PLATEN_STORE__URL`.
+    pub url: Option<platen_ops::secret::Secret>,
+    /// `[store.tls]`: the CA (and a client certificate) for TLS to the database.
+    pub tls: Option<platen_ops::tls::TlsConfig>,
+}
+
+impl StoreSection {
+    /// The database to use, if any, with its TLS client loaded (files checked now).
+    pub fn database(&self) -> Result<Option<crate::store::Database>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let tls = self
+            .tls
+            .as_ref()
+            .map(platen_ops::tls::client_config)
+            .transpose()
+            .map_err(|e| format!("store.tls: {e}"))?;
+        Ok(Some(crate::store::Database {
+            url: url.clone(),
+            tls,
+        }))
+    }
 }
 
 /// `[ingest]`: the per-printer telemetry rate limit.
@@ -303,6 +337,15 @@ impl ConfigFile for CloudConfig {
         if self.broker.client_id.trim().is_empty() {
             bad("broker.client_id", "must not be empty");
         }
+        if let Some(url) = &self.store.url {
+            let u = url.expose();
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                bad("store.url", "must start with postgres:// or postgresql://");
+            }
+        }
+        if self.store.tls.is_some() && self.store.url.is_none() {
+            bad("store.tls", "is set but store.url is not");
+        }
         if self.broker.password.is_some() && self.broker.username.is_none() {
             bad("broker.password", "is set but broker.username is not");
         }
@@ -373,8 +416,10 @@ impl CloudConfig {
         broker_auth: crate::BrokerAuth,
         signer: Option<std::sync::Arc<platen_protocol::Signer>>,
         registry: Option<std::sync::Arc<crate::agents::Registry>>,
+        database: Option<crate::store::Database>,
     ) -> ServerConfig {
         ServerConfig {
+            database,
             broker_auth,
             signer,
             registry,
@@ -416,7 +461,7 @@ mod tests {
     #[test]
     fn the_example_is_valid_and_documents_every_setting() {
         let (c, _) = CloudConfig::parse_text(EXAMPLE, Path::new("cloud.toml"), &[]).unwrap();
-        let s = c.server(None, Default::default(), None, None);
+        let s = c.server(None, Default::default(), None, None, None);
         assert_eq!(s.engine.report_deadline, Duration::from_secs(60));
         let shown = toml::to_string(&c).unwrap();
         for line in shown.lines() {

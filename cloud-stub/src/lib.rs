@@ -119,6 +119,9 @@ pub struct Counters {
     pub unpublished: AtomicU64,
     /// Telemetry refused by the per-printer rate limit.
     pub limited_telemetry: AtomicU64,
+    /// Inbound messages the store could not take (down, restarting): kept
+    /// unacknowledged and stored on a later attempt.
+    pub store_retries: AtomicU64,
 }
 
 impl Counters {
@@ -140,13 +143,17 @@ impl Counters {
              # HELP platen_cloud_messages_rate_limited_total Inbound messages refused by the per-printer rate limits.\n\
              # TYPE platen_cloud_messages_rate_limited_total counter\n\
              platen_cloud_messages_rate_limited_total{{kind=\"telemetry\"}} {}\n\
+             # HELP platen_cloud_store_retries_total Inbound messages the state store could not take at once (stored on a later attempt).\n\
+             # TYPE platen_cloud_store_retries_total counter\n\
+             platen_cloud_store_retries_total {}\n\
              # HELP platen_cloud_api_errors_total API requests answered with an error, by status.\n\
              # TYPE platen_cloud_api_errors_total counter\n",
             get(&self.new),
             get(&self.duplicates),
             get(&self.refused),
             get(&self.unpublished),
-            get(&self.limited_telemetry)
+            get(&self.limited_telemetry),
+            get(&self.store_retries)
         );
         for (status, n) in api_rejected {
             out.push_str(&format!(
@@ -347,59 +354,67 @@ impl Cloud {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(INGEST_BATCH);
             while inbound_rx.recv_many(&mut batch, INGEST_BATCH).await > 0 {
-                c.ingest_batch(std::mem::take(&mut batch)).await;
+                // What could not be stored is tried again, backing off, before
+                // anything newer: the store may be down for a while.
+                let mut pending = std::mem::take(&mut batch);
+                let mut delay = Duration::from_millis(100);
+                loop {
+                    pending = c.ingest_batch(pending).await;
+                    if pending.is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         });
         Ok(cloud)
     }
 
-    /// Store a batch of inbound messages, make them durable with one flush, then
-    /// acknowledge each (group commit). A message that could not be stored, or a
-    /// failed flush, leaves messages unacknowledged: the broker redelivers them.
-    async fn ingest_batch(&self, batch: Vec<rumqttc::Publish>) {
-        let mut results = Vec::with_capacity(batch.len());
-        let now = std::time::Instant::now();
-        for p in &batch {
-            let topic = p.topic.parse::<Topic>();
-            if let Some(refusal) = self.rate_limited(&topic, &p.topic, now) {
-                results.push(Ok(refusal));
-                continue;
-            }
-            results.push(match topic {
-                Ok(Topic::Telemetry { tenant, printer }) => {
-                    self.ingest_telemetry_unflushed(tenant, printer, &p.payload)
-                }
-                Ok(Topic::AgentHealth { agent }) => {
-                    self.ingest_health(&agent, &p.payload, p.retain)
-                }
-                _ => self.ingest_unflushed(&p.topic, &p.payload),
+    /// Store a batch of inbound messages off the runtime's threads, make them durable
+    /// with one sync, then acknowledge each (group commit). Returns the messages that
+    /// could not be stored (or whose sync failed): unacknowledged, for the caller to
+    /// try again — the broker resends an unacknowledged message only after a
+    /// reconnect, so a store that is down for a while (a database restart) must not
+    /// leave them waiting for one.
+    async fn ingest_batch(&self, batch: Vec<rumqttc::Publish>) -> Vec<rumqttc::Publish> {
+        let c = self.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let results = c.store_batch(&batch);
+            let wrote = results.iter().any(|r| {
+                matches!(
+                    r,
+                    // A duplicate may be the redelivery of a report whose sync failed.
+                    Ok(ReportEvent::New(..))
+                        | Ok(ReportEvent::Duplicate { .. })
+                        | Ok(ReportEvent::Health { changed: true, .. })
+                        | Ok(ReportEvent::Telemetry {
+                            new_reading: true,
+                            ..
+                        })
+                )
             });
+            let synced = !wrote || c.store.sync().is_ok();
+            (batch, results, synced)
+        })
+        .await;
+        let Ok((batch, results, synced)) = stored else {
+            warn!("storing a batch of messages failed; they stay unacknowledged");
+            return Vec::new();
+        };
+        if !synced {
+            self.counters
+                .store_retries
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            warn!(
+                messages = batch.len(),
+                "could not make the state store durable; not acknowledged, trying again"
+            );
+            return batch;
         }
-        let wrote = results.iter().any(|r| {
-            matches!(
-                r,
-                // A duplicate may be the redelivery of a report whose flush failed.
-                Ok(ReportEvent::New(..))
-                    | Ok(ReportEvent::Duplicate { .. })
-                    | Ok(ReportEvent::Health { changed: true, .. })
-                    | Ok(ReportEvent::Telemetry {
-                        new_reading: true,
-                        ..
-                    })
-            )
-        });
-        if wrote {
-            let store = self.store.clone();
-            let flushed = tokio::task::spawn_blocking(move || store.sync()).await;
-            if !matches!(flushed, Ok(Ok(_))) {
-                warn!(
-                    messages = batch.len(),
-                    "could not flush the state store; not acknowledged"
-                );
-                return;
-            }
-        }
-        for (p, ev) in batch.iter().zip(results) {
+        let mut retry = Vec::new();
+        let mut first_error = None;
+        for (p, ev) in batch.into_iter().zip(results) {
             match &ev {
                 Ok(ReportEvent::Telemetry {
                     message_id,
@@ -428,16 +443,55 @@ impl Cloud {
                 }
                 Ok(ReportEvent::Health { .. }) => {}
                 Err(e) => {
-                    // Not acknowledged: the broker redelivers it.
-                    warn!(error = %e, topic = %p.topic, "could not store message");
+                    first_error.get_or_insert_with(|| e.to_string());
+                    // A store that is down is waited for; anything else (an
+                    // unreadable record) is not retried in a loop that would stall
+                    // ingest: unacknowledged, it comes again after a reconnect.
+                    if matches!(e, CloudError::Store(StoreError::Backend { .. })) {
+                        retry.push(p);
+                    }
                     continue;
                 }
             }
             if let Ok(ev) = ev {
                 let _ = self.events.send(ev);
             }
-            let _ = self.client.ack(p).await;
+            let _ = self.client.ack(&p).await;
         }
+        self.counters
+            .store_retries
+            .fetch_add(retry.len() as u64, Ordering::Relaxed);
+        if let Some(error) = first_error {
+            // One line per attempt, not one per message.
+            warn!(
+                messages = retry.len(),
+                error, "could not store messages; not acknowledged, trying again"
+            );
+        }
+        retry
+    }
+
+    /// Check and store each message of a batch (no sync).
+    fn store_batch(&self, batch: &[rumqttc::Publish]) -> Vec<Result<ReportEvent, CloudError>> {
+        let now = std::time::Instant::now();
+        batch
+            .iter()
+            .map(|p| {
+                let topic = p.topic.parse::<Topic>();
+                if let Some(refusal) = self.rate_limited(&topic, &p.topic, now) {
+                    return Ok(refusal);
+                }
+                match topic {
+                    Ok(Topic::Telemetry { tenant, printer }) => {
+                        self.ingest_telemetry_unflushed(tenant, printer, &p.payload)
+                    }
+                    Ok(Topic::AgentHealth { agent }) => {
+                        self.ingest_health(&agent, &p.payload, p.retain)
+                    }
+                    _ => self.ingest_unflushed(&p.topic, &p.payload),
+                }
+            })
+            .collect()
     }
 
     /// Decode, check and store one report, durably. Storage errors are errors; bad

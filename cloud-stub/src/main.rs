@@ -28,6 +28,11 @@ struct Cli {
     /// Where reports are stored.
     #[arg(long, default_value = "./platen-cloud-state", global = true)]
     state_dir: PathBuf,
+    /// The production store: `postgres://user:password@host:port/database` (better in
+    /// the environment than on the command line). Without it: sled in --state-dir.
+    /// `serve --config` takes `store.url` from its file (or this variable) instead.
+    #[arg(long, env = "PLATEN_STORE__URL", hide_env_values = true, global = true)]
+    store_url: Option<String>,
     /// MQTT client id (stable, for a persistent session).
     #[arg(long, default_value = "platen-cloud", global = true)]
     client_id: String,
@@ -118,6 +123,11 @@ enum Command {
         /// A whole request (body read, answer made) within this, or 408.
         #[arg(long, default_value_t = 30)]
         api_request_timeout_secs: u64,
+    },
+    /// The PostgreSQL store's schema.
+    Db {
+        #[command(subcommand)]
+        command: DbCmd,
     },
     /// API tokens.
     Token {
@@ -713,6 +723,7 @@ async fn serve(
         broker_port: cli.port,
         client_id: cli.client_id.clone(),
         broker_auth: Default::default(),
+        database: cli_database(cli),
         signer: extras.signer,
         registry: extras.registry,
         tokens_file: extras.tokens_file,
@@ -758,6 +769,79 @@ async fn run_server(cfg: platen_cloud::server::ServerConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The database of the global --store-url (or PLATEN_STORE__URL), if any.
+fn cli_database(cli: &Cli) -> Option<platen_cloud::store::Database> {
+    cli.store_url
+        .as_ref()
+        .map(|u| platen_cloud::store::Database {
+            url: platen_ops::secret::Secret::new(u.clone()),
+            tls: None,
+        })
+}
+
+/// The database a config file names (store.url, or PLATEN_STORE__URL), its TLS
+/// loaded; a file holding the URL must not be readable by every user.
+fn config_database(
+    cfg: &platen_cloud::config::CloudConfig,
+    file: &std::path::Path,
+) -> Result<Option<platen_cloud::store::Database>, String> {
+    if cfg.store.url.is_some() && std::env::var_os("PLATEN_STORE__URL").is_none() {
+        platen_ops::secret::refuse_world_readable(file, "the database URL")?;
+    }
+    cfg.store.database()
+}
+
+/// `db migrate`: exit 0 migrated (or already current), 1 the database refused or
+/// is unreachable or newer, 2 no database named.
+fn db_migrate(cli: &Cli, config: Option<&std::path::Path>) -> ExitCode {
+    use platen_ops::config::ConfigFile;
+    let db = match config {
+        Some(file) => match platen_cloud::config::CloudConfig::load_file(file) {
+            Ok((c, _)) => config_database(&c, file),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Ok(cli_database(cli)),
+    };
+    let db = match db {
+        Ok(Some(db)) => db,
+        Ok(None) => {
+            eprintln!("platen-cloud: no database: set --store-url, PLATEN_STORE__URL or store.url");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match platen_cloud::store::postgres::PgStore::connect(db.url.expose(), db.tls) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.migrate() {
+        Ok((from, to)) if from == to => {
+            println!(
+                "{}: schema version {to}, current",
+                platen_cloud::store::Backend::describe(&store)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((from, to)) => {
+            println!(
+                "{}: schema version {from} → {to}",
+                platen_cloud::store::Backend::describe(&store)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn config_cmd(cmd: &ConfigCmd) -> ExitCode {
     use platen_cloud::config::CloudConfig;
     use platen_ops::config::ConfigFile;
@@ -776,6 +860,10 @@ fn config_cmd(cmd: &ConfigCmd) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = config_database(&cfg, file) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             if let Some(catalog) = &cfg.catalog {
                 if load_catalog(catalog).is_err() {
                     eprintln!(
@@ -850,6 +938,17 @@ fn parse_setting(s: &str) -> Result<(String, SettingValue), String> {
 }
 
 #[derive(Subcommand)]
+enum DbCmd {
+    /// Apply the schema versions the database lacks (under an advisory lock; `serve`
+    /// does this at start too), for operators who migrate as a separate step. The
+    /// database is --store-url / PLATEN_STORE__URL, or store.url of --config.
+    Migrate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate a configuration file (with PLATEN_… overrides) and the catalog it
     /// names; list every problem with its line. Exit 0 ok, 2 problems.
@@ -880,6 +979,9 @@ async fn main() -> ExitCode {
     platen_ops::logging::init(cli.log.log_format, default_level);
     match &cli.command {
         Command::Config { command } => return config_cmd(command),
+        Command::Db {
+            command: DbCmd::Migrate { config },
+        } => return db_migrate(&cli, config.as_deref()),
         Command::Keygen { file, id } => return keygen(file, id),
         Command::Token {
             command: TokenCmd::New { name, actor },
@@ -944,7 +1046,14 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            return run_server(cfg.server(catalog, auth, signer, registry)).await;
+            let database = match config_database(&cfg, file) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return run_server(cfg.server(catalog, auth, signer, registry, database)).await;
         }
         Command::Serve {
             config: None,
@@ -1031,7 +1140,22 @@ async fn main() -> ExitCode {
         }
         _ => {}
     }
-    let cloud = match Cloud::start(&cli.host, cli.port, &cli.client_id, &cli.state_dir) {
+    let store = match platen_cloud::store::Store::open(&cli.state_dir, cli_database(&cli).as_ref())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cloud = match Cloud::connect(
+        &cli.host,
+        cli.port,
+        &cli.client_id,
+        store,
+        Default::default(),
+        None,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

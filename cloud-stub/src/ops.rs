@@ -103,8 +103,12 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// The backend unreachable: 503 (try again); anything else: 500.
     fn from(e: StoreError) -> Self {
-        ApiError::new(500, "storage", e.to_string())
+        match e {
+            StoreError::Backend { .. } => ApiError::new(503, "storage_unavailable", e.to_string()),
+            _ => ApiError::new(500, "storage", e.to_string()),
+        }
     }
 }
 

@@ -24,7 +24,10 @@ pub struct ServerConfig {
     pub signer: Option<std::sync::Arc<platen_protocol::Signer>>,
     /// Which agent may report for which printer (none: any agent).
     pub registry: Option<std::sync::Arc<crate::agents::Registry>>,
+    /// The embedded store's directory (used when `database` is `None`).
     pub state_dir: PathBuf,
+    /// The production store (`store.url`): PostgreSQL instead of sled.
+    pub database: Option<crate::store::Database>,
     /// HTTP API address (port 0: a free port; see [`Server::api_addr`]).
     pub api_listen: SocketAddr,
     pub engine: EngineConfig,
@@ -93,11 +96,13 @@ impl Server {
             }
             None => return Err(ServerError::OpenApi(cfg.api_listen)),
         };
-        let cloud = Cloud::start_with(
+        let store = crate::store::Store::open(&cfg.state_dir, cfg.database.as_ref())?;
+        info!(store = %store.describe(), "state store open");
+        let cloud = Cloud::connect(
             &cfg.broker_host,
             cfg.broker_port,
             &cfg.client_id,
-            &cfg.state_dir,
+            store,
             cfg.broker_auth.clone(),
             cfg.registry.clone(),
         )?

@@ -424,6 +424,7 @@ async fn start_contract_cloud(
         registry: None,
         tokens_file: None,
         state_dir: dir.join("contracts"),
+        database: None,
         api_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
         engine: EngineConfig {
             tick: Duration::from_millis(200),

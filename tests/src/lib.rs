@@ -580,6 +580,9 @@ impl ProviderProc {
 /// `platen-cloud serve` as a process (MQTT, engine, HTTP API), restartable on its state.
 pub struct CloudProc {
     pub api: String,
+    /// The PostgreSQL database it keeps its state in (`PLATEN_E2E_STORE=postgres`);
+    /// none: sled in its state directory.
+    pub store_url: Option<String>,
     args: Vec<String>,
     proc: Option<LineProc>,
     /// Where its standard error goes, when the test reads its log.
@@ -604,13 +607,20 @@ impl CloudProc {
         std::fs::create_dir_all(state_dir).expect("cloud state dir");
         let tokens = state_dir.join("tokens.toml");
         std::fs::write(&tokens, test_tokens_file()).expect("tokens file");
-        let args = vec![
+        let mut args = vec![
             "--port".into(),
             broker_port.to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--client-id".into(),
             "platen-cloud-e2e".into(),
+        ];
+        // PLATEN_E2E_STORE=postgres: a database of the test process's own server.
+        let store_url = postgres::e2e_store_url("e2e");
+        if let Some(url) = &store_url {
+            args.extend(["--store-url".into(), url.clone()]);
+        }
+        args.extend([
             "serve".into(),
             "--api-listen".into(),
             format!("127.0.0.1:{api_port}"),
@@ -624,13 +634,14 @@ impl CloudProc {
             "200".into(),
             "--tokens".into(),
             tokens.display().to_string(),
-        ];
+        ]);
         let args = args
             .into_iter()
             .chain(extra.iter().map(|s| s.to_string()))
             .collect();
         let mut c = CloudProc {
             api: format!("http://127.0.0.1:{api_port}"),
+            store_url,
             args,
             proc: None,
             log: None,

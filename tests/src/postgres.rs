@@ -46,6 +46,40 @@ fn server_bin() -> PathBuf {
 
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
+static SHARED: std::sync::OnceLock<std::sync::Mutex<Postgres>> = std::sync::OnceLock::new();
+
+extern "C" fn stop_shared() {
+    if let Some(m) = SHARED.get() {
+        if let Ok(mut pg) = m.lock() {
+            pg.stop();
+            let _ = std::fs::remove_dir_all(pg.dir());
+        }
+    }
+}
+
+/// One server for the whole test process (started on first use, stopped when the
+/// process exits): the end-to-end suites under `PLATEN_E2E_STORE=postgres`.
+pub fn shared() -> &'static std::sync::Mutex<Postgres> {
+    SHARED.get_or_init(|| {
+        // SAFETY: registers a plain function without arguments, run at exit.
+        unsafe { libc::atexit(stop_shared) };
+        std::sync::Mutex::new(Postgres::start())
+    })
+}
+
+/// The store URL a test cloud should use: a fresh database of the shared server
+/// when `PLATEN_E2E_STORE=postgres`, else none (sled in its state directory).
+pub fn e2e_store_url(what: &str) -> Option<String> {
+    match std::env::var("PLATEN_E2E_STORE").as_deref() {
+        Ok("postgres") => {
+            let pg = shared().lock().unwrap_or_else(|p| p.into_inner());
+            Some(pg.fresh_db(what))
+        }
+        Ok("sled") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("PLATEN_E2E_STORE={other}: expected postgres or sled"),
+    }
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = server_bin();

@@ -431,6 +431,7 @@ async fn check(
         .args(["--port", &w.broker_port.to_string(), "--state-dir"])
         .arg(w.dir.path().join("cloud"))
         .args(["--client-id", "crash-harness-reports", "reports"])
+        .envs(w.cloud.store_url.iter().map(|u| ("PLATEN_STORE__URL", u)))
         .output()
         .expect("platen-cloud reports");
     assert!(

@@ -314,10 +314,20 @@ pub trait Readings {
 pub trait Backend: Contracts + Reports + Readings + Send + Sync {
     /// Make every write so far durable.
     fn sync(&self) -> Result<()>;
+    /// Whether the store answers now (`/healthz`).
+    fn check(&self) -> Result<()>;
     /// Where the state is, for logs: never a password.
     fn describe(&self) -> String;
     /// `"sled"` or `"postgres"`.
     fn kind(&self) -> &'static str;
+}
+
+/// Where the production store is: `store.url` (a secret: it may hold the password)
+/// and the TLS client for `sslmode=prefer|require`.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub url: platen_ops::secret::Secret,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The handle the cloud holds: cheap to clone, shared by the broker link, the engine,
@@ -353,6 +363,14 @@ impl Store {
     /// The embedded default: a sled database under `state_dir`.
     pub fn open_sled(state_dir: &std::path::Path) -> Result<Store> {
         Ok(Store::new(sled::SledStore::open(state_dir)?))
+    }
+
+    /// PostgreSQL when `database` is given, else sled in `state_dir`.
+    pub fn open(state_dir: &std::path::Path, database: Option<&Database>) -> Result<Store> {
+        match database {
+            Some(db) => Self::open_postgres(db.url.expose(), db.tls.clone()),
+            None => Self::open_sled(state_dir),
+        }
     }
 
     /// The production store: PostgreSQL at `url`, its schema migrated to this binary's.

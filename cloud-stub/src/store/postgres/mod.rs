@@ -403,6 +403,10 @@ impl Backend for PgStore {
         // Every call commits before it returns.
         Ok(())
     }
+    fn check(&self) -> Result<()> {
+        self.pool
+            .with(async |c| c.client.simple_query("SELECT 1").await.map(|_| ()))
+    }
     fn describe(&self) -> String {
         self.describe.clone()
     }

@@ -169,6 +169,7 @@ async fn one_size(broker: &Mosquitto, n: usize, burst: usize, idle: Duration) ->
         signer: None,
         registry: None,
         state_dir: state.clone(),
+        database: None,
         api_listen: "127.0.0.1:0".parse().expect("addr"),
         engine: EngineConfig {
             provider_url: "http://127.0.0.1:9".into(),

@@ -1,0 +1,214 @@
+//! The cloud on PostgreSQL, across real processes: reports keep streaming through a
+//! database restart (nothing lost, nothing doubled); `/healthz` says when the
+//! database is down; a wrong URL stops `serve` with one line that names the host
+//! and never the password; `config show` hides the URL; `config check` refuses a
+//! world-readable file that holds it; `db migrate` applies the schema once.
+
+use platen_e2e::postgres::{Postgres, PASSWORD};
+use platen_e2e::{workspace_bin, Mosquitto};
+use platen_protocol::{codec, ApplyReport, Id, ReportStatus};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn report(version: u64) -> ApplyReport {
+    let now = chrono::Utc::now();
+    let (agent, printer): (Id, Id) = ("gw".parse().unwrap(), "p1".parse().unwrap());
+    ApplyReport {
+        report_id: ApplyReport::make_id(&agent, &printer, version),
+        agent_id: agent,
+        printer_id: printer,
+        config_version: version,
+        status: ReportStatus::Applied,
+        settings: vec![],
+        received_at: now,
+        completed_at: now,
+        refused: None,
+    }
+}
+
+/// 600 reports published at 100 a second; PostgreSQL is stopped for 3 s in the
+/// middle. Every report ends up stored exactly once, each counted new once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_stream_through_a_database_restart() {
+    const N: u64 = 600;
+    let mut pg = Postgres::start();
+    let broker = Mosquitto::start(false);
+    let url = pg.fresh_db("stream");
+    let store = platen_cloud::store::Store::open_postgres(&url, None).unwrap();
+    let cloud = platen_cloud::Cloud::connect(
+        "127.0.0.1",
+        broker.port,
+        "cloud-pg",
+        store.clone(),
+        Default::default(),
+        None,
+    )
+    .unwrap();
+    assert!(cloud.wait_connected(Duration::from_secs(10)).await);
+    let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+    cloud.record_published_many(&acme, &p1, 1..=N).unwrap();
+    // Let the cloud's subscriptions land before publishing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let opts = rumqttc::MqttOptions::new("agent-pg", "127.0.0.1", broker.port);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1024);
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let topic = "platen/v1/acme/p1/config/report";
+    let publisher = tokio::spawn(async move {
+        for v in 1..=N {
+            client
+                .publish(
+                    topic,
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    codec::encode(&report(v)),
+                )
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        client
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.stop();
+    // While it is down, /healthz-style checks fail and nothing is acknowledged.
+    assert!(store.check().is_err());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.restart();
+    let _client = publisher.await.unwrap();
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        let n = cloud.reports().len() as u64;
+        if n == N {
+            break;
+        }
+        assert!(Instant::now() < end, "{n} of {N} reports stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ids: std::collections::BTreeSet<String> = cloud
+        .reports()
+        .into_iter()
+        .map(|r| r.report.report_id)
+        .collect();
+    assert_eq!(ids.len() as u64, N, "each stored once");
+    assert_eq!(
+        cloud.counters.new.load(Ordering::Relaxed),
+        N,
+        "each counted new exactly once"
+    );
+    assert!(
+        cloud.counters.store_retries.load(Ordering::Relaxed) > 0,
+        "the restart was not seen: no message had to wait"
+    );
+    assert!(store.check().is_ok());
+    pump.abort();
+    cloud.shutdown().await;
+}
+
+fn cloud_cmd() -> Command {
+    let mut c = Command::new(workspace_bin("platen-cloud"));
+    c.env_remove("PLATEN_STORE__URL");
+    c
+}
+
+#[test]
+fn serve_refuses_a_wrong_url_in_one_line_without_the_password() {
+    let closed = platen_e2e::free_tcp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = cloud_cmd()
+        .args(["--state-dir"])
+        .arg(dir.path())
+        .args(["serve", "--api-listen", "127.0.0.1:0"])
+        .env(
+            "PLATEN_STORE__URL",
+            format!("postgres://platen:{PASSWORD}@127.0.0.1:{closed}/platen"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("platen-cloud:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(line.contains(&format!("127.0.0.1:{closed}")), "{line}");
+    assert!(!err.contains(PASSWORD), "{err}");
+    // Nothing was created in the state directory for sled: the database was asked.
+    assert!(!dir.path().join("db").exists());
+}
+
+#[test]
+fn config_hides_the_url_and_db_migrate_applies_the_schema_once() {
+    let pg = Postgres::start();
+    let url = pg.fresh_db("cfg");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cloud.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "state_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = 1883\nclient_id = \"c\"\n[store]\nurl = \"{url}\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // World-readable with the URL in it: refused by check (as by serve).
+    let out = cloud_cmd()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("database URL") && err.contains("644"), "{err}");
+    assert!(!err.contains(PASSWORD));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = cloud_cmd()
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cloud_cmd()
+        .args(["config", "show", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        shown.contains("[store]") && shown.contains("REDACTED"),
+        "{shown}"
+    );
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    // db migrate: applied, then current.
+    let migrate = || {
+        let out = cloud_cmd()
+            .args(["db", "migrate", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = migrate();
+    assert!(first.contains("0 → 1"), "{first}");
+    assert!(!first.contains(PASSWORD), "{first}");
+    let second = migrate();
+    assert!(second.contains("current"), "{second}");
+    let db = url.rsplit('/').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT count(*) FROM platen_schema"), "1");
+    // No database named: exit 2.
+    let out = cloud_cmd().args(["db", "migrate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
