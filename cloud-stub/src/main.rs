@@ -124,6 +124,11 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         api_request_timeout_secs: u64,
     },
+    /// Move an install between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCmd,
+    },
     /// The PostgreSQL store's schema.
     Db {
         #[command(subcommand)]
@@ -791,6 +796,47 @@ fn config_database(
     cfg.store.database()
 }
 
+/// A state directory, or a PostgreSQL database by URL.
+fn open_store(place: &str) -> Result<platen_cloud::store::Store, platen_cloud::store::StoreError> {
+    use platen_cloud::store::Store;
+    if place.starts_with("postgres://") || place.starts_with("postgresql://") {
+        Store::open_postgres(place, None)
+    } else {
+        Store::open_sled(std::path::Path::new(place))
+    }
+}
+
+/// `store copy`.
+fn store_copy(from: &str, to: &str) -> ExitCode {
+    let open = |place: &str| {
+        open_store(place).map_err(|e| {
+            eprintln!("platen-cloud: {e}");
+            ExitCode::FAILURE
+        })
+    };
+    let (source, target) = match (open(from), open(to)) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    eprintln!("copying {} → {}", source.describe(), target.describe());
+    match platen_cloud::store::copy::copy(&source, &target) {
+        Ok(tally) => {
+            for (kind, n) in &tally.counts {
+                println!("{kind}: {n}");
+            }
+            for (currency, total) in &tally.ledger_totals {
+                println!("ledger total {currency}: {total}");
+            }
+            println!("copied and checked: {}", target.describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("platen-cloud: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `db migrate`: exit 0 migrated (or already current), 1 the database refused or
 /// is unreachable or newer, 2 no database named.
 fn db_migrate(cli: &Cli, config: Option<&std::path::Path>) -> ExitCode {
@@ -938,6 +984,22 @@ fn parse_setting(s: &str) -> Result<(String, SettingValue), String> {
 }
 
 #[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy everything from one store into another, empty one (sled → PostgreSQL or
+    /// back), then check that both hold the same number of records of each kind and
+    /// the same ledger total per currency. Stop the cloud first: a state directory in
+    /// use is refused. Each side is a state directory or a postgres:// URL (better
+    /// given as PLATEN_COPY_FROM / PLATEN_COPY_TO when it holds a password).
+    /// Exit 0 copied and checked, 1 refused or failed.
+    Copy {
+        #[arg(long, env = "PLATEN_COPY_FROM", hide_env_values = true)]
+        from: String,
+        #[arg(long, env = "PLATEN_COPY_TO", hide_env_values = true)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DbCmd {
     /// Apply the schema versions the database lacks (under an advisory lock; `serve`
     /// does this at start too), for operators who migrate as a separate step. The
@@ -982,6 +1044,15 @@ async fn main() -> ExitCode {
         Command::Db {
             command: DbCmd::Migrate { config },
         } => return db_migrate(&cli, config.as_deref()),
+        Command::Store {
+            command: StoreCmd::Copy { from, to },
+        } => {
+            let (from, to) = (from.clone(), to.clone());
+            // Blocking work (both stores are synchronous): off the runtime.
+            return tokio::task::spawn_blocking(move || store_copy(&from, &to))
+                .await
+                .unwrap_or(ExitCode::FAILURE);
+        }
         Command::Keygen { file, id } => return keygen(file, id),
         Command::Token {
             command: TokenCmd::New { name, actor },

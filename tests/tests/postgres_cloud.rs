@@ -212,3 +212,61 @@ fn config_hides_the_url_and_db_migrate_applies_the_schema_once() {
     let out = cloud_cmd().args(["db", "migrate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `store copy` from a state directory into PostgreSQL: counts printed, checked, the
+/// password never shown; a second copy into the now non-empty database is refused.
+#[test]
+fn store_copy_moves_an_install_and_refuses_a_full_target() {
+    let pg = Postgres::start();
+    let url = pg.fresh_db("move");
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = platen_cloud::store::Store::open_sled(dir.path()).unwrap();
+        s.add_tenant(&platen_cloud::model::Tenant {
+            id: "acme".parse().unwrap(),
+            name: "Acme".into(),
+            reseller: None,
+        })
+        .unwrap();
+        s.sync().unwrap();
+    }
+    let copy = || {
+        // sled's flusher may hold the directory's lock a moment after the drop.
+        let mut last = None;
+        for _ in 0..50 {
+            let out = cloud_cmd()
+                .args(["store", "copy", "--from"])
+                .arg(dir.path())
+                .env("PLATEN_COPY_TO", &url)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !err.contains("in use") {
+                return (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    err,
+                );
+            }
+            last = Some(err);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the state directory stayed locked: {last:?}");
+    };
+    let (code, out, err) = copy();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("tenants: 1") && out.contains("copied and checked"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(PASSWORD) && !err.contains(PASSWORD),
+        "{out}{err}"
+    );
+    let db = url.rsplit('/').next().unwrap();
+    assert_eq!(pg.psql(db, "SELECT doc->>'name' FROM tenants"), "Acme");
+    let (code, _, err) = copy();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("already holds data"), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+}

@@ -246,6 +246,12 @@ fn contracts_claims_and_prefix_ids(s: &Store) {
         assert_eq!(s.add_change(&change(&k, seq)).unwrap(), Inserted::New);
     }
     assert_eq!(s.add_change(&change(&k, 3)).unwrap(), Inserted::Exists);
+    // A change of a contract that does not exist: refused.
+    let (ghost, _) = contract("acme", "ghost", &["p9"]);
+    assert!(matches!(
+        s.add_change(&change(&ghost, 2)),
+        Err(StoreError::Invalid { .. })
+    ));
     let seqs: Vec<u32> = s
         .changes_of(&id("k"))
         .unwrap()
@@ -487,7 +493,7 @@ fn ledger_is_insert_once_and_read_by_owner(s: &Store) {
 
 fn migrations_execute_once(s: &Store) {
     tenant(s, "acme", None);
-    let (k, start) = contract("acme", "k", &["p1"]);
+    let (k, start) = contract("acme", "k", &["pm"]);
     s.create_contract(&k, &start, false).unwrap();
     let m = migration("m1", "acme", "k", MigrationState::Scheduled);
     assert_eq!(s.add_migration(&m).unwrap(), Inserted::New);
@@ -951,4 +957,92 @@ fn postgres_schema_urls_and_restarts() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(back, "the store did not recover after the restart");
+}
+
+/// Every record as JSON, sorted, times cut to microseconds (what PostgreSQL keeps).
+fn snapshot(s: &Store) -> Vec<String> {
+    fn cut(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(t) => {
+                if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+                    let d = d.with_timezone(&Utc);
+                    let us = DateTime::<Utc>::from_timestamp_micros(d.timestamp_micros()).unwrap();
+                    *t = us.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(cut),
+            serde_json::Value::Object(o) => o.values_mut().for_each(cut),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    s.export(&mut |r| {
+        let mut v = serde_json::to_value(&r).unwrap();
+        cut(&mut v);
+        out.push(v.to_string());
+        Ok(())
+    })
+    .unwrap();
+    out.sort();
+    out
+}
+
+/// A filled sled store copied into PostgreSQL and back holds the same records; a
+/// non-empty target is refused; the copied store works on (new timeline entries
+/// sort after the copied ones).
+#[test]
+fn store_copy_sled_to_postgres_and_back() {
+    let pg = Postgres::start();
+    let dirs = tempfile::tempdir().unwrap();
+    let sled = Store::open_sled(&dirs.path().join("a")).unwrap();
+    // The conformance bodies that leave a little of everything behind, in one store
+    // (each under its own tenant-independent ids where they would clash).
+    for body in [
+        catalog_and_parties as Body,
+        every_event_kind_reads_back,
+        migrations_execute_once,
+        reports_are_stored_once_and_bounded,
+        seen_state_round_trips,
+        samples_keep_one_per_reading_and_find_the_baseline,
+    ] {
+        body(&sled);
+    }
+    // A ledger with a reversal, a shipment, versions.
+    let (g, gstart) = contract("globex", "g", &["p9"]);
+    sled.create_contract(&g, &gstart, false).unwrap();
+    let e = ledger_entry(&g, "g.1", "2026-03", 1000);
+    sled.add_ledger(&e).unwrap();
+    let mut rev = ledger_entry(&g, "g.1", "2026-03/reversal", 60);
+    rev.reverses = Some(e.key.clone());
+    sled.add_ledger(&rev).unwrap();
+    sled.mark_shipment_sent(&e.key, t(4, 0)).unwrap();
+    sled.next_version(&id("globex"), &id("p9")).unwrap();
+    let before = snapshot(&sled);
+    assert!(before.len() > 50, "{}", before.len());
+
+    let pg_store = Store::open_postgres(&pg.fresh_db("copy"), None).unwrap();
+    let tally = platen_cloud::store::copy::copy(&sled, &pg_store).unwrap();
+    assert_eq!(tally.ledger_totals["EUR"], 940);
+    assert_eq!(snapshot(&pg_store), before, "sled → postgres");
+    // Refused: the target is not empty.
+    let e = platen_cloud::store::copy::copy(&sled, &pg_store).unwrap_err();
+    assert!(e.to_string().contains("already holds data"), "{e}");
+
+    let back = Store::open_sled(&dirs.path().join("b")).unwrap();
+    platen_cloud::store::copy::copy(&pg_store, &back).unwrap();
+    assert_eq!(snapshot(&back), before, "postgres → sled");
+
+    // Both copies work on: a new entry sorts last in its change's timeline.
+    for s in [&pg_store, &back] {
+        let ev = Event::ConfigPublished {
+            printer: id("p1"),
+            version: 77,
+            settings: 1,
+        };
+        let added = s.append("c.2", ev.clone()).unwrap().unwrap();
+        let tl = s.timeline("c.2").unwrap();
+        assert_eq!(tl.last().unwrap().event, ev);
+        assert!(tl.iter().all(|e| e.seq <= added.seq));
+        assert!(s.next_version(&id("globex"), &id("p9")).unwrap() > 0);
+    }
 }

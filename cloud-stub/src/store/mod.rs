@@ -6,7 +6,8 @@
 //! * [`Reports`]: published versions, apply reports and their index, what the cloud
 //!   last heard of agents and printers;
 //! * [`Readings`]: the telemetry samples usage is computed from;
-//! * [`Backend`]: all three, plus [`Backend::sync`] (the durability barrier).
+//! * [`copy::Portable`]: every record out, records in (`store copy`);
+//! * [`Backend`]: all of them, plus [`Backend::sync`] (the durability barrier).
 //!
 //! Writes that must be atomic are one call (a contract with its start change and
 //! printer claims; a ledger entry with its indexes; a migration with its change), so
@@ -19,6 +20,7 @@
 //! (production: `store.url = "postgres://…"`). [`Store`] is the handle the rest of
 //! the cloud holds.
 
+pub mod copy;
 pub mod postgres;
 pub mod sled;
 pub mod thinning;
@@ -311,7 +313,7 @@ pub trait Readings {
 }
 
 /// A whole backend.
-pub trait Backend: Contracts + Reports + Readings + Send + Sync {
+pub trait Backend: Contracts + Reports + Readings + copy::Portable + Send + Sync {
     /// Make every write so far durable.
     fn sync(&self) -> Result<()>;
     /// Whether the store answers now (`/healthz`).

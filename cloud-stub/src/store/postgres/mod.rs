@@ -15,6 +15,7 @@
 //! that is not committed.
 
 mod contracts;
+mod copy;
 mod readings;
 mod reports;
 
@@ -378,23 +379,6 @@ impl PgStore {
 
     pub(super) fn pool(&self) -> &Pool {
         &self.pool
-    }
-
-    /// Whether the database holds no Platen data yet (`store copy` refuses a
-    /// non-empty target).
-    pub fn is_empty(&self) -> Result<bool> {
-        self.pool.with(async |c| {
-            let n: i64 = c
-                .client
-                .query_one(
-                    "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM plans)
-                          + (SELECT count(*) FROM reports) + (SELECT count(*) FROM readings)",
-                    &[],
-                )
-                .await?
-                .get(0);
-            Ok(n == 0)
-        })
     }
 }
 

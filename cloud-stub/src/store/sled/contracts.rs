@@ -13,7 +13,7 @@ use platen_protocol::Id;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-fn due_key(at: DateTime<Utc>, change_id: &str) -> String {
+pub(super) fn due_key(at: DateTime<Utc>, change_id: &str) -> String {
     let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     format!("{ms:020}/{change_id}")
 }
@@ -43,11 +43,11 @@ fn set_due(
     Ok(())
 }
 
-fn contract_change_key(contract: &Id, seq: u32) -> String {
+pub(super) fn contract_change_key(contract: &Id, seq: u32) -> String {
     format!("{contract}/{seq:010}")
 }
 
-fn printer_key(tenant: &Id, printer: &Id) -> String {
+pub(super) fn printer_key(tenant: &Id, printer: &Id) -> String {
     format!("{tenant}/{printer}")
 }
 
@@ -95,7 +95,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T> {
     })
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain data serializes")
 }
 
@@ -493,6 +493,13 @@ impl Contracts for SledStore {
     fn add_change(&self, change: &ContractChange) -> Result<Inserted> {
         use sled::transaction::ConflictableTransactionError as E;
         use sled::Transactional;
+        // (Contracts are never removed: checking before the transaction is enough.)
+        if !self.contracts.contains_key(change.contract.as_str())? {
+            return Err(StoreError::Invalid {
+                key: change.id.clone(),
+                message: format!("contract {} does not exist", change.contract),
+            });
+        }
         let rec = ChangeRecord {
             change: change.clone(),
             setup: SetupState::default(),

@@ -27,6 +27,7 @@
 //! flushed before the call returns; report-side writes at [`Backend::sync`].
 
 mod contracts;
+mod copy;
 mod readings;
 mod reports;
 pub(crate) mod scan;

@@ -8,7 +8,7 @@ use crate::usage::Sample;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 
-fn key(tenant: &Id, printer: &Id, at: DateTime<Utc>) -> String {
+pub(super) fn key(tenant: &Id, printer: &Id, at: DateTime<Utc>) -> String {
     let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     format!("{tenant}/{printer}/{ms:020}")
 }

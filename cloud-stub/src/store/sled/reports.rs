@@ -9,11 +9,11 @@ use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
 use std::ops::RangeInclusive;
 
-fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
+pub(super) fn published_key(tenant: &Id, printer: &Id, version: u64) -> String {
     format!("{tenant}/{printer}/{version:020}")
 }
 
-fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String {
+pub(super) fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String {
     format!("{tenant}/{printer}/{version:020}/{report_id}")
 }
 
@@ -21,10 +21,10 @@ fn index_key(tenant: &Id, printer: &Id, version: u64, report_id: &str) -> String
 /// hand, e.g. `platen-cloud publish`). Entries written before the change was noted
 /// hold only the time, as a JSON string; they read as `change: None`.
 #[derive(Serialize, Deserialize)]
-struct Published {
-    at: DateTime<Utc>,
+pub(super) struct Published {
+    pub at: DateTime<Utc>,
     #[serde(default)]
-    change: Option<String>,
+    pub change: Option<String>,
 }
 
 fn get_json<T: serde::de::DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>> {
