@@ -182,6 +182,22 @@ fn stored_bytes(rec: &ReceivedReport, payload: &[u8]) -> Result<Vec<u8>, CloudEr
     Ok(v)
 }
 
+/// A report message checked and ready to store ([`Cloud::check_report`]).
+struct CheckedReport {
+    topic: String,
+    tenant: Id,
+    rec: ReceivedReport,
+    /// Its stored form.
+    json: Vec<u8>,
+}
+
+/// What checking an inbound report gives.
+enum Checked {
+    /// Nothing to store: refused.
+    Done(ReportEvent),
+    Report(Box<CheckedReport>),
+}
+
 /// Most inbound messages stored under one flush.
 pub const INGEST_BATCH: usize = 256;
 
@@ -222,6 +238,9 @@ pub struct Cloud {
     store: Store,
     limits: IngestLimits,
     buckets: Arc<std::sync::Mutex<Buckets>>,
+    /// What the current batch saw of each printer (`{tenant}/{printer}`), so a batch
+    /// of one printer's messages reads its seen state once.
+    seen_memo: Arc<std::sync::Mutex<std::collections::HashMap<String, Option<PrinterSeen>>>>,
     publish_lock: Arc<Mutex<()>>,
     pubacks: broadcast::Sender<u16>,
     events: broadcast::Sender<ReportEvent>,
@@ -306,6 +325,7 @@ impl Cloud {
             store,
             limits: IngestLimits::default(),
             buckets: Arc::new(std::sync::Mutex::new(Buckets::default())),
+            seen_memo: Default::default(),
             publish_lock: Arc::new(Mutex::new(())),
             pubacks: pubacks.clone(),
             events,
@@ -380,21 +400,12 @@ impl Cloud {
     async fn ingest_batch(&self, batch: Vec<rumqttc::Publish>) -> Vec<rumqttc::Publish> {
         let c = self.clone();
         let stored = tokio::task::spawn_blocking(move || {
+            // One transaction for the batch where the backend has them (group commit).
+            if c.store.begin_batch().is_err() {
+                return (batch, Vec::new(), false);
+            }
             let results = c.store_batch(&batch);
-            let wrote = results.iter().any(|r| {
-                matches!(
-                    r,
-                    // A duplicate may be the redelivery of a report whose sync failed.
-                    Ok(ReportEvent::New(..))
-                        | Ok(ReportEvent::Duplicate { .. })
-                        | Ok(ReportEvent::Health { changed: true, .. })
-                        | Ok(ReportEvent::Telemetry {
-                            new_reading: true,
-                            ..
-                        })
-                )
-            });
-            let synced = !wrote || c.store.sync().is_ok();
+            let synced = c.store.sync().is_ok();
             (batch, results, synced)
         })
         .await;
@@ -471,32 +482,92 @@ impl Cloud {
         retry
     }
 
-    /// Check and store each message of a batch (no sync).
+    /// Check and store each message of a batch (no sync): the reports of the batch
+    /// are stored with one store call ([`store::Reports::store_reports`]).
     fn store_batch(&self, batch: &[rumqttc::Publish]) -> Vec<Result<ReportEvent, CloudError>> {
         let now = std::time::Instant::now();
-        batch
-            .iter()
-            .map(|p| {
-                let topic = p.topic.parse::<Topic>();
-                if let Some(refusal) = self.rate_limited(&topic, &p.topic, now) {
-                    return Ok(refusal);
+        self.forget_seen();
+        let mut results: Vec<Option<Result<ReportEvent, CloudError>>> =
+            Vec::with_capacity(batch.len());
+        let mut reports: Vec<(usize, Box<CheckedReport>)> = Vec::new();
+        for (i, p) in batch.iter().enumerate() {
+            let topic = p.topic.parse::<Topic>();
+            if let Some(refusal) = self.rate_limited(&topic, &p.topic, now) {
+                results.push(Some(Ok(refusal)));
+                continue;
+            }
+            let done = match topic {
+                Ok(Topic::Telemetry { tenant, printer }) => {
+                    self.ingest_telemetry_unflushed(tenant, printer, &p.payload)
                 }
-                match topic {
-                    Ok(Topic::Telemetry { tenant, printer }) => {
-                        self.ingest_telemetry_unflushed(tenant, printer, &p.payload)
-                    }
-                    Ok(Topic::AgentHealth { agent }) => {
-                        self.ingest_health(&agent, &p.payload, p.retain)
-                    }
-                    _ => self.ingest_unflushed(&p.topic, &p.payload),
+                Ok(Topic::AgentHealth { agent }) => {
+                    self.ingest_health(&agent, &p.payload, p.retain)
                 }
-            })
+                _ => match self.check_report(&p.topic, &p.payload) {
+                    Ok(Checked::Done(ev)) => Ok(ev),
+                    Ok(Checked::Report(r)) => {
+                        // Stored below, with the batch's other reports.
+                        reports.push((i, r));
+                        results.push(None);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            results.push(Some(done));
+        }
+        if !reports.is_empty() {
+            let new: Vec<store::NewReport<'_>> = reports
+                .iter()
+                .map(|(_, r)| store::NewReport {
+                    tenant: &r.tenant,
+                    report: &r.rec,
+                    json: &r.json,
+                })
+                .collect();
+            let stored = self.store.store_reports(&new, MAX_REPORTS_PER_VERSION);
+            drop(new);
+            match stored {
+                Ok(stored) => {
+                    for ((i, r), s) in reports.into_iter().zip(stored) {
+                        results[i] = Some(self.report_stored(r, s));
+                    }
+                }
+                Err(e) => {
+                    // Every report of the batch fails as the call did (a store that is
+                    // down stays retryable).
+                    for (i, _) in reports {
+                        results[i] = Some(Err(match &e {
+                            StoreError::Backend { backend, message } => {
+                                CloudError::Store(StoreError::Backend {
+                                    backend,
+                                    message: message.clone(),
+                                })
+                            }
+                            other => CloudError::Invalid(other.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        self.forget_seen();
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(CloudError::Invalid("report not stored".into()))))
             .collect()
+    }
+
+    /// Forget what [`Cloud::saw_printer`] remembered (it remembers within one batch).
+    fn forget_seen(&self) {
+        if let Ok(mut m) = self.seen_memo.lock() {
+            m.clear();
+        }
     }
 
     /// Decode, check and store one report, durably. Storage errors are errors; bad
     /// input is a `Refused` event.
     pub fn ingest(&self, topic: &str, payload: &[u8]) -> Result<ReportEvent, CloudError> {
+        self.forget_seen();
         let ev = self.ingest_unflushed(topic, payload)?;
         if matches!(ev, ReportEvent::New(..)) {
             self.store.sync()?;
@@ -506,11 +577,24 @@ impl Cloud {
 
     /// [`Cloud::ingest`] without the flush (the batch flushes once for all).
     fn ingest_unflushed(&self, topic: &str, payload: &[u8]) -> Result<ReportEvent, CloudError> {
+        match self.check_report(topic, payload)? {
+            Checked::Done(ev) => Ok(ev),
+            Checked::Report(r) => {
+                let stored =
+                    self.store
+                        .store_report(&r.tenant, &r.rec, &r.json, MAX_REPORTS_PER_VERSION)?;
+                self.report_stored(r, stored)
+            }
+        }
+    }
+
+    /// Decode and check a report message: refused, or a report to store.
+    fn check_report(&self, topic: &str, payload: &[u8]) -> Result<Checked, CloudError> {
         let refused = |reason: String| {
-            Ok(ReportEvent::Refused {
+            Ok(Checked::Done(ReportEvent::Refused {
                 topic: topic.to_string(),
                 reason,
-            })
+            }))
         };
         let (tenant, printer) = match topic.parse::<Topic>() {
             Ok(Topic::ConfigReport { tenant, printer }) => (tenant, printer),
@@ -532,40 +616,57 @@ impl Cloud {
                 return refused(why);
             }
         }
-        let version = report.config_version;
-        if !self.was_published(&tenant, &printer, version)? {
-            let n = self.counters.unpublished.fetch_add(1, Ordering::Relaxed) + 1;
-            let reason = format!(
-                "version {version} of {tenant}/{printer} was never published by this cloud"
-            );
-            if !worth_logging(n) {
-                return Ok(ReportEvent::RefusedQuietly {
-                    topic: topic.to_string(),
-                });
-            }
-            return refused(format!("{reason} ({n} such reports so far)"));
-        }
-        let agent = report.agent_id.clone();
         let rec = ReceivedReport {
             report,
             received_at: Utc::now(),
         };
-        let bytes = stored_bytes(&rec, payload)?;
-        let id = rec.report.report_id.clone();
-        match self
-            .store
-            .store_report(&tenant, &rec, &bytes, MAX_REPORTS_PER_VERSION)?
-        {
+        let json = stored_bytes(&rec, payload)?;
+        Ok(Checked::Report(Box::new(CheckedReport {
+            topic: topic.to_string(),
+            tenant,
+            rec,
+            json,
+        })))
+    }
+
+    /// The event of a report the store took (or refused), noting its printer's agent.
+    fn report_stored(
+        &self,
+        r: Box<CheckedReport>,
+        stored: Stored,
+    ) -> Result<ReportEvent, CloudError> {
+        let CheckedReport {
+            topic, tenant, rec, ..
+        } = *r;
+        let (printer, version) = (&rec.report.printer_id, rec.report.config_version);
+        let refused = |reason: String| {
+            Ok(ReportEvent::Refused {
+                topic: topic.clone(),
+                reason,
+            })
+        };
+        match stored {
+            Stored::Unpublished => {
+                let n = self.counters.unpublished.fetch_add(1, Ordering::Relaxed) + 1;
+                if !worth_logging(n) {
+                    return Ok(ReportEvent::RefusedQuietly { topic });
+                }
+                refused(format!(
+                    "version {version} of {tenant}/{printer} was never published by this cloud ({n} such reports so far)"
+                ))
+            }
             Stored::Full => refused(format!(
                 "version {version} of {tenant}/{printer} already has {MAX_REPORTS_PER_VERSION} reports"
             )),
             Stored::New => {
-                self.saw_printer(&tenant, &printer, &agent, None)?;
+                self.saw_printer(&tenant, printer, &rec.report.agent_id, None)?;
                 Ok(ReportEvent::New(Box::new(rec), tenant))
             }
             Stored::Duplicate => {
-                self.saw_printer(&tenant, &printer, &agent, None)?;
-                Ok(ReportEvent::Duplicate { report_id: id })
+                self.saw_printer(&tenant, printer, &rec.report.agent_id, None)?;
+                Ok(ReportEvent::Duplicate {
+                    report_id: rec.report.report_id,
+                })
             }
         }
     }
@@ -578,6 +679,7 @@ impl Cloud {
         printer: Id,
         payload: &[u8],
     ) -> Result<ReportEvent, CloudError> {
+        self.forget_seen();
         let ev = self.ingest_telemetry_unflushed(tenant, printer, payload)?;
         if matches!(
             ev,
@@ -730,10 +832,6 @@ impl Cloud {
         Ok(())
     }
 
-    fn was_published(&self, tenant: &Id, printer: &Id, version: u64) -> Result<bool, CloudError> {
-        Ok(self.store.was_published(tenant, printer, version)?)
-    }
-
     /// Keep what a report or telemetry message says of its printer's agent (and, for
     /// telemetry, reachability); written only when it changes.
     fn saw_printer(
@@ -743,12 +841,26 @@ impl Cloud {
         agent: &Id,
         reachable: Option<bool>,
     ) -> Result<(), CloudError> {
-        let old = self.store.printer_seen(tenant, printer)?;
+        let key = format!("{tenant}/{printer}");
+        let remembered = self
+            .seen_memo
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let old = match remembered {
+            Some(old) => old,
+            None => self.store.printer_seen(tenant, printer)?,
+        };
         let reachable = reachable
             .or(old.as_ref().map(|o| o.reachable))
             .unwrap_or(true);
         let since = match &old {
-            Some(o) if o.reachable == reachable && &o.agent == agent => return Ok(()),
+            Some(o) if o.reachable == reachable && &o.agent == agent => {
+                if let Ok(mut m) = self.seen_memo.lock() {
+                    m.insert(key, old);
+                }
+                return Ok(());
+            }
             Some(o) if o.reachable == reachable => o.since,
             _ => Utc::now(),
         };
@@ -758,6 +870,9 @@ impl Cloud {
             since,
         };
         self.store.set_printer_seen(tenant, printer, &seen)?;
+        if let Ok(mut m) = self.seen_memo.lock() {
+            m.insert(key, Some(seen));
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ use platen_cloud::migration::{Actor, Migration, MigrationDecision, MigrationStat
 use platen_cloud::model::{ChangeKind, Contract, ContractChange, Reseller, Tenant};
 use platen_cloud::period;
 use platen_cloud::store::{
-    Created, Inserted, LedgerOwner, List, OwnerIndex, Store, StoreError, Stored,
+    Created, Inserted, LedgerOwner, List, NewReport, OwnerIndex, Store, StoreError, Stored,
 };
 use platen_cloud::usage::Sample;
 use platen_cloud::ReceivedReport;
@@ -643,6 +643,49 @@ fn reports_are_stored_once_and_bounded(s: &Store) {
     assert_eq!(s.reports().unwrap().len(), 4);
 }
 
+/// A batch of reports has exactly the outcomes of storing them one by one.
+fn report_batches_match_one_by_one(s: &Store) {
+    let (acme, p1) = (id("acme"), id("p1"));
+    s.record_published(&acme, &p1, &[1, 2], None, Utc::now())
+        .unwrap();
+    let (old, old_json) = report(&acme, "p1", "gw0", 1);
+    s.store_report(&acme, &old, &old_json, 3).unwrap();
+    let items: Vec<(ReceivedReport, Vec<u8>)> = vec![
+        report(&acme, "p1", "gw0", 1),        // stored before: duplicate
+        report(&acme, "p1", "gw1", 1),        // new (2 of 3)
+        report(&acme, "p1", "gw1", 1),        // the same again in the batch: duplicate
+        report(&acme, "p1", "gw2", 1),        // new (3 of 3)
+        report(&acme, "p1", "gw3", 1),        // full
+        report(&acme, "p1", "gw1", 9),        // never published
+        report(&acme, "p1", "gw1", u64::MAX), // beyond any column: never published
+        report(&acme, "p1", "gw1", 2),        // new
+    ];
+    let batch: Vec<NewReport<'_>> = items
+        .iter()
+        .map(|(r, j)| NewReport {
+            tenant: &acme,
+            report: r,
+            json: j,
+        })
+        .collect();
+    use Stored::*;
+    assert_eq!(
+        s.store_reports(&batch, 3).unwrap(),
+        [
+            Duplicate,
+            New,
+            Duplicate,
+            New,
+            Full,
+            Unpublished,
+            Unpublished,
+            New
+        ]
+    );
+    assert_eq!(s.reports_for(&acme, &p1, 0..=u64::MAX).unwrap().len(), 4);
+    assert!(s.store_reports(&[], 3).unwrap().is_empty());
+}
+
 fn report_retention_keeps_open_and_paid_changes_evidence(s: &Store) {
     tenant(s, "acme", None);
     let acme = id("acme");
@@ -835,6 +878,10 @@ const BODIES: &[(&str, Body)] = &[
     (
         "reports_are_stored_once_and_bounded",
         reports_are_stored_once_and_bounded,
+    ),
+    (
+        "report_batches_match_one_by_one",
+        report_batches_match_one_by_one,
     ),
     (
         "report_retention_keeps_open_and_paid_changes_evidence",

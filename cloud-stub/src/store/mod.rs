@@ -83,6 +83,13 @@ pub enum Created {
     },
 }
 
+/// A report to store ([`Reports::store_reports`]): its tenant, the report, its JSON.
+pub struct NewReport<'a> {
+    pub tenant: &'a Id,
+    pub report: &'a ReceivedReport,
+    pub json: &'a [u8],
+}
+
 /// Result of [`Reports::store_report`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -91,6 +98,8 @@ pub enum Stored {
     Duplicate,
     /// The version already has `max_per_version` other reports.
     Full,
+    /// The version was never published for the printer.
+    Unpublished,
 }
 
 /// One page of a list in key order: the items and, when there may be more, the key to
@@ -261,8 +270,9 @@ pub trait Reports {
         at: DateTime<Utc>,
     ) -> Result<()>;
     fn was_published(&self, tenant: &Id, printer: &Id, version: u64) -> Result<bool>;
-    /// Store a report under its id if new and its version has fewer than
-    /// `max_per_version` other reports. `json` is its stored form.
+    /// Store a report under its id if its version was published for its printer, the
+    /// id is new and the version has fewer than `max_per_version` other reports.
+    /// `json` is its stored form.
     fn store_report(
         &self,
         tenant: &Id,
@@ -270,6 +280,18 @@ pub trait Reports {
         json: &[u8],
         max_per_version: usize,
     ) -> Result<Stored>;
+    /// [`Reports::store_report`] for each of `reports` in order (a batch: a backend
+    /// may do it in a few statements), with the same outcomes.
+    fn store_reports(
+        &self,
+        reports: &[NewReport<'_>],
+        max_per_version: usize,
+    ) -> Result<Vec<Stored>> {
+        reports
+            .iter()
+            .map(|r| self.store_report(r.tenant, r.report, r.json, max_per_version))
+            .collect()
+    }
     fn report(&self, report_id: &str) -> Result<Option<ReceivedReport>>;
     /// Every stored report, ordered by report id.
     fn reports(&self) -> Result<Vec<ReceivedReport>>;
@@ -314,8 +336,15 @@ pub trait Readings {
 
 /// A whole backend.
 pub trait Backend: Contracts + Reports + Readings + copy::Portable + Send + Sync {
-    /// Make every write so far durable.
+    /// Make every write so far durable (and end the batch [`Backend::begin_batch`]
+    /// began on this thread).
     fn sync(&self) -> Result<()>;
+    /// Writes from this thread until its next [`Backend::sync`] may form one
+    /// transaction (PostgreSQL: one commit for a batch of messages, and none of them
+    /// if any failed). Sled: nothing to do (it syncs once per batch anyway).
+    fn begin_batch(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether the store answers now (`/healthz`).
     fn check(&self) -> Result<()>;
     /// Where the state is, for logs: never a password.

@@ -94,8 +94,16 @@ struct Idle {
     open: usize,
 }
 
+/// An open batch transaction of one thread ([`Backend::begin_batch`]).
+struct Batch {
+    conn: Option<Conn>,
+    failed: bool,
+}
+
 /// Connections to one database.
 pub(super) struct Pool {
+    /// Threads' open batch transactions: their calls run on that connection.
+    batches: Mutex<HashMap<std::thread::ThreadId, Batch>>,
     config: Config,
     tls: Tls,
     runtime: tokio::runtime::Handle,
@@ -133,6 +141,7 @@ impl Pool {
             tls,
             runtime,
             _stop: stop,
+            batches: Mutex::new(HashMap::new()),
             idle: Mutex::new(Idle {
                 conns: Vec::new(),
                 open: 0,
@@ -228,15 +237,89 @@ impl Pool {
         self.freed.notify_one();
     }
 
-    /// Run `f` on a pooled connection, waiting for it on this thread.
+    /// Run `f` on a pooled connection — this thread's batch transaction's, if one is
+    /// open — waiting for it on this thread.
     pub fn with<T>(
         &self,
         f: impl AsyncFnOnce(&mut Conn) -> std::result::Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
+        let me = std::thread::current().id();
+        let batch_conn = self
+            .batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&me)
+            .and_then(|b| b.conn.take());
+        if let Some(mut c) = batch_conn {
+            let r = futures_executor::block_on(f(&mut c));
+            let mut batches = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(b) = batches.get_mut(&me) {
+                b.conn = Some(c);
+                b.failed |= r.is_err();
+            }
+            return r.map_err(db_err);
+        }
         let mut c = self.checkout()?;
         let r = futures_executor::block_on(f(&mut c));
         self.checkin(c);
         r.map_err(db_err)
+    }
+
+    /// Open a transaction for this thread's calls until [`Pool::end_batch`].
+    fn begin_batch(&self) -> Result<()> {
+        let me = std::thread::current().id();
+        if self
+            .batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&me)
+        {
+            return Ok(());
+        }
+        let c = self.checkout()?;
+        if let Err(e) = futures_executor::block_on(c.client.batch_execute("BEGIN")) {
+            self.checkin(c);
+            return Err(db_err(e));
+        }
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                me,
+                Batch {
+                    conn: Some(c),
+                    failed: false,
+                },
+            );
+        Ok(())
+    }
+
+    /// Commit this thread's batch (roll it back if a statement in it failed: then
+    /// nothing of it is kept, and the error says so).
+    fn end_batch(&self) -> Result<()> {
+        let me = std::thread::current().id();
+        let Some(b) = self
+            .batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&me)
+        else {
+            return Ok(());
+        };
+        let Some(c) = b.conn else {
+            return Ok(());
+        };
+        let end = if b.failed { "ROLLBACK" } else { "COMMIT" };
+        let r = futures_executor::block_on(c.client.batch_execute(end));
+        self.checkin(c);
+        r.map_err(db_err)?;
+        if b.failed {
+            return Err(StoreError::Backend {
+                backend: "postgres",
+                message: "a statement of the batch failed: the batch was rolled back".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -384,8 +467,11 @@ impl PgStore {
 
 impl Backend for PgStore {
     fn sync(&self) -> Result<()> {
-        // Every call commits before it returns.
-        Ok(())
+        // Every call commits before it returns, but for a batch: commit it now.
+        self.pool.end_batch()
+    }
+    fn begin_batch(&self) -> Result<()> {
+        self.pool.begin_batch()
     }
     fn check(&self) -> Result<()> {
         self.pool

@@ -2,11 +2,23 @@
 
 use super::{decode, json, to_i64, PgStore};
 use crate::attribution::{AgentSeen, PrinterSeen};
-use crate::store::{Batch, Reports, Result, Stored};
+use crate::store::{Batch, NewReport, Reports, Result, Stored};
 use crate::ReceivedReport;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
+use std::collections::{HashMap, HashSet};
 use std::ops::RangeInclusive;
+
+/// The columns of a multi-row insert of reports.
+#[derive(Default)]
+struct ReportColumns<'a> {
+    ids: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    printers: Vec<&'a str>,
+    versions: Vec<i64>,
+    received: Vec<DateTime<Utc>>,
+    docs: Vec<String>,
+}
 
 /// A report-index position: (tenant, printer, version, report id).
 type Cursor = (String, String, i64, String);
@@ -70,26 +82,33 @@ impl Reports for PgStore {
         max_per_version: usize,
     ) -> Result<Stored> {
         let r = &rec.report;
-        let version = to_i64(r.config_version, "config version")?;
+        // Nothing beyond the column's range was ever published.
+        let Ok(version) = i64::try_from(r.config_version) else {
+            return Ok(Stored::Unpublished);
+        };
         let doc = String::from_utf8_lossy(json);
         let max = max_per_version as i64;
-        // One statement: the report is inserted if its id is new and its version
-        // holds fewer than `max` reports.
-        let (inserted, existed): (bool, bool) = self.pool().with(async |c| {
+        // One statement: the report is inserted if its version was published, its id
+        // is new and its version holds fewer than `max` reports.
+        let (published, inserted, existed): (bool, bool, bool) = self.pool().with(async |c| {
             let st = c
                 .prep(
-                    "WITH own AS (SELECT 1 FROM reports WHERE report_id = $1),
+                    "WITH published AS (SELECT 1 FROM published
+                                        WHERE tenant = $2 AND printer = $3 AND version = $4),
+                          own AS (SELECT 1 FROM reports WHERE report_id = $1),
                           n AS (SELECT count(*) AS n FROM
                                   (SELECT 1 FROM reports WHERE tenant = $2 AND printer = $3
                                      AND version = $4 LIMIT $6) x),
                           ins AS (INSERT INTO reports (report_id, tenant, printer, version,
                                                        received_at, doc)
                                   SELECT $1, $2, $3, $4, $5, $7::text::jsonb
-                                  WHERE NOT EXISTS (SELECT 1 FROM own)
+                                  WHERE EXISTS (SELECT 1 FROM published)
+                                    AND NOT EXISTS (SELECT 1 FROM own)
                                     AND (SELECT n FROM n) < $6
                                   ON CONFLICT (report_id) DO NOTHING
                                   RETURNING 1)
-                     SELECT EXISTS (SELECT 1 FROM ins), EXISTS (SELECT 1 FROM own)",
+                     SELECT EXISTS (SELECT 1 FROM published), EXISTS (SELECT 1 FROM ins),
+                            EXISTS (SELECT 1 FROM own)",
                 )
                 .await?;
             let row = c
@@ -107,8 +126,11 @@ impl Reports for PgStore {
                     ],
                 )
                 .await?;
-            Ok((row.get(0), row.get(1)))
+            Ok((row.get(0), row.get(1), row.get(2)))
         })?;
+        if !published {
+            return Ok(Stored::Unpublished);
+        }
         if inserted {
             return Ok(Stored::New);
         }
@@ -117,6 +139,147 @@ impl Reports for PgStore {
             return Ok(Stored::Duplicate);
         }
         Ok(Stored::Full)
+    }
+
+    /// A batch in four statements instead of one per report: which ids exist, which
+    /// versions were published, how many reports each version holds, then one
+    /// multi-row insert of those accepted (in order, as one by one would).
+    fn store_reports(
+        &self,
+        reports: &[NewReport<'_>],
+        max_per_version: usize,
+    ) -> Result<Vec<Stored>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        type Key = (String, String, i64);
+        let key = |r: &NewReport<'_>| -> Option<Key> {
+            let v = i64::try_from(r.report.report.config_version).ok()?;
+            Some((
+                r.tenant.to_string(),
+                r.report.report.printer_id.to_string(),
+                v,
+            ))
+        };
+        let ids: Vec<String> = reports
+            .iter()
+            .map(|r| r.report.report.report_id.clone())
+            .collect();
+        let keys: Vec<Key> = reports.iter().filter_map(key).collect();
+        let (ts, ps, vs): (Vec<&str>, Vec<&str>, Vec<i64>) = keys
+            .iter()
+            .map(|(t, p, v)| (t.as_str(), p.as_str(), *v))
+            .fold(Default::default(), |(mut a, mut b, mut c), (t, p, v)| {
+                a.push(t);
+                b.push(p);
+                c.push(v);
+                (a, b, c)
+            });
+        let (existing, published, counts) = self.pool().with(async |c| {
+            let existing: HashSet<String> = c
+                .client
+                .query(
+                    "SELECT report_id FROM reports WHERE report_id = ANY($1)",
+                    &[&ids],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let published: HashSet<Key> = c
+                .client
+                .query(
+                    "SELECT p.tenant, p.printer, p.version FROM published p
+                     JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, p, v)
+                       ON p.tenant = k.t AND p.printer = k.p AND p.version = k.v",
+                    &[&ts, &ps, &vs],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let counts: HashMap<Key, i64> = c
+                .client
+                .query(
+                    "SELECT r.tenant, r.printer, r.version, count(*) FROM reports r
+                     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::bigint[]))
+                       AS k(t, p, v)
+                       ON r.tenant = k.t AND r.printer = k.p AND r.version = k.v
+                     GROUP BY r.tenant, r.printer, r.version",
+                    &[&ts, &ps, &vs],
+                )
+                .await?
+                .iter()
+                .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
+                .collect();
+            Ok((existing, published, counts))
+        })?;
+        let mut counts = counts;
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut out = Vec::with_capacity(reports.len());
+        let mut insert: Vec<usize> = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            let id = r.report.report.report_id.as_str();
+            let Some(k) = key(r).filter(|k| published.contains(k)) else {
+                out.push(Stored::Unpublished);
+                continue;
+            };
+            if existing.contains(id) || seen.contains(id) {
+                out.push(Stored::Duplicate);
+                continue;
+            }
+            let n = counts.entry(k).or_default();
+            if *n >= max_per_version as i64 {
+                out.push(Stored::Full);
+                continue;
+            }
+            *n += 1;
+            seen.insert(id);
+            insert.push(i);
+            out.push(Stored::New);
+        }
+        if !insert.is_empty() {
+            let mut cols = ReportColumns::default();
+            for &i in &insert {
+                let r = &reports[i];
+                let rep = &r.report.report;
+                cols.ids.push(rep.report_id.as_str());
+                cols.tenants.push(r.tenant.as_str());
+                cols.printers.push(rep.printer_id.as_str());
+                cols.versions.push(rep.config_version as i64);
+                cols.received.push(r.report.received_at);
+                cols.docs.push(String::from_utf8_lossy(r.json).into_owned());
+            }
+            let stored: HashSet<String> = self.pool().with(async |c| {
+                Ok(c.client
+                    .query(
+                        "INSERT INTO reports (report_id, tenant, printer, version, received_at, doc)
+                         SELECT i, t, p, v, at, d::jsonb
+                         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                                     $5::timestamptz[], $6::text[]) AS x(i, t, p, v, at, d)
+                         ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                        &[
+                            &cols.ids,
+                            &cols.tenants,
+                            &cols.printers,
+                            &cols.versions,
+                            &cols.received,
+                            &cols.docs,
+                        ],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
+            })?;
+            // Stored meanwhile by another instance: a duplicate here.
+            for &i in &insert {
+                if !stored.contains(&reports[i].report.report.report_id) {
+                    out[i] = Stored::Duplicate;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn report(&self, report_id: &str) -> Result<Option<ReceivedReport>> {

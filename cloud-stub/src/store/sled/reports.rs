@@ -86,6 +86,9 @@ impl Reports for SledStore {
     ) -> Result<Stored> {
         let r = &rec.report;
         let (printer, version, id) = (&r.printer_id, r.config_version, &r.report_id);
+        if !self.was_published(tenant, printer, version)? {
+            return Ok(Stored::Unpublished);
+        }
         let version_prefix = format!("{}/", published_key(tenant, printer, version));
         let own_key = index_key(tenant, printer, version, id);
         if self.report_index.get(own_key.as_bytes())?.is_none()
@@ -243,6 +246,8 @@ mod tests {
                 .map(|r| r.report.config_version)
                 .collect()
         };
+        s.record_published(&acme, &p1, &[1, 2], None, Utc::now())
+            .unwrap();
         // Report kept, index entry lost.
         assert_eq!(store(1), Stored::New);
         s.report_index.clear().unwrap();

@@ -3,13 +3,19 @@
 //! flushed), beside the broker's own ceiling in the same run: `mosquitto_pub` →
 //! `mosquitto_sub`, QoS 1, the same payloads from the same file.
 //!
+//! The cloud runs on each backend: sled (the embedded default) and PostgreSQL (a
+//! server of the benchmark's own, in a temporary directory, with its default
+//! durability: every commit is flushed to its WAL).
+//!
 //! The file holds N distinct apply reports (ten settings each, ~2 KB, as the agent
 //! writes them) and one redelivery for every tenth, so deduplication is on the path.
 //! Each side runs twice, alternating; the better run of each counts.
 
 use crate::table::{Bound, Results};
 use chrono::Utc;
+use platen_cloud::store::Store;
 use platen_cloud::Cloud;
+use platen_e2e::postgres::Postgres;
 use platen_e2e::{system_bin, Mosquitto};
 use platen_protocol::{codec, ApplyReport, Code, ReportStatus, SettingResult, SettingValue, Topic};
 use std::io::Write;
@@ -140,8 +146,14 @@ fn ceiling(port: u16, topic: &str, file: &Path, lines: usize) -> f64 {
     lines as f64 / took.as_secs_f64()
 }
 
+/// Where the cloud under test keeps its state.
+enum Backend<'a> {
+    Sled,
+    Postgres(&'a Postgres),
+}
+
 /// The cloud: messages/s until every report is stored and every redelivery dropped.
-/// Returns the rate and the size of its state directory.
+/// Returns the rate and the size of its state (directory, or database).
 async fn cloud(
     port: u16,
     topic: &str,
@@ -149,13 +161,27 @@ async fn cloud(
     n: usize,
     dups: usize,
     round: u32,
+    backend: &Backend<'_>,
 ) -> (f64, u64) {
     let dir = tempfile::tempdir().expect("tmp");
-    let c = Cloud::start(
+    let (store, db) = match backend {
+        Backend::Sled => (Store::open_sled(dir.path()).expect("sled"), None),
+        Backend::Postgres(pg) => {
+            let url = pg.fresh_db("ingest");
+            let name = url.rsplit('/').next().unwrap_or_default().to_string();
+            (
+                Store::open_postgres(&url, None).expect("postgres"),
+                Some(name),
+            )
+        }
+    };
+    let c = Cloud::connect(
         "127.0.0.1",
         port,
         &format!("bench-cloud-{round}"),
-        dir.path(),
+        store,
+        Default::default(),
+        None,
     )
     .expect("cloud");
     // Every version the feed reports was published (as the engine records it).
@@ -191,7 +217,13 @@ async fn cloud(
         "no report refused"
     );
     c.shutdown().await;
-    let size = dir_size(dir.path());
+    let size = match (backend, db) {
+        (Backend::Postgres(pg), Some(name)) => pg
+            .psql(&name, "SELECT pg_database_size(current_database())")
+            .parse()
+            .unwrap_or(0),
+        _ => dir_size(dir.path()),
+    };
     ((n + dups) as f64 / took.as_secs_f64(), size)
 }
 
@@ -217,12 +249,26 @@ pub async fn run(r: &mut Results, n: usize) {
     let file = dir.path().join("reports.txt");
     let (lines, dups, avg) = payloads(&file, n);
     let topic = Topic::report(&"acme".parse().expect("id"), &"p1".parse().expect("id")).to_string();
+    let pg = Postgres::start();
     let (mut best_ceiling, mut best_cloud, mut state) = (0f64, 0f64, 0u64);
+    let (mut best_pg, mut pg_state) = (0f64, 0u64);
     for round in 1..=2 {
         best_ceiling = best_ceiling.max(ceiling(broker.port, &topic, &file, lines));
-        let (rate, size) = cloud(broker.port, &topic, &file, n, dups, round).await;
+        let (rate, size) = cloud(broker.port, &topic, &file, n, dups, round, &Backend::Sled).await;
         best_cloud = best_cloud.max(rate);
         state = size;
+        let (rate, size) = cloud(
+            broker.port,
+            &topic,
+            &file,
+            n,
+            dups,
+            round + 10,
+            &Backend::Postgres(&pg),
+        )
+        .await;
+        best_pg = best_pg.max(rate);
+        pg_state = size;
     }
     r.figure(
         SECTION,
@@ -244,8 +290,20 @@ pub async fn run(r: &mut Results, n: usize) {
     );
     r.figure(
         SECTION,
+        "platen-cloud on PostgreSQL: decode, dedupe, commit, ack",
+        best_pg,
+        "msg/s",
+    );
+    r.figure(
+        SECTION,
         format!("cloud sled state after {n} reports"),
         state as f64 / 1e6,
+        "MB",
+    );
+    r.figure(
+        SECTION,
+        format!("cloud PostgreSQL database after {n} reports"),
+        pg_state as f64 / 1e6,
         "MB",
     );
     r.goal(
@@ -253,6 +311,14 @@ pub async fn run(r: &mut Results, n: usize) {
         "ingest at least half the broker ceiling",
         "cloud msg/s / broker msg/s",
         best_cloud / best_ceiling,
+        Bound::AtLeast,
+        0.5,
+    );
+    r.goal(
+        SECTION,
+        "ingest on PostgreSQL at least half the broker ceiling",
+        "cloud on PostgreSQL msg/s / broker msg/s",
+        best_pg / best_ceiling,
         Bound::AtLeast,
         0.5,
     );
