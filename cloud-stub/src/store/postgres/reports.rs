@@ -101,7 +101,7 @@ impl Reports for PgStore {
                                      AND version = $4 LIMIT $6) x),
                           ins AS (INSERT INTO reports (report_id, tenant, printer, version,
                                                        received_at, doc)
-                                  SELECT $1, $2, $3, $4, $5, $7::text::jsonb
+                                  SELECT $1, $2, $3, $4, $5, $7::text::json
                                   WHERE EXISTS (SELECT 1 FROM published)
                                     AND NOT EXISTS (SELECT 1 FROM own)
                                     AND (SELECT n FROM n) < $6
@@ -175,40 +175,40 @@ impl Reports for PgStore {
                 c.push(v);
                 (a, b, c)
             });
+        // The three reads are sent together (tokio-postgres pipelines concurrent
+        // queries on one connection): one round trip, not three.
         let (existing, published, counts) = self.pool().with(async |c| {
-            let existing: HashSet<String> = c
-                .client
-                .query(
-                    "SELECT report_id FROM reports WHERE report_id = ANY($1)",
-                    &[&ids],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let published: HashSet<Key> = c
-                .client
-                .query(
+            let q_existing = c
+                .prep("SELECT report_id FROM reports WHERE report_id = ANY($1)")
+                .await?;
+            let q_published = c
+                .prep(
                     "SELECT p.tenant, p.printer, p.version FROM published p
                      JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(t, p, v)
                        ON p.tenant = k.t AND p.printer = k.p AND p.version = k.v",
-                    &[&ts, &ps, &vs],
                 )
-                .await?
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
-            let counts: HashMap<Key, i64> = c
-                .client
-                .query(
+                .await?;
+            let q_counts = c
+                .prep(
                     "SELECT r.tenant, r.printer, r.version, count(*) FROM reports r
                      JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[], $3::bigint[]))
                        AS k(t, p, v)
                        ON r.tenant = k.t AND r.printer = k.p AND r.version = k.v
                      GROUP BY r.tenant, r.printer, r.version",
-                    &[&ts, &ps, &vs],
                 )
-                .await?
+                .await?;
+            let (existing, published, counts) = futures_util::future::try_join3(
+                c.client.query(&q_existing, &[&ids]),
+                c.client.query(&q_published, &[&ts, &ps, &vs]),
+                c.client.query(&q_counts, &[&ts, &ps, &vs]),
+            )
+            .await?;
+            let existing: HashSet<String> = existing.iter().map(|r| r.get(0)).collect();
+            let published: HashSet<Key> = published
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            let counts: HashMap<Key, i64> = counts
                 .iter()
                 .map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3)))
                 .collect();
@@ -251,13 +251,18 @@ impl Reports for PgStore {
                 cols.docs.push(String::from_utf8_lossy(r.json).into_owned());
             }
             let stored: HashSet<String> = self.pool().with(async |c| {
-                Ok(c.client
-                    .query(
+                let insert = c
+                    .prep(
                         "INSERT INTO reports (report_id, tenant, printer, version, received_at, doc)
-                         SELECT i, t, p, v, at, d::jsonb
+                         SELECT i, t, p, v, at, d::json
                          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
                                      $5::timestamptz[], $6::text[]) AS x(i, t, p, v, at, d)
                          ON CONFLICT (report_id) DO NOTHING RETURNING report_id",
+                    )
+                    .await?;
+                Ok(c.client
+                    .query(
+                        &insert,
                         &[
                             &cols.ids,
                             &cols.tenants,
