@@ -111,9 +111,9 @@ fn default_retention_days() -> u64 {
 }
 
 fn default_rate(
-    kind: fn(crate::limits::IngestLimits) -> Option<crate::limits::Rate>,
-) -> crate::limits::Rate {
-    kind(crate::limits::IngestLimits::default()).unwrap_or(crate::limits::Rate {
+    kind: fn(crate::link::limits::IngestLimits) -> Option<crate::link::limits::Rate>,
+) -> crate::link::limits::Rate {
+    kind(crate::link::limits::IngestLimits::default()).unwrap_or(crate::link::limits::Rate {
         burst: 60,
         per_minute: 60,
     })
@@ -240,20 +240,20 @@ fn default_republish() -> u64 {
 }
 
 fn default_header_timeout() -> u64 {
-    crate::api_server::ApiLimits::default()
+    crate::http::listener::ApiLimits::default()
         .header_timeout
         .as_secs()
 }
 fn default_request_timeout() -> u64 {
-    crate::api_server::ApiLimits::default()
+    crate::http::listener::ApiLimits::default()
         .request_timeout
         .as_secs()
 }
 fn default_max_connections() -> usize {
-    crate::api_server::ApiLimits::default().max_connections
+    crate::http::listener::ApiLimits::default().max_connections
 }
 fn default_max_connections_per_ip() -> usize {
-    crate::api_server::ApiLimits::default().max_connections_per_ip
+    crate::http::listener::ApiLimits::default().max_connections_per_ip
 }
 fn default_max_backdate() -> u64 {
     crate::ops::DEFAULT_MAX_BACKDATE.num_seconds().max(0) as u64
@@ -274,8 +274,8 @@ impl Default for Api {
 }
 
 impl Api {
-    pub fn limits(&self) -> crate::api_server::ApiLimits {
-        crate::api_server::ApiLimits {
+    pub fn limits(&self) -> crate::http::listener::ApiLimits {
+        crate::http::listener::ApiLimits {
             header_timeout: Duration::from_secs(self.header_timeout_secs),
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_connections: self.max_connections,
@@ -293,9 +293,9 @@ impl Api {
 }
 
 impl Ingest {
-    pub fn limits(&self) -> crate::limits::IngestLimits {
-        use crate::limits::Rate;
-        crate::limits::IngestLimits {
+    pub fn limits(&self) -> crate::link::limits::IngestLimits {
+        use crate::link::limits::Rate;
+        crate::link::limits::IngestLimits {
             telemetry: Some(Rate {
                 burst: self.telemetry_burst,
                 per_minute: self.telemetry_per_minute,
@@ -412,10 +412,10 @@ impl CloudConfig {
     /// checks and messages).
     pub fn server(
         &self,
-        catalog: Option<crate::catalog::Catalog>,
+        catalog: Option<crate::plans::catalog::Catalog>,
         broker_auth: crate::BrokerAuth,
         signer: Option<std::sync::Arc<platen_protocol::Signer>>,
-        registry: Option<std::sync::Arc<crate::agents::Registry>>,
+        registry: Option<std::sync::Arc<crate::link::agents::Registry>>,
         database: Option<crate::store::Database>,
     ) -> ServerConfig {
         ServerConfig {

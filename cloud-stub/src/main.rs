@@ -630,10 +630,10 @@ fn broker_auth(b: &platen_cloud::config::Broker) -> Result<platen_cloud::BrokerA
 
 fn load_registry(
     file: &std::path::Path,
-) -> Result<std::sync::Arc<platen_cloud::agents::Registry>, String> {
+) -> Result<std::sync::Arc<platen_cloud::link::agents::Registry>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("agent registry {}: cannot read: {e}", file.display()))?;
-    platen_cloud::agents::Registry::parse(&text)
+    platen_cloud::link::agents::Registry::parse(&text)
         .map(std::sync::Arc::new)
         .map_err(|e| format!("agent registry {}: {e}", file.display()))
 }
@@ -652,11 +652,11 @@ fn load_signer(
 }
 
 fn token_new(name: &str, actor: &str) -> ExitCode {
-    if let Err(e) = actor.parse::<platen_cloud::migration::Actor>() {
+    if let Err(e) = actor.parse::<platen_cloud::model::Actor>() {
         eprintln!("{e}");
         return ExitCode::from(2);
     }
-    let token = match platen_cloud::auth::new_token() {
+    let token = match platen_cloud::http::auth::new_token() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("token: {e}");
@@ -669,7 +669,10 @@ fn token_new(name: &str, actor: &str) -> ExitCode {
     println!("[[token]]");
     println!("name = {name:?}");
     println!("actor = {actor:?}");
-    println!("sha256 = \"{}\"", platen_cloud::auth::hash_token(&token));
+    println!(
+        "sha256 = \"{}\"",
+        platen_cloud::http::auth::hash_token(&token)
+    );
     ExitCode::SUCCESS
 }
 
@@ -706,7 +709,7 @@ fn keygen(file: &std::path::Path, id: &str) -> ExitCode {
 /// `serve`'s security settings from flags.
 struct ServeExtras {
     signer: Option<std::sync::Arc<platen_protocol::Signer>>,
-    registry: Option<std::sync::Arc<platen_cloud::agents::Registry>>,
+    registry: Option<std::sync::Arc<platen_cloud::link::agents::Registry>>,
     tokens_file: Option<PathBuf>,
     /// Limits and policy (the listen address and tokens come from their own flags).
     api: platen_cloud::config::Api,
@@ -944,8 +947,8 @@ async fn wait_for_signal() {
 
 /// Read and validate a catalog file. Prints every problem as `FILE:LINE: error: …`
 /// (warnings too) on stderr; the error is the exit code (1 invalid, 2 unreadable).
-fn load_catalog(file: &std::path::Path) -> Result<platen_cloud::catalog::Catalog, ExitCode> {
-    use platen_cloud::catalog::{Catalog, Problem};
+fn load_catalog(file: &std::path::Path) -> Result<platen_cloud::plans::catalog::Catalog, ExitCode> {
+    use platen_cloud::plans::catalog::{Catalog, Problem};
     let text = std::fs::read(file).map_err(|e| {
         eprintln!("{}: {e}", file.display());
         ExitCode::from(2)

@@ -1,10 +1,10 @@
 //! The whole cloud process: MQTT link (reports and telemetry), the setup engine, the
 //! migration scheduler and the HTTP API, started together and stopped explicitly.
 
-use crate::api;
-use crate::catalog::Catalog;
 use crate::engine::{Engine, EngineConfig};
+use crate::http::api;
 use crate::ops::Ops;
+use crate::plans::catalog::Catalog;
 use crate::{Cloud, CloudError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +23,7 @@ pub struct ServerConfig {
     /// Signs every desired config the cloud publishes.
     pub signer: Option<std::sync::Arc<platen_protocol::Signer>>,
     /// Which agent may report for which printer (none: any agent).
-    pub registry: Option<std::sync::Arc<crate::agents::Registry>>,
+    pub registry: Option<std::sync::Arc<crate::link::agents::Registry>>,
     /// The embedded store's directory (used when `database` is `None`).
     pub state_dir: PathBuf,
     /// The production store (`store.url`): PostgreSQL instead of sled.
@@ -33,15 +33,15 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Plan catalog and migration rules (none: plans through the API, no migrations).
     pub catalog: Option<Catalog>,
-    /// API bearer tokens ([`crate::auth`]). None: an open API, refused unless
+    /// API bearer tokens ([`crate::http::auth`]). None: an open API, refused unless
     /// `api_listen` is a loopback address.
     pub tokens_file: Option<PathBuf>,
     /// Timeouts and connection caps of the HTTP API.
-    pub api_limits: crate::api_server::ApiLimits,
+    pub api_limits: crate::http::listener::ApiLimits,
     /// What requests may ask for (how far back a contract may take effect).
     pub policy: crate::ops::Policy,
     /// Per-printer rate limit on telemetry.
-    pub ingest_limits: crate::limits::IngestLimits,
+    pub ingest_limits: crate::link::limits::IngestLimits,
     /// Telemetry samples read longer ago than this are removed (each printer's
     /// newest is kept).
     pub telemetry_retention: Duration,
@@ -64,7 +64,7 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
-    Tokens(#[from] crate::auth::TokenFileError),
+    Tokens(#[from] crate::http::auth::TokenFileError),
     #[error("the HTTP API listens on {0}, beyond this machine, without authentication: set api.tokens_file (--tokens)")]
     OpenApi(SocketAddr),
     #[error("HTTP API on {addr}: {source}")]
@@ -89,10 +89,10 @@ pub struct Server {
 impl Server {
     pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
         let auth = match &cfg.tokens_file {
-            Some(path) => crate::auth::Auth::from_file(path)?,
+            Some(path) => crate::http::auth::Auth::from_file(path)?,
             None if cfg.api_listen.ip().is_loopback() => {
                 warn!("the HTTP API has no tokens file: every local caller is the operator");
-                crate::auth::Auth::Open
+                crate::http::auth::Auth::Open
             }
             None => return Err(ServerError::OpenApi(cfg.api_listen)),
         };
@@ -144,7 +144,7 @@ impl Server {
                 async move { text }
             }),
         );
-        let api_task = tokio::spawn(crate::api_server::serve(
+        let api_task = tokio::spawn(crate::http::listener::serve(
             listener,
             app,
             cfg.api_limits,
@@ -226,8 +226,8 @@ fn spawn_retention(
             let history = ago(keep.1);
             // Full resolution for the open and the previous billing period (UTC months;
             // a zone's month starts at most a day off).
-            let this_month = crate::period::containing(chrono_tz::UTC, now).start;
-            let thin_before = crate::period::containing(
+            let this_month = crate::billing::period::containing(chrono_tz::UTC, now).start;
+            let thin_before = crate::billing::period::containing(
                 chrono_tz::UTC,
                 this_month - chrono::Duration::seconds(1),
             )

@@ -3,10 +3,10 @@
 //! reseller. The API runs on a real socket over a real store; requests go through
 //! reqwest.
 
-use platen_cloud::api;
-use platen_cloud::auth::{hash_token, Auth};
-use platen_cloud::catalog::Catalog;
+use platen_cloud::http::api;
+use platen_cloud::http::auth::{hash_token, Auth};
 use platen_cloud::ops::Ops;
+use platen_cloud::plans::catalog::Catalog;
 use platen_cloud::store::Store;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -7,12 +7,11 @@
 //! are in (non-zero if they are not within 30 s).
 
 use platen_agent::config::AgentConfig;
-use platen_cloud::catalog::Decision;
-use platen_cloud::contracts::{Event, TimelineEntry};
 use platen_cloud::engine::EngineConfig;
-use platen_cloud::migration::{
-    Actor, MigrationDecision, MigrationRequest, MigrationState, Outcome,
-};
+use platen_cloud::model::Decision;
+use platen_cloud::model::{Actor, MigrationDecision, MigrationState};
+use platen_cloud::model::{Event, TimelineEntry};
+use platen_cloud::ops::migrations::{MigrationRequest, Outcome};
 use platen_cloud::server::{Server, ServerConfig};
 use platen_cloud::{Cloud, ReportEvent};
 use platen_printer_sim::{oid, serve, Faults, SimPrinter};
@@ -434,7 +433,7 @@ async fn start_contract_cloud(
             ..Default::default()
         },
         catalog: Some(
-            platen_cloud::catalog::Catalog::parse(CATALOG)
+            platen_cloud::plans::catalog::Catalog::parse(CATALOG)
                 .map_err(|e| format!("example catalog: {e}"))?,
         ),
         api_limits: Default::default(),

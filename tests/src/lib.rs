@@ -738,7 +738,7 @@ pub fn test_tokens_file() -> String {
         .map(|a| {
             format!(
                 "[[token]]\nname = \"test {a}\"\nactor = \"{a}\"\nsha256 = \"{}\"\n",
-                platen_cloud::auth::hash_token(&test_token(a))
+                platen_cloud::http::auth::hash_token(&test_token(a))
             )
         })
         .collect()
@@ -1007,7 +1007,8 @@ impl Drop for AgentProc {
 
 // ---- helpers shared by the end-to-end tests (cloud side) ----
 
-use platen_cloud::{Cloud, ReceivedReport};
+use platen_cloud::model::ReceivedReport;
+use platen_cloud::Cloud;
 use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
 use std::collections::BTreeMap;
 

@@ -653,7 +653,7 @@ async fn a_broken_or_missing_tokens_file_never_keeps_a_revoked_token() {
     assert_eq!(as_("tenant:acme").await, 200);
     // Remove acme's token and make a typo elsewhere in the same edit.
     let text = std::fs::read_to_string(&tokens).unwrap();
-    let acme_hash = platen_cloud::auth::hash_token(&test_token("tenant:acme"));
+    let acme_hash = platen_cloud::http::auth::hash_token(&test_token("tenant:acme"));
     let kept: String = text
         .split("[[token]]")
         .filter(|b| !b.trim().is_empty() && !b.contains(&acme_hash))

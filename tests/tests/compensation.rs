@@ -2,8 +2,8 @@
 //! setup → fault determination → compensation, across real processes (Mosquitto, the
 //! agent, the simulator, `platen-provider`, `platen-cloud serve`) through the HTTP API.
 
-use platen_cloud::compensation::{ceil_share, fee_credit};
-use platen_cloud::period;
+use platen_cloud::billing::compensation::{ceil_share, fee_credit};
+use platen_cloud::billing::period;
 use platen_e2e::*;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -21,7 +21,7 @@
 //! long run in the guide uses 200); `PLATEN_CRASH_SEED` replays a run's timing.
 
 use chrono::{DateTime, Utc};
-use platen_cloud::compensation::{self, Decision};
+use platen_cloud::billing::compensation::{self, Decision};
 use platen_cloud::model::ServiceKind;
 use platen_e2e::*;
 use serde_json::{json, Value};

@@ -8,7 +8,7 @@
 //!   foreign printer's topics never arrive, a report claiming another agent is refused
 //!   by the cloud, and certificates from another CA cannot connect.
 
-use platen_cloud::agents::Registry;
+use platen_cloud::link::agents::Registry;
 use platen_cloud::{BrokerAuth, Cloud, ReportEvent};
 use platen_e2e::pki::{Ca, Issued};
 use platen_e2e::SNMPD_V3_USER;

@@ -6,7 +6,8 @@
 //! the agent keeps running. At the end the faulty printer is healthy again and its
 //! next version applies.
 
-use platen_cloud::{Cloud, ReceivedReport};
+use platen_cloud::model::ReceivedReport;
+use platen_cloud::Cloud;
 use platen_e2e::fault_proxy::{Fault, FaultProxy};
 use platen_e2e::*;
 use platen_printer_sim::{oid, SimPrinter};

@@ -7,18 +7,19 @@
 //! a failing body is named in the panic.
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use platen_cloud::attribution::{AgentSeen, Cause, PrinterSeen};
-use platen_cloud::catalog::{self, Catalog, SuppliesState, TelemetryState, Usage, Verdict};
-use platen_cloud::compensation::{NotOwed, Part};
-use platen_cloud::contracts::{ChangeRecord, Event, LedgerEntry};
-use platen_cloud::migration::{Actor, Migration, MigrationDecision, MigrationState};
+use platen_cloud::billing::period;
+use platen_cloud::model::ReceivedReport;
+use platen_cloud::model::Sample;
+use platen_cloud::model::{Actor, Migration, MigrationDecision, MigrationState};
+use platen_cloud::model::{AgentSeen, Cause, PrinterSeen};
 use platen_cloud::model::{ChangeKind, Contract, ContractChange, Reseller, Tenant};
-use platen_cloud::period;
+use platen_cloud::model::{ChangeRecord, Event, LedgerEntry};
+use platen_cloud::model::{NotOwed, Part};
+use platen_cloud::model::{SuppliesState, TelemetryState, Usage, Verdict};
+use platen_cloud::plans::catalog::Catalog;
 use platen_cloud::store::{
     Created, Inserted, LedgerOwner, List, NewReport, OwnerIndex, Store, StoreError, Stored,
 };
-use platen_cloud::usage::Sample;
-use platen_cloud::ReceivedReport;
 use platen_e2e::postgres::{Postgres, PASSWORD};
 use platen_protocol::{ApplyReport, Id, ReportStatus};
 use std::collections::BTreeMap;
@@ -92,7 +93,7 @@ fn migration(mid: &str, tenant: &str, contract: &str, state: MigrationState) -> 
             verdict: Verdict {
                 rule: "r1".into(),
                 rule_line: 1,
-                decision: catalog::Decision::Refuse {
+                decision: platen_cloud::model::Decision::Refuse {
                     code: "c".into(),
                     message: "m".into(),
                 },
@@ -828,7 +829,7 @@ fn pruning_thins_to_daily_maxima_and_resets(s: &Store) {
         }
     };
     prune_all(t(1, 0) - Duration::days(1), t(10, 0));
-    let all = period::Period {
+    let all = platen_cloud::model::Period {
         start: t(1, 0) - Duration::days(30),
         end: t(28, 0),
         year: 2026,

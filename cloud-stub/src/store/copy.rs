@@ -4,12 +4,12 @@
 //! each kind and the ledger total per currency must be the same on both sides.
 
 use super::{Result, Store, StoreError};
-use crate::attribution::{AgentSeen, PrinterSeen};
-use crate::contracts::{ChangeRecord, LedgerEntry, TimelineEntry};
-use crate::migration::Migration;
+use crate::model::Migration;
+use crate::model::ReceivedReport;
+use crate::model::Sample;
+use crate::model::{AgentSeen, PrinterSeen};
+use crate::model::{ChangeRecord, LedgerEntry, TimelineEntry};
 use crate::model::{Contract, Plan, Reseller, Tenant};
-use crate::usage::Sample;
-use crate::ReceivedReport;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};

@@ -1,10 +1,10 @@
 //! [`Readings`] on PostgreSQL: one row per (tenant, printer, reading time to the ms).
 
 use super::{decode, json, PgStore};
-use crate::period::Period;
+use crate::model::Period;
+use crate::model::Sample;
 use crate::store::thinning::Thinner;
 use crate::store::{Batch, Readings, Result};
-use crate::usage::Sample;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 

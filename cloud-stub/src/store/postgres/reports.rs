@@ -1,9 +1,9 @@
 //! [`Reports`] on PostgreSQL.
 
 use super::{decode, json, to_i64, PgStore};
-use crate::attribution::{AgentSeen, PrinterSeen};
+use crate::model::ReceivedReport;
+use crate::model::{AgentSeen, PrinterSeen};
 use crate::store::{Batch, NewReport, Reports, Result, Stored};
-use crate::ReceivedReport;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 use std::collections::{HashMap, HashSet};

@@ -1,9 +1,9 @@
 //! [`Contracts`] on sled: the contract trees, their indexes and transactions.
 
 use super::SledStore;
-use crate::contracts::{ChangeRecord, Event, LedgerEntry, Repeated, SetupState, TimelineEntry};
-use crate::migration::{Migration, MigrationState};
+use crate::model::{ChangeRecord, Event, LedgerEntry, Repeated, SetupState, TimelineEntry};
 use crate::model::{Contract, ContractChange, Plan, Reseller, Tenant};
+use crate::model::{Migration, MigrationState};
 use crate::store::{
     Batch, Contracts, Created, Due, Inserted, LedgerOwner, List, OwnerIndex, Page, Result,
     StoreError,

@@ -3,7 +3,7 @@
 use super::contracts::{contract_change_key, due_key, encode, printer_key};
 use super::reports::{index_key, published_key, Published};
 use super::SledStore;
-use crate::migration::{Migration, MigrationState};
+use crate::model::{Migration, MigrationState};
 use crate::store::copy::{Portable, Record};
 use crate::store::{Due, Result, StoreError};
 use chrono::{DateTime, Utc};

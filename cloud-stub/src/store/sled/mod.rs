@@ -2,7 +2,7 @@
 //!
 //! Trees (the on-disk format 1, unchanged since the cloud kept its state in sled):
 //! * `tenants`, `plans`, `resellers`, `contracts`: id → JSON;
-//! * `changes`: change id → [`ChangeRecord`](crate::contracts::ChangeRecord) JSON;
+//! * `changes`: change id → [`ChangeRecord`](crate::model::ChangeRecord) JSON;
 //! * `versions`: `{tenant}/{printer}` → last published config version (u64 BE);
 //! * `timeline`: `{change id}/{seq:020}` → timeline entry JSON, never rewritten but
 //!   for its repeat count; `timeline_once`: `{change id}/{once key}` → timeline key;

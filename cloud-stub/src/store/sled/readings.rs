@@ -1,10 +1,10 @@
 //! [`Readings`] on sled: `{tenant}/{printer}/{read_at ms:020}` → sample JSON.
 
 use super::SledStore;
-use crate::period::Period;
+use crate::model::Period;
+use crate::model::Sample;
 use crate::store::thinning::Thinner;
 use crate::store::{Batch, Readings, Result};
-use crate::usage::Sample;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 

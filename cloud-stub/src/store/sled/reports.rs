@@ -1,9 +1,9 @@
 //! [`Reports`] on sled: reports, their index, published versions, seen state.
 
 use super::SledStore;
-use crate::attribution::{AgentSeen, PrinterSeen};
+use crate::model::ReceivedReport;
+use crate::model::{AgentSeen, PrinterSeen};
 use crate::store::{Batch, Reports, Result, StoreError, Stored};
-use crate::ReceivedReport;
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};

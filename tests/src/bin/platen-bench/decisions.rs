@@ -16,9 +16,10 @@
 use crate::table::Results;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
-use platen_cloud::catalog::{Catalog, SuppliesState, TelemetryState, Usage};
-use platen_cloud::compensation::{decide, Decision, Input};
+use platen_cloud::billing::compensation::{decide, Decision, Input};
 use platen_cloud::model::{Plan, ServiceKind};
+use platen_cloud::model::{SuppliesState, TelemetryState, Usage};
+use platen_cloud::plans::catalog::Catalog;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -135,7 +136,7 @@ fn migrations(r: &mut Results, n: usize) {
         let v = black_box(catalog.decide(from, to, usage)).expect("a catch-all decides");
         refused += usize::from(matches!(
             v.decision,
-            platen_cloud::catalog::Decision::Refuse { .. }
+            platen_cloud::model::Decision::Refuse { .. }
         ));
     }
     let secs = t.elapsed().as_secs_f64();

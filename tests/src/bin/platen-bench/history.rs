@@ -15,11 +15,11 @@
 use crate::mqtt::BenchMqtt;
 use crate::table::{quantile, sorted_ms, Bound, Results};
 use chrono::{Duration as CDuration, Utc};
-use platen_cloud::catalog::Catalog;
-use platen_cloud::compensation;
-use platen_cloud::contracts::{ChangeRecord, LedgerEntry};
+use platen_cloud::billing::compensation;
 use platen_cloud::engine::EngineConfig;
 use platen_cloud::model::{ChangeKind, Contract, ContractChange, ServiceKind, Tenant};
+use platen_cloud::model::{ChangeRecord, LedgerEntry};
+use platen_cloud::plans::catalog::Catalog;
 use platen_cloud::server::{Server, ServerConfig};
 use platen_cloud::store::Store;
 use platen_e2e::Mosquitto;

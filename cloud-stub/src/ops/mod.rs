@@ -1,14 +1,16 @@
 //! Operations on tenants, plans and contracts, with validation and machine-readable
 //! errors. The HTTP API and the CLI are thin layers over these.
 
-use crate::catalog::Catalog;
-use crate::contracts::{ChangeRecord, Event, LedgerEntry, TimelineEntry};
+pub mod migrations;
+
+use crate::billing::period;
 use crate::engine::Engine;
 use crate::model::{
     change_id, check_currency, parse_time_zone, ChangeKind, Contract, ContractChange, Plan,
     Reseller, ServiceKind, Tenant,
 };
-use crate::period;
+use crate::model::{ChangeRecord, Event, LedgerEntry, TimelineEntry};
+use crate::plans::catalog::Catalog;
 use crate::store::{Created, Inserted, Store, StoreError};
 use chrono::{DateTime, Utc};
 use platen_protocol::{DesiredConfig, Id, SettingValue};
@@ -157,7 +159,7 @@ pub struct ChangeSummary {
     pub config_fault: Option<String>,
     /// Whose side the config fault is on (`provider` or `customer`, with evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_fault_cause: Option<crate::attribution::Cause>,
+    pub config_fault_cause: Option<crate::model::Cause>,
     pub service_fault: Option<String>,
     pub printers: BTreeMap<Id, PrinterState>,
 }
@@ -862,22 +864,23 @@ mod tests {
             page_cap: 3100,
         };
         let t = |x: &str| x.parse::<DateTime<Utc>>().unwrap();
-        let decide =
-            |t1: Option<&str>| match crate::compensation::decide(&crate::compensation::Input {
+        let decide = |t1: Option<&str>| match crate::billing::compensation::decide(
+            &crate::billing::compensation::Input {
                 service: &s,
                 tz: chrono_tz::UTC,
                 t0: t("2026-01-20T00:00:00Z"),
                 t1: t1.map(t),
                 fault: true,
                 now: t("2026-02-03T00:00:00Z"),
-            }) {
-                crate::compensation::Decision::Final { parts }
-                | crate::compensation::Decision::Interim { parts } => parts,
-                other => panic!("{other:?}"),
-            };
+            },
+        ) {
+            crate::billing::compensation::Decision::Final { parts }
+            | crate::billing::compensation::Decision::Interim { parts } => parts,
+            other => panic!("{other:?}"),
+        };
         let interim = decide(None).remove(0);
         let fin = decide(Some("2026-01-31T23:59:00Z")).remove(0);
-        let back = crate::compensation::reversal(&interim, &fin).unwrap();
+        let back = crate::billing::compensation::reversal(&interim, &fin).unwrap();
         let entry = |key: &str, reverses: Option<String>, part| LedgerEntry {
             key: key.into(),
             tenant: "acme".parse().unwrap(),

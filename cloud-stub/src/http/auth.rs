@@ -22,7 +22,7 @@
 //!
 //! What each actor may see and do is decided by [`Scope`] (pure), used by the API.
 
-use crate::migration::Actor;
+use crate::model::Actor;
 use crate::model::Tenant;
 use ring::digest;
 use serde::Deserialize;

@@ -31,7 +31,7 @@
 //! cursor); a page that may not be the last carries `Link: <…>; rel="next"` and
 //! `Platen-Next-After`. Cursors are keys, so a page is stable under inserts.
 //!
-//! Every `/v1` request carries `Authorization: Bearer <token>` ([`crate::auth`]); the
+//! Every `/v1` request carries `Authorization: Bearer <token>` ([`crate::http::auth`]); the
 //! token's actor decides what it may do:
 //! - operator: everything;
 //! - tenant: reads plans and the catalog, its own tenant record, contracts (status,
@@ -50,11 +50,13 @@
 //! request is refused (422 `effective_at_out_of_range`); a printer already under
 //! contract cannot join another (409 `printer_under_contract`).
 
-use crate::auth::{Auth, Caller, Scope};
-use crate::catalog::{Catalog, Decision, Problem};
-use crate::migration::{Actor, MigrationRequest, Outcome};
+use crate::http::auth::{Auth, Caller, Scope};
+use crate::model::Actor;
+use crate::model::Decision;
 use crate::model::{Plan, Reseller, Tenant};
+use crate::ops::migrations::{MigrationRequest, Outcome};
 use crate::ops::{ApiError, ChangeRequest, NewContract, Ops};
+use crate::plans::catalog::{Catalog, Problem};
 use crate::store::{List, OwnerIndex, Page, DEFAULT_PAGE, MAX_PAGE};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, Query, State};
@@ -482,7 +484,7 @@ async fn get_ledger(
     // Read by key: the contract's or the tenant's index (a tenant's own by default).
     let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let after = after.as_deref();
-    let page: Page<crate::contracts::LedgerEntry> = match (&q.contract, &tenant) {
+    let page: Page<crate::model::LedgerEntry> = match (&q.contract, &tenant) {
         (Some(k), _) => o
             .store()
             .page_of(OwnerIndex::LedgerOfContract, k, after, limit)?,
@@ -634,7 +636,7 @@ async fn get_migrations(
     let (after, limit) = page_params(pq)?;
     let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let after = after.as_deref();
-    let page: Page<crate::migration::Migration> = match (&q.contract, &tenant) {
+    let page: Page<crate::model::Migration> = match (&q.contract, &tenant) {
         (Some(k), _) => o
             .store()
             .page_of(OwnerIndex::MigrationsOfContract, k, after, limit)?,
@@ -657,11 +659,7 @@ async fn get_migrations(
 }
 
 /// The migration, if the caller may see it; otherwise the same 404 as a missing one.
-fn visible_migration(
-    o: &Ops,
-    c: &Caller,
-    id: &str,
-) -> Result<crate::migration::Migration, ApiError> {
+fn visible_migration(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Migration, ApiError> {
     let missing = || ApiError::new(404, "unknown_migration", format!("no migration {id}"));
     let m = o.store().migration(id)?.ok_or_else(missing)?;
     if sees_tenant(o, c, &m.decision.tenant)? {

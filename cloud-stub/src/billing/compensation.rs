@@ -14,8 +14,10 @@
 //! its end); the rest follows once T1 is known. Every part is keyed by its period, so
 //! computing it again yields the same key and the ledger pays it once.
 
+use crate::billing::period;
+use crate::model::Period;
 use crate::model::ServiceKind;
-use crate::period::{self, Period};
+use crate::model::{ExtraPages, NotOwed, Part, Shipment};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -32,60 +34,6 @@ pub struct Input<'a> {
     /// A fault in config distribution or service setting was determined.
     pub fault: bool,
     pub now: DateTime<Utc>,
-}
-
-/// Why nothing is owed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
-pub enum NotOwed {
-    /// Setup completed without any fault (a late completion alone is not compensated).
-    NoFault,
-    /// Setup completed at or before the effective time.
-    CompletedInTime {
-        t0: DateTime<Utc>,
-        t1: DateTime<Utc>,
-    },
-    /// A fault, but less than one whole second of unavailability (T1 − T0 < 1 s):
-    /// whole seconds are what is paid for.
-    UnderOneSecond {
-        t0: DateTime<Utc>,
-        t1: DateTime<Utc>,
-    },
-    /// Every fault had its cause on the customer's side (its gateway down, its
-    /// printer unreachable from its gateway) and the plan does not compensate those.
-    CustomerSide { evidence: String },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExtraPages {
-    pub pages: u64,
-    /// The period whose page cap is raised (`YYYY-MM`).
-    pub period: String,
-    pub arithmetic: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shipment {
-    pub item: String,
-    pub quantity: u64,
-    pub arithmetic: String,
-}
-
-/// What is owed for the unavailable time inside one billing period.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
-    pub period: Period,
-    /// The unavailable interval inside the period.
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub unavailable_secs: u64,
-    pub period_secs: u64,
-    /// `to` is the completion time (false: the period closed while setup was incomplete).
-    pub up_to_completion: bool,
-    pub fee_credit: u64,
-    pub fee_arithmetic: String,
-    pub extra_pages: Option<ExtraPages>,
-    pub shipment: Option<Shipment>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

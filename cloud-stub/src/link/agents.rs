@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn the_example_parses_and_checks_owners() {
         let r = Registry::parse(include_str!(
-            "../../packaging/mosquitto/agents.example.toml"
+            "../../../packaging/mosquitto/agents.example.toml"
         ))
         .unwrap();
         assert!(r.check(&id("acme"), &id("p1"), &id("gw-berlin-1")).is_ok());
@@ -178,12 +178,12 @@ mod tests {
     #[test]
     fn the_packaged_example_acl_is_what_the_example_registry_generates() {
         let r = Registry::parse(include_str!(
-            "../../packaging/mosquitto/agents.example.toml"
+            "../../../packaging/mosquitto/agents.example.toml"
         ))
         .unwrap();
         assert_eq!(
             r.mosquitto_acl("platen-cloud"),
-            include_str!("../../packaging/mosquitto/platen.acl.example"),
+            include_str!("../../../packaging/mosquitto/platen.acl.example"),
             "run: platen-cloud broker-acl --agents packaging/mosquitto/agents.example.toml > packaging/mosquitto/platen.acl.example"
         );
     }

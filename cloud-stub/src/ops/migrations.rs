@@ -14,65 +14,20 @@
 //! must still be on the migration's source plan, otherwise the migration is
 //! `superseded`. The rules are not asked again: the decision stands as given.
 
-use crate::catalog::{self, Decision, Usage, Verdict};
-use crate::contracts::Event;
+use crate::billing::period;
+use crate::billing::usage::contract_usage;
+use crate::model::Event;
+use crate::model::{Actor, Migration, MigrationDecision, MigrationState};
 use crate::model::{ChangeKind, Contract, Plan, Tenant};
+use crate::model::{Decision, Usage};
 use crate::ops::{ApiError, Ops};
-use crate::period;
+use crate::plans::catalog;
 use crate::store::{Inserted, StoreError};
-use crate::usage::{contract_usage, PrinterUsage};
 use chrono::{DateTime, Utc};
 use platen_protocol::{Id, SettingValue};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use tracing::{info, warn};
-
-/// Who asks: the actor of the caller's API token ([`crate::auth`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Actor {
-    Operator,
-    Tenant(Id),
-    Reseller(Id),
-}
-
-impl FromStr for Actor {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("actor {s:?}: write operator, tenant:ID or reseller:ID");
-        match s.split_once(':') {
-            None if s == "operator" => Ok(Actor::Operator),
-            Some(("tenant", id)) => id.parse().map(Actor::Tenant).map_err(|_| bad()),
-            Some(("reseller", id)) => id.parse().map(Actor::Reseller).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl fmt::Display for Actor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Actor::Operator => f.write_str("operator"),
-            Actor::Tenant(t) => write!(f, "tenant:{t}"),
-            Actor::Reseller(r) => write!(f, "reseller:{r}"),
-        }
-    }
-}
-
-impl Serialize for Actor {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Actor {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
 
 /// Whether `actor` may act for `tenant`: operators for all, a tenant for itself, a
 /// reseller for the tenants assigned to it. Pure.
@@ -82,6 +37,19 @@ pub fn may_act_for(actor: &Actor, tenant: &Tenant) -> bool {
         Actor::Tenant(t) => *t == tenant.id,
         Actor::Reseller(r) => tenant.reseller.as_ref() == Some(r),
     }
+}
+
+/// The setting overrides of a contract: its settings minus what its plan's template
+/// gave (same name and value). They carry over to the new plan.
+fn overrides(
+    settings: &BTreeMap<String, SettingValue>,
+    template: &BTreeMap<String, SettingValue>,
+) -> BTreeMap<String, SettingValue> {
+    settings
+        .iter()
+        .filter(|(k, v)| template.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -97,69 +65,6 @@ pub struct MigrationRequest {
     pub dry_run: bool,
 }
 
-/// A decision with everything it was based on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationDecision {
-    pub tenant: Id,
-    pub contract: Id,
-    pub from_plan: Id,
-    pub to_plan: Id,
-    pub requested_by: Actor,
-    pub decided_at: DateTime<Utc>,
-    #[serde(flatten)]
-    pub verdict: Verdict,
-    /// When an allowed migration takes effect.
-    pub effective_at: Option<DateTime<Utc>>,
-    /// The usage figures the rules saw.
-    pub usage: Usage,
-    /// The period they are from, and each printer's part.
-    pub period: String,
-    pub printers: BTreeMap<Id, Option<PrinterUsage>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum MigrationState {
-    Refused,
-    Scheduled,
-    Executed {
-        change_id: String,
-        at: DateTime<Utc>,
-    },
-    Cancelled {
-        by: Actor,
-        at: DateTime<Utc>,
-    },
-    /// The contract left the source plan before the migration's time.
-    Superseded {
-        reason: String,
-        at: DateTime<Utc>,
-    },
-}
-
-impl MigrationState {
-    /// The `state` tag as serialized.
-    pub fn name(&self) -> &'static str {
-        match self {
-            MigrationState::Refused => "refused",
-            MigrationState::Scheduled => "scheduled",
-            MigrationState::Executed { .. } => "executed",
-            MigrationState::Cancelled { .. } => "cancelled",
-            MigrationState::Superseded { .. } => "superseded",
-        }
-    }
-}
-
-/// A stored migration request and what became of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Migration {
-    pub id: String,
-    #[serde(flatten)]
-    pub decision: MigrationDecision,
-    #[serde(flatten)]
-    pub state: MigrationState,
-}
-
 /// The answer to a request.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -168,19 +73,6 @@ pub enum Outcome {
     DryRun(MigrationDecision),
     Refused(Migration),
     Accepted(Migration),
-}
-
-/// The setting overrides of a contract: its settings minus what its plan's template
-/// gave (same name and value). They carry over to the new plan.
-fn overrides(
-    settings: &BTreeMap<String, SettingValue>,
-    template: &BTreeMap<String, SettingValue>,
-) -> BTreeMap<String, SettingValue> {
-    settings
-        .iter()
-        .filter(|(k, v)| template.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }
 
 impl Ops {
@@ -247,7 +139,7 @@ impl Ops {
         &self,
         contract: &Contract,
         now: DateTime<Utc>,
-    ) -> Result<(Usage, crate::usage::ContractUsage), ApiError> {
+    ) -> Result<(Usage, crate::model::ContractUsage), ApiError> {
         let tz = contract.tz();
         let p = period::containing(tz, now);
         let samples = contract
@@ -510,12 +402,13 @@ impl Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Catalog, TelemetryState};
+    use crate::model::TelemetryState;
     use crate::ops::NewContract;
+    use crate::plans::catalog::Catalog;
     use crate::store::Store;
     use platen_protocol::Telemetry;
 
-    const EXAMPLE: &str = include_str!("../../packaging/catalog.example.toml");
+    const EXAMPLE: &str = include_str!("../../../packaging/catalog.example.toml");
 
     struct World {
         _dir: tempfile::TempDir,
@@ -569,7 +462,7 @@ mod tests {
         /// A telemetry reading of `printer`'s page counter at `at`.
         fn counter_at(&mut self, printer: &str, value: u64, at: DateTime<Utc>) {
             let mut t: Telemetry =
-                platen_protocol::decode(include_bytes!("../../protocol/golden/telemetry.json"))
+                platen_protocol::decode(include_bytes!("../../../protocol/golden/telemetry.json"))
                     .unwrap();
             self.seq += 1;
             t.printer_id = printer.parse().unwrap();
@@ -579,7 +472,7 @@ mod tests {
             r.read_at = at;
             r.counters[0].value = value;
             let tenant = "acme".parse().unwrap();
-            let sample = crate::usage::Sample::of(&t).unwrap();
+            let sample = crate::model::Sample::of(&t).unwrap();
             assert!(self
                 .ops
                 .store

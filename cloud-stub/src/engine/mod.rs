@@ -15,23 +15,27 @@
 //!    shipments are ordered from the provider under the same key (idempotent there too).
 //!
 //! Every observation goes into the change's timeline. State is saved after each step,
-//! with the time the change is next due ([`crate::schedule::next_due`]), so a restart
+//! with the time the change is next due ([`crate::engine::schedule::next_due`]), so a restart
 //! continues where it stopped and never pays twice. A pass takes only the changes that
 //! are due (settled ones are never read again); a new report makes the open changes of
 //! its printer's contract due at once. The engine runs on a thread and runtime of its
 //! own, so a long pass never delays the API.
 //!
 //! A change nobody answers is published again with a doubling wait (at most an hour);
-//! after [`crate::contracts::MAX_UNANSWERED`] unanswered publications it waits for the
+//! after [`crate::model::MAX_UNANSWERED`] unanswered publications it waits for the
 //! agent's next sign of life (health up, or telemetry of the printer) before the next;
 //! the fault time runs on all the while.
 
-use crate::attribution::{self, Cause};
-use crate::compensation::{self, Decision};
-use crate::contracts::{ledger_key, ChangeRecord, Event, FaultNote, LedgerEntry, SetupState};
+pub mod attribution;
+pub mod schedule;
+
+use crate::billing::compensation::{self, Decision};
+use crate::model::Cause;
+use crate::model::ReceivedReport;
+use crate::model::{ledger_key, ChangeRecord, Event, FaultNote, LedgerEntry, SetupState};
 use crate::model::{Contract, Plan};
 use crate::store::{Inserted, Store, StoreError};
-use crate::{Cloud, ReceivedReport};
+use crate::Cloud;
 use chrono::{DateTime, Utc};
 use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
 use std::collections::BTreeMap;
@@ -268,8 +272,8 @@ impl Engine {
         Ok(())
     }
 
-    fn timers(&self) -> crate::schedule::Timers {
-        crate::schedule::Timers {
+    fn timers(&self) -> crate::engine::schedule::Timers {
+        crate::engine::schedule::Timers {
             report_deadline: chrono_dur(self.cfg.report_deadline),
             republish_after: chrono_dur(self.cfg.republish_after),
             tick: chrono_dur(self.cfg.tick),
@@ -293,8 +297,13 @@ impl Engine {
                     (c.printers, tz)
                 })
                 .unwrap_or_default();
-            let due =
-                crate::schedule::next_due(&rec.setup, &printers, &self.timers(), tz, Utc::now());
+            let due = crate::engine::schedule::next_due(
+                &rec.setup,
+                &printers,
+                &self.timers(),
+                tz,
+                Utc::now(),
+            );
             self.store.save_change(&rec, due)?;
             if let Err(e) = r {
                 warn!(change = %rec.change.id, error = %e, "change step failed");
@@ -355,7 +364,7 @@ impl Engine {
             _ if ps.published.is_empty() => true,
             Some(f) => {
                 now - f >= ps.republish_wait(chrono_dur(self.cfg.republish_after))
-                    && (ps.unanswered < crate::contracts::MAX_UNANSWERED
+                    && (ps.unanswered < crate::model::MAX_UNANSWERED
                         || ps.latest().is_some_and(|(_, at)| {
                             self.sign_of_life(&contract.tenant, printer, at)
                         }))
@@ -737,8 +746,8 @@ impl Engine {
             Decision::Pending => return Ok(()),
             Decision::NotOwed(reason) => {
                 let reason = match (reason, customer_side) {
-                    (compensation::NotOwed::NoFault, Some(evidence)) => {
-                        compensation::NotOwed::CustomerSide { evidence }
+                    (crate::model::NotOwed::NoFault, Some(evidence)) => {
+                        crate::model::NotOwed::CustomerSide { evidence }
                     }
                     (reason, _) => reason,
                 };
@@ -830,7 +839,7 @@ impl Engine {
         rec: &ChangeRecord,
         contract: &Contract,
         key: &str,
-        s: &compensation::Shipment,
+        s: &crate::model::Shipment,
     ) -> Result<bool, StoreError> {
         let url = format!(
             "{}/v1/shipments",

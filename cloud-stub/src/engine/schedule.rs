@@ -2,8 +2,8 @@
 //! keeps every open change in a due index under this time (in the same write as the
 //! change), and each pass takes only what is due — settled changes cost nothing.
 
-use crate::contracts::SetupState;
-use crate::period;
+use crate::billing::period;
+use crate::model::SetupState;
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use platen_protocol::Id;
@@ -61,7 +61,7 @@ pub fn next_due(
         // A fault known while setup is open: the period's part is owed a grace after
         // it ends (the period that ended less than the grace ago, or this one).
         if s.config_fault.is_some() || s.service_fault.is_some() {
-            let grace = crate::compensation::INTERIM_GRACE;
+            let grace = crate::billing::compensation::INTERIM_GRACE;
             at(period::containing(tz, now - grace).end + grace);
         }
     } else {
@@ -74,7 +74,7 @@ pub fn next_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contracts::{FaultNote, PrinterSetup, ServiceSetup};
+    use crate::model::{FaultNote, PrinterSetup, ServiceSetup};
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
@@ -208,7 +208,7 @@ mod tests {
                 chrono_tz::UTC,
                 late
             ),
-            Some(end_of_march + Duration::seconds(1) + crate::compensation::INTERIM_GRACE),
+            Some(end_of_march + Duration::seconds(1) + crate::billing::compensation::INTERIM_GRACE),
         );
     }
 
@@ -227,12 +227,12 @@ mod tests {
         for v in 1..=100 {
             ps.add_published(v, at);
         }
-        assert_eq!(ps.published.len(), crate::contracts::KEPT_VERSIONS + 1);
+        assert_eq!(ps.published.len(), crate::model::KEPT_VERSIONS + 1);
         assert_eq!(ps.published.keys().next(), Some(&1), "the first stays");
         assert_eq!(ps.latest().map(|(v, _)| v), Some(100));
         assert_eq!(
             ps.versions_dropped,
-            100 - 1 - crate::contracts::KEPT_VERSIONS as u32
+            100 - 1 - crate::model::KEPT_VERSIONS as u32
         );
     }
 }

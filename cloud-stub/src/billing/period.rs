@@ -4,35 +4,9 @@
 //! month, so its length in seconds is 28–31 days adjusted by any DST change inside it
 //! (March in Europe/Berlin is 31 days − 1 h). Pure; no I/O.
 
+use crate::model::Period;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
-
-/// One billing period `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Period {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    /// Local year and month of the period, e.g. 2026-03.
-    pub year: i32,
-    pub month: u32,
-}
-
-impl Period {
-    /// Length in whole seconds.
-    pub fn secs(&self) -> u64 {
-        (self.end - self.start).num_seconds().max(0) as u64
-    }
-
-    /// `YYYY-MM`: the period's name in keys and messages.
-    pub fn label(&self) -> String {
-        format!("{:04}-{:02}", self.year, self.month)
-    }
-
-    pub fn contains(&self, t: DateTime<Utc>) -> bool {
-        self.start <= t && t < self.end
-    }
-}
 
 /// Local midnight at the start of `date`, as UTC. Where midnight does not exist (a DST
 /// gap at 00:00, as in some American zones), the first existing local time after it.

@@ -1,9 +1,9 @@
 //! Contract state as data: a change with its setup state, the evidence timeline's
-//! events, ledger entries. Kept behind the storage port ([`crate::store`]).
+//! events, ledger entries (kept behind the storage port).
 
-use crate::attribution::Cause;
-use crate::compensation::{NotOwed, Part};
+use crate::model::Cause;
 use crate::model::{ChangeKind, ContractChange};
+use crate::model::{NotOwed, Part};
 use chrono::{DateTime, Utc};
 use platen_protocol::{Id, ReportStatus};
 use serde::{Deserialize, Serialize};
