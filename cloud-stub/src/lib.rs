@@ -13,7 +13,7 @@
 //! * [`engine`] — drives every open change: publish, confirm, fault, settle, pay;
 //! * [`ops`] — validated operations and the migrations service, with domain errors;
 //! * [`http`] — the HTTP API, its listener and its tokens;
-//! * [`config`] and [`server`] — the process: configuration file and wiring.
+//! * [`server`] and [`config`] — the process: wiring, and the configuration file.
 
 pub mod billing;
 pub mod config;

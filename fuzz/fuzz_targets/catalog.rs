@@ -7,5 +7,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = platen_cloud::catalog::Catalog::parse(text);
+    let _ = platen_cloud::plans::catalog::Catalog::parse(text);
 });
