@@ -141,7 +141,7 @@ fn ledger_entry(c: &Contract, change_id: &str, period: &str, fee: u64) -> Ledger
     }
 }
 
-fn report(tenant: &Id, printer: &str, agent: &str, version: u64) -> (ReceivedReport, Vec<u8>) {
+fn report(printer: &str, agent: &str, version: u64) -> (ReceivedReport, Vec<u8>) {
     let (agent, printer) = (id(agent), id(printer));
     let rec = ReceivedReport {
         report: ApplyReport {
@@ -157,7 +157,6 @@ fn report(tenant: &Id, printer: &str, agent: &str, version: u64) -> (ReceivedRep
         },
         received_at: Utc::now(),
     };
-    let _ = tenant;
     let json = serde_json::to_vec(&rec).unwrap();
     (rec, json)
 }
@@ -609,24 +608,24 @@ fn reports_are_stored_once_and_bounded(s: &Store) {
         .unwrap();
     assert!(s.was_published(&acme, &p1, 5).unwrap());
     assert!(!s.was_published(&id("globex"), &p1, 5).unwrap());
-    let (r, json) = report(&acme, "p1", "gw", 5);
+    let (r, json) = report("p1", "gw", 5);
     assert_eq!(s.store_report(&acme, &r, &json, 3).unwrap(), Stored::New);
     assert_eq!(
         s.store_report(&acme, &r, &json, 3).unwrap(),
         Stored::Duplicate
     );
     for agent in ["gw2", "gw3"] {
-        let (r, json) = report(&acme, "p1", agent, 5);
+        let (r, json) = report("p1", agent, 5);
         assert_eq!(s.store_report(&acme, &r, &json, 3).unwrap(), Stored::New);
     }
-    let (r4, json4) = report(&acme, "p1", "gw4", 5);
+    let (r4, json4) = report("p1", "gw4", 5);
     assert_eq!(s.store_report(&acme, &r4, &json4, 3).unwrap(), Stored::Full);
     // A stored one is still a duplicate, not a refusal.
     assert_eq!(
         s.store_report(&acme, &r, &json, 3).unwrap(),
         Stored::Duplicate
     );
-    let (r6, json6) = report(&acme, "p1", "gw", 6);
+    let (r6, json6) = report("p1", "gw", 6);
     s.store_report(&acme, &r6, &json6, 3).unwrap();
     assert_eq!(s.report(&r.report.report_id).unwrap(), Some(r.clone()));
     assert_eq!(s.reports_for(&acme, &p1, 5..=5).unwrap().len(), 3);
@@ -649,17 +648,17 @@ fn report_batches_match_one_by_one(s: &Store) {
     let (acme, p1) = (id("acme"), id("p1"));
     s.record_published(&acme, &p1, &[1, 2], None, Utc::now())
         .unwrap();
-    let (old, old_json) = report(&acme, "p1", "gw0", 1);
+    let (old, old_json) = report("p1", "gw0", 1);
     s.store_report(&acme, &old, &old_json, 3).unwrap();
     let items: Vec<(ReceivedReport, Vec<u8>)> = vec![
-        report(&acme, "p1", "gw0", 1),        // stored before: duplicate
-        report(&acme, "p1", "gw1", 1),        // new (2 of 3)
-        report(&acme, "p1", "gw1", 1),        // the same again in the batch: duplicate
-        report(&acme, "p1", "gw2", 1),        // new (3 of 3)
-        report(&acme, "p1", "gw3", 1),        // full
-        report(&acme, "p1", "gw1", 9),        // never published
-        report(&acme, "p1", "gw1", u64::MAX), // beyond any column: never published
-        report(&acme, "p1", "gw1", 2),        // new
+        report("p1", "gw0", 1),        // stored before: duplicate
+        report("p1", "gw1", 1),        // new (2 of 3)
+        report("p1", "gw1", 1),        // the same again in the batch: duplicate
+        report("p1", "gw2", 1),        // new (3 of 3)
+        report("p1", "gw3", 1),        // full
+        report("p1", "gw1", 9),        // never published
+        report("p1", "gw1", u64::MAX), // beyond any column: never published
+        report("p1", "gw1", 2),        // new
     ];
     let batch: Vec<NewReport<'_>> = items
         .iter()
@@ -697,7 +696,7 @@ fn report_retention_keeps_open_and_paid_changes_evidence(s: &Store) {
         s.create_contract(&k, &start, false).unwrap();
         s.record_published(&acme, &id(printer), &[1], Some(&start.id), now)
             .unwrap();
-        let (r, json) = report(&acme, printer, "gw", 1);
+        let (r, json) = report(printer, "gw", 1);
         s.store_report(&acme, &r, &json, 8).unwrap();
         changes.push((k, start));
     }
@@ -717,7 +716,7 @@ fn report_retention_keeps_open_and_paid_changes_evidence(s: &Store) {
     // A report of a version published by hand stays.
     s.record_published(&acme, &id("p9"), &[1], None, now)
         .unwrap();
-    let (r9, json9) = report(&acme, "p9", "gw", 1);
+    let (r9, json9) = report("p9", "gw", 1);
     s.store_report(&acme, &r9, &json9, 8).unwrap();
     let before = now - Duration::days(400);
     let (mut removed, mut from) = (0, Vec::new());

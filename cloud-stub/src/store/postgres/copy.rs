@@ -305,17 +305,17 @@ impl Portable for PgStore {
 
     fn is_empty(&self) -> Result<bool> {
         self.pool().with(async |c| {
-            let n: i64 = c
+            let n: bool = c
                 .client
                 .query_one(
-                    "SELECT (SELECT count(*) FROM tenants) + (SELECT count(*) FROM plans)
-                          + (SELECT count(*) FROM resellers) + (SELECT count(*) FROM reports)
-                          + (SELECT count(*) FROM readings) + (SELECT count(*) FROM published)",
+                    "SELECT NOT (EXISTS (SELECT 1 FROM tenants) OR EXISTS (SELECT 1 FROM plans)
+                          OR EXISTS (SELECT 1 FROM resellers) OR EXISTS (SELECT 1 FROM reports)
+                          OR EXISTS (SELECT 1 FROM readings) OR EXISTS (SELECT 1 FROM published))",
                     &[],
                 )
                 .await?
                 .get(0);
-            Ok(n == 0)
+            Ok(n)
         })
     }
 }

@@ -121,11 +121,6 @@ impl Readings for PgStore {
                 .get(i + 1)
                 .filter(|(nk, _)| nk.0 == k.0 && nk.1 == k.1)
                 .map(|(nk, nv)| (ms(&nk.2), *nv));
-            // The last row of a batch whose next row is unread: look it up.
-            let next = match (next, rows.get(i + 1)) {
-                (None, None) => self.next_sample(k)?,
-                (n, _) => n,
-            };
             if !thinner.keep(&printer(k), ms(&k.2), *value, next) {
                 gone.0.push(k.0.clone());
                 gone.1.push(k.1.clone());
@@ -149,28 +144,5 @@ impl Readings for PgStore {
             .get(max)
             .map(|(k, _)| serde_json::to_vec(k).expect("plain data serializes"));
         Ok((removed, next))
-    }
-}
-
-impl PgStore {
-    /// The sample of the same printer after `k`, if any: (time in ms, value).
-    fn next_sample(&self, k: &Cursor) -> Result<Option<(u64, Option<u64>)>> {
-        let row: Option<(DateTime<Utc>, Option<String>)> = self.pool().with(async |c| {
-            Ok(c.client
-                .query_opt(
-                    "SELECT read_at, doc->>'value' FROM readings
-                     WHERE tenant = $1 AND printer = $2 AND read_at > $3
-                     ORDER BY read_at LIMIT 1",
-                    &[&k.0, &k.1, &k.2],
-                )
-                .await?
-                .map(|r| (r.get(0), r.get(1))))
-        })?;
-        Ok(row.map(|(t, v)| {
-            (
-                u64::try_from(t.timestamp_millis()).unwrap_or(0),
-                v.and_then(|v| v.parse().ok()),
-            )
-        }))
     }
 }
