@@ -3,6 +3,7 @@
 
 use crate::engine::{Engine, EngineConfig};
 use crate::http::api;
+use crate::ops::migrations::Migrations;
 use crate::ops::Ops;
 use crate::plans::catalog::Catalog;
 use crate::{Cloud, CloudError};
@@ -78,6 +79,7 @@ pub enum ServerError {
 pub struct Server {
     pub cloud: Cloud,
     pub ops: Ops,
+    pub migrations: Migrations,
     api_addr: SocketAddr,
     stop: watch::Sender<bool>,
     engine: JoinHandle<()>,
@@ -110,13 +112,14 @@ impl Server {
         .with_limits(cfg.ingest_limits);
         let store = cloud.store().clone();
         let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
-        let mut ops = Ops::new(store, Some(engine.clone())).with_policy(cfg.policy.clone());
+        let mut ops = Ops::new(store, engine.waker()).with_policy(cfg.policy.clone());
         if let Some(c) = cfg.catalog.clone() {
             ops = ops.with_catalog(c)?;
         }
         let (stop, stop_rx) = watch::channel(false);
         let engine_task = engine.spawn(stop_rx.clone());
-        let scheduler = spawn_scheduler(ops.clone(), cfg.engine.tick, stop_rx.clone());
+        let migrations = Migrations::new(ops.clone());
+        let scheduler = spawn_scheduler(migrations.clone(), cfg.engine.tick, stop_rx.clone());
         let retention = spawn_retention(
             ops.clone(),
             (cfg.telemetry_retention, cfg.history_retention),
@@ -136,10 +139,13 @@ impl Server {
             })?;
         let (api_stop, api_stop_rx) = oneshot::channel::<()>();
         let counters = cloud.counters.clone();
-        let app = api::router(ops.clone(), std::sync::Arc::new(auth)).route(
+        let app = api::router(ops.clone(), migrations.clone(), std::sync::Arc::new(auth)).route(
             "/metrics",
             axum::routing::get(move || {
-                let rejected = api::REJECTED.lock().map(|m| m.clone()).unwrap_or_default();
+                let rejected = crate::http::error::REJECTED
+                    .lock()
+                    .map(|m| m.clone())
+                    .unwrap_or_default();
                 let text = counters.render(&rejected);
                 async move { text }
             }),
@@ -154,6 +160,7 @@ impl Server {
         Ok(Server {
             cloud,
             ops,
+            migrations,
             api_addr,
             stop,
             engine: engine_task,
@@ -187,13 +194,15 @@ impl Server {
 
 /// Runs scheduled migrations when their time comes: on start (catching up on any that
 /// fell due while the cloud was down) and then every `tick`.
-fn spawn_scheduler(ops: Ops, tick: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+fn spawn_scheduler(
+    migrations: Migrations,
+    tick: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let o = ops.clone();
-            match tokio::task::spawn_blocking(move || o.run_due_migrations(chrono::Utc::now()))
-                .await
-            {
+            let m = migrations.clone();
+            match tokio::task::spawn_blocking(move || m.run_due(chrono::Utc::now())).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => info!(n, "scheduled migrations executed"),
                 Ok(Err(e)) => warn!(error = %e, "scheduled migrations: will retry"),

@@ -69,10 +69,15 @@ async fn start() -> Api {
     std::fs::write(&tokens_file, tokens).unwrap();
 
     let catalog = Catalog::parse(include_str!("../../packaging/catalog.example.toml")).unwrap();
-    let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), None)
+    let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), Default::default())
         .with_catalog(catalog)
         .unwrap();
-    let app = api::router(ops, Arc::new(Auth::from_file(&tokens_file).unwrap()));
+    let migrations = platen_cloud::ops::migrations::Migrations::new(ops.clone());
+    let app = api::router(
+        ops,
+        migrations,
+        Arc::new(Auth::from_file(&tokens_file).unwrap()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

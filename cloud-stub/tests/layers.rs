@@ -102,3 +102,41 @@ fn every_layer_uses_only_the_layers_below_it() {
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// Words only some layers may use, and the layers that may.
+const CONFINED: &[(&str, &[&str])] = &[
+    // Nothing outside the store names a backend.
+    ("sled::", &["store"]),
+    ("tokio_postgres", &["store"]),
+    // Only the HTTP layer speaks in status codes (the CLI's client reads them too).
+    ("StatusCode", &["http", "main"]),
+    ("axum", &["http", "server", "main"]),
+    ("status: u16", &["http"]),
+];
+
+#[test]
+fn backends_and_status_codes_stay_in_their_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut wrong = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        let layer = rel.split('/').next().unwrap().trim_end_matches(".rs");
+        let text = code(&std::fs::read_to_string(f).unwrap());
+        for (word, allowed) in CONFINED {
+            if text.contains(word) {
+                seen.insert(*word);
+                if !allowed.contains(&layer) {
+                    wrong.push(format!("{rel}: {layer} names {word}"));
+                }
+            }
+        }
+    }
+    // Each word is found where it belongs: the check reads what it means to.
+    for (word, _) in CONFINED {
+        assert!(seen.contains(word), "{word} found nowhere: stale check?");
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -455,7 +455,7 @@ async fn contract_demo(
     if !server.cloud.wait_connected(Duration::from_secs(10)).await {
         return Err("contract engine could not connect".into());
     }
-    let api = |e: platen_cloud::ops::ApiError| e.to_string();
+    let api = |e: platen_cloud::ops::OpError| e.to_string();
     let ops = &server.ops;
     let json = |v: serde_json::Value| v;
     ops.create_reseller(
@@ -563,7 +563,7 @@ fn describe_decision(m: &MigrationDecision) -> String {
 /// color-2000 is allowed at once and flows through config publication and read-back.
 async fn migration_demo(server: &Server, p3: &SimPrinter) -> Result<(), String> {
     let ops = &server.ops;
-    let api = |e: platen_cloud::ops::ApiError| e.to_string();
+    let api = |e: platen_cloud::ops::OpError| e.to_string();
     let before = p3.page_counter();
     p3.set_page_counter(before + 600);
     println!();
@@ -572,7 +572,10 @@ async fn migration_demo(server: &Server, p3: &SimPrinter) -> Result<(), String> 
     let contract = ops.contract("acme-2026-001").map_err(api)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (seen, _) = ops.usage_of(&contract, chrono::Utc::now()).map_err(api)?;
+        let (seen, _) = server
+            .migrations
+            .usage_of(&contract, chrono::Utc::now())
+            .map_err(api)?;
         if seen.used >= Some(600) {
             break;
         }
@@ -582,20 +585,22 @@ async fn migration_demo(server: &Server, p3: &SimPrinter) -> Result<(), String> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ask = |who: &str, plan: &str| -> Result<Outcome, String> {
-        ops.migrate(
-            &who.parse::<Actor>()?,
-            MigrationRequest {
-                tenant: "acme"
-                    .parse()
-                    .map_err(|e: platen_protocol::IdError| e.to_string())?,
-                contract: None,
-                plan: plan
-                    .parse()
-                    .map_err(|e: platen_protocol::IdError| e.to_string())?,
-                dry_run: false,
-            },
-        )
-        .map_err(api)
+        server
+            .migrations
+            .migrate(
+                &who.parse::<Actor>()?,
+                MigrationRequest {
+                    tenant: "acme"
+                        .parse()
+                        .map_err(|e: platen_protocol::IdError| e.to_string())?,
+                    contract: None,
+                    plan: plan
+                        .parse()
+                        .map_err(|e: platen_protocol::IdError| e.to_string())?,
+                    dry_run: false,
+                },
+            )
+            .map_err(api)
     };
     println!();
     println!("reseller:r1 asks to move acme to mono-500:");

@@ -143,7 +143,25 @@ pub struct Engine {
     store: Store,
     cfg: EngineConfig,
     http: reqwest::Client,
-    wake: Arc<Notify>,
+    wake: Waker,
+}
+
+/// A handle that asks the engine for a pass now (after a new contract, change or
+/// executed migration). The operations hold this, not the engine: waking is all they
+/// need of it. A waker made with [`Waker::default`] and never given to an engine wakes
+/// nothing (tools and tests that run no engine).
+#[derive(Clone, Default)]
+pub struct Waker(Arc<Notify>);
+
+impl Waker {
+    /// Ask for a pass. Wakes that arrive before the engine waits are kept (one).
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await
+    }
 }
 
 /// Wait for the next new report: its tenant and printer (`None` when events were
@@ -190,7 +208,7 @@ impl Engine {
             store,
             cfg,
             http,
-            wake: Arc::new(Notify::new()),
+            wake: Waker::default(),
         }
     }
 
@@ -198,9 +216,9 @@ impl Engine {
         &self.store
     }
 
-    /// Ask for a step now (after a new contract or change).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// The handle that wakes this engine.
+    pub fn waker(&self) -> Waker {
+        self.wake.clone()
     }
 
     /// Run until `stop` turns true, on a thread and runtime of its own. The returned
@@ -240,7 +258,7 @@ impl Engine {
                         warn!(error = %e, "engine: could not wake the report's change");
                     }
                 }
-                _ = self.wake.notified() => {}
+                _ = self.wake.woken() => {}
                 _ = stop.changed() => return,
             }
             if *stop.borrow() {
@@ -281,7 +299,7 @@ impl Engine {
         }
     }
 
-    /// One pass over the changes that are due (at most [`PASS_LIMIT`]).
+    /// One pass over the changes that are due (at most `PASS_LIMIT`, 256).
     pub async fn step_due(&self) -> Result<(), EngineError> {
         for mut rec in self.store.due_changes(Utc::now(), PASS_LIMIT)? {
             // The contract is read once per step (its printers and zone also give the
@@ -925,6 +943,24 @@ async fn call_result(
 mod tests {
     use super::*;
     use platen_protocol::{ApplyReport, ReportStatus, SettingResult};
+
+    /// A wake that arrives while the engine is busy is kept for its next wait; a
+    /// clone wakes the same engine; without a wake the engine waits.
+    #[tokio::test]
+    async fn a_waker_keeps_one_wake_for_the_next_wait() {
+        let engine_side = Waker::default();
+        let ops_side = engine_side.clone();
+        let soon = |w: Waker| async move {
+            tokio::time::timeout(Duration::from_millis(50), w.woken())
+                .await
+                .is_ok()
+        };
+        assert!(!soon(engine_side.clone()).await, "nothing asked yet");
+        ops_side.wake();
+        ops_side.wake();
+        assert!(soon(engine_side.clone()).await, "the wake was kept");
+        assert!(!soon(engine_side.clone()).await, "two wakes make one pass");
+    }
 
     fn report(codes: &[(&str, Code)], completed: &str, received: &str) -> ReceivedReport {
         let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();

@@ -51,11 +51,12 @@
 //! contract cannot join another (409 `printer_under_contract`).
 
 use crate::http::auth::{Auth, Caller, Scope};
+use crate::http::error::ApiError;
 use crate::model::Actor;
 use crate::model::Decision;
 use crate::model::{Plan, Reseller, Tenant};
-use crate::ops::migrations::{MigrationRequest, Outcome};
-use crate::ops::{ApiError, ChangeRequest, NewContract, Ops};
+use crate::ops::migrations::{MigrationRequest, Migrations, Outcome};
+use crate::ops::{ChangeRequest, NewContract, Ops};
 use crate::plans::catalog::{Catalog, Problem};
 use crate::store::{List, OwnerIndex, Page, DEFAULT_PAGE, MAX_PAGE};
 use axum::extract::rejection::JsonRejection;
@@ -67,19 +68,25 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The API's state: the operations and how callers are authenticated.
 #[derive(Clone)]
 pub struct ApiState {
     pub ops: Ops,
+    pub migrations: Migrations,
     pub auth: Arc<Auth>,
 }
 
 impl FromRef<ApiState> for Ops {
     fn from_ref(s: &ApiState) -> Ops {
         s.ops.clone()
+    }
+}
+
+impl FromRef<ApiState> for Migrations {
+    fn from_ref(s: &ApiState) -> Migrations {
+        s.migrations.clone()
     }
 }
 
@@ -161,7 +168,8 @@ fn visible_contract(o: &Ops, c: &Caller, id: &str) -> Result<crate::model::Contr
     if sees_tenant(o, c, &contract.tenant)? {
         Ok(contract)
     } else {
-        Err(ApiError::not_found(
+        Err(ApiError::new(
+            404,
             "unknown_contract",
             format!("no contract {id}"),
         ))
@@ -205,25 +213,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             platen_protocol::ids::MAX_ID_LEN
         };
         check_path_id(&raw, max).map(PathId)
-    }
-}
-
-/// API requests answered with an error, by status (for `/metrics`).
-pub static REJECTED: std::sync::LazyLock<std::sync::Mutex<BTreeMap<u16, u64>>> =
-    std::sync::LazyLock::new(Default::default);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if let Ok(mut m) = REJECTED.lock() {
-            *m.entry(self.status).or_default() += 1;
-        }
-        if self.status >= 500 {
-            tracing::error!(status = self.status, code = %self.code, message = %self.message, "API request failed");
-        } else {
-            tracing::info!(status = self.status, code = %self.code, message = %self.message, "API request refused");
-        }
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(serde_json::json!({"error": self}))).into_response()
     }
 }
 
@@ -582,20 +571,21 @@ async fn get_catalog(State(o): State<Ops>, _c: Caller) -> Result<Response, ApiEr
 
 async fn get_usage(
     State(o): State<Ops>,
+    State(m): State<Migrations>,
     caller: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let c = visible_contract(&o, &caller, &id)?;
-    let (seen, detail) = o.usage_of(&c, chrono::Utc::now())?;
+    let (seen, detail) = m.usage_of(&c, chrono::Utc::now())?;
     Ok(Json(serde_json::json!({"seen": seen, "detail": detail})).into_response())
 }
 
 async fn post_migration(
-    State(o): State<Ops>,
+    State(m): State<Migrations>,
     c: Caller,
     b: Result<Json<MigrationRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    Ok(match o.migrate(&c.actor, body(b)?)? {
+    Ok(match m.migrate(&c.actor, body(b)?)? {
         d @ Outcome::DryRun(_) => Json(d).into_response(),
         a @ Outcome::Accepted(_) => created(a),
         Outcome::Refused(m) => {
@@ -679,11 +669,12 @@ async fn get_migration(
 
 async fn delete_migration(
     State(o): State<Ops>,
+    State(m): State<Migrations>,
     c: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     visible_migration(&o, &c, &id)?;
-    Ok(Json(o.cancel_migration(&c.actor, &id)?).into_response())
+    Ok(Json(m.cancel(&c.actor, &id)?).into_response())
 }
 
 /// `ok`, or 503 with what is wrong (a tokens file that cannot be used, a state store
@@ -705,8 +696,8 @@ async fn not_found() -> ApiError {
     ApiError::new(404, "not_found", "no such endpoint")
 }
 
-/// The API over `ops`, authenticating callers with `auth`.
-pub fn router(ops: Ops, auth: Arc<Auth>) -> Router {
+/// The API over `ops` and `migrations`, authenticating callers with `auth`.
+pub fn router(ops: Ops, migrations: Migrations, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/tenants", post(post_tenant).get(get_tenants))
         .route("/v1/plans", post(post_plan).get(get_plans))
@@ -726,5 +717,9 @@ pub fn router(ops: Ops, auth: Arc<Auth>) -> Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(256 * 1024))
-        .with_state(ApiState { ops, auth })
+        .with_state(ApiState {
+            ops,
+            migrations,
+            auth,
+        })
 }

@@ -3,7 +3,7 @@
 //! lookup per message and is refused (acknowledged and counted) beyond its rate.
 //!
 //! Reports have no such limit: a report is stored only for a version this cloud
-//! published, at most [`crate::MAX_REPORTS_PER_VERSION`] of them, so what a gateway
+//! published, at most [`crate::link::MAX_REPORTS_PER_VERSION`] of them, so what a gateway
 //! can make the cloud keep is bounded by what the cloud sent it; everything else is
 //! refused after a decode and one lookup. A genuine report is never dropped for a
 //! rate (that would turn a gateway's flood into a missed deadline the provider pays).

@@ -1,6 +1,6 @@
 //! Plan migrations: requested by a tenant, a reseller for its tenants, or an
 //! operator; decided by the catalog's rules over the tenant's usage; stored; executed
-//! at their time by the scheduler ([`Ops::run_due_migrations`], called by the server
+//! at their time by the scheduler ([`Migrations::run_due`], called by the server
 //! on every tick, so scheduled migrations survive restarts).
 //!
 //! A refusal holds on every path: the request carries no date or policy, the
@@ -20,7 +20,7 @@ use crate::model::Event;
 use crate::model::{Actor, Migration, MigrationDecision, MigrationState};
 use crate::model::{ChangeKind, Contract, Plan, Tenant};
 use crate::model::{Decision, Usage};
-use crate::ops::{ApiError, Ops};
+use crate::ops::{Kind, OpError, Ops};
 use crate::plans::catalog;
 use crate::store::{Inserted, StoreError};
 use chrono::{DateTime, Utc};
@@ -75,21 +75,39 @@ pub enum Outcome {
     Accepted(Migration),
 }
 
-impl Ops {
-    fn catalog_or_409(&self) -> Result<&catalog::Catalog, ApiError> {
-        self.catalog.as_deref().ok_or_else(|| {
-            ApiError::new(
-                409,
+/// The migrations service: decides requests by the catalog's rules, stores them,
+/// executes the due ones and cancels on request. It changes contracts only through
+/// the contract operations it holds, so a migration's change is checked and requested
+/// (and wakes the engine) exactly like any other.
+#[derive(Clone)]
+pub struct Migrations {
+    contracts: Ops,
+}
+
+impl Migrations {
+    pub fn new(contracts: Ops) -> Migrations {
+        Migrations { contracts }
+    }
+
+    fn catalog_or_conflict(&self) -> Result<&catalog::Catalog, OpError> {
+        self.contracts.catalog.as_deref().ok_or_else(|| {
+            OpError::new(
+                Kind::Conflict,
                 "no_catalog",
                 "no plan catalog is loaded (platen-cloud serve --catalog FILE)",
             )
         })
     }
 
-    fn catalog_plan(&self, id: &Id) -> Result<Plan, ApiError> {
-        match self.catalog.as_deref().and_then(|c| c.plans.get(id)) {
+    fn catalog_plan(&self, id: &Id) -> Result<Plan, OpError> {
+        match self
+            .contracts
+            .catalog
+            .as_deref()
+            .and_then(|c| c.plans.get(id))
+        {
             Some(p) => Ok(p.clone()),
-            None => self.plan(id),
+            None => self.contracts.plan(id),
         }
     }
 
@@ -99,35 +117,42 @@ impl Ops {
         actor: &Actor,
         tenant: &Id,
         contract: Option<&Id>,
-    ) -> Result<Contract, ApiError> {
+    ) -> Result<Contract, OpError> {
         let t = self
+            .contracts
             .store
             .tenant(tenant.as_str())?
-            .ok_or_else(|| ApiError::new(404, "unknown_tenant", format!("no tenant {tenant}")))?;
+            .ok_or_else(|| {
+                OpError::new(
+                    Kind::NotFound,
+                    "unknown_tenant",
+                    format!("no tenant {tenant}"),
+                )
+            })?;
         if !may_act_for(actor, &t) {
-            return Err(ApiError::new(
-                403,
+            return Err(OpError::new(
+                Kind::Forbidden,
                 "forbidden",
                 format!("{actor} may not act for tenant {tenant}"),
             ));
         }
-        let mut own: Vec<Contract> = self.store.contracts_of_tenant(tenant)?;
+        let mut own: Vec<Contract> = self.contracts.store.contracts_of_tenant(tenant)?;
         match contract {
             Some(id) => own.into_iter().find(|c| &c.id == id).ok_or_else(|| {
-                ApiError::new(
-                    404,
+                OpError::new(
+                    Kind::NotFound,
                     "unknown_contract",
                     format!("tenant {tenant} has no contract {id}"),
                 )
             }),
             None if own.len() == 1 => Ok(own.remove(0)),
-            None if own.is_empty() => Err(ApiError::new(
-                404,
+            None if own.is_empty() => Err(OpError::new(
+                Kind::NotFound,
                 "unknown_contract",
                 format!("tenant {tenant} has no contract"),
             )),
-            None => Err(ApiError::new(
-                422,
+            None => Err(OpError::new(
+                Kind::Invalid,
                 "contract_required",
                 format!("tenant {tenant} has {} contracts: name one", own.len()),
             )),
@@ -139,13 +164,18 @@ impl Ops {
         &self,
         contract: &Contract,
         now: DateTime<Utc>,
-    ) -> Result<(Usage, crate::model::ContractUsage), ApiError> {
+    ) -> Result<(Usage, crate::model::ContractUsage), OpError> {
         let tz = contract.tz();
         let p = period::containing(tz, now);
         let samples = contract
             .printers
             .iter()
-            .map(|pr| Ok((pr.clone(), self.store.samples(&contract.tenant, pr, &p)?)))
+            .map(|pr| {
+                Ok((
+                    pr.clone(),
+                    self.contracts.store.samples(&contract.tenant, pr, &p)?,
+                ))
+            })
             .collect::<Result<_, StoreError>>()?;
         let cu = contract_usage(&p, &samples);
         let seen = Usage {
@@ -159,51 +189,53 @@ impl Ops {
 
     /// Decide a migration request and, unless it is a dry run, store it (refused or
     /// scheduled) and execute it at once if its time has come.
-    pub fn migrate(&self, actor: &Actor, req: MigrationRequest) -> Result<Outcome, ApiError> {
+    pub fn migrate(&self, actor: &Actor, req: MigrationRequest) -> Result<Outcome, OpError> {
         self.migrate_at(actor, req, Utc::now())
     }
 
-    /// [`Ops::migrate`] as if it were `now` (tests; the API passes the clock).
+    /// [`Migrations::migrate`] as if it were `now` (tests; the API passes the clock).
     pub fn migrate_at(
         &self,
         actor: &Actor,
         req: MigrationRequest,
         now: DateTime<Utc>,
-    ) -> Result<Outcome, ApiError> {
-        let catalog = self.catalog_or_409()?;
+    ) -> Result<Outcome, OpError> {
+        let catalog = self.catalog_or_conflict()?;
         let contract = self.migration_target(actor, &req.tenant, req.contract.as_ref())?;
-        let last = self.last_change(&contract)?;
+        let last = self.contracts.last_change(&contract)?;
         let from = self.catalog_plan(&last.change.plan)?;
         let to = catalog.plans.get(&req.plan).cloned().ok_or_else(|| {
-            ApiError::new(
-                422,
+            OpError::new(
+                Kind::Invalid,
                 "unknown_plan",
                 format!("no plan {} in the catalog", req.plan),
             )
         })?;
         if from.id == to.id {
-            return Err(ApiError::new(
-                422,
+            return Err(OpError::new(
+                Kind::Invalid,
                 "same_plan",
                 format!("contract {} is on plan {} already", contract.id, to.id),
             ));
         }
         // The scheduled migrations are an index of their own: no history is read.
         let pending = match self
+            .contracts
             .store
             .scheduled()?
             .into_iter()
             .find(|d| d.contract == contract.id)
         {
             Some(d) => self
+                .contracts
                 .store
                 .migration(&d.id)?
                 .filter(|m| m.state == MigrationState::Scheduled),
             None => None,
         };
         if let (Some(p), false) = (&pending, req.dry_run) {
-            return Err(ApiError::new(
-                409,
+            return Err(OpError::new(
+                Kind::Conflict,
                 "migration_pending",
                 format!(
                     "migration {} to {} is scheduled for {}; cancel it first",
@@ -218,8 +250,8 @@ impl Ops {
         }
         let (seen, cu) = self.usage_of(&contract, now)?;
         let verdict = catalog.decide(&from, &to, &seen).ok_or_else(|| {
-            ApiError::new(
-                500,
+            OpError::new(
+                Kind::Internal,
                 "no_rule",
                 "no rule matched: the catalog lacks a catch-all",
             )
@@ -251,7 +283,7 @@ impl Ops {
         }
         let refused = effective_at.is_none();
         let m = Migration {
-            id: format!("{}.m{}", contract.id, self.store.next_id()?),
+            id: format!("{}.m{}", contract.id, self.contracts.store.next_id()?),
             state: if refused {
                 MigrationState::Refused
             } else {
@@ -259,26 +291,30 @@ impl Ops {
             },
             decision,
         };
-        if self.store.add_migration(&m)? == Inserted::Exists {
-            return Err(ApiError::new(409, "conflict", "migration id taken; retry"));
+        if self.contracts.store.add_migration(&m)? == Inserted::Exists {
+            return Err(OpError::new(
+                Kind::Conflict,
+                "conflict",
+                "migration id taken; retry",
+            ));
         }
         info!(migration = %m.id, rule = %m.decision.verdict.rule, by = %actor, refused, "migration decided");
         if refused {
             return Ok(Outcome::Refused(m));
         }
-        self.run_due_migrations(now)?;
-        let m = self.store.migration(&m.id)?.unwrap_or(m);
+        self.run_due(now)?;
+        let m = self.contracts.store.migration(&m.id)?.unwrap_or(m);
         Ok(Outcome::Accepted(m))
     }
 
     /// Execute every scheduled migration whose time has come. Idempotent: each runs
     /// once, even across crashes (see [`crate::store::Contracts::execute_migration`]).
-    pub fn run_due_migrations(&self, now: DateTime<Utc>) -> Result<usize, ApiError> {
+    pub fn run_due(&self, now: DateTime<Utc>) -> Result<usize, OpError> {
         let mut n = 0;
-        let scheduled = self.store.scheduled()?.into_iter();
+        let scheduled = self.contracts.store.scheduled()?.into_iter();
         for due in scheduled.filter(|d| d.effective_at.is_some_and(|t| t <= now)) {
             // `execute` re-checks the state inside its transaction.
-            if let Some(m) = self.store.migration(&due.id)? {
+            if let Some(m) = self.contracts.store.migration(&due.id)? {
                 if self.execute(&m)? {
                     n += 1;
                 }
@@ -287,18 +323,18 @@ impl Ops {
         Ok(n)
     }
 
-    fn execute(&self, m: &Migration) -> Result<bool, ApiError> {
+    fn execute(&self, m: &Migration) -> Result<bool, OpError> {
         let d = &m.decision;
-        let contract = self.contract(d.contract.as_str())?;
+        let contract = self.contracts.contract(d.contract.as_str())?;
         for _ in 0..3 {
-            let last = self.last_change(&contract)?;
+            let last = self.contracts.last_change(&contract)?;
             if last.change.plan != d.from_plan {
                 let reason = format!(
                     "contract {} is on plan {}, not {}, at the migration's time",
                     contract.id, last.change.plan, d.from_plan
                 );
                 warn!(migration = %m.id, %reason, "migration superseded");
-                self.store.finish_migration(
+                self.contracts.store.finish_migration(
                     &m.id,
                     MigrationState::Superseded {
                         reason,
@@ -311,7 +347,7 @@ impl Ops {
             let to = self.catalog_plan(&d.to_plan)?;
             let mut settings = to.config_template.clone();
             settings.extend(overrides(&last.change.settings, &from.config_template));
-            let change = self.next_change(
+            let change = self.contracts.next_change(
                 &contract,
                 &last,
                 ChangeKind::PlanChange {
@@ -322,9 +358,9 @@ impl Ops {
                 settings,
                 d.effective_at.unwrap_or_else(Utc::now),
             )?;
-            if self.store.execute_migration(&m.id, &change)? {
-                self.requested(&change)?;
-                self.store.append(
+            if self.contracts.store.execute_migration(&m.id, &change)? {
+                self.contracts.requested(&change)?;
+                self.contracts.store.append(
                     &change.id,
                     Event::MigrationExecuted {
                         migration: m.id.clone(),
@@ -336,29 +372,32 @@ impl Ops {
                 info!(migration = %m.id, change = %change.id, "migration executed");
                 return Ok(true);
             }
-            match self.store.migration(&m.id)? {
+            match self.contracts.store.migration(&m.id)? {
                 Some(now) if now.state == MigrationState::Scheduled => continue,
                 _ => return Ok(false),
             }
         }
-        Err(ApiError::new(
-            409,
+        Err(OpError::new(
+            Kind::Conflict,
             "conflict",
             "the contract kept changing while the migration ran; it will be retried",
         ))
     }
 
-    pub fn migrations(
+    pub fn list(
         &self,
         tenant: Option<&Id>,
         contract: Option<&Id>,
         state: Option<&str>,
-    ) -> Result<Vec<Migration>, ApiError> {
+    ) -> Result<Vec<Migration>, OpError> {
         use crate::store::LedgerOwner;
         let all = match (contract, tenant) {
-            (Some(c), _) => self.store.migrations_of(LedgerOwner::Contract(c))?,
-            (None, Some(t)) => self.store.migrations_of(LedgerOwner::Tenant(t))?,
-            (None, None) => self.store.migrations()?,
+            (Some(c), _) => self
+                .contracts
+                .store
+                .migrations_of(LedgerOwner::Contract(c))?,
+            (None, Some(t)) => self.contracts.store.migrations_of(LedgerOwner::Tenant(t))?,
+            (None, None) => self.contracts.store.migrations()?,
         };
         Ok(all
             .into_iter()
@@ -368,18 +407,24 @@ impl Ops {
             .collect())
     }
 
-    pub fn cancel_migration(&self, actor: &Actor, id: &str) -> Result<Migration, ApiError> {
-        let m = self
-            .store
-            .migration(id)?
-            .ok_or_else(|| ApiError::new(404, "unknown_migration", format!("no migration {id}")))?;
+    pub fn cancel(&self, actor: &Actor, id: &str) -> Result<Migration, OpError> {
+        let m = self.contracts.store.migration(id)?.ok_or_else(|| {
+            OpError::new(
+                Kind::NotFound,
+                "unknown_migration",
+                format!("no migration {id}"),
+            )
+        })?;
         let tenant = self
+            .contracts
             .store
             .tenant(m.decision.tenant.as_str())?
-            .ok_or_else(|| ApiError::new(500, "storage", "migration of an unknown tenant"))?;
+            .ok_or_else(|| {
+                OpError::new(Kind::Internal, "storage", "migration of an unknown tenant")
+            })?;
         if !may_act_for(actor, &tenant) {
-            return Err(ApiError::new(
-                403,
+            return Err(OpError::new(
+                Kind::Forbidden,
                 "forbidden",
                 format!("{actor} may not act for tenant {}", tenant.id),
             ));
@@ -388,14 +433,14 @@ impl Ops {
             by: actor.clone(),
             at: Utc::now(),
         };
-        if !self.store.finish_migration(id, state)? {
-            return Err(ApiError::new(
-                409,
+        if !self.contracts.store.finish_migration(id, state)? {
+            return Err(OpError::new(
+                Kind::Conflict,
                 "not_scheduled",
                 format!("migration {id} is not scheduled any more"),
             ));
         }
-        Ok(self.store.migration(id)?.unwrap_or(m))
+        Ok(self.contracts.store.migration(id)?.unwrap_or(m))
     }
 }
 
@@ -413,6 +458,7 @@ mod tests {
     struct World {
         _dir: tempfile::TempDir,
         ops: Ops,
+        migrations: Migrations,
         seq: u64,
     }
 
@@ -423,7 +469,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             // The contract starts at the beginning of a period of the tests' clock
             // (March 2026), long before the wall clock.
-            let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), None)
+            let ops = Ops::new(Store::open_sled(dir.path()).unwrap(), Default::default())
                 .with_policy(crate::ops::Policy {
                     max_backdate: chrono::Duration::days(3650),
                 })
@@ -449,6 +495,7 @@ mod tests {
             ops.create_contract(n).unwrap();
             World {
                 _dir: dir,
+                migrations: Migrations::new(ops.clone()),
                 ops,
                 seq: 0,
             }
@@ -480,7 +527,7 @@ mod tests {
                 .unwrap());
         }
 
-        fn ask(&self, actor: &str, plan: &str, dry_run: bool) -> Result<Outcome, ApiError> {
+        fn ask(&self, actor: &str, plan: &str, dry_run: bool) -> Result<Outcome, OpError> {
             self.ask_at(actor, plan, dry_run, now())
         }
 
@@ -490,8 +537,8 @@ mod tests {
             plan: &str,
             dry_run: bool,
             at: DateTime<Utc>,
-        ) -> Result<Outcome, ApiError> {
-            self.ops.migrate_at(
+        ) -> Result<Outcome, OpError> {
+            self.migrations.migrate_at(
                 &actor.parse().unwrap(),
                 MigrationRequest {
                     tenant: "acme".parse().unwrap(),
@@ -538,7 +585,10 @@ mod tests {
         assert_eq!(w.plan_now(), "mono-1000");
         // The refusal is stored, nothing was scheduled, and the change path is shut.
         assert_eq!(
-            w.ops.migrations(None, None, Some("refused")).unwrap().len(),
+            w.migrations
+                .list(None, None, Some("refused"))
+                .unwrap()
+                .len(),
             1
         );
         assert_eq!(
@@ -564,10 +614,10 @@ mod tests {
             .prune_refused_migrations(later, &[], 100)
             .unwrap();
         assert_eq!((n, next), (1, None));
-        assert!(w.ops.migrations(None, None, None).unwrap().is_empty());
+        assert!(w.migrations.list(None, None, None).unwrap().is_empty());
         assert!(w
-            .ops
-            .migrations(Some(&"acme".parse().unwrap()), None, None)
+            .migrations
+            .list(Some(&"acme".parse().unwrap()), None, None)
             .unwrap()
             .is_empty());
         // Timing by usage: mono-1000 → color-2000 is fine (600 ≤ 2000), at once.
@@ -647,17 +697,17 @@ mod tests {
         assert_eq!(w.plan_now(), "color-2000", "not yet");
         // A second request while one is scheduled: 409.
         let e = w.ask("operator", "mono-500", false).unwrap_err();
-        assert_eq!((e.status, e.code), (409, "migration_pending"));
+        assert_eq!((e.kind, e.code), (Kind::Conflict, "migration_pending"));
         // Not before its time…
         assert_eq!(
-            w.ops
-                .run_due_migrations(next - chrono::Duration::seconds(1))
+            w.migrations
+                .run_due(next - chrono::Duration::seconds(1))
                 .unwrap(),
             0
         );
         // …and once at it, however often the scheduler runs.
-        assert_eq!(w.ops.run_due_migrations(next).unwrap(), 1);
-        assert_eq!(w.ops.run_due_migrations(next).unwrap(), 0);
+        assert_eq!(w.migrations.run_due(next).unwrap(), 1);
+        assert_eq!(w.migrations.run_due(next).unwrap(), 0);
         assert_eq!(w.plan_now(), "mono-1000");
         let changes = w.ops.store.changes_of(&"c1".parse().unwrap()).unwrap();
         assert_eq!(changes.len(), 2);
@@ -711,7 +761,7 @@ mod tests {
         };
         assert_eq!(d.verdict.rule, "flat_change");
         assert_eq!(d.requested_by.to_string(), "reseller:r1");
-        assert!(w.ops.migrations(None, None, None).unwrap().is_empty());
+        assert!(w.migrations.list(None, None, None).unwrap().is_empty());
         assert_eq!(
             w.ops.store.changes_of(&"c1".parse().unwrap()).unwrap(),
             before
@@ -719,7 +769,7 @@ mod tests {
         assert_eq!(w.plan_now(), "mono-500");
         for who in ["reseller:r2", "tenant:other"] {
             let e = w.ask(who, "color-2000", true).unwrap_err();
-            assert_eq!((e.status, e.code), (403, "forbidden"), "{who}");
+            assert_eq!((e.kind, e.code), (Kind::Forbidden, "forbidden"), "{who}");
         }
         let e = w.ask("operator", "mono-500", false).unwrap_err();
         assert_eq!(e.code, "same_plan");
@@ -735,22 +785,22 @@ mod tests {
             panic!()
         };
         let e = w
-            .ops
-            .cancel_migration(&"reseller:r2".parse().unwrap(), &m.id)
+            .migrations
+            .cancel(&"reseller:r2".parse().unwrap(), &m.id)
             .unwrap_err();
-        assert_eq!(e.status, 403);
+        assert_eq!(e.kind, Kind::Forbidden);
         let c = w
-            .ops
-            .cancel_migration(&"reseller:r1".parse().unwrap(), &m.id)
+            .migrations
+            .cancel(&"reseller:r1".parse().unwrap(), &m.id)
             .unwrap();
         assert!(matches!(c.state, MigrationState::Cancelled { .. }));
         let e = w
-            .ops
-            .cancel_migration(&"operator".parse().unwrap(), &m.id)
+            .migrations
+            .cancel(&"operator".parse().unwrap(), &m.id)
             .unwrap_err();
         assert_eq!(e.code, "not_scheduled");
         let far = now() + chrono::Duration::days(400);
-        assert_eq!(w.ops.run_due_migrations(far).unwrap(), 0);
+        assert_eq!(w.migrations.run_due(far).unwrap(), 0);
         assert_eq!(w.plan_now(), "color-2000");
         // Scheduled, then the contract moves on before its time: superseded.
         let Outcome::Accepted(m) = w.ask("operator", "mono-1000", false).unwrap() else {
@@ -761,9 +811,9 @@ mod tests {
         m2.decision.to_plan = "toner-auto".parse().unwrap();
         m2.decision.effective_at = Some(now());
         w.ops.store.add_migration(&m2).unwrap();
-        assert_eq!(w.ops.run_due_migrations(now()).unwrap(), 1, "the toner one");
+        assert_eq!(w.migrations.run_due(now()).unwrap(), 1, "the toner one");
         assert_eq!(w.plan_now(), "toner-auto");
-        assert_eq!(w.ops.run_due_migrations(far).unwrap(), 0);
+        assert_eq!(w.migrations.run_due(far).unwrap(), 0);
         let m = w.ops.store.migration(&m.id).unwrap().unwrap();
         assert!(
             matches!(m.state, MigrationState::Superseded { .. }),

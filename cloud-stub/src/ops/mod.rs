@@ -1,10 +1,12 @@
 //! Operations on tenants, plans and contracts, with validation and machine-readable
-//! errors. The HTTP API and the CLI are thin layers over these.
+//! errors ([`OpError`]: a [`Kind`], a stable code, a message; the HTTP layer alone
+//! maps kinds to status codes). The HTTP API and the CLI are thin layers over these;
+//! plan migrations are a service of their own over them ([`migrations::Migrations`]).
 
 pub mod migrations;
 
 use crate::billing::period;
-use crate::engine::Engine;
+use crate::engine::Waker;
 use crate::model::{
     change_id, check_currency, parse_time_zone, ChangeKind, Contract, ContractChange, Plan,
     Reseller, ServiceKind, Tenant,
@@ -32,8 +34,8 @@ pub const MAX_AHEAD_DAYS: i64 = 3 * 366;
 /// Limits on what a request may ask for.
 #[derive(Clone, Debug)]
 pub struct Policy {
-    /// An `effective_at` earlier than its request by more than this is refused (422
-    /// `effective_at_out_of_range`). Compensation runs from `effective_at`, so this
+    /// An `effective_at` earlier than its request by more than this is refused
+    /// (`effective_at_out_of_range`). Compensation runs from `effective_at`, so this
     /// is the most unavailable time a backdated contract can claim.
     pub max_backdate: chrono::Duration,
 }
@@ -52,13 +54,13 @@ impl Policy {
         &self,
         at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<DateTime<Utc>, ApiError> {
+    ) -> Result<DateTime<Utc>, OpError> {
         let Some(at) = at else { return Ok(now) };
         let earliest = now - self.max_backdate;
         let latest = now + chrono::Duration::days(MAX_AHEAD_DAYS);
         if at < earliest || at > latest {
-            return Err(ApiError::new(
-                422,
+            return Err(OpError::new(
+                Kind::Invalid,
                 "effective_at_out_of_range",
                 format!(
                     "effective_at {} is outside [{}, {}]: at most {} s before the request (api.max_backdate_secs) and {MAX_AHEAD_DAYS} days after it",
@@ -73,43 +75,65 @@ impl Policy {
     }
 }
 
-/// An error for the API: HTTP status, stable code, message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ApiError {
-    #[serde(skip)]
-    pub status: u16,
+/// What kind of failure an operation met. The domain says what went wrong; only the
+/// HTTP layer ([`crate::http`]) turns a kind into a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request itself is wrong (a value out of range, an unknown plan it names).
+    Invalid,
+    /// What the request is about does not exist.
+    NotFound,
+    /// The request clashes with what is stored (exists already, pending, taken).
+    Conflict,
+    /// The actor may not do this.
+    Forbidden,
+    /// The store did not answer; the same request may succeed later.
+    Unavailable,
+    /// Stored data contradicts an invariant, or the catalog lacks a rule.
+    Internal,
+}
+
+/// An operation's error: its kind, a stable machine-readable code, and a message
+/// for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub kind: Kind,
     pub code: &'static str,
     pub message: String,
 }
 
-impl std::fmt::Display for ApiError {
+impl std::fmt::Display for OpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.status, self.message)
+        write!(f, "{}: {}", self.code, self.message)
     }
 }
 
-impl ApiError {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
+impl std::error::Error for OpError {}
+
+impl OpError {
+    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> OpError {
+        OpError {
+            kind,
             code,
             message: message.into(),
         }
     }
-    fn invalid(message: impl Into<String>) -> ApiError {
-        Self::new(422, "invalid", message)
+    fn invalid(message: impl Into<String>) -> OpError {
+        Self::new(Kind::Invalid, "invalid", message)
     }
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
-        Self::new(404, code, message)
+    fn not_found(code: &'static str, message: impl Into<String>) -> OpError {
+        Self::new(Kind::NotFound, code, message)
     }
 }
 
-impl From<StoreError> for ApiError {
-    /// The backend unreachable: 503 (try again); anything else: 500.
+impl From<StoreError> for OpError {
+    /// The backend unreachable: `Unavailable` (try again); anything else: `Internal`.
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Backend { .. } => ApiError::new(503, "storage_unavailable", e.to_string()),
-            _ => ApiError::new(500, "storage", e.to_string()),
+            StoreError::Backend { .. } => {
+                OpError::new(Kind::Unavailable, "storage_unavailable", e.to_string())
+            }
+            _ => OpError::new(Kind::Internal, "storage", e.to_string()),
         }
     }
 }
@@ -193,14 +217,15 @@ pub struct ContractStatus {
 
 #[derive(Clone)]
 pub struct Ops {
-    pub(crate) store: Store,
-    engine: Option<Engine>,
+    store: Store,
+    /// Wakes the engine after a change is requested.
+    engine: Waker,
     /// The plan catalog and migration rules, when one is loaded.
-    pub(crate) catalog: Option<Arc<Catalog>>,
-    pub(crate) policy: Policy,
+    catalog: Option<Arc<Catalog>>,
+    policy: Policy,
 }
 
-fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiError> {
+fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), OpError> {
     // The same limits as a desired config on the wire.
     DesiredConfig {
         printer_id: "check".parse().expect("valid id"),
@@ -210,11 +235,11 @@ fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), ApiEr
         signature: None,
     }
     .validate()
-    .map_err(|e| ApiError::invalid(format!("settings: {e}")))
+    .map_err(|e| OpError::invalid(format!("settings: {e}")))
 }
 
 impl Ops {
-    pub fn new(store: Store, engine: Option<Engine>) -> Ops {
+    pub fn new(store: Store, engine: Waker) -> Ops {
         Ops {
             store,
             engine,
@@ -247,34 +272,28 @@ impl Ops {
         &self.store
     }
 
-    pub(crate) fn wake(&self) {
-        if let Some(e) = &self.engine {
-            e.wake();
-        }
-    }
-
-    pub fn create_reseller(&self, r: Reseller) -> Result<Reseller, ApiError> {
+    pub fn create_reseller(&self, r: Reseller) -> Result<Reseller, OpError> {
         if r.name.trim().is_empty() {
-            return Err(ApiError::invalid("name must not be empty"));
+            return Err(OpError::invalid("name must not be empty"));
         }
         match self.store.add_reseller(&r)? {
             Inserted::New => Ok(r),
-            Inserted::Exists => Err(ApiError::new(
-                409,
+            Inserted::Exists => Err(OpError::new(
+                Kind::Conflict,
                 "reseller_exists",
                 format!("reseller {} exists", r.id),
             )),
         }
     }
 
-    pub fn create_tenant(&self, t: Tenant) -> Result<Tenant, ApiError> {
+    pub fn create_tenant(&self, t: Tenant) -> Result<Tenant, OpError> {
         if t.name.trim().is_empty() {
-            return Err(ApiError::invalid("name must not be empty"));
+            return Err(OpError::invalid("name must not be empty"));
         }
         if let Some(r) = &t.reseller {
             if self.store.reseller(r.as_str())?.is_none() {
-                return Err(ApiError::new(
-                    422,
+                return Err(OpError::new(
+                    Kind::Invalid,
                     "unknown_reseller",
                     format!("no reseller {r}"),
                 ));
@@ -282,61 +301,61 @@ impl Ops {
         }
         match self.store.add_tenant(&t)? {
             Inserted::New => Ok(t),
-            Inserted::Exists => Err(ApiError::new(
-                409,
+            Inserted::Exists => Err(OpError::new(
+                Kind::Conflict,
                 "tenant_exists",
                 format!("tenant {} exists", t.id),
             )),
         }
     }
 
-    pub fn create_plan(&self, p: Plan) -> Result<Plan, ApiError> {
+    pub fn create_plan(&self, p: Plan) -> Result<Plan, OpError> {
         if self.catalog.is_some() {
-            return Err(ApiError::new(
-                409,
+            return Err(OpError::new(
+                Kind::Conflict,
                 "catalog_managed",
                 "plans come from the catalog file; edit it and restart the cloud",
             ));
         }
-        p.validate().map_err(ApiError::invalid)?;
+        p.validate().map_err(OpError::invalid)?;
         check_settings(&p.config_template)?;
         match self.store.add_plan(&p)? {
             Inserted::New => Ok(p),
-            Inserted::Exists => Err(ApiError::new(
-                409,
+            Inserted::Exists => Err(OpError::new(
+                Kind::Conflict,
                 "plan_exists",
                 format!("plan {} exists", p.id),
             )),
         }
     }
 
-    pub(crate) fn plan(&self, id: &Id) -> Result<Plan, ApiError> {
+    fn plan(&self, id: &Id) -> Result<Plan, OpError> {
         self.store
             .plan(id.as_str())?
-            .ok_or_else(|| ApiError::new(422, "unknown_plan", format!("no plan {id}")))
+            .ok_or_else(|| OpError::new(Kind::Invalid, "unknown_plan", format!("no plan {id}")))
     }
 
-    pub fn create_contract(&self, n: NewContract) -> Result<(Contract, ContractChange), ApiError> {
+    pub fn create_contract(&self, n: NewContract) -> Result<(Contract, ContractChange), OpError> {
         if self.store.tenant(n.tenant.as_str())?.is_none() {
-            return Err(ApiError::new(
-                422,
+            return Err(OpError::new(
+                Kind::Invalid,
                 "unknown_tenant",
                 format!("no tenant {}", n.tenant),
             ));
         }
         let plan = self.plan(&n.plan)?;
-        parse_time_zone(&n.time_zone).map_err(ApiError::invalid)?;
-        check_currency(&n.currency).map_err(ApiError::invalid)?;
+        parse_time_zone(&n.time_zone).map_err(OpError::invalid)?;
+        check_currency(&n.currency).map_err(OpError::invalid)?;
         if n.term_months.is_some_and(|m| m == 0 || m > 120) {
-            return Err(ApiError::invalid("term_months: between 1 and 120"));
+            return Err(OpError::invalid("term_months: between 1 and 120"));
         }
         if n.printers.is_empty() || n.printers.len() > MAX_PRINTERS {
-            return Err(ApiError::invalid(format!(
+            return Err(OpError::invalid(format!(
                 "printers: between 1 and {MAX_PRINTERS}"
             )));
         }
         if n.printers.iter().collect::<BTreeSet<_>>().len() != n.printers.len() {
-            return Err(ApiError::invalid("printers: duplicate printer id"));
+            return Err(OpError::invalid("printers: duplicate printer id"));
         }
         let mut settings = plan.config_template.clone();
         settings.extend(n.settings.clone());
@@ -371,15 +390,15 @@ impl Ops {
         match self.store.create_contract(&contract, &start, shared)? {
             Created::New => {}
             Created::Exists => {
-                return Err(ApiError::new(
-                    409,
+                return Err(OpError::new(
+                    Kind::Conflict,
                     "contract_exists",
                     format!("contract {} exists", contract.id),
                 ))
             }
             Created::PrinterTaken { printer, contract } => {
-                return Err(ApiError::new(
-                    409,
+                return Err(OpError::new(
+                    Kind::Conflict,
                     "printer_under_contract",
                     format!(
                         "printer {printer} is covered by contract {contract}; one printer takes one contract unless the catalog sets [contracts] allow_shared_printers"
@@ -391,26 +410,22 @@ impl Ops {
         Ok((contract, start))
     }
 
-    pub fn contract(&self, id: &str) -> Result<Contract, ApiError> {
+    pub fn contract(&self, id: &str) -> Result<Contract, OpError> {
         self.store
             .contract(id)?
-            .ok_or_else(|| ApiError::not_found("unknown_contract", format!("no contract {id}")))
+            .ok_or_else(|| OpError::not_found("unknown_contract", format!("no contract {id}")))
     }
 
-    /// A settings change. Plan changes go through [`Ops::migrate`], where the
+    /// A settings change. Plan changes go through [`migrations::Migrations::migrate`], where the
     /// catalog's rules decide: there is no other way to change a plan.
-    pub fn change_contract(
-        &self,
-        id: &str,
-        req: ChangeRequest,
-    ) -> Result<ContractChange, ApiError> {
+    pub fn change_contract(&self, id: &str, req: ChangeRequest) -> Result<ContractChange, OpError> {
         let contract = self.contract(id)?;
         let last = self.last_change(&contract)?;
         if let Some(p) = &req.plan {
             self.plan(p)?;
             if *p != last.change.plan {
-                return Err(ApiError::new(
-                    422,
+                return Err(OpError::new(
+                    Kind::Invalid,
                     "use_migrations",
                     format!(
                         "plan changes go through POST /v1/migrations, where the catalog's rules decide whether and when {} may move to {p}",
@@ -420,7 +435,7 @@ impl Ops {
             }
         }
         if req.settings.is_empty() {
-            return Err(ApiError::invalid("nothing to change: give settings"));
+            return Err(OpError::invalid("nothing to change: give settings"));
         }
         let effective_at = self.policy.effective_at(req.effective_at, Utc::now())?;
         let mut settings = last.change.settings.clone();
@@ -436,8 +451,8 @@ impl Ops {
             effective_at,
         )?;
         if self.store.add_change(&change)? == Inserted::Exists {
-            return Err(ApiError::new(
-                409,
+            return Err(OpError::new(
+                Kind::Conflict,
                 "conflict",
                 "a concurrent change took this sequence number; retry",
             ));
@@ -446,15 +461,15 @@ impl Ops {
         Ok(change)
     }
 
-    pub(crate) fn last_change(&self, contract: &Contract) -> Result<ChangeRecord, ApiError> {
+    fn last_change(&self, contract: &Contract) -> Result<ChangeRecord, OpError> {
         self.store
             .changes_of(&contract.id)?
             .pop()
-            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))
+            .ok_or_else(|| OpError::new(Kind::Internal, "storage", "contract without start"))
     }
 
     /// The change after `last`, with its settings checked.
-    pub(crate) fn next_change(
+    fn next_change(
         &self,
         contract: &Contract,
         last: &ChangeRecord,
@@ -462,7 +477,7 @@ impl Ops {
         plan: Id,
         settings: BTreeMap<String, SettingValue>,
         effective_at: DateTime<Utc>,
-    ) -> Result<ContractChange, ApiError> {
+    ) -> Result<ContractChange, OpError> {
         check_settings(&settings)?;
         let seq = last.change.seq + 1;
         Ok(ContractChange {
@@ -478,7 +493,7 @@ impl Ops {
     }
 
     /// Record that a change was requested and wake the engine.
-    pub(crate) fn requested(&self, change: &ContractChange) -> Result<(), ApiError> {
+    fn requested(&self, change: &ContractChange) -> Result<(), OpError> {
         self.store.append(
             &change.id,
             Event::ChangeRequested {
@@ -487,16 +502,16 @@ impl Ops {
                 effective_at: change.effective_at,
             },
         )?;
-        self.wake();
+        self.engine.wake();
         Ok(())
     }
 
-    pub fn contract_status(&self, id: &str) -> Result<ContractStatus, ApiError> {
+    pub fn contract_status(&self, id: &str) -> Result<ContractStatus, OpError> {
         let contract = self.contract(id)?;
         let changes = self.store.changes_of(&contract.id)?;
         let current = changes
             .last()
-            .ok_or_else(|| ApiError::new(500, "storage", "contract without start"))?;
+            .ok_or_else(|| OpError::new(Kind::Internal, "storage", "contract without start"))?;
         let plan = self.plan(&current.change.plan)?;
         let ledger: Vec<LedgerEntry> = self.ledger(Some(&contract.id), None)?;
         let mut extra: BTreeMap<String, u64> = BTreeMap::new();
@@ -542,7 +557,7 @@ impl Ops {
         })
     }
 
-    pub fn timeline(&self, id: &str) -> Result<Vec<TimelineEntry>, ApiError> {
+    pub fn timeline(&self, id: &str) -> Result<Vec<TimelineEntry>, OpError> {
         let contract = self.contract(id)?;
         let mut all = Vec::new();
         for c in self.store.changes_of(&contract.id)? {
@@ -555,7 +570,7 @@ impl Ops {
         &self,
         contract: Option<&Id>,
         tenant: Option<&Id>,
-    ) -> Result<Vec<LedgerEntry>, ApiError> {
+    ) -> Result<Vec<LedgerEntry>, OpError> {
         use crate::store::LedgerOwner;
         // Read by key when the query names its owner (an index, not the whole ledger).
         let entries = match (contract, tenant) {
@@ -611,7 +626,7 @@ mod tests {
     fn ops() -> (tempfile::TempDir, Ops) {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open_sled(d.path()).unwrap();
-        (d, Ops::new(store, None))
+        (d, Ops::new(store, Waker::default()))
     }
 
     fn setup(o: &Ops) {
@@ -643,13 +658,13 @@ mod tests {
     fn errors_have_codes() {
         let (_d, o) = ops();
         setup(&o);
-        let cases: Vec<(NewContract, u16, &str)> = vec![
+        let cases: Vec<(NewContract, Kind, &str)> = vec![
             (
                 NewContract {
                     tenant: "nobody".parse().unwrap(),
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "unknown_tenant",
             ),
             (
@@ -657,7 +672,7 @@ mod tests {
                     plan: "nope".parse().unwrap(),
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "unknown_plan",
             ),
             (
@@ -665,7 +680,7 @@ mod tests {
                     time_zone: "Mars/Base".into(),
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "invalid",
             ),
             (
@@ -673,7 +688,7 @@ mod tests {
                     currency: "euro".into(),
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "invalid",
             ),
             (
@@ -681,7 +696,7 @@ mod tests {
                     printers: vec![],
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "invalid",
             ),
             (
@@ -689,17 +704,17 @@ mod tests {
                     printers: vec!["p1".parse().unwrap(), "p1".parse().unwrap()],
                     ..new_contract("c1")
                 },
-                422,
+                Kind::Invalid,
                 "invalid",
             ),
         ];
-        for (n, status, code) in cases {
+        for (n, kind, code) in cases {
             let e = o.create_contract(n).unwrap_err();
-            assert_eq!((e.status, e.code), (status, code), "{e}");
+            assert_eq!((e.kind, e.code), (kind, code), "{e}");
         }
         o.create_contract(new_contract("c1")).unwrap();
         let e = o.create_contract(new_contract("c1")).unwrap_err();
-        assert_eq!((e.status, e.code), (409, "contract_exists"));
+        assert_eq!((e.kind, e.code), (Kind::Conflict, "contract_exists"));
         let e = o
             .create_tenant(Tenant {
                 id: "acme".parse().unwrap(),
@@ -718,7 +733,7 @@ mod tests {
                 },
             )
             .unwrap_err();
-        assert_eq!((e.status, e.code), (404, "unknown_contract"));
+        assert_eq!((e.kind, e.code), (Kind::NotFound, "unknown_contract"));
         let e = o
             .change_contract(
                 "c1",
@@ -796,10 +811,14 @@ mod tests {
         setup(&o);
         o.create_contract(new_contract("c1")).unwrap();
         let e = o.create_contract(new_contract("c2")).unwrap_err();
-        assert_eq!((e.status, e.code), (409, "printer_under_contract"), "{e}");
+        assert_eq!(
+            (e.kind, e.code),
+            (Kind::Conflict, "printer_under_contract"),
+            "{e}"
+        );
         assert!(e.message.contains("p1") && e.message.contains("c1"), "{e}");
         // Nothing of c2 was stored.
-        assert_eq!(o.contract("c2").unwrap_err().status, 404);
+        assert_eq!(o.contract("c2").unwrap_err().kind, Kind::NotFound);
         // Effective times: a day back at most by default, three years ahead.
         let now = Utc::now();
         for (days, ok) in [
@@ -822,7 +841,10 @@ mod tests {
                 Ok(_) => assert!(ok, "{days} days accepted"),
                 Err(e) => {
                     assert!(!ok, "{days} days refused: {e}");
-                    assert_eq!((e.status, e.code), (422, "effective_at_out_of_range"));
+                    assert_eq!(
+                        (e.kind, e.code),
+                        (Kind::Invalid, "effective_at_out_of_range")
+                    );
                 }
             }
         }
@@ -950,7 +972,7 @@ mod tests {
                 },
             )
             .unwrap_err();
-        assert_eq!((e.status, e.code), (422, "use_migrations"));
+        assert_eq!((e.kind, e.code), (Kind::Invalid, "use_migrations"));
         let st = o.contract_status("c1").unwrap();
         assert_eq!(st.changes.len(), 2);
         assert_eq!(st.plan.id.as_str(), "flat");

@@ -7,7 +7,7 @@
 //!
 //! The storage port is synchronous (sled is), so this backend runs tokio-postgres'
 //! connection tasks on a runtime of its own (one thread) and each call waits for its
-//! statements on the caller's thread ([`Pool::with`]): a call never needs the
+//! statements on the caller's thread (`Pool::with`): a call never needs the
 //! caller's runtime, and never deadlocks it. Connections come from a small pool
 //! that opens them on demand, caches prepared statements per connection and drops a
 //! connection the server closed, so the store recovers by itself when the database
