@@ -18,7 +18,7 @@ use platen_cloud::model::{NotOwed, Part};
 use platen_cloud::model::{SuppliesState, TelemetryState, Usage, Verdict};
 use platen_cloud::plans::catalog::Catalog;
 use platen_cloud::store::{
-    Created, Inserted, LedgerOwner, List, NewReport, OwnerIndex, Store, StoreError, Stored,
+    Claim, Created, Inserted, LedgerOwner, List, NewReport, OwnerIndex, Store, StoreError, Stored,
 };
 use platen_e2e::postgres::{Postgres, PASSWORD};
 use platen_protocol::{ApplyReport, Id, ReportStatus};
@@ -318,6 +318,85 @@ fn changes_fall_due_and_settle(s: &Store) {
         .due_changes(now + Duration::days(1), 10)
         .unwrap()
         .is_empty());
+}
+
+/// Two instances claiming the same due changes: each change goes to one of them; the
+/// other's claims are skipped until their lease runs out; a save by an owner that
+/// lost its claim writes nothing; a wake while claimed leaves the change due at once;
+/// an owner takes its own claims back at once (a restart under the same name).
+fn claims_give_each_due_change_to_one_owner(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    s.add_change(&change(&k, 2)).unwrap();
+    s.add_change(&change(&k, 3)).unwrap();
+    let lease = Duration::seconds(30);
+    let a = Claim {
+        owner: "cloud-a".into(),
+        lease,
+    };
+    let b = Claim {
+        owner: "cloud-b".into(),
+        lease,
+    };
+    let now = Utc::now() + Duration::seconds(1);
+    let ids = |v: Vec<ChangeRecord>| v.into_iter().map(|r| r.change.id).collect::<Vec<_>>();
+    let got_a = ids(s.claim_due(&a, now, 2).unwrap());
+    assert_eq!(got_a.len(), 2, "at most the limit");
+    let got_b = ids(s.claim_due(&b, now, 10).unwrap());
+    assert_eq!(
+        got_b.len(),
+        1,
+        "b gets only what a does not hold: {got_b:?}"
+    );
+    assert!(got_a.iter().all(|x| !got_b.contains(x)));
+    let c = Claim {
+        owner: "cloud-c".into(),
+        lease,
+    };
+    assert!(
+        s.claim_due(&c, now, 10).unwrap().is_empty(),
+        "a and b hold them all"
+    );
+    // a restarted under its name takes its own claims back at once.
+    assert_eq!(ids(s.claim_due(&a, now, 10).unwrap()), got_a);
+    // A wake while a holds the first: due at once after a's save, whatever a computed.
+    let first = s.change(&got_a[0]).unwrap().unwrap();
+    s.wake_change(&first.change.id).unwrap();
+    assert!(s
+        .save_claimed(&a, &first, Some(now + Duration::hours(5)))
+        .unwrap());
+    assert_eq!(
+        ids(s
+            .claim_due(&c, Utc::now() + Duration::seconds(1), 10)
+            .unwrap()),
+        [first.change.id.clone()],
+        "woken while claimed: due now, and free"
+    );
+    // a's lease on the second runs out: b takes it over; a's late save is refused.
+    let second = s.change(&got_a[1]).unwrap().unwrap();
+    let after = now + lease + Duration::seconds(1);
+    let taken = ids(s.claim_due(&b, after, 10).unwrap());
+    assert!(taken.contains(&second.change.id), "{taken:?}");
+    let mut late = second.clone();
+    late.setup.settled = true;
+    assert!(
+        !s.save_claimed(&a, &late, None).unwrap(),
+        "a lost its claim"
+    );
+    assert_eq!(s.change(&second.change.id).unwrap().unwrap(), second);
+    assert!(s
+        .save_claimed(&b, &second, Some(after + Duration::hours(1)))
+        .unwrap());
+    assert!(
+        !s.save_claimed(&b, &second, None).unwrap(),
+        "released by the save"
+    );
+    let due = ids(s.claim_due(&a, after, 10).unwrap());
+    assert!(
+        !due.contains(&second.change.id),
+        "saved with a later due time"
+    );
 }
 
 fn versions_follow_the_clock_and_only_grow(s: &Store) {
@@ -889,6 +968,10 @@ const BODIES: &[(&str, Body)] = &[
     ),
     ("seen_state_round_trips", seen_state_round_trips),
     (
+        "claims_give_each_due_change_to_one_owner",
+        claims_give_each_due_change_to_one_owner,
+    ),
+    (
         "samples_keep_one_per_reading_and_find_the_baseline",
         samples_keep_one_per_reading_and_find_the_baseline,
     ),
@@ -945,7 +1028,10 @@ fn postgres_schema_urls_and_restarts() {
         h.join().unwrap().unwrap();
     }
     let db = url.rsplit('/').next().unwrap().to_string();
-    assert_eq!(pg.psql(&db, "SELECT count(*) FROM platen_schema"), "1");
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM platen_schema"),
+        platen_cloud::store::postgres::SCHEMA.len().to_string()
+    );
     // A schema from a newer Platen.
     pg.psql(
         &db,
@@ -957,14 +1043,21 @@ fn postgres_schema_urls_and_restarts() {
             e,
             StoreError::TooNew {
                 found: 99,
-                known: 1,
+                known,
                 ..
-            }
+            } if known as usize == platen_cloud::store::postgres::SCHEMA.len()
         ),
         "{e}"
     );
     let text = e.to_string();
-    assert!(text.contains("99") && text.contains("up to 1"), "{text}");
+    assert!(
+        text.contains("99")
+            && text.contains(&format!(
+                "up to {}",
+                platen_cloud::store::postgres::SCHEMA.len()
+            )),
+        "{text}"
+    );
     assert!(!text.contains(PASSWORD), "{text}");
     pg.psql(&db, "DELETE FROM platen_schema WHERE version = 99");
 

@@ -71,6 +71,16 @@ pub enum Inserted {
     Exists,
 }
 
+/// Who steps claimed changes, and how long a claim holds. Every cloud instance that
+/// shares a store has its own owner name (its MQTT client id); a claim whose lease
+/// has run out may be taken by another instance, and the first owner's save of that
+/// change is then refused ([`Contracts::save_claimed`] returns `false`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    pub lease: chrono::Duration,
+}
+
 /// Result of [`Contracts::create_contract`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
@@ -220,6 +230,26 @@ pub trait Contracts {
     fn save_change(&self, rec: &ChangeRecord, due_at: Option<DateTime<Utc>>) -> Result<()>;
     /// Open changes due at or before `now`, soonest first, at most `limit`.
     fn due_changes(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ChangeRecord>>;
+    /// Claim up to `limit` changes due at or before `now` for `claim.owner` until
+    /// `now + claim.lease`, soonest first: those nobody holds, those whose lease ran
+    /// out, and the owner's own (an instance restarted under the same name takes its
+    /// work back at once). Claims of other owners are skipped, not waited for.
+    fn claim_due(
+        &self,
+        claim: &Claim,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>>;
+    /// [`Contracts::save_change`] for a change claimed by `claim.owner`, releasing the
+    /// claim; `false` (nothing written) if the claim is no longer the owner's. A wake
+    /// ([`Contracts::wake_change`]) that came while the change was claimed leaves it
+    /// due now.
+    fn save_claimed(
+        &self,
+        claim: &Claim,
+        rec: &ChangeRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
     /// Make a change that has a due time due now.
     fn wake_change(&self, change_id: &str) -> Result<()>;
     fn change(&self, id: &str) -> Result<Option<ChangeRecord>>;

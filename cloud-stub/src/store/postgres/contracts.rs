@@ -6,7 +6,7 @@ use crate::model::{ChangeRecord, Event, LedgerEntry, Repeated, SetupState, Timel
 use crate::model::{Contract, ContractChange, Plan, Reseller, Tenant};
 use crate::model::{Migration, MigrationState};
 use crate::store::{
-    Batch, Contracts, Created, Due, Inserted, LedgerOwner, List, OwnerIndex, Page, Result,
+    Batch, Claim, Contracts, Created, Due, Inserted, LedgerOwner, List, OwnerIndex, Page, Result,
     StoreError,
 };
 use chrono::{DateTime, Utc};
@@ -419,12 +419,71 @@ impl Contracts for PgStore {
         })?;
         decode_all("due changes", rows)
     }
+    fn claim_due(
+        &self,
+        claim: &Claim,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>> {
+        let n = limit as i64;
+        let until = now + claim.lease;
+        let rows: Vec<(Option<DateTime<Utc>>, String)> = self.pool().with(async |c| {
+            let st = c
+                .prep(
+                    "WITH free AS (
+                       SELECT id FROM changes
+                        WHERE due_at <= $2
+                          AND (claimed_by IS NULL OR claimed_by = $1 OR claim_until < $2)
+                        ORDER BY due_at, id LIMIT $4
+                          FOR UPDATE SKIP LOCKED)
+                     UPDATE changes SET claimed_by = $1, claim_until = $3, rewake = false
+                       FROM free WHERE changes.id = free.id
+                     RETURNING changes.due_at, changes.doc::text",
+                )
+                .await?;
+            Ok(c.client
+                .query(&st, &[&claim.owner, &now, &until, &n])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })?;
+        let mut rows = rows;
+        rows.sort_by_key(|r| r.0);
+        decode_all("claimed changes", rows.into_iter().map(|r| r.1).collect())
+    }
+    fn save_claimed(
+        &self,
+        claim: &Claim,
+        rec: &ChangeRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let settled = rec.setup.settled;
+        let due_at = if settled { None } else { due_at };
+        let doc = json(rec);
+        let now = Utc::now();
+        let n = self.pool().with(async |c| {
+            exec(
+                c,
+                "UPDATE changes SET doc = $2::text::jsonb, settled = $4,
+                        due_at = CASE WHEN $4 THEN NULL
+                                      WHEN rewake THEN LEAST($3::timestamptz, $6::timestamptz)
+                                      ELSE $3::timestamptz END,
+                        claimed_by = NULL, claim_until = NULL, rewake = false
+                  WHERE id = $1 AND claimed_by = $5",
+                &[&rec.change.id, &doc, &due_at, &settled, &claim.owner, &now],
+            )
+            .await
+        })?;
+        Ok(n == 1)
+    }
     fn wake_change(&self, change_id: &str) -> Result<()> {
         let now = Utc::now();
         self.pool().with(async |c| {
             exec(
                 c,
-                "UPDATE changes SET due_at = $2 WHERE id = $1 AND due_at IS NOT NULL",
+                "UPDATE changes SET due_at = $2, rewake = (claimed_by IS NOT NULL)
+                  WHERE id = $1 AND due_at IS NOT NULL",
                 &[&change_id, &now],
             )
             .await

@@ -26,7 +26,10 @@ use std::time::Duration;
 use tokio_postgres::{Client, Config, Statement};
 
 /// The schema versions this binary knows, in order: (version, name, SQL).
-pub const SCHEMA: &[(u32, &str, &str)] = &[(1, "init", include_str!("schema/0001_init.sql"))];
+pub const SCHEMA: &[(u32, &str, &str)] = &[
+    (1, "init", include_str!("schema/0001_init.sql")),
+    (2, "claims", include_str!("schema/0002_claims.sql")),
+];
 
 /// Advisory lock key held while the schema is migrated ("platen" in ASCII).
 const MIGRATION_LOCK: i64 = 0x706c_6174_656e;

@@ -1,11 +1,11 @@
 //! [`Contracts`] on sled: the contract trees, their indexes and transactions.
 
-use super::SledStore;
+use super::{Held, SledStore};
 use crate::model::{ChangeRecord, Event, LedgerEntry, Repeated, SetupState, TimelineEntry};
 use crate::model::{Contract, ContractChange, Plan, Reseller, Tenant};
 use crate::model::{Migration, MigrationState};
 use crate::store::{
-    Batch, Contracts, Created, Due, Inserted, LedgerOwner, List, OwnerIndex, Page, Result,
+    Batch, Claim, Contracts, Created, Due, Inserted, LedgerOwner, List, OwnerIndex, Page, Result,
     StoreError,
 };
 use chrono::{DateTime, Utc};
@@ -560,7 +560,72 @@ impl Contracts for SledStore {
         Ok(out)
     }
 
+    fn claim_due(
+        &self,
+        claim: &Claim,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>> {
+        let mut claims = self.claims();
+        let end = format!(
+            "{:020}0",
+            u64::try_from(now.timestamp_millis()).unwrap_or(0)
+        );
+        let mut out = Vec::new();
+        for kv in self.due.range(..end.as_bytes()).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            let k = kv?;
+            let Some(id) = k.get(21..) else { continue };
+            let id = String::from_utf8_lossy(id).into_owned();
+            if claims
+                .get(&id)
+                .is_some_and(|h| h.owner != claim.owner && h.until >= now)
+            {
+                continue;
+            }
+            if let Some(rec) = Self::get::<ChangeRecord>(&self.changes, &id)? {
+                claims.insert(
+                    id,
+                    Held {
+                        owner: claim.owner.clone(),
+                        until: now + claim.lease,
+                        rewake: false,
+                    },
+                );
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_claimed(
+        &self,
+        claim: &Claim,
+        rec: &ChangeRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let mut claims = self.claims();
+        let id = rec.change.id.as_str();
+        let rewake = match claims.get(id) {
+            Some(h) if h.owner == claim.owner => h.rewake,
+            _ => return Ok(false),
+        };
+        let due_at = match (rewake, due_at) {
+            (true, Some(d)) => Some(d.min(Utc::now())),
+            (true, None) => Some(Utc::now()),
+            (false, d) => d,
+        };
+        self.save_change(rec, due_at)?;
+        claims.remove(id);
+        Ok(true)
+    }
+
     fn wake_change(&self, change_id: &str) -> Result<()> {
+        if let Some(h) = self.claims().get_mut(change_id) {
+            h.rewake = true;
+        }
         use sled::Transactional;
         (&self.due, &self.due_of)
             .transaction(|(due, due_of)| {

@@ -80,6 +80,17 @@ pub struct SledStore {
     agents_seen: sled::Tree,
     printers_seen: sled::Tree,
     readings: sled::Tree,
+    /// Claims on changes ([`crate::store::Contracts::claim_due`]). In memory: one
+    /// process holds the directory, so a claim dies with the process that held it.
+    claims: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Held>>>,
+}
+
+/// A claim held on a change.
+pub(super) struct Held {
+    pub(super) owner: String,
+    pub(super) until: chrono::DateTime<chrono::Utc>,
+    /// Woken while held: due at once when saved.
+    pub(super) rewake: bool,
 }
 
 /// Check (and record) the format version of the database in `path`.
@@ -106,6 +117,11 @@ pub fn check_format(db: &sled::Db, path: &Path) -> Result<u32> {
 }
 
 impl SledStore {
+    /// The claims table (a panic elsewhere while it was held leaves it usable).
+    fn claims(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Held>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Open (or create) the database under `state_dir`. A second process on the same
     /// directory is refused (sled locks it): one embedded store, one cloud.
     pub fn open(state_dir: &Path) -> Result<SledStore> {
@@ -160,6 +176,7 @@ impl SledStore {
             agents_seen: t("agents_seen")?,
             printers_seen: t("printers_seen")?,
             readings: t("readings")?,
+            claims: Default::default(),
             db,
         };
         s.with_indexes()?.with_due_index()?.with_owner_indexes()
