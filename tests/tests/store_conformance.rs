@@ -370,7 +370,7 @@ fn claims_give_each_due_change_to_one_owner(s: &Store) {
         ids(s
             .claim_due(&c, Utc::now() + Duration::seconds(1), 10)
             .unwrap()),
-        [first.change.id.clone()],
+        std::slice::from_ref(&first.change.id),
         "woken while claimed: due now, and free"
     );
     // a's lease on the second runs out: b takes it over; a's late save is refused.
