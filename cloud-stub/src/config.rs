@@ -151,9 +151,16 @@ pub struct Broker {
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Stable client id (the cloud keeps a persistent session).
+    /// Stable client id (the cloud keeps a persistent session). Each instance that
+    /// shares a PostgreSQL store needs its own, kept across restarts: it names the
+    /// instance's broker session and the work it claims.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// The MQTT shared-subscription group for reports and telemetry
+    /// (`$share/<group>/…`). Default: `platen-cloud` with a PostgreSQL store (several
+    /// instances share the stream), none with the embedded store; `""`: none.
+    #[serde(default)]
+    pub share_group: Option<String>,
     pub username: Option<String>,
     pub password: Option<platen_ops::secret::Secret>,
     /// `[broker.tls]`: CA, and a client certificate for brokers that require one.
@@ -209,6 +216,10 @@ pub struct Engine {
     /// After a failed attempt, publish the settings again after this long.
     #[serde(default = "default_republish")]
     pub republish_after_secs: u64,
+    /// How long an instance's claim on a change it steps holds: a change claimed by
+    /// an instance that died is taken over by another one after this long.
+    #[serde(default = "default_claim_lease")]
+    pub claim_lease_secs: u64,
 }
 
 fn default_port() -> u16 {
@@ -238,6 +249,12 @@ fn default_deadline() -> u64 {
 fn default_republish() -> u64 {
     EngineConfig::default().republish_after.as_secs()
 }
+fn default_claim_lease() -> u64 {
+    EngineConfig::default().claim_lease.as_secs()
+}
+
+/// The default shared-subscription group of instances on one PostgreSQL store.
+pub const DEFAULT_SHARE_GROUP: &str = "platen-cloud";
 
 fn default_header_timeout() -> u64 {
     crate::http::listener::ApiLimits::default()
@@ -318,6 +335,7 @@ impl Default for Engine {
             tick_ms: default_tick(),
             report_deadline_secs: default_deadline(),
             republish_after_secs: default_republish(),
+            claim_lease_secs: default_claim_lease(),
         }
     }
 }
@@ -336,6 +354,20 @@ impl ConfigFile for CloudConfig {
         }
         if self.broker.client_id.trim().is_empty() {
             bad("broker.client_id", "must not be empty");
+        }
+        if let Some(g) = &self.broker.share_group {
+            let ok = g.len() <= 64
+                && g.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !ok {
+                bad(
+                    "broker.share_group",
+                    "at most 64 letters, digits, '.', '_' or '-' (\"\" for none)",
+                );
+            }
+        }
+        if self.engine.claim_lease_secs < 5 {
+            bad("engine.claim_lease_secs", "must be at least 5");
         }
         if let Some(url) = &self.store.url {
             let u = url.expose();
@@ -418,6 +450,7 @@ impl CloudConfig {
         registry: Option<std::sync::Arc<crate::link::agents::Registry>>,
         database: Option<crate::store::Database>,
     ) -> ServerConfig {
+        let shared_store = database.is_some();
         ServerConfig {
             database,
             broker_auth,
@@ -426,6 +459,12 @@ impl CloudConfig {
             broker_host: self.broker.host.clone(),
             broker_port: self.broker.port,
             client_id: self.broker.client_id.clone(),
+            share_group: match (&self.broker.share_group, shared_store) {
+                (Some(g), _) if g.is_empty() => None,
+                (Some(g), _) => Some(g.clone()),
+                (None, true) => Some(DEFAULT_SHARE_GROUP.to_string()),
+                (None, false) => None,
+            },
             state_dir: self.state_dir.clone(),
             api_listen: self.api.listen,
             engine: EngineConfig {
@@ -435,6 +474,7 @@ impl CloudConfig {
                 provider_url: self.provider.url.clone(),
                 provider_timeout: Duration::from_secs(self.provider.timeout_secs),
                 provider_retry_max: Duration::from_secs(self.provider.retry_max_secs),
+                claim_lease: Duration::from_secs(self.engine.claim_lease_secs),
             },
             catalog,
             tokens_file: self.api.tokens_file.clone(),
@@ -507,5 +547,36 @@ mod tests {
         assert!(err.contains("provider.url: must start with"), "{err}");
         assert!(err.contains("engine.tick_ms: must be at least 10"), "{err}");
         assert_eq!(err.lines().count(), 3, "{err}");
+    }
+
+    /// Instances on PostgreSQL share the stream as `platen-cloud` unless told
+    /// otherwise; the embedded store subscribes plainly; a group that would break
+    /// the `$share/<group>/…` filter is refused.
+    #[test]
+    fn share_group_defaults_by_store_and_is_checked() {
+        let parse = |extra: &str| {
+            let text = EXAMPLE.replace("[broker]\n", &format!("[broker]\n{extra}"));
+            CloudConfig::parse_text(&text, Path::new("cloud.toml"), &[])
+        };
+        let db = || {
+            Some(crate::store::Database {
+                url: platen_ops::secret::Secret::new("postgres://x@h/d"),
+                tls: None,
+            })
+        };
+        let group = |extra: &str, database| {
+            let (c, _) = parse(extra).unwrap();
+            c.server(None, Default::default(), None, None, database)
+                .share_group
+        };
+        assert_eq!(group("", db()).as_deref(), Some(DEFAULT_SHARE_GROUP));
+        assert_eq!(group("", None), None);
+        assert_eq!(group("share_group = \"\"\n", db()), None);
+        assert_eq!(
+            group("share_group = \"site-a\"\n", None).as_deref(),
+            Some("site-a")
+        );
+        let err = parse("share_group = \"a/#\"\n").err().unwrap().to_string();
+        assert!(err.contains("broker.share_group"), "{err}");
     }
 }

@@ -726,12 +726,17 @@ async fn serve(
         Ok(c) => c,
         Err(code) => return code,
     };
+    let database = cli_database(cli);
     let cfg = platen_cloud::server::ServerConfig {
         broker_host: cli.host.clone(),
         broker_port: cli.port,
         client_id: cli.client_id.clone(),
+        // Instances on one database share the report stream.
+        share_group: database
+            .is_some()
+            .then(|| platen_cloud::config::DEFAULT_SHARE_GROUP.to_string()),
         broker_auth: Default::default(),
-        database: cli_database(cli),
+        database,
         signer: extras.signer,
         registry: extras.registry,
         tokens_file: extras.tokens_file,
@@ -1228,6 +1233,7 @@ async fn main() -> ExitCode {
         &cli.client_id,
         store,
         Default::default(),
+        None,
         None,
     ) {
         Ok(c) => c,

@@ -18,7 +18,10 @@ use tracing::{info, warn};
 pub struct ServerConfig {
     pub broker_host: String,
     pub broker_port: u16,
+    /// The instance's client id: its broker session and the owner of its claims.
     pub client_id: String,
+    /// Reports and telemetry through `$share/<group>/…` (several instances).
+    pub share_group: Option<String>,
     /// TLS and credentials towards the broker.
     pub broker_auth: crate::BrokerAuth,
     /// Signs every desired config the cloud publishes.
@@ -107,11 +110,17 @@ impl Server {
             store,
             cfg.broker_auth.clone(),
             cfg.registry.clone(),
+            cfg.share_group.as_deref(),
         )?
         .with_signer(cfg.signer.clone())
         .with_limits(cfg.ingest_limits);
         let store = cloud.store().clone();
-        let engine = Engine::new(cloud.clone(), store.clone(), cfg.engine.clone());
+        let engine = Engine::new(
+            cloud.clone(),
+            store.clone(),
+            cfg.engine.clone(),
+            &cfg.client_id,
+        );
         let mut ops = Ops::new(store, engine.waker()).with_policy(cfg.policy.clone());
         if let Some(c) = cfg.catalog.clone() {
             ops = ops.with_catalog(c)?;

@@ -418,6 +418,7 @@ async fn start_contract_cloud(
         broker_host: "127.0.0.1".into(),
         broker_port,
         client_id: "platen-cloud-contracts-demo".into(),
+        share_group: None,
         broker_auth: Default::default(),
         signer: Some(signer),
         registry: None,

@@ -43,6 +43,7 @@ async fn reports_stream_through_a_database_restart() {
         store.clone(),
         Default::default(),
         None,
+        None,
     )
     .unwrap();
     assert!(cloud.wait_connected(Duration::from_secs(10)).await);

@@ -34,7 +34,7 @@ use crate::model::Cause;
 use crate::model::ReceivedReport;
 use crate::model::{ledger_key, ChangeRecord, Event, FaultNote, LedgerEntry, SetupState};
 use crate::model::{Contract, Plan};
-use crate::store::{Inserted, Store, StoreError};
+use crate::store::{Claim, Inserted, Store, StoreError};
 use crate::Cloud;
 use chrono::{DateTime, Utc};
 use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub provider_timeout: Duration,
     /// Upper bound of the provider retry backoff.
     pub provider_retry_max: Duration,
+    /// How long a claim on a change holds ([`crate::store::Claim`]).
+    pub claim_lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             provider_url: "http://127.0.0.1:8090".into(),
             provider_timeout: Duration::from_secs(5),
             provider_retry_max: Duration::from_secs(30),
+            claim_lease: Duration::from_secs(60),
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct Engine {
     cfg: EngineConfig,
     http: reqwest::Client,
     wake: Waker,
+    /// This instance's claim on the changes it steps.
+    claim: Claim,
 }
 
 /// A handle that asks the engine for a pass now (after a new contract, change or
@@ -187,6 +192,10 @@ async fn next_report(
 /// Most changes one pass takes (the rest stay due for the next).
 const PASS_LIMIT: usize = 256;
 
+/// Changes claimed at a time: few enough that stepping them (each may wait for the
+/// broker and the provider) fits well within a claim's lease.
+pub const CLAIM_BATCH: usize = 8;
+
 fn backoff(base: Duration, attempts: u32, max: Duration) -> Duration {
     base.saturating_mul(1u32 << attempts.min(16)).min(max)
 }
@@ -196,7 +205,9 @@ fn chrono_dur(d: Duration) -> chrono::Duration {
 }
 
 impl Engine {
-    pub fn new(cloud: Cloud, store: Store, cfg: EngineConfig) -> Engine {
+    /// An engine that claims the changes it steps as `owner` (the instance's client
+    /// id: unique among the instances that share a store, kept across restarts).
+    pub fn new(cloud: Cloud, store: Store, cfg: EngineConfig, owner: &str) -> Engine {
         let http = reqwest::Client::builder()
             .timeout(cfg.provider_timeout)
             .connect_timeout(cfg.provider_timeout)
@@ -206,9 +217,13 @@ impl Engine {
         Engine {
             cloud,
             store,
-            cfg,
             http,
             wake: Waker::default(),
+            claim: Claim {
+                owner: owner.to_string(),
+                lease: chrono_dur(cfg.claim_lease),
+            },
+            cfg,
         }
     }
 
@@ -299,33 +314,66 @@ impl Engine {
         }
     }
 
-    /// One pass over the changes that are due (at most `PASS_LIMIT`, 256).
+    /// One pass over the changes that are due: claimed [`CLAIM_BATCH`] at a time (so
+    /// that the lease covers the batch, and other instances take the rest), at most
+    /// `PASS_LIMIT` (256) in all, each stepped once.
     pub async fn step_due(&self) -> Result<(), EngineError> {
-        for mut rec in self.store.due_changes(Utc::now(), PASS_LIMIT)? {
-            // The contract is read once per step (its printers and zone also give the
-            // next due time).
-            let contract = self.store.contract(rec.change.contract.as_str())?;
-            let r = match &contract {
-                Some(c) => self.step(&mut rec, c).await,
-                None => Err(EngineError::Missing(rec.change.id.clone(), "contract")),
-            };
-            let (printers, tz) = contract
-                .map(|c| {
-                    let tz = c.tz();
-                    (c.printers, tz)
-                })
-                .unwrap_or_default();
-            let due = crate::engine::schedule::next_due(
-                &rec.setup,
-                &printers,
-                &self.timers(),
-                tz,
-                Utc::now(),
-            );
-            self.store.save_change(&rec, due)?;
-            if let Err(e) = r {
-                warn!(change = %rec.change.id, error = %e, "change step failed");
+        let mut stepped = std::collections::HashSet::new();
+        while stepped.len() < PASS_LIMIT {
+            let batch = self.store.claim_due(&self.claim, Utc::now(), CLAIM_BATCH)?;
+            let full = batch.len() == CLAIM_BATCH;
+            let mut fresh = 0;
+            for rec in batch {
+                // A change stepped already in this pass that fell due again at once
+                // is saved untouched: the next pass takes it.
+                let again = !stepped.insert(rec.change.id.clone());
+                if !again {
+                    fresh += 1;
+                }
+                self.step_claimed(rec, again).await?;
             }
+            if !full || fresh == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step one claimed change (unless `skip`) and save it with its next due time,
+    /// releasing the claim. A claim lost meanwhile (this instance stalled past its
+    /// lease and another took the change over) discards this step's state: every side
+    /// effect it had is idempotent by key, and the other instance's step stands.
+    async fn step_claimed(&self, mut rec: ChangeRecord, skip: bool) -> Result<(), EngineError> {
+        // The contract is read once per step (its printers and zone also give the
+        // next due time).
+        let contract = self.store.contract(rec.change.contract.as_str())?;
+        let r = match (&contract, skip) {
+            (_, true) => Ok(()),
+            (Some(c), false) => self.step(&mut rec, c).await,
+            (None, false) => Err(EngineError::Missing(rec.change.id.clone(), "contract")),
+        };
+        let (printers, tz) = contract
+            .map(|c| {
+                let tz = c.tz();
+                (c.printers, tz)
+            })
+            .unwrap_or_default();
+        let due = crate::engine::schedule::next_due(
+            &rec.setup,
+            &printers,
+            &self.timers(),
+            tz,
+            Utc::now(),
+        );
+        if !self.store.save_claimed(&self.claim, &rec, due)? {
+            warn!(change = %rec.change.id, owner = %self.claim.owner, "claim lost while stepping; another instance has the change");
+            self.cloud
+                .counters
+                .claims_lost
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Err(e) = r {
+            warn!(change = %rec.change.id, error = %e, "change step failed");
         }
         Ok(())
     }

@@ -97,6 +97,9 @@ pub struct Counters {
     /// Inbound messages the store could not take (down, restarting): kept
     /// unacknowledged and stored on a later attempt.
     pub store_retries: AtomicU64,
+    /// Changes this instance stepped but could not save: its claim had run out and
+    /// another instance had taken the change over.
+    pub claims_lost: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +124,9 @@ impl Counters {
              # HELP platen_cloud_store_retries_total Inbound messages the state store could not take at once (stored on a later attempt).\n\
              # TYPE platen_cloud_store_retries_total counter\n\
              platen_cloud_store_retries_total {}\n\
+             # HELP platen_cloud_claims_lost_total Changes stepped after this instance's claim had run out (its step discarded).\n\
+             # TYPE platen_cloud_claims_lost_total counter\n\
+             platen_cloud_claims_lost_total {}\n\
              # HELP platen_cloud_api_errors_total API requests answered with an error, by status.\n\
              # TYPE platen_cloud_api_errors_total counter\n",
             get(&self.new),
@@ -128,7 +134,8 @@ impl Counters {
             get(&self.refused),
             get(&self.unpublished),
             get(&self.limited_telemetry),
-            get(&self.store_retries)
+            get(&self.store_retries),
+            get(&self.claims_lost)
         );
         for (status, n) in api_rejected {
             out.push_str(&format!(
@@ -261,10 +268,17 @@ impl Cloud {
         registry: Option<Arc<agents::Registry>>,
     ) -> Result<Cloud, CloudError> {
         let store = Store::open_sled(state_dir)?;
-        Self::connect(host, port, client_id, store, auth, registry)
+        Self::connect(host, port, client_id, store, auth, registry, None)
     }
 
     /// Connect to the broker and collect reports and telemetry into `store`.
+    ///
+    /// With `share_group`, reports and telemetry come through the MQTT shared
+    /// subscriptions `$share/<group>/…`: the broker hands each message to one instance
+    /// of the group. Agents' health is subscribed by every instance (it is small, and
+    /// each instance judges faults by it). The session is persistent under
+    /// `client_id`: what the broker dispatched to an instance that died waits in its
+    /// session until the instance (the same client id) connects again.
     pub fn connect(
         host: &str,
         port: u16,
@@ -272,7 +286,14 @@ impl Cloud {
         store: Store,
         auth: BrokerAuth,
         registry: Option<Arc<agents::Registry>>,
+        share_group: Option<&str>,
     ) -> Result<Cloud, CloudError> {
+        let shared = |filter: String| match share_group {
+            Some(g) => format!("$share/{g}/{filter}"),
+            None => filter,
+        };
+        let reports_filter = shared(Topic::all_reports_filter());
+        let telemetry_filter = shared(Topic::all_telemetry_filter());
         let mut opts = MqttOptions::new(client_id, host, port);
         opts.set_keep_alive(Duration::from_secs(30))
             .set_clean_session(false)
@@ -320,9 +341,14 @@ impl Cloud {
                         delay = Duration::from_millis(100);
                         let _ = conn_tx.send(true);
                         // Every reconnect may be a fresh session: subscribe again.
-                        let _ = client.try_subscribe(Topic::all_reports_filter(), QoS::AtLeastOnce);
-                        let _ =
-                            client.try_subscribe(Topic::all_telemetry_filter(), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(reports_filter.clone(), QoS::AtLeastOnce);
+                        let _ = client.try_subscribe(telemetry_filter.clone(), QoS::AtLeastOnce);
+                        if reports_filter.starts_with("$share/") {
+                            // A session that once subscribed without the group would
+                            // also get every message directly.
+                            let _ = client.try_unsubscribe(Topic::all_reports_filter());
+                            let _ = client.try_unsubscribe(Topic::all_telemetry_filter());
+                        }
                         // Agents' health: evidence of who caused a missed deadline.
                         let _ = client.try_subscribe(Topic::all_health_filter(), QoS::AtLeastOnce);
                     }

@@ -165,6 +165,7 @@ async fn one_size(broker: &Mosquitto, n: usize, burst: usize, idle: Duration) ->
         broker_host: "127.0.0.1".into(),
         broker_port: broker.port,
         client_id: format!("bench-history-{n}"),
+        share_group: None,
         broker_auth: Default::default(),
         signer: None,
         registry: None,

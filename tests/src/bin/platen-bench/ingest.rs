@@ -182,6 +182,7 @@ async fn cloud(
         store,
         Default::default(),
         None,
+        None,
     )
     .expect("cloud");
     // Every version the feed reports was published (as the engine records it).
