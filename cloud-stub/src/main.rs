@@ -94,6 +94,10 @@ enum Command {
         /// How often open changes and scheduled migrations are re-examined.
         #[arg(long, default_value_t = 500)]
         tick_ms: u64,
+        /// How long this instance's claim on a change holds: another instance takes
+        /// over the changes of one that died this long after.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        claim_lease_secs: u64,
         /// Plan catalog and migration rules (TOML; see packaging/catalog.example.toml).
         /// Without one, plans are created through the API and migrations are refused.
         #[arg(long)]
@@ -1141,6 +1145,7 @@ async fn main() -> ExitCode {
             report_deadline_secs,
             republish_after_secs,
             tick_ms,
+            claim_lease_secs,
             catalog,
             signing_key,
             signing_key_id,
@@ -1174,6 +1179,7 @@ async fn main() -> ExitCode {
                 report_deadline: Duration::from_secs(*report_deadline_secs),
                 republish_after: Duration::from_secs(*republish_after_secs),
                 provider_url: provider_url.clone(),
+                claim_lease: Duration::from_secs(*claim_lease_secs),
                 ..Default::default()
             };
             let extras = ServeExtras {

@@ -602,6 +602,43 @@ impl CloudProc {
         provider_url: &str,
         extra: &[&str],
     ) -> CloudProc {
+        // PLATEN_E2E_STORE=postgres: a database of the test process's own server.
+        let store_url = postgres::e2e_store_url("e2e");
+        Self::build(
+            broker_port,
+            state_dir,
+            provider_url,
+            ("platen-cloud-e2e", store_url),
+            extra,
+        )
+    }
+
+    /// One of several instances on the PostgreSQL database `store_url`, as
+    /// `client_id` (each instance its own), sharing the report stream; `extra`
+    /// `serve` options.
+    pub fn start_instance(
+        broker_port: u16,
+        state_dir: &Path,
+        provider_url: &str,
+        (store_url, client_id): (&str, &str),
+        extra: &[&str],
+    ) -> CloudProc {
+        Self::build(
+            broker_port,
+            state_dir,
+            provider_url,
+            (client_id, Some(store_url.to_string())),
+            extra,
+        )
+    }
+
+    fn build(
+        broker_port: u16,
+        state_dir: &Path,
+        provider_url: &str,
+        (client_id, store_url): (&str, Option<String>),
+        extra: &[&str],
+    ) -> CloudProc {
         let api_port = free_tcp_port();
         // Every test cloud authenticates its API with the test tokens.
         std::fs::create_dir_all(state_dir).expect("cloud state dir");
@@ -613,10 +650,8 @@ impl CloudProc {
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--client-id".into(),
-            "platen-cloud-e2e".into(),
+            client_id.into(),
         ];
-        // PLATEN_E2E_STORE=postgres: a database of the test process's own server.
-        let store_url = postgres::e2e_store_url("e2e");
         if let Some(url) = &store_url {
             args.extend(["--store-url".into(), url.clone()]);
         }
@@ -761,6 +796,19 @@ pub fn cloud_cli_as(api: &str, actor: &str, args: &[&str]) -> (i32, String, Stri
 }
 
 /// A minimal HTTP JSON call for tests, as the operator: (status, body as JSON or Null).
+/// One series of a cloud's `/metrics` (a line `<series> <value>`; 0 if absent).
+pub async fn metric(api: &str, series: &str) -> u64 {
+    let text = match reqwest::get(format!("{api}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub async fn http_json(
     method: &str,
     url: &str,

@@ -24,20 +24,6 @@ async fn get(api: &str, path: &str) -> Value {
     v
 }
 
-async fn metric(api: &str, series: &str) -> u64 {
-    let text = reqwest::get(format!("{api}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Tenants acme and globex, and a plan whose template sets two settings.
 async fn setup(api: &str, plan_extra: Value) {
     for t in ["acme", "globex"] {

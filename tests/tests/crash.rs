@@ -19,6 +19,12 @@
 //! are config faults that are compensated), `platen-provider`, `platen-cloud serve`
 //! and the agent binary. Each run makes `PLATEN_CRASH_KILLS` kills (default 20, the
 //! long run in the guide uses 200); `PLATEN_CRASH_SEED` replays a run's timing.
+//!
+//! The third run (#20) has three cloud instances on one PostgreSQL (a server of the
+//! test's own) sharing the report stream through `$share/platen-cloud/…`: each kill
+//! takes a random instance, API requests go to a random one, and halfway through the
+//! database is stopped for three seconds. The same checks hold: nothing lost,
+//! nothing doubled, the ledger equal to the formula.
 
 use chrono::{DateTime, Utc};
 use platen_cloud::billing::compensation::{self, Decision};
@@ -75,7 +81,15 @@ fn kills() -> usize {
 enum Victim {
     Agent,
     Cloud,
+    /// One of three cloud instances on one PostgreSQL, at random.
+    Instance,
 }
+
+/// Cloud instances of the instance run.
+const INSTANCES: usize = 3;
+
+/// Their claim lease: how long a dead instance's changes wait for another.
+const LEASE_SECS: u64 = 3;
 
 struct World {
     dir: tempfile::TempDir,
@@ -83,12 +97,17 @@ struct World {
     _broker: Mosquitto,
     sim: Sim,
     _provider: ProviderProc,
-    cloud: CloudProc,
+    /// One cloud, or [`INSTANCES`] on one database.
+    clouds: Vec<CloudProc>,
+    /// The instance API requests go to.
+    front: usize,
+    /// The instances' database server.
+    pg: Option<platen_e2e::postgres::Postgres>,
     agent: AgentProc,
     tap: Tap,
 }
 
-async fn world() -> World {
+async fn world(victim: Victim) -> World {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(false);
     let sim = Sim::start(&[
@@ -97,7 +116,25 @@ async fn world() -> World {
         "p3,delay-ms=25",
     ]);
     let provider = ProviderProc::start();
-    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+    let (clouds, pg) = if victim == Victim::Instance {
+        let pg = platen_e2e::postgres::Postgres::start();
+        let url = pg.fresh_db("instances");
+        let clouds = (1..=INSTANCES)
+            .map(|i| {
+                CloudProc::start_instance(
+                    broker.port,
+                    &dir.path().join(format!("cloud-{i}")),
+                    &provider.url,
+                    (&url, &format!("platen-cloud-{i}")),
+                    &["--claim-lease-secs", &LEASE_SECS.to_string()],
+                )
+            })
+            .collect();
+        (clouds, Some(pg))
+    } else {
+        let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+        (vec![cloud], None)
+    };
     let tap = Tap::start(
         broker.port,
         "crash-report-tap",
@@ -123,21 +160,23 @@ async fn world() -> World {
         _broker: broker,
         sim,
         _provider: provider,
-        cloud,
+        clouds,
+        front: 0,
+        pg,
         agent,
         tap,
     }
 }
 
 async fn api(w: &World, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    http_json(method, &format!("{}{path}", w.cloud.api), body).await
+    http_json(method, &format!("{}{path}", w.clouds[w.front].api), body).await
 }
 
 /// Wait until the cloud's API answers (after a start or a restart).
 async fn cloud_up(w: &World) {
     let end = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let ok = reqwest::get(format!("{}/healthz", w.cloud.api))
+        let ok = reqwest::get(format!("{}/healthz", w.clouds[w.front].api))
             .await
             .map(|r| r.status().is_success())
             .unwrap_or(false);
@@ -185,10 +224,82 @@ async fn contracts(w: &World) {
     }
 }
 
+/// An instance dies holding claims on open changes and stays down: the others take
+/// them over once the lease has run out (measured), and the work goes on.
+async fn takeover(w: &mut World, rng: &mut Rng) {
+    let victim = rng.below(w.clouds.len() as u64) as usize;
+    w.front = (victim + 1) % w.clouds.len();
+    cloud_up(w).await;
+    for p in PRINTERS {
+        let (s, v) = api(
+            w,
+            "POST",
+            &format!("/v1/contracts/c-{p}/changes"),
+            Some(json!({"settings": {"sysContact": format!("takeover-{p}")}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let pg = w.pg.as_ref().expect("the instances' database");
+    let url = w.clouds[victim].store_url.clone().expect("store url");
+    let db = url.rsplit('/').next().expect("database name");
+    let owner = format!("platen-cloud-{}", victim + 1);
+    // The moment of death, as if it had just claimed every open change.
+    w.clouds[victim].crash();
+    let held = pg.psql(
+        db,
+        &format!(
+            "WITH c AS (UPDATE changes SET claimed_by = '{owner}', \
+             claim_until = now() + interval '{LEASE_SECS} seconds' \
+             WHERE NOT settled AND due_at IS NOT NULL RETURNING 1) SELECT count(*) FROM c"
+        ),
+    );
+    let held: u64 = held.trim().parse().expect("count");
+    assert!(held >= PRINTERS.len() as u64, "claimed {held}");
+    let start = std::time::Instant::now();
+    let left = |pg: &platen_e2e::postgres::Postgres| -> u64 {
+        pg.psql(
+            db,
+            &format!("SELECT count(*) FROM changes WHERE claimed_by = '{owner}'"),
+        )
+        .trim()
+        .parse()
+        .expect("count")
+    };
+    while left(pg) > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(LEASE_SECS + 15),
+            "the dead instance's claims were never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(LEASE_SECS * 1000 - 500),
+        "taken over before the lease ran out: {took:?}"
+    );
+    eprintln!(
+        "instance run: {held} claims of a dead instance taken over after {} ms (lease {LEASE_SECS} s)",
+        took.as_millis()
+    );
+    w.clouds[victim].restart();
+}
+
 /// Kill `victim` `n` times at random points while changes keep coming.
 async fn kill_loop(w: &mut World, victim: Victim, n: usize, rng: &mut Rng) -> usize {
     let mut changes = 0;
     for i in 0..n {
+        w.front = rng.below(w.clouds.len() as u64) as usize;
+        if victim == Victim::Instance && i == n / 4 {
+            takeover(w, rng).await;
+        }
+        if victim == Victim::Instance && i == n / 2 {
+            // The database goes away for a few seconds under every instance.
+            let pg = w.pg.as_mut().expect("the instances' database");
+            pg.stop();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            pg.restart();
+        }
         // New work before most kills: a settings change on a random contract.
         if rng.below(4) != 0 {
             cloud_up(w).await;
@@ -206,14 +317,15 @@ async fn kill_loop(w: &mut World, victim: Victim, n: usize, rng: &mut Rng) -> us
         // An apply of three settings at 25 ms per request takes ~250 ms; reports
         // follow within milliseconds: kill anywhere in and around that.
         tokio::time::sleep(rng.millis(0, 450)).await;
+        let instance = rng.below(w.clouds.len() as u64) as usize;
         match victim {
             Victim::Agent => w.agent.kill9(),
-            Victim::Cloud => w.cloud.crash(),
+            Victim::Cloud | Victim::Instance => w.clouds[instance].crash(),
         }
         tokio::time::sleep(rng.millis(0, 150)).await;
         match victim {
             Victim::Agent => w.agent.restart(),
-            Victim::Cloud => w.cloud.restart(),
+            Victim::Cloud | Victim::Instance => w.clouds[instance].restart(),
         }
     }
     changes
@@ -426,12 +538,19 @@ async fn check(
     // (the cloud killed after publishing a version, before saving it, so the change
     // published again under a newer version; or a change already confirmed by an
     // earlier version's report).
-    w.cloud.crash();
+    for c in &mut w.clouds {
+        c.crash();
+    }
     let out = std::process::Command::new(workspace_bin("platen-cloud"))
         .args(["--port", &w.broker_port.to_string(), "--state-dir"])
         .arg(w.dir.path().join("cloud"))
         .args(["--client-id", "crash-harness-reports", "reports"])
-        .envs(w.cloud.store_url.iter().map(|u| ("PLATEN_STORE__URL", u)))
+        .envs(
+            w.clouds[0]
+                .store_url
+                .iter()
+                .map(|u| ("PLATEN_STORE__URL", u)),
+        )
         .output()
         .expect("platen-cloud reports");
     assert!(
@@ -463,10 +582,22 @@ async fn check(
     outcome
 }
 
+/// Reports each cloud took in since it started (new and duplicate).
+async fn reports_seen(w: &World) -> Vec<u64> {
+    let mut out = Vec::new();
+    for c in &w.clouds {
+        out.push(
+            metric(&c.api, "platen_cloud_reports_total{outcome=\"new\"}").await
+                + metric(&c.api, "platen_cloud_reports_total{outcome=\"duplicate\"}").await,
+        );
+    }
+    out
+}
+
 async fn crash_run(victim: Victim) {
     let n = kills();
     let mut rng = Rng::from_env();
-    let mut w = world().await;
+    let mut w = world(victim).await;
     contracts(&w).await;
     let changes = kill_loop(&mut w, victim, n, &mut rng).await;
     // Leave everything running; p2 becomes writable so its faults can complete.
@@ -476,6 +607,7 @@ async fn crash_run(victim: Victim) {
     // Every report that crossed the broker, delivered twice more (a replaying or
     // redelivering broker): nothing may change.
     let replayed = w.tap.payloads();
+    let seen_before = reports_seen(&w).await;
     for _ in 0..2 {
         for p in &replayed {
             let v: Value = serde_json::from_slice(p).expect("report JSON");
@@ -492,6 +624,31 @@ async fn crash_run(victim: Victim) {
         all,
         "replayed reports changed the contracts"
     );
+    if victim == Victim::Instance {
+        // The shared subscription gave each replayed report to exactly one instance,
+        // and the work was spread: not every delivery went to one of them.
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        let per_instance = loop {
+            let after = reports_seen(&w).await;
+            let got: Vec<u64> = after.iter().zip(&seen_before).map(|(a, b)| a - b).collect();
+            if got.iter().sum::<u64>() >= 2 * replayed.len() as u64
+                || tokio::time::Instant::now() > end
+            {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            per_instance.iter().sum::<u64>(),
+            2 * replayed.len() as u64,
+            "each replayed report reached one instance: {per_instance:?}"
+        );
+        assert!(
+            per_instance.iter().filter(|n| **n > 0).count() >= 2,
+            "deliveries spread over the instances: {per_instance:?}"
+        );
+        eprintln!("instance run: replayed reports per instance {per_instance:?}");
+    }
     let o = check(&mut w, &all, replayed.len()).await;
     assert!(o.changes >= changes + PRINTERS.len(), "changes made");
     assert!(o.ledger >= 1, "p2's refused setting was compensated");
@@ -512,4 +669,9 @@ async fn agent_sigkilled_at_random_points_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_sigkilled_at_random_points_loses_and_doubles_nothing() {
     crash_run(Victim::Cloud).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_three_instances_sigkilled_at_random_points_loses_and_doubles_nothing() {
+    crash_run(Victim::Instance).await;
 }
