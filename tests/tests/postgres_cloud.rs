@@ -2,7 +2,8 @@
 //! database restart (nothing lost, nothing doubled); `/healthz` says when the
 //! database is down; a wrong URL stops `serve` with one line that names the host
 //! and never the password; `config show` hides the URL; `config check` refuses a
-//! world-readable file that holds it; `db migrate` applies the schema once.
+//! world-readable file that holds it; `db migrate` applies the schema once; three
+//! instances' migration schedulers at once execute each scheduled migration once.
 
 use platen_e2e::postgres::{Postgres, PASSWORD};
 use platen_e2e::{workspace_bin, Mosquitto};
@@ -274,4 +275,85 @@ fn store_copy_moves_an_install_and_refuses_a_full_target() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("already holds data"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
+}
+
+/// Three instances' migration schedulers on one database, all at once, several times
+/// over: every scheduled migration is executed exactly once, each making exactly one
+/// plan change of its contract.
+#[test]
+fn scheduled_migrations_run_once_across_instances() {
+    use platen_cloud::model::MigrationState;
+    use platen_cloud::ops::migrations::{MigrationRequest, Migrations, Outcome};
+    use platen_cloud::ops::Ops;
+    use platen_cloud::plans::catalog::Catalog;
+    use platen_cloud::store::Store;
+    const CONTRACTS: usize = 12;
+    let catalog = || Catalog::parse(include_str!("../../packaging/catalog.example.toml")).unwrap();
+    let pg = Postgres::start();
+    let url = pg.fresh_db("migrations");
+    let instance = || {
+        let ops = Ops::new(
+            Store::open_postgres(&url, None).unwrap(),
+            Default::default(),
+        )
+        .with_catalog(catalog())
+        .unwrap();
+        Migrations::new(ops.clone())
+    };
+    let setup = Ops::new(
+        Store::open_postgres(&url, None).unwrap(),
+        Default::default(),
+    )
+    .with_catalog(catalog())
+    .unwrap();
+    setup
+        .create_tenant(serde_json::from_str(r#"{"id":"acme","name":"Acme"}"#).unwrap())
+        .unwrap();
+    let first = instance();
+    let mut scheduled = Vec::new();
+    for i in 0..CONTRACTS {
+        let n = serde_json::from_value(serde_json::json!({
+            "id": format!("c{i}"), "tenant": "acme", "printers": [format!("p{i}")],
+            "plan": "color-2000", "time_zone": "UTC", "currency": "EUR"
+        }))
+        .unwrap();
+        setup.create_contract(n).unwrap();
+        let req = MigrationRequest {
+            tenant: "acme".parse().unwrap(),
+            contract: Some(format!("c{i}").parse().unwrap()),
+            plan: "mono-1000".parse().unwrap(),
+            dry_run: false,
+        };
+        match first.migrate(&"operator".parse().unwrap(), req).unwrap() {
+            Outcome::Accepted(m) if m.state == MigrationState::Scheduled => scheduled.push(m.id),
+            other => panic!("expected a scheduled migration: {other:?}"),
+        }
+    }
+    // Long after every migration's time: three schedulers at once, five ticks each.
+    let later = chrono::Utc::now() + chrono::Duration::days(400);
+    let executed: usize = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|_| {
+                let m = instance();
+                s.spawn(move || (0..5).map(|_| m.run_due(later).unwrap()).sum::<usize>())
+            })
+            .collect();
+        runs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(
+        executed, CONTRACTS,
+        "each migration executed by one scheduler"
+    );
+    let store = Store::open_postgres(&url, None).unwrap();
+    for (i, id) in scheduled.iter().enumerate() {
+        let m = store.migration(id).unwrap().unwrap();
+        assert!(
+            matches!(m.state, MigrationState::Executed { .. }),
+            "{id}: {:?}",
+            m.state
+        );
+        let changes = store.changes_of(&format!("c{i}").parse().unwrap()).unwrap();
+        assert_eq!(changes.len(), 2, "c{i}: start and one plan change");
+        assert_eq!(changes[1].change.plan.as_str(), "mono-1000");
+    }
 }
