@@ -127,6 +127,11 @@ enum Command {
         /// A whole request (body read, answer made) within this, or 408.
         #[arg(long, default_value_t = 30)]
         api_request_timeout_secs: u64,
+        /// Retire this instance from its shared-subscription group: start, take in
+        /// what the broker kept in its session, unsubscribe, take in the rest, exit.
+        /// With --config too.
+        #[arg(long)]
+        leave_group: bool,
     },
     /// Move an install between stores.
     Store {
@@ -717,6 +722,8 @@ struct ServeExtras {
     tokens_file: Option<PathBuf>,
     /// Limits and policy (the listen address and tokens come from their own flags).
     api: platen_cloud::config::Api,
+    /// `--leave-group`: retire the instance instead of serving.
+    leave_group: bool,
 }
 
 async fn serve(
@@ -754,10 +761,10 @@ async fn serve(
         telemetry_retention: platen_cloud::server::DEFAULT_TELEMETRY_RETENTION,
         history_retention: platen_cloud::server::DEFAULT_HISTORY_RETENTION,
     };
-    run_server(cfg).await
+    run_server(cfg, extras.leave_group).await
 }
 
-async fn run_server(cfg: platen_cloud::server::ServerConfig) -> ExitCode {
+async fn run_server(cfg: platen_cloud::server::ServerConfig, leave_group: bool) -> ExitCode {
     let server = match platen_cloud::server::Server::start(cfg).await {
         Ok(s) => s,
         Err(e) => {
@@ -765,6 +772,25 @@ async fn run_server(cfg: platen_cloud::server::ServerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if leave_group {
+        if !server.cloud.wait_connected(Duration::from_secs(30)).await {
+            eprintln!("platen-cloud: --leave-group: the broker did not answer within 30 s");
+            server.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+        let left = server.cloud.leave_group(Duration::from_secs(3)).await;
+        server.shutdown().await;
+        return match left {
+            Some(n) => {
+                println!("left the shared-subscription group: {n} messages taken in");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("platen-cloud: --leave-group: this instance is in no shared-subscription group (no store.url, or broker.share_group = \"\")");
+                ExitCode::from(2)
+            }
+        };
+    }
     println!("api {}", server.api_addr());
     println!("ready");
     platen_ops::systemd::ready(&format!("API on {}", server.api_addr()));
@@ -1082,7 +1108,9 @@ async fn main() -> ExitCode {
             };
         }
         Command::Serve {
-            config: Some(file), ..
+            config: Some(file),
+            leave_group,
+            ..
         } => {
             let cfg = match <platen_cloud::config::CloudConfig as platen_ops::config::ConfigFile>::load_file(file) {
                 Ok((c, _)) => c,
@@ -1136,7 +1164,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            return run_server(cfg.server(catalog, auth, signer, registry, database)).await;
+            return run_server(
+                cfg.server(catalog, auth, signer, registry, database),
+                *leave_group,
+            )
+            .await;
         }
         Command::Serve {
             config: None,
@@ -1155,6 +1187,7 @@ async fn main() -> ExitCode {
             api_header_timeout_secs,
             api_max_connections_per_ip,
             api_request_timeout_secs,
+            leave_group,
         } => {
             let registry = match agents.as_deref().map(load_registry).transpose() {
                 Ok(r) => r,
@@ -1193,6 +1226,7 @@ async fn main() -> ExitCode {
                     request_timeout_secs: *api_request_timeout_secs,
                     ..Default::default()
                 },
+                leave_group: *leave_group,
             };
             return serve(&cli, *api_listen, engine, catalog.as_deref(), extras).await;
         }

@@ -3,7 +3,8 @@
 //! database is down; a wrong URL stops `serve` with one line that names the host
 //! and never the password; `config show` hides the URL; `config check` refuses a
 //! world-readable file that holds it; `db migrate` applies the schema once; three
-//! instances' migration schedulers at once execute each scheduled migration once.
+//! instances' migration schedulers at once execute each scheduled migration once; an
+//! instance retired with `serve --leave-group` hands over what its session kept.
 
 use platen_e2e::postgres::{Postgres, PASSWORD};
 use platen_e2e::{workspace_bin, Mosquitto};
@@ -356,4 +357,120 @@ fn scheduled_migrations_run_once_across_instances() {
         assert_eq!(changes.len(), 2, "c{i}: start and one plan change");
         assert_eq!(changes[1].change.plan.as_str(), "mono-1000");
     }
+}
+
+/// Retiring an instance: one of two instances sharing the stream is SIGKILLed, so the
+/// broker keeps dispatching its share into its persistent session. `serve
+/// --leave-group` under its client id takes that share in and unsubscribes; from then
+/// on every report goes to the other instance. Nothing is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_instance_hands_over_what_its_session_kept() {
+    use platen_e2e::{metric, CloudProc, ProviderProc};
+    const N: u64 = 40;
+    let pg = Postgres::start();
+    let broker = Mosquitto::start(false);
+    let provider = ProviderProc::start();
+    let url = pg.fresh_db("retire");
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str, extra: &[&str]| {
+        CloudProc::start_instance(
+            broker.port,
+            &dir.path().join(name),
+            &provider.url,
+            (&url, name),
+            extra,
+        )
+    };
+    let mut a = start("cloud-a", &[]);
+    let b = start("cloud-b", &[]);
+    for c in [&a, &b] {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !reqwest::get(format!("{}/healthz", c.api))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(Instant::now() < end, "instance never came up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let store = platen_cloud::store::Store::open_postgres(&url, None).unwrap();
+    let (acme, p1): (Id, Id) = ("acme".parse().unwrap(), "p1".parse().unwrap());
+    let versions: Vec<u64> = (1..=3 * N).collect();
+    store
+        .record_published(&acme, &p1, &versions, None, chrono::Utc::now())
+        .unwrap();
+    // a dies; its subscription stays in its session.
+    a.crash();
+    let opts = rumqttc::MqttOptions::new("agent-retire", "127.0.0.1", broker.port);
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1024);
+    let pump = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let publish = |from: u64| {
+        let client = client.clone();
+        async move {
+            for v in from..from + N {
+                let payload = codec::encode(&report(v));
+                client
+                    .publish(
+                        "platen/v1/acme/p1/config/report",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let stored = |store: &platen_cloud::store::Store| store.reports().unwrap().len() as u64;
+    let wait_for = |want: u64| {
+        let store = store.clone();
+        async move {
+            let end = Instant::now() + Duration::from_secs(30);
+            loop {
+                let n = stored(&store);
+                if n >= want || Instant::now() > end {
+                    return n;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    publish(1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let while_dead = stored(&store);
+    assert!(
+        while_dead < N && while_dead > 0,
+        "the dead instance's share waits in its session: {while_dead} of {N} stored"
+    );
+    let taken_by_b = metric(&b.api, "platen_cloud_reports_total{outcome=\"new\"}").await;
+    assert_eq!(taken_by_b, while_dead);
+    // Retire a: what its session kept comes in, then a leaves the group.
+    let out = Command::new(workspace_bin("platen-cloud"))
+        .args(["--port", &broker.port.to_string(), "--client-id", "cloud-a"])
+        .arg("--state-dir")
+        .arg(dir.path().join("cloud-a"))
+        .args(["--store-url", &url, "serve", "--api-listen", "127.0.0.1:0"])
+        .args(["--provider-url", &provider.url, "--leave-group"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("left the shared-subscription group"),
+        "{text}"
+    );
+    assert_eq!(wait_for(N).await, N, "a's share was handed over");
+    // From now on b takes everything, also with a gone for good.
+    publish(N + 1).await;
+    assert_eq!(wait_for(2 * N).await, 2 * N);
+    let end = Instant::now() + Duration::from_secs(10);
+    while metric(&b.api, "platen_cloud_reports_total{outcome=\"new\"}").await < while_dead + N {
+        assert!(Instant::now() < end, "b did not take every later report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pump.abort();
 }

@@ -229,6 +229,8 @@ pub struct Cloud {
     connected: watch::Receiver<bool>,
     signer: Option<Arc<platen_protocol::Signer>>,
     registry: Option<Arc<agents::Registry>>,
+    /// The shared-subscription filters, when the instance is in a group.
+    shared_filters: Option<[String; 2]>,
     pub counters: Arc<Counters>,
 }
 
@@ -328,6 +330,7 @@ impl Cloud {
             connected,
             signer: None,
             registry,
+            shared_filters: share_group.map(|_| [reports_filter.clone(), telemetry_filter.clone()]),
             counters: Arc::new(Counters::default()),
         };
         let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<rumqttc::Publish>();
@@ -1024,6 +1027,54 @@ impl Cloud {
 
     pub fn report(&self, report_id: &str) -> Option<ReceivedReport> {
         self.store.report(report_id).ok().flatten()
+    }
+
+    /// Inbound messages taken so far (stored, duplicate, refused or rate-limited).
+    fn taken(&self) -> u64 {
+        let c = &self.counters;
+        [
+            &c.new,
+            &c.duplicates,
+            &c.refused,
+            &c.unpublished,
+            &c.limited_telemetry,
+        ]
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .sum()
+    }
+
+    /// Wait until no message has come in for `quiet`; the number that came meanwhile.
+    async fn until_quiet(&self, quiet: Duration) -> u64 {
+        let first = self.taken();
+        let (mut last, mut since) = (first, tokio::time::Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.taken();
+            if now != last {
+                (last, since) = (now, tokio::time::Instant::now());
+            } else if since.elapsed() >= quiet {
+                return now - first;
+            }
+        }
+    }
+
+    /// Leave the shared-subscription group for good (an instance being retired):
+    /// take in what the broker kept in this instance's session until nothing has
+    /// come for `quiet`, unsubscribe from the shared filters, and take in what was
+    /// still on its way. From then on the broker gives this instance's share to the
+    /// others. Returns the number of messages taken in; `None` outside a group.
+    pub async fn leave_group(&self, quiet: Duration) -> Option<u64> {
+        let filters = self.shared_filters.as_ref()?;
+        let mut taken = self.until_quiet(quiet).await;
+        for f in filters {
+            if let Err(e) = self.client.unsubscribe(f.clone()).await {
+                warn!(filter = %f, error = %e, "could not unsubscribe");
+            }
+        }
+        taken += self.until_quiet(quiet).await;
+        info!(taken, "left the shared-subscription group");
+        Some(taken)
     }
 
     pub async fn shutdown(&self) {

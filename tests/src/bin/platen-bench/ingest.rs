@@ -298,6 +298,46 @@ fn takeover(pg: &Postgres, lease: Duration) -> f64 {
     }
 }
 
+/// Bytes PostgreSQL keeps per telemetry sample (table, its key, TOAST), from `n`
+/// samples of the protocol's golden telemetry message (one printer's counter and
+/// four supplies), one minute apart, over 100 printers.
+fn bytes_per_sample(pg: &Postgres, n: usize) -> f64 {
+    use platen_protocol::Telemetry;
+    let url = pg.fresh_db("samples");
+    let name = url.rsplit('/').next().unwrap_or_default().to_string();
+    let store = Store::open_postgres(&url, None).expect("postgres");
+    let golden: Telemetry =
+        platen_protocol::decode(include_bytes!("../../../../protocol/golden/telemetry.json"))
+            .expect("golden telemetry");
+    let tenant = "acme".parse().expect("id");
+    let start = Utc::now() - chrono::Duration::days(30);
+    store.begin_batch().expect("batch");
+    for i in 0..n {
+        let mut t = golden.clone();
+        t.printer_id = format!("p{}", i % 100).parse().expect("id");
+        t.seq = i as u64 + 1;
+        t.message_id = Telemetry::make_id(&t.agent_id, &t.printer_id, t.seq);
+        let r = t.reading.as_mut().expect("reading");
+        r.read_at = start + chrono::Duration::minutes((i / 100) as i64);
+        r.counters[0].value = 1000 + i as u64;
+        let sample = platen_cloud::model::Sample::of(&t).expect("sample");
+        store
+            .record_sample(&tenant, &t.printer_id, &sample)
+            .expect("sample stored");
+        if i % 1000 == 999 {
+            store.sync().expect("commit");
+            store.begin_batch().expect("batch");
+        }
+    }
+    store.sync().expect("commit");
+    pg.psql(&name, "VACUUM ANALYZE readings");
+    let bytes: f64 = pg
+        .psql(&name, "SELECT pg_total_relation_size('readings')")
+        .parse()
+        .unwrap_or(0.0);
+    bytes / n as f64
+}
+
 /// Bytes of every file under `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
@@ -379,6 +419,12 @@ pub async fn run(r: &mut Results, n: usize) {
         "platen-cloud on PostgreSQL: decode, dedupe, commit, ack",
         best_pg,
         "msg/s",
+    );
+    r.figure(
+        SECTION,
+        "PostgreSQL bytes per telemetry sample (readings table with its key)",
+        bytes_per_sample(&pg, if n >= 100_000 { 50_000 } else { 5_000 }),
+        "B",
     );
     let lease = Duration::from_secs(2);
     let took = takeover(&pg, lease);
