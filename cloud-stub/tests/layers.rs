@@ -46,16 +46,28 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
-#[test]
-fn every_layer_uses_only_the_layers_below_it() {
+/// Every source file of the crate: (path under `src/`, its top module, its code).
+fn modules() -> Vec<(String, String, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     sources(&src, &mut files);
+    files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let layer = rel.split('/').next().unwrap().trim_end_matches(".rs");
+            let layer = layer.to_string();
+            (rel, layer, code(&std::fs::read_to_string(f).unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_layer_uses_only_the_layers_below_it() {
     let mut wrong = Vec::new();
     let mut checked = 0;
-    for f in &files {
-        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-        let layer = rel.split('/').next().unwrap().trim_end_matches(".rs");
+    for (rel, layer, text) in &modules() {
+        let layer = layer.as_str();
         if layer == "lib" || layer == "main" {
             continue;
         }
@@ -63,7 +75,6 @@ fn every_layer_uses_only_the_layers_below_it() {
             wrong.push(format!("{rel}: module {layer} is in no layer"));
             continue;
         };
-        let text = code(&std::fs::read_to_string(f).unwrap());
         let mut rest = text.as_str();
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
@@ -116,15 +127,10 @@ const CONFINED: &[(&str, &[&str])] = &[
 
 #[test]
 fn backends_and_status_codes_stay_in_their_layers() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    sources(&src, &mut files);
     let mut wrong = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for f in &files {
-        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-        let layer = rel.split('/').next().unwrap().trim_end_matches(".rs");
-        let text = code(&std::fs::read_to_string(f).unwrap());
+    for (rel, layer, text) in &modules() {
+        let layer = layer.as_str();
         for (word, allowed) in CONFINED {
             if text.contains(word) {
                 seen.insert(*word);

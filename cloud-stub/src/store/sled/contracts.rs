@@ -110,6 +110,23 @@ fn tx_error(e: sled::transaction::TransactionError<()>, key: &str) -> StoreError
 }
 
 impl SledStore {
+    /// Ids of the changes due at or before `now`, soonest first (the `due` index).
+    fn due_ids(&self, now: DateTime<Utc>) -> impl Iterator<Item = Result<String>> + '_ {
+        let end = format!(
+            "{:020}0",
+            u64::try_from(now.timestamp_millis()).unwrap_or(0)
+        );
+        self.due
+            .range(..end.as_bytes())
+            .keys()
+            .filter_map(|kv| match kv {
+                Ok(k) => k
+                    .get(21..)
+                    .map(|id| Ok(String::from_utf8_lossy(id).into_owned())),
+                Err(e) => Some(Err(e.into())),
+            })
+    }
+
     /// The contracts-by-tenant and migrations-by-owner indexes, once, for a directory
     /// written before they existed.
     pub(super) fn with_owner_indexes(self) -> Result<SledStore> {
@@ -544,20 +561,13 @@ impl Contracts for SledStore {
     }
 
     fn due_changes(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<ChangeRecord>> {
-        let end = format!(
-            "{:020}0",
-            u64::try_from(now.timestamp_millis()).unwrap_or(0)
-        );
-        let mut out = Vec::new();
-        for kv in self.due.range(..end.as_bytes()).keys().take(limit) {
-            let k = kv?;
-            let Some(id) = k.get(21..) else { continue };
-            let id = String::from_utf8_lossy(id).into_owned();
-            if let Some(rec) = Self::get::<ChangeRecord>(&self.changes, &id)? {
-                out.push(rec);
-            }
-        }
-        Ok(out)
+        self.due_ids(now)
+            .take(limit)
+            .filter_map(|id| {
+                id.and_then(|id| Self::get::<ChangeRecord>(&self.changes, &id))
+                    .transpose()
+            })
+            .collect()
     }
 
     fn claim_due(
@@ -567,18 +577,12 @@ impl Contracts for SledStore {
         limit: usize,
     ) -> Result<Vec<ChangeRecord>> {
         let mut claims = self.claims();
-        let end = format!(
-            "{:020}0",
-            u64::try_from(now.timestamp_millis()).unwrap_or(0)
-        );
         let mut out = Vec::new();
-        for kv in self.due.range(..end.as_bytes()).keys() {
+        for id in self.due_ids(now) {
             if out.len() >= limit {
                 break;
             }
-            let k = kv?;
-            let Some(id) = k.get(21..) else { continue };
-            let id = String::from_utf8_lossy(id).into_owned();
+            let id = id?;
             if claims
                 .get(&id)
                 .is_some_and(|h| h.owner != claim.owner && h.until >= now)
