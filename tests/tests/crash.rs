@@ -12,13 +12,19 @@
 //! - duplicates were deduplicated: each report id entered each change's timeline
 //!   exactly once, however often the broker delivered it;
 //! - the ledger holds exactly what `compensation::decide` gives for each change's
-//!   recorded evidence (T0, T1, fault) — no entry missing, none extra, none twice.
+//!   recorded evidence (T0, T1, fault) — no entry missing, none extra, none twice;
+//! - every shipment in the ledger was ordered at the provider once, under its key;
+//! - every migration scheduled during the run executed once, as one plan change to
+//!   its target plan; the refused ones (asked before telemetry arrived) are stored.
 //!
 //! Real processes: Mosquitto, the simulator (three printers, 25 ms per request so a
 //! kill lands inside applies; p2 refuses sysLocation until the end, so its changes
-//! are config faults that are compensated), `platen-provider`, `platen-cloud serve`
-//! and the agent binary. Each run makes `PLATEN_CRASH_KILLS` kills (default 20, the
-//! long run in the guide uses 200); `PLATEN_CRASH_SEED` replays a run's timing.
+//! are config faults that are compensated — on toner delivery, so with shipments),
+//! `platen-provider`, `platen-cloud serve --catalog` and the agent binary, which
+//! sends telemetry every two seconds; migrations between two plans are asked for
+//! throughout, scheduled two seconds ahead by the catalog's rule. Each run makes
+//! `PLATEN_CRASH_KILLS` kills (default 20, the long run in the guide uses 200);
+//! `PLATEN_CRASH_SEED` replays a run's timing.
 //!
 //! The third run (#20) has three cloud instances on one PostgreSQL (a server of the
 //! test's own) sharing the report stream through `$share/platen-cloud/…`: each kill
@@ -35,8 +41,66 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const SYS_LOCATION: &str = "1.3.6.1.2.1.1.6.0";
-const FEE: u64 = 1_000_000_000;
 const PRINTERS: [&str; 3] = ["p1", "p2", "p3"];
+
+/// The plans and migration rules of every run. c-p1 and c-p3 move between `basic`
+/// and `basic-b` (scheduled two seconds ahead, and only once telemetry has reached
+/// the cloud); c-p2 is on toner delivery, so its config faults are compensated with
+/// shipments as well as credits.
+const CATALOG: &str = r#"
+[[plan]]
+id = "basic"
+name = "Basic"
+service = { kind = "basic", monthly_fee = 1000000000 }
+[plan.config_template]
+sysLocation = "Room 42"
+sysContact = "ops@acme.example"
+
+[[plan]]
+id = "basic-b"
+name = "Basic, the other one"
+service = { kind = "basic", monthly_fee = 1000000000 }
+[plan.config_template]
+sysLocation = "Room 42"
+sysContact = "ops@acme.example"
+
+[[plan]]
+id = "toner"
+name = "Toner delivery"
+service = { kind = "consumables_delivery", monthly_fee = 1000000000, item = "toner-k" }
+[plan.config_template]
+sysLocation = "Room 42"
+sysContact = "ops@acme.example"
+
+[[rule]]
+id = "later"
+from = "any"
+to = "any"
+allow = "after 2s"
+
+[[rule]]
+id = "usage_unknown"
+from = "any"
+to = "any"
+when = ["telemetry = none"]
+refuse = { code = "usage_unknown", message = "no telemetry yet" }
+"#;
+
+/// The contract of each printer and its first plan.
+fn first_plan(printer: &str) -> &'static str {
+    if printer == "p2" {
+        "toner"
+    } else {
+        "basic"
+    }
+}
+
+/// What a plan of [`CATALOG`] sells, for the formula.
+fn service_of(plan: &str) -> ServiceKind {
+    let catalog = platen_cloud::plans::catalog::Catalog::parse(CATALOG).expect("test catalog");
+    let id: platen_protocol::Id = plan.parse().expect("plan id");
+    catalog.plans[&id].service.clone()
+}
 
 /// A small deterministic generator (xorshift64*): the seed is printed, so a failing
 /// run's kill timing can be replayed with `PLATEN_CRASH_SEED`.
@@ -96,7 +160,7 @@ struct World {
     broker_port: u16,
     _broker: Mosquitto,
     sim: Sim,
-    _provider: ProviderProc,
+    provider: ProviderProc,
     /// One cloud, or [`INSTANCES`] on one database.
     clouds: Vec<CloudProc>,
     /// The instance API requests go to.
@@ -116,6 +180,9 @@ async fn world(victim: Victim) -> World {
         "p3,delay-ms=25",
     ]);
     let provider = ProviderProc::start();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, CATALOG).expect("catalog file");
+    let catalog = catalog.to_str().expect("utf-8 path");
     let (clouds, pg) = if victim == Victim::Instance {
         let pg = platen_e2e::postgres::Postgres::start();
         let url = pg.fresh_db("instances");
@@ -126,13 +193,23 @@ async fn world(victim: Victim) -> World {
                     &dir.path().join(format!("cloud-{i}")),
                     &provider.url,
                     (&url, &format!("platen-cloud-{i}")),
-                    &["--claim-lease-secs", &LEASE_SECS.to_string()],
+                    &[
+                        "--catalog",
+                        catalog,
+                        "--claim-lease-secs",
+                        &LEASE_SECS.to_string(),
+                    ],
                 )
             })
             .collect();
         (clouds, Some(pg))
     } else {
-        let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+        let cloud = CloudProc::start_with(
+            broker.port,
+            &dir.path().join("cloud"),
+            &provider.url,
+            &["--catalog", catalog],
+        );
         (vec![cloud], None)
     };
     let tap = Tap::start(
@@ -145,21 +222,22 @@ async fn world(victim: Victim) -> World {
         .iter()
         .map(|p| PrinterEntry::new(p, sim.addr(p)))
         .collect();
+    // Telemetry flows all the time: migrations are decided on it.
     let agent = AgentProc::start(
         dir.path(),
-        &agent_toml(
+        &(agent_toml(
             "gw-crash",
             broker.port,
             &dir.path().join("state"),
             &printers,
-        ),
+        ) + "\n[telemetry]\ninterval_secs = 2\nheartbeat_secs = 60\n"),
     );
     World {
         dir,
         broker_port: broker.port,
         _broker: broker,
         sim,
-        _provider: provider,
+        provider,
         clouds,
         front: 0,
         pg,
@@ -198,24 +276,13 @@ async fn contracts(w: &World) {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    let (s, v) = api(
-        w,
-        "POST",
-        "/v1/plans",
-        Some(json!({
-            "id": "basic", "name": "Basic", "service": {"kind": "basic", "monthly_fee": FEE},
-            "config_template": {"sysLocation": "Room 42", "sysContact": "ops@acme.example"}
-        })),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
     for p in PRINTERS {
         let (s, v) = api(
             w,
             "POST",
             "/v1/contracts",
             Some(json!({
-                "id": format!("c-{p}"), "tenant": "acme", "printers": [p], "plan": "basic",
+                "id": format!("c-{p}"), "tenant": "acme", "printers": [p], "plan": first_plan(p),
                 "time_zone": "Europe/Berlin", "currency": "EUR"
             })),
         )
@@ -285,8 +352,59 @@ async fn takeover(w: &mut World, rng: &mut Rng) {
     w.clouds[victim].restart();
 }
 
-/// Kill `victim` `n` times at random points while changes keep coming.
-async fn kill_loop(w: &mut World, victim: Victim, n: usize, rng: &mut Rng) -> usize {
+/// Migrations asked for during a run.
+#[derive(Debug, Default)]
+struct Asked {
+    /// Ids of those scheduled (each must execute once).
+    scheduled: Vec<String>,
+    /// Refused because no telemetry had reached the cloud yet.
+    refused: usize,
+    /// Not stored: one was already pending, or the contract was on the plan already.
+    skipped: usize,
+}
+
+/// Ask to move c-p1 or c-p3, at random, from `basic` to `basic-b` or back.
+async fn ask_migration(w: &World, rng: &mut Rng, asked: &mut Asked) {
+    let contract = format!("c-{}", ["p1", "p3"][rng.below(2) as usize]);
+    let (s, v) = api(w, "GET", &format!("/v1/contracts/{contract}"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let plan = if v["plan"]["id"] == "basic" {
+        "basic-b"
+    } else {
+        "basic"
+    };
+    let (s, v) = api(
+        w,
+        "POST",
+        "/v1/migrations",
+        Some(json!({"tenant": "acme", "contract": contract, "plan": plan})),
+    )
+    .await;
+    match (s, v["error"]["code"].as_str()) {
+        (201, _) => {
+            assert_eq!(v["state"], "scheduled", "{v}");
+            asked
+                .scheduled
+                .push(v["id"].as_str().expect("id").to_string());
+        }
+        (422, Some("migration_refused")) => {
+            assert_eq!(v["migration"]["rule"], "usage_unknown", "{v}");
+            asked.refused += 1;
+        }
+        (409, Some("migration_pending")) | (422, Some("same_plan")) => asked.skipped += 1,
+        other => panic!("migration of {contract} to {plan}: {other:?} {v}"),
+    }
+}
+
+/// Kill `victim` `n` times at random points while changes and migrations keep
+/// coming.
+async fn kill_loop(
+    w: &mut World,
+    victim: Victim,
+    n: usize,
+    rng: &mut Rng,
+    asked: &mut Asked,
+) -> usize {
     let mut changes = 0;
     for i in 0..n {
         w.front = rng.below(w.clouds.len() as u64) as usize;
@@ -313,6 +431,9 @@ async fn kill_loop(w: &mut World, victim: Victim, n: usize, rng: &mut Rng) -> us
             .await;
             assert_eq!(s, 201, "change {i} on {p}: {v}");
             changes += 1;
+        }
+        if rng.below(2) == 0 {
+            ask_migration(w, rng, asked).await;
         }
         // An apply of three settings at 25 ms per request takes ~250 ms; reports
         // follow within milliseconds: kill anywhere in and around that.
@@ -384,6 +505,7 @@ struct Outcome {
     reports: usize,
     deliveries: usize,
     ledger: usize,
+    shipments: usize,
     stored: usize,
 }
 
@@ -397,12 +519,15 @@ async fn check(
         reports: 0,
         deliveries: 0,
         ledger: 0,
+        shipments: 0,
         stored: 0,
     };
     // Reports that entered the cloud, from every timeline: each id exactly once.
     let mut entered: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     let mut ids: BTreeSet<String> = BTreeSet::new();
     let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+    // Ledger key → quantity, for every part that ships toner.
+    let mut shipments: BTreeMap<String, u64> = BTreeMap::new();
     for (id, status) in contracts {
         let (s, tl) = api(w, "GET", &format!("/v1/contracts/{id}/timeline"), None).await;
         assert_eq!(s, 200, "{tl}");
@@ -421,21 +546,27 @@ async fn check(
         // The ledger: exactly the formula's parts for each change's evidence.
         let (s, ledger) = api(w, "GET", &format!("/v1/ledger?contract={id}"), None).await;
         assert_eq!(s, 200, "{ledger}");
-        let mut actual: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        // Per key: the fee credit, the unavailable seconds, the toner shipped.
+        let mut actual: BTreeMap<String, (u64, u64, Option<u64>)> = BTreeMap::new();
         for e in ledger.as_array().unwrap() {
             let key = e["key"].as_str().unwrap().to_string();
+            let shipped = e["shipment"]["quantity"].as_u64();
+            if let Some(q) = shipped {
+                shipments.insert(key.clone(), q);
+            }
             let prev = actual.insert(
                 key.clone(),
                 (
                     e["fee_credit"].as_u64().unwrap(),
                     e["unavailable_secs"].as_u64().unwrap(),
+                    shipped,
                 ),
             );
             assert!(prev.is_none(), "ledger key {key} twice");
         }
-        let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let service = ServiceKind::Basic { monthly_fee: FEE };
+        let mut expected: BTreeMap<String, (u64, u64, Option<u64>)> = BTreeMap::new();
         for c in status["changes"].as_array().unwrap() {
+            let service = service_of(c["plan"].as_str().expect("plan"));
             outcome.changes += 1;
             let change_id = c["id"].as_str().unwrap();
             // A customer-side config fault (the agent was down before publication) is
@@ -457,7 +588,11 @@ async fn check(
                     for part in parts {
                         expected.insert(
                             format!("{change_id}/{}", part.period.label()),
-                            (part.fee_credit, part.unavailable_secs),
+                            (
+                                part.fee_credit,
+                                part.unavailable_secs,
+                                part.shipment.map(|s| s.quantity),
+                            ),
                         );
                     }
                 }
@@ -487,6 +622,33 @@ async fn check(
         );
     }
     outcome.reports = ids.len();
+    // Every shipment in the ledger ordered at the provider once, under its key.
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ordered: BTreeMap<String, u64> = loop {
+        let (s, v) = http_json("GET", &format!("{}/v1/shipments", w.provider.url), None).await;
+        assert_eq!(s, 200, "{v}");
+        let orders = v.as_array().expect("shipments");
+        let ordered: BTreeMap<String, u64> = orders
+            .iter()
+            .map(|o| {
+                assert_eq!(o["item"], "toner-k", "{o}");
+                (
+                    o["key"].as_str().expect("key").to_string(),
+                    o["quantity"].as_u64().expect("quantity"),
+                )
+            })
+            .collect();
+        assert_eq!(ordered.len(), orders.len(), "a key ordered twice: {v:#}");
+        if ordered == shipments || tokio::time::Instant::now() > end {
+            break ordered;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        ordered, shipments,
+        "provider's orders ≠ the ledger's shipments"
+    );
+    outcome.shipments = ordered.len();
     // The newest version of every printer gets reported (a change may have been
     // confirmed by an earlier version's report while a newer one was still applying).
     let newest_ids: Vec<String> = PRINTERS
@@ -582,6 +744,75 @@ async fn check(
     outcome
 }
 
+/// Every migration of the run once none is scheduled any more: each one asked for
+/// executed (none cancelled or superseded), the refused ones stored as refused.
+async fn executed(w: &World, asked: &Asked) -> Vec<Value> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    let all = loop {
+        let (s, v) = api(w, "GET", "/v1/migrations?tenant=acme&limit=1000", None).await;
+        assert_eq!(s, 200, "{v}");
+        let all = v.as_array().expect("migrations").clone();
+        if all.iter().all(|m| m["state"] != "scheduled") {
+            break all;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "migrations never executed: {all:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let state = |id: &str| {
+        all.iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["state"].as_str().unwrap_or("?"))
+    };
+    for id in &asked.scheduled {
+        assert_eq!(state(id), Some("executed"), "migration {id}: {all:#?}");
+    }
+    let refused = all.iter().filter(|m| m["state"] == "refused").count();
+    assert_eq!(refused, asked.refused, "refusals stored: {all:#?}");
+    assert_eq!(all.len(), asked.scheduled.len() + asked.refused, "{all:#?}");
+    all
+}
+
+/// Each executed migration made exactly one plan change, to its target plan, and
+/// no plan changed otherwise.
+fn check_migrations(contracts: &BTreeMap<String, Value>, migrations: &[Value]) {
+    for (id, status) in contracts {
+        let plan_changes: BTreeMap<String, String> = status["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|c| c["change"]["kind"] == "plan_change")
+            .map(|c| {
+                (
+                    c["id"].as_str().expect("change id").to_string(),
+                    c["plan"].as_str().expect("plan").to_string(),
+                )
+            })
+            .collect();
+        let made: BTreeMap<String, String> = migrations
+            .iter()
+            .filter(|m| m["contract"] == id.as_str() && m["state"] == "executed")
+            .map(|m| {
+                (
+                    m["change_id"].as_str().expect("change_id").to_string(),
+                    m["to_plan"].as_str().expect("to_plan").to_string(),
+                )
+            })
+            .collect();
+        let executed = migrations
+            .iter()
+            .filter(|m| m["contract"] == id.as_str() && m["state"] == "executed")
+            .count();
+        assert_eq!(made.len(), executed, "{id}: two migrations, one change");
+        assert_eq!(
+            plan_changes, made,
+            "{id}: plan changes ≠ executed migrations"
+        );
+    }
+}
+
 /// Reports each cloud took in since it started (new and duplicate).
 async fn reports_seen(w: &World) -> Vec<u64> {
     let mut out = Vec::new();
@@ -599,10 +830,12 @@ async fn crash_run(victim: Victim) {
     let mut rng = Rng::from_env();
     let mut w = world(victim).await;
     contracts(&w).await;
-    let changes = kill_loop(&mut w, victim, n, &mut rng).await;
+    let mut asked = Asked::default();
+    let changes = kill_loop(&mut w, victim, n, &mut rng, &mut asked).await;
     // Leave everything running; p2 becomes writable so its faults can complete.
     cloud_up(&w).await;
     w.sim.command(&format!("writable p2 {SYS_LOCATION}"));
+    let migrations = executed(&w, &asked).await;
     let all = settled(&w).await;
     // Every report that crossed the broker, delivered twice more (a replaying or
     // redelivering broker): nothing may change.
@@ -649,14 +882,33 @@ async fn crash_run(victim: Victim) {
         );
         eprintln!("instance run: replayed reports per instance {per_instance:?}");
     }
+    check_migrations(&all, &migrations);
     let o = check(&mut w, &all, replayed.len()).await;
     assert!(o.changes >= changes + PRINTERS.len(), "changes made");
     assert!(o.ledger >= 1, "p2's refused setting was compensated");
+    assert!(o.shipments >= 1, "p2's faults shipped toner");
+    if victim != Victim::Agent {
+        // (An agent killed every half second never gets to its first telemetry poll,
+        // so in that run every migration is refused: usage unknown.)
+        assert!(
+            !asked.scheduled.is_empty(),
+            "migrations executed: {asked:?}"
+        );
+    }
     eprintln!(
         "crash harness ({victim:?}): {n} kills survived; {} changes settled; {} reports \
          in timelines, {} in the cloud's store ({} broker deliveries, each replayed twice); \
-         {} ledger entries equal to the formula",
-        o.changes, o.reports, o.stored, o.deliveries, o.ledger
+         {} ledger entries equal to the formula; {} shipments ordered once; migrations: \
+         {} executed once, {} refused before telemetry, {} not stored (pending or same plan)",
+        o.changes,
+        o.reports,
+        o.stored,
+        o.deliveries,
+        o.ledger,
+        o.shipments,
+        asked.scheduled.len(),
+        asked.refused,
+        asked.skipped
     );
     let _ = &w.dir;
 }
