@@ -22,6 +22,33 @@ pub const BUILTIN: &[(&str, &str)] = &[(
     include_str!("../profiles/konica-minolta.toml"),
 )];
 
+/// Printer makers by IANA enterprise number (the arc after 1.3.6.1.4.1 in
+/// sysObjectID), with the built-in profile that reads their vendor counters, if any.
+pub const MAKERS: &[(u32, &str, Option<&str>)] = &[
+    (11, "HP", None),
+    (1602, "Canon", None),
+    (367, "Ricoh", None),
+    (1347, "Kyocera", None),
+    (253, "Xerox", None),
+    (2435, "Brother", None),
+    (641, "Lexmark", None),
+    (2385, "Sharp", None),
+    (1248, "Epson", None),
+    (18334, "Konica Minolta", Some("konica-minolta")),
+];
+
+/// The maker of a printer by its sysObjectID, with the built-in profile for it.
+pub fn maker(sys_object_id: &str) -> Option<(&'static str, Option<&'static str>)> {
+    let rest = sys_object_id
+        .trim_start_matches('.')
+        .strip_prefix("1.3.6.1.4.1.")?;
+    let enterprise: u32 = rest.split('.').next()?.parse().ok()?;
+    MAKERS
+        .iter()
+        .find(|(n, _, _)| *n == enterprise)
+        .map(|(_, name, profile)| (*name, *profile))
+}
+
 /// Objects whose write is destructive, by OID prefix: a profile may name them only
 /// with `destructive = true` on the setting and `allow_destructive = true` in its
 /// `[profile]` header (an explicit opt-in per profile). The built-in profiles name none.

@@ -12,7 +12,7 @@ use crate::apply::get_values;
 use crate::catalog::Profile;
 use crate::config::AgentConfig;
 use crate::poll::collect;
-use crate::printer_mib::{decode, TelemetrySpec};
+use crate::printer_mib::{decode, Severity, TelemetrySpec};
 use crate::snmp::{ErrorStatus, Snmp, SnmpError, SnmpValue};
 use chrono::Utc;
 use platen_protocol::diag::{LastReport, PrinterDiag, Problem, SettingCheck};
@@ -146,8 +146,9 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
     match collect(snmp, p.spec, &mut device).await {
         Ok((d, values)) => {
             let r = decode(&values, d, p.spec, Utc::now());
-            supply_problems(id, &r, &mut out.problems);
-            status_problems(id, &r.status, &mut out.problems);
+            supply_findings(id, &r, &mut out);
+            status_findings(id, &r.status, &mut out);
+            counter_findings(id, &r, p.profile, &mut out);
             out.identity = Some(r.identity);
             out.status = Some(r.status);
             out.counters = r.counters;
@@ -219,54 +220,107 @@ fn unreachable_problem(id: &Id, target: &str, e: &SnmpError, took: Duration) -> 
     }
 }
 
-fn supply_problems(id: &Id, r: &platen_protocol::telemetry::Reading, out: &mut Vec<Problem>) {
+/// Supplies: an empty cartridge or a full receptacle stops printing (a problem); a
+/// low one or an almost full one needs doing soon (a warning).
+fn supply_findings(id: &Id, r: &platen_protocol::telemetry::Reading, out: &mut PrinterDiag) {
     for s in &r.supplies {
-        let msg = match (s.class, s.state) {
-            (SupplyClass::Consumed, SupplyState::Empty) => "is empty",
-            (SupplyClass::Consumed, SupplyState::Low) => "is low",
-            (SupplyClass::Receptacle, SupplyState::Full) => "is full",
-            (SupplyClass::Receptacle, SupplyState::AlmostFull) => "is almost full",
+        let (msg, serious) = match (s.class, s.state) {
+            (SupplyClass::Consumed, SupplyState::Empty) => ("is empty", true),
+            (SupplyClass::Consumed, SupplyState::Low) => ("is low", false),
+            (SupplyClass::Receptacle, SupplyState::Full) => ("is full", true),
+            (SupplyClass::Receptacle, SupplyState::AlmostFull) => ("is almost full", false),
             _ => continue,
         };
-        out.push(problem(
+        let item = problem(
             "supplies",
             format!("{} {msg} ({})", s.description, level_text(s)),
             format!("replace \"{}\" on printer {id}", s.description),
-        ));
+        );
+        if serious {
+            out.problems.push(item);
+        } else {
+            out.warnings.push(item);
+        }
     }
 }
 
-fn status_problems(id: &Id, st: &platen_protocol::telemetry::Status, out: &mut Vec<Problem>) {
-    // Low paper/toner are covered by the supplies; these need a person at the printer.
-    const SERIOUS: [&str; 8] = [
-        "noPaper",
-        "noToner",
-        "doorOpen",
-        "jammed",
-        "offline",
-        "serviceRequested",
-        "inputTrayMissing",
-        "outputFull",
-    ];
-    let serious: Vec<&str> = st
-        .errors
-        .iter()
-        .map(String::as_str)
-        .filter(|e| SERIOUS.contains(e))
-        .collect();
-    if !serious.is_empty() {
-        out.push(problem(
-            "status",
-            format!("printer reports {}", serious.join(", ")),
-            format!("look at printer {id}'s panel"),
-        ));
+/// A printer without a readable billing counter cannot be metered: say so, and name
+/// the built-in profile for its maker when there is one.
+fn counter_findings(
+    id: &Id,
+    r: &platen_protocol::telemetry::Reading,
+    profile: &Profile,
+    out: &mut PrinterDiag,
+) {
+    if r.billing_value().is_some() {
+        return;
     }
-    if st.device.as_deref() == Some("down") {
-        out.push(problem(
+    let what = match &r.billing_counter {
+        Some(name) => format!("its billing counter {name} did not answer"),
+        None => "it answers no prtMarkerLifeCount".into(),
+    };
+    let maker = r
+        .identity
+        .sys_object_id
+        .as_deref()
+        .and_then(crate::catalog::maker);
+    let hint = match maker {
+        Some((m, Some(built_in))) if built_in != profile.name => format!(
+            "set profile = \"{built_in}\" for printer {id}: it reads {m}'s own page counters"
+        ),
+        Some((m, _)) => format!(
+            "no built-in profile reads {m}'s own counters for this model: write a profile with a \
+             [[counter]] from the maker's MIB and billing_counter (guide: Settings profiles)"
+        ),
+        None => "write a profile with a [[counter]] from the maker's MIB and billing_counter \
+                 (guide: Settings profiles)"
+            .into(),
+    };
+    out.warnings.push(problem(
+        "counters",
+        format!(
+            "printer {id} has no usable page counter ({what}): a page-cap contract cannot be \
+             metered on it"
+        ),
+        hint,
+    ));
+}
+
+/// The error bits, each with its severity, meaning and what to do; a device that
+/// says "down", or "warning" without any bit to say why.
+fn status_findings(id: &Id, st: &platen_protocol::telemetry::Status, out: &mut PrinterDiag) {
+    for name in &st.errors {
+        match crate::printer_mib::error_bit(name) {
+            Some(b) => {
+                let item = problem(
+                    "status",
+                    format!("printer reports {name}: {}", b.meaning),
+                    format!("{} (printer {id})", b.action),
+                );
+                match b.severity {
+                    Severity::Problem => out.problems.push(item),
+                    Severity::Warning => out.warnings.push(item),
+                }
+            }
+            None => out.warnings.push(problem(
+                "status",
+                format!("printer reports {name}, an error bit RFC 3805 does not name"),
+                format!("look at printer {id}'s panel"),
+            )),
+        }
+    }
+    match st.device.as_deref() {
+        Some("down") => out.problems.push(problem(
             "status",
-            "hrDeviceStatus is down".into(),
-            format!("printer {id} says it cannot print: look at its panel"),
-        ));
+            "hrDeviceStatus is down: the printer says it cannot print".into(),
+            format!("look at printer {id}'s panel and the alerts"),
+        )),
+        Some("warning") if st.errors.is_empty() => out.warnings.push(problem(
+            "status",
+            "hrDeviceStatus is warning, with no error bit to say why".into(),
+            format!("look at printer {id}'s panel and the alerts"),
+        )),
+        _ => {}
     }
 }
 
@@ -375,24 +429,40 @@ async fn write_back<S: Snmp>(
     Ok(())
 }
 
-/// Level as text for tables: `80%`, `11501/12000`, `some remaining`, `unknown`.
+/// Level as text for tables: `80%`, `95% full`, `11501/12000`; without a capacity
+/// to compare with, `1200 left` (consumed) or `room for 100` (a receptacle: its level
+/// is the space left, RFC 3805), and `some left` / `has room` for level −3.
 pub fn level_text(s: &platen_protocol::telemetry::Supply) -> String {
+    use platen_protocol::telemetry::SpecialLevel;
     if let Some(p) = s.percent_remaining {
         return format!("{p}%");
     }
     if let Some(p) = s.percent_full {
         return format!("{p}% full");
     }
-    match s.level {
-        Level::Amount(n) => match s.max {
-            Level::Amount(m) => format!("{n}/{m}"),
-            _ => format!("{n}"),
-        },
-        Level::Special(platen_protocol::telemetry::SpecialLevel::SomeRemaining) => {
-            "some remaining".into()
-        }
-        Level::Special(platen_protocol::telemetry::SpecialLevel::Other) => "other".into(),
-        Level::Special(platen_protocol::telemetry::SpecialLevel::Unknown) => "unknown".into(),
+    let receptacle = s.class == SupplyClass::Receptacle;
+    let unit = s
+        .unit
+        .as_deref()
+        .map(|u| format!(" {u}"))
+        .unwrap_or_default();
+    match (s.level, s.max) {
+        (Level::Amount(n), Level::Amount(m)) if !receptacle => format!("{n}/{m}"),
+        (Level::Amount(n), _) if receptacle => format!("room for {n}{unit}"),
+        (Level::Amount(n), _) => format!("{n}{unit} left"),
+        (Level::Special(SpecialLevel::SomeRemaining), _) if receptacle => "has room".into(),
+        (Level::Special(SpecialLevel::SomeRemaining), _) => "some left".into(),
+        (Level::Special(SpecialLevel::Other), _) => "other".into(),
+        (Level::Special(SpecialLevel::Unknown), _) => "unknown".into(),
+    }
+}
+
+/// State as text for tables: the state's name, but `not_full` for a receptacle that
+/// only says it has room (`some_remaining` reads as "some waste in it").
+pub fn state_text(s: &platen_protocol::telemetry::Supply) -> String {
+    match (s.class, s.state) {
+        (SupplyClass::Receptacle, SupplyState::SomeRemaining) => "not_full".into(),
+        (_, state) => crate::fleet::state_name(state),
     }
 }
 
@@ -625,7 +695,7 @@ pub fn render_table(d: &DiagOutput) -> String {
                     truncate(&x.description, 44),
                     x.kind,
                     level_text(x),
-                    crate::fleet::state_name(x.state)
+                    state_text(x)
                 );
             }
         }
@@ -638,6 +708,20 @@ pub fn render_table(d: &DiagOutput) -> String {
                     c.name,
                     c.value,
                     c.unit.as_deref().unwrap_or("")
+                );
+            }
+        }
+        if !p.alerts.is_empty() {
+            let _ = writeln!(s, "{}: alerts", p.printer_id.as_str());
+            for a in &p.alerts {
+                let _ = writeln!(
+                    s,
+                    "  {:>3} {:<26} {:<18} {:<30} {}",
+                    a.index,
+                    truncate(a.severity.as_deref().unwrap_or("-"), 26),
+                    truncate(a.group.as_deref().unwrap_or("-"), 18),
+                    truncate(a.code.as_deref().unwrap_or("-"), 30),
+                    a.description.as_deref().unwrap_or("")
                 );
             }
         }
@@ -692,7 +776,13 @@ pub fn render_table(d: &DiagOutput) -> String {
     );
     let _ = writeln!(s);
     let n = d.problem_count();
-    if n == 0 {
+    let warned = d.printers.iter().any(|p| !p.warnings.is_empty());
+    if n == 0 && warned {
+        let _ = writeln!(
+            s,
+            "no problems that stop printing (exit 0), but see the warnings"
+        );
+    } else if n == 0 {
         let _ = writeln!(s, "no problems found");
     } else {
         let _ = writeln!(s, "{n} problem{}:", if n == 1 { "" } else { "s" });
@@ -746,7 +836,312 @@ fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use platen_protocol::telemetry::Status;
+    use platen_protocol::telemetry::{Alert, Reading, Status, Supply};
+
+    fn blank() -> PrinterDiag {
+        PrinterDiag {
+            printer_id: "p1".parse().unwrap(),
+            target: "127.0.0.1:161".into(),
+            snmp_version: "v2c".into(),
+            reachable: true,
+            round_trip_ms: Some(1.0),
+            identity: None,
+            status: None,
+            settings: vec![],
+            counters: vec![],
+            supplies: vec![],
+            alerts: vec![],
+            last_report: None,
+            problems: vec![],
+            warnings: vec![],
+        }
+    }
+
+    fn checks(v: &[Problem]) -> Vec<String> {
+        v.iter().map(|p| p.message.clone()).collect()
+    }
+
+    #[test]
+    fn every_error_bit_has_a_severity_a_sentence_and_an_action() {
+        use crate::printer_mib::{error_bits, ERROR_BITS};
+        // Each named bit, set alone, decodes to its own name and is explained.
+        for (n, b) in ERROR_BITS.iter().enumerate() {
+            let mut octets = [0u8; 2];
+            octets[n / 8] = 0x80 >> (n % 8);
+            assert_eq!(error_bits(&octets), vec![b.name.to_string()]);
+            assert!(!b.meaning.is_empty() && !b.action.is_empty(), "{}", b.name);
+        }
+        let names: std::collections::BTreeSet<_> = ERROR_BITS.iter().map(|b| b.name).collect();
+        assert_eq!(names.len(), ERROR_BITS.len(), "names are unique");
+    }
+
+    #[test]
+    fn error_bits_become_problems_or_warnings_by_severity() {
+        let st = |d: &str, e: &[&str]| Status {
+            device: Some(d.into()),
+            printer: Some("idle".into()),
+            errors: e.iter().map(|x| x.to_string()).collect(),
+        };
+        // (status, problems, warnings)
+        let cases: [(Status, usize, usize); 8] = [
+            (st("running", &[]), 0, 0),
+            // The reported case: low toner and paper, device warning: two warnings.
+            (st("warning", &["lowPaper", "lowToner"]), 0, 2),
+            (st("warning", &["inputTrayEmpty"]), 0, 1),
+            (st("down", &["markerSupplyMissing"]), 2, 0),
+            (st("down", &["outputTrayMissing", "jammed"]), 3, 0),
+            (
+                st("warning", &["overduePreventMaint", "outputNearFull"]),
+                0,
+                2,
+            ),
+            // A warning state without a bit to explain it.
+            (st("warning", &[]), 0, 1),
+            // A bit the RFC does not name.
+            (st("running", &["bit17"]), 0, 1),
+        ];
+        for (status, problems, warnings) in cases {
+            let mut d = blank();
+            status_findings(&"p1".parse().unwrap(), &status, &mut d);
+            assert_eq!(
+                (d.problems.len(), d.warnings.len()),
+                (problems, warnings),
+                "{status:?}: {:?} / {:?}",
+                checks(&d.problems),
+                checks(&d.warnings)
+            );
+        }
+        let mut d = blank();
+        status_findings(
+            &"p1".parse().unwrap(),
+            &st("warning", &["lowToner"]),
+            &mut d,
+        );
+        assert_eq!(
+            d.warnings[0].message,
+            "printer reports lowToner: toner or ink is running low"
+        );
+        assert!(d.warnings[0].hint.contains("replacement cartridge"));
+    }
+
+    fn supply(class: SupplyClass, level: Level, max: Level, state: SupplyState) -> Supply {
+        let pct = match (level, max) {
+            (Level::Amount(l), Level::Amount(m)) if m > 0 => Some((l * 100 / m) as u8),
+            _ => None,
+        };
+        Supply {
+            index: 1,
+            kind: "wasteToner".into(),
+            class,
+            description: "Waste Toner Box".into(),
+            unit: None,
+            max,
+            level,
+            percent_remaining: pct.filter(|_| class == SupplyClass::Consumed),
+            percent_full: pct
+                .filter(|_| class == SupplyClass::Receptacle)
+                .map(|p| 100 - p),
+            state,
+        }
+    }
+
+    #[test]
+    fn supply_levels_read_as_what_they_mean() {
+        use platen_protocol::telemetry::SpecialLevel::*;
+        use SupplyClass::{Consumed, Receptacle};
+        let unknown = Level::Special(Unknown);
+        let cases = [
+            // The reported case: a waste box of unknown capacity with level 100 is
+            // room for 100 (the level of a receptacle is the space left), not full.
+            (
+                supply(
+                    Receptacle,
+                    Level::Amount(100),
+                    unknown,
+                    SupplyState::SomeRemaining,
+                ),
+                "room for 100",
+                "not_full",
+            ),
+            (
+                supply(
+                    Receptacle,
+                    Level::Special(SomeRemaining),
+                    unknown,
+                    SupplyState::SomeRemaining,
+                ),
+                "has room",
+                "not_full",
+            ),
+            (
+                supply(
+                    Receptacle,
+                    Level::Amount(5),
+                    Level::Amount(100),
+                    SupplyState::AlmostFull,
+                ),
+                "95% full",
+                "almost_full",
+            ),
+            (
+                supply(
+                    Consumed,
+                    Level::Amount(80),
+                    Level::Amount(100),
+                    SupplyState::Ok,
+                ),
+                "80%",
+                "ok",
+            ),
+            (
+                supply(
+                    Consumed,
+                    Level::Amount(1200),
+                    unknown,
+                    SupplyState::SomeRemaining,
+                ),
+                "1200 left",
+                "some_remaining",
+            ),
+            (
+                supply(
+                    Consumed,
+                    Level::Special(SomeRemaining),
+                    unknown,
+                    SupplyState::SomeRemaining,
+                ),
+                "some left",
+                "some_remaining",
+            ),
+            (
+                supply(Consumed, unknown, unknown, SupplyState::Unknown),
+                "unknown",
+                "unknown",
+            ),
+        ];
+        for (s, level, state) in cases {
+            assert_eq!(
+                (level_text(&s).as_str(), state_text(&s).as_str()),
+                (level, state),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_and_full_stop_printing_low_and_almost_full_warn() {
+        let r = Reading {
+            supplies: vec![
+                supply(
+                    SupplyClass::Consumed,
+                    Level::Amount(0),
+                    Level::Amount(100),
+                    SupplyState::Empty,
+                ),
+                supply(
+                    SupplyClass::Consumed,
+                    Level::Amount(5),
+                    Level::Amount(100),
+                    SupplyState::Low,
+                ),
+                supply(
+                    SupplyClass::Receptacle,
+                    Level::Amount(0),
+                    Level::Amount(100),
+                    SupplyState::Full,
+                ),
+                supply(
+                    SupplyClass::Receptacle,
+                    Level::Amount(5),
+                    Level::Amount(100),
+                    SupplyState::AlmostFull,
+                ),
+                supply(
+                    SupplyClass::Consumed,
+                    Level::Amount(50),
+                    Level::Amount(100),
+                    SupplyState::Ok,
+                ),
+            ],
+            ..Default::default()
+        };
+        let mut d = blank();
+        supply_findings(&"p1".parse().unwrap(), &r, &mut d);
+        assert_eq!((d.problems.len(), d.warnings.len()), (2, 2));
+    }
+
+    #[test]
+    fn a_printer_without_a_page_counter_is_named_with_the_profile_that_would_help() {
+        let default = crate::catalog::Profile::builtin_default();
+        let reading = |oid: &str| Reading {
+            identity: platen_protocol::telemetry::Identity {
+                sys_object_id: Some(oid.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let hint = |oid: &str| {
+            let mut d = blank();
+            counter_findings(&"p1".parse().unwrap(), &reading(oid), &default, &mut d);
+            assert_eq!(d.warnings.len(), 1);
+            assert!(d.warnings[0].message.contains("no usable page counter"));
+            d.warnings[0].hint.clone()
+        };
+        assert!(
+            hint("1.3.6.1.4.1.18334.1.1.1.2.1.181.2.4").contains("profile = \"konica-minolta\"")
+        );
+        assert!(hint("1.3.6.1.4.1.253.8.62.1").contains("no built-in profile reads Xerox's"));
+        assert!(hint("1.3.6.1.4.1.99999.1").contains("write a profile"));
+        // With a counter, nothing to say.
+        let mut r = reading("1.3.6.1.4.1.253.8.62.1");
+        r.counters.push(platen_protocol::telemetry::Counter {
+            name: "prtMarkerLifeCount.1".into(),
+            oid: "1.3.6.1.2.1.43.10.2.1.4.1.1".into(),
+            unit: None,
+            value: 7,
+        });
+        r.billing_counter = Some("prtMarkerLifeCount.1".into());
+        let mut d = blank();
+        counter_findings(&"p1".parse().unwrap(), &r, &default, &mut d);
+        assert!(d.warnings.is_empty());
+    }
+
+    #[test]
+    fn the_text_output_shows_alerts_and_says_when_only_warnings_were_found() {
+        let mut p = blank();
+        p.alerts.push(Alert {
+            index: 3,
+            severity: Some("warning".into()),
+            group: Some("markerSupplies".into()),
+            group_index: Some(1),
+            location: None,
+            code: Some("markerTonerAlmostEmpty".into()),
+            description: Some("Toner low: K".into()),
+            time_cs: None,
+        });
+        p.warnings.push(problem(
+            "status",
+            "printer reports lowToner".into(),
+            "h".into(),
+        ));
+        let d = DiagOutput {
+            agent_id: "gw".into(),
+            at: Utc::now(),
+            broker: None,
+            outbox: OutboxCheck::default(),
+            printers: vec![p],
+            problems: vec![],
+        };
+        let text = render_table(&d);
+        assert!(text.contains("p1: alerts"), "{text}");
+        assert!(
+            text.contains("markerTonerAlmostEmpty") && text.contains("Toner low: K"),
+            "{text}"
+        );
+        assert!(!text.contains("no problems found"), "{text}");
+        assert!(text.contains("but see the warnings"), "{text}");
+        assert_eq!(d.problem_count(), 0, "warnings alone: exit 0");
+    }
 
     #[test]
     fn status_column() {

@@ -146,24 +146,141 @@ fn unsigned(v: &SnmpValue) -> Option<u64> {
     }
 }
 
-/// hrPrinterDetectedErrorState bit names (RFC 3805 §2.2.13.4).
-pub const ERROR_BITS: [&str; 15] = [
-    "lowPaper",
-    "noPaper",
-    "lowToner",
-    "noToner",
-    "doorOpen",
-    "jammed",
-    "offline",
-    "serviceRequested",
-    "inputTrayMissing",
-    "outputTrayMissing",
-    "markerSupplyMissing",
-    "outputNearFull",
-    "outputFull",
-    "inputTrayEmpty",
-    "overduePreventMaint",
-];
+/// How much an error bit matters to the person at the printer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The printer cannot print, or will not for long, until someone acts.
+    Problem,
+    /// It prints, but something needs doing soon.
+    Warning,
+}
+
+/// One hrPrinterDetectedErrorState bit, explained for a technician.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorBit {
+    pub name: &'static str,
+    pub severity: Severity,
+    /// What the printer says, in a plain sentence.
+    pub meaning: &'static str,
+    /// What to do about it.
+    pub action: &'static str,
+}
+
+const fn bit(
+    name: &'static str,
+    severity: Severity,
+    meaning: &'static str,
+    action: &'static str,
+) -> ErrorBit {
+    ErrorBit {
+        name,
+        severity,
+        meaning,
+        action,
+    }
+}
+
+/// hrPrinterDetectedErrorState bits in order (RFC 3805 §2.2.13.4, bit 0 first).
+pub const ERROR_BITS: [ErrorBit; 15] = {
+    use Severity::{Problem, Warning};
+    [
+        bit(
+            "lowPaper",
+            Warning,
+            "paper is running low",
+            "fill the paper trays",
+        ),
+        bit(
+            "noPaper",
+            Problem,
+            "it is out of paper",
+            "fill the paper trays",
+        ),
+        bit(
+            "lowToner",
+            Warning,
+            "toner or ink is running low",
+            "have a replacement cartridge ready (see the supplies)",
+        ),
+        bit(
+            "noToner",
+            Problem,
+            "toner or ink is empty",
+            "replace the empty cartridge (see the supplies)",
+        ),
+        bit(
+            "doorOpen",
+            Problem,
+            "a door or cover is open",
+            "close every door and cover",
+        ),
+        bit(
+            "jammed",
+            Problem,
+            "paper is jammed",
+            "clear the jam as the panel shows",
+        ),
+        bit(
+            "offline",
+            Problem,
+            "it is offline",
+            "put it online at its panel",
+        ),
+        bit(
+            "serviceRequested",
+            Problem,
+            "it asks for service",
+            "read the message on its panel; call service if it names a part",
+        ),
+        bit(
+            "inputTrayMissing",
+            Problem,
+            "a paper tray is missing or not pushed in",
+            "push every paper tray fully in",
+        ),
+        bit(
+            "outputTrayMissing",
+            Problem,
+            "an output tray is missing",
+            "fit the output tray",
+        ),
+        bit(
+            "markerSupplyMissing",
+            Problem,
+            "a toner cartridge or drum is missing",
+            "fit the missing cartridge or drum (see the supplies)",
+        ),
+        bit(
+            "outputNearFull",
+            Warning,
+            "an output tray is nearly full",
+            "take the printed pages out",
+        ),
+        bit(
+            "outputFull",
+            Problem,
+            "an output tray is full",
+            "take the printed pages out",
+        ),
+        bit(
+            "inputTrayEmpty",
+            Warning,
+            "a paper tray is empty",
+            "fill the empty tray (see the trays)",
+        ),
+        bit(
+            "overduePreventMaint",
+            Warning,
+            "preventive maintenance is overdue",
+            "book the maintenance visit",
+        ),
+    ]
+};
+
+/// The explanation of a bit by name (`None` for unnamed bits, `bit{n}`).
+pub fn error_bit(name: &str) -> Option<&'static ErrorBit> {
+    ERROR_BITS.iter().find(|b| b.name == name)
+}
 
 /// Decode hrPrinterDetectedErrorState: bit 0 is the most significant bit of the
 /// first octet; missing octets are zero; set bits without a name are `bit{n}`.
@@ -176,7 +293,7 @@ pub fn error_bits(octets: &[u8]) -> Vec<String> {
                 out.push(
                     ERROR_BITS
                         .get(n)
-                        .map(|s| s.to_string())
+                        .map(|b| b.name.to_string())
                         .unwrap_or_else(|| format!("bit{n}")),
                 );
             }

@@ -66,8 +66,17 @@ fn diag_healthy_read_only_and_unreachable_printers() {
         out.contains(&format!("broker 127.0.0.1:{}: ok", broker.port)),
         "{out}"
     );
-    assert!(out.contains("no problems found"), "{out}");
+    // Only a warning (below): nothing that stops printing, said as such.
+    assert!(
+        out.contains("no problems that stop printing (exit 0), but see the warnings"),
+        "{out}"
+    );
     assert!(!out.contains("NOT writable"), "{out}");
+    // The printer's alert table, in the text output too.
+    assert!(
+        out.contains("good: alerts") && out.contains("markerTonerAlmostEmpty"),
+        "{out}"
+    );
     // Written with `private`: a warning with a hint, and still exit 0.
     assert!(
         out.contains("1 warning:\n  good [security] printer good is written with a factory-default community"),
@@ -291,4 +300,70 @@ fn discover_finds_printers_on_loopback_addresses() {
     // A range that is not one: exit 2.
     let o = agent_cmd(&["discover", "10.0.0.0/8"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// The reported case: error bits lowToner and lowPaper with the device in warning
+/// used to give "no problems found". Now each bit is explained with its severity: low
+/// ones are warnings (exit 0, said as such), one that stops printing is a problem
+/// (exit 1). Also the recordings: a Xerox without prtMarkerLifeCount gets the
+/// no-page-counter warning naming its maker; a Konica Minolta with one gets none.
+#[test]
+fn diag_explains_error_bits_and_missing_page_counters() {
+    const ERRORS: &str = "1.3.6.1.2.1.25.3.5.1.2.1";
+    const DEVICE_STATUS: &str = "1.3.6.1.2.1.25.3.2.1.5.1";
+    let rec = |name: &str| {
+        format!(
+            "{name},snmprec={}/fixtures/snmprec/librenms-{name}.snmprec",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let (xerox, km) = (rec("xerox"), rec("konica_c250i"));
+    let mut sim = Sim::start(&["p1", &xerox, &km]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        free_tcp_port(),
+        &[
+            PrinterEntry::new("p1", sim.addr("p1")),
+            PrinterEntry::new("xerox", sim.addr("xerox")),
+            PrinterEntry::new("km", sim.addr("konica_c250i")),
+        ],
+    );
+    // lowPaper (bit 0) and lowToner (bit 2): 0xA0; the device in warning(3).
+    sim.command(&format!("set p1 {ERRORS}|4x|a0"));
+    sim.command(&format!("set p1 {DEVICE_STATUS}|2|3"));
+    let o = agent_cmd(&["diag", "p1", "--config", &cfg, "--no-broker"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("no problems found"), "{out}");
+    assert!(out.contains("but see the warnings"), "{out}");
+    assert!(
+        out.contains("p1 [status] printer reports lowPaper: paper is running low"),
+        "{out}"
+    );
+    assert!(
+        out.contains("p1 [status] printer reports lowToner: toner or ink is running low"),
+        "{out}"
+    );
+    // markerSupplyMissing (bit 10): the printer cannot print.
+    sim.command(&format!("set p1 {ERRORS}|4x|0020"));
+    let o = agent_cmd(&["diag", "p1", "--config", &cfg, "--no-broker", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = v["printers"][0]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["message"]
+            == "printer reports markerSupplyMissing: a toner cartridge or drum is missing"),
+        "{problems:?}"
+    );
+
+    let o = agent_cmd(&["diag", "xerox", "km", "--config", &cfg, "--no-broker"]);
+    let out = text(&o);
+    assert!(
+        out.contains("xerox [counters] printer xerox has no usable page counter"),
+        "{out}"
+    );
+    assert!(out.contains("no built-in profile reads Xerox's"), "{out}");
+    // The KM recording has prtMarkerLifeCount: no counter warning for it.
+    assert!(!out.contains("km [counters]"), "{out}");
 }
