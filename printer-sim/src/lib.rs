@@ -9,7 +9,9 @@
 //! read-only objects (SET → notWritable), delayed responses, dropped requests (the
 //! first N are never answered), stale read-backs (N GETs after a SET still return the
 //! old value), a reboot (sysUpTime restarts, unsaved values revert), and a page
-//! counter that advances with time. One process can run many printers.
+//! counter that advances with time. One process can run many printers. A recording's
+//! sysUpTime plays back: it advances from the recorded value, and a reboot restarts
+//! it from 0 (so reboot detection can be tested on real printers' data).
 
 pub mod snmprec;
 
@@ -242,6 +244,9 @@ impl SimPrinter {
         let mut s = self.lock();
         let pages = s.pages();
         s.values = s.initial.clone();
+        if s.values.contains_key(&oid(SYS_UPTIME)) {
+            s.values.insert(oid(SYS_UPTIME), Value::TimeTicks(0));
+        }
         s.booted = Instant::now();
         s.stale.clear();
         s.set_pages(pages);
@@ -255,6 +260,10 @@ impl SimPrinter {
             if let Value::Counter32(n) = v {
                 s.set_pages(n);
             }
+        }
+        if o == oid(SYS_UPTIME) {
+            // The value set is what reads now; it advances from here.
+            s.booted = Instant::now();
         }
         s.stale.remove(&o);
         s.values.insert(o, v);
@@ -324,8 +333,14 @@ impl State {
 
     fn read(&self, o: &Oid) -> Option<Value> {
         if *o == oid(SYS_UPTIME) {
-            let hundredths = self.booted.elapsed().as_millis() / 10;
-            return Some(Value::TimeTicks(hundredths as u32));
+            // The stored value is the uptime at boot (a recording's, or 0 after a
+            // reboot); it advances with time and wraps as TimeTicks do. A recording
+            // without sysUpTime has none.
+            let Some(Value::TimeTicks(at_boot)) = self.values.get(o) else {
+                return None;
+            };
+            let hundredths = (self.booted.elapsed().as_millis() / 10) as u32;
+            return Some(Value::TimeTicks(at_boot.wrapping_add(hundredths)));
         }
         if *o == oid(PAGE_COUNTER)
             && self.values.contains_key(o)
@@ -538,4 +553,43 @@ pub async fn serve(
         printer,
         cancel,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uptime(p: &SimPrinter) -> Option<u32> {
+        match p.value(&oid(SYS_UPTIME)) {
+            Some(Value::TimeTicks(t)) => Some(t),
+            None => None,
+            other => panic!("sysUpTime as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_recordings_uptime_plays_back_and_restarts_on_reboot() {
+        let mut values = BTreeMap::new();
+        values.insert(oid(SYS_UPTIME), Value::TimeTicks(217_539_735));
+        let p = SimPrinter::from_recording(values, Faults::default());
+        let first = uptime(&p).unwrap();
+        assert!(first >= 217_539_735, "{first}");
+        std::thread::sleep(Duration::from_millis(30));
+        let later = uptime(&p).unwrap();
+        assert!(later > first, "advances: {first} then {later}");
+        p.reboot();
+        assert!(uptime(&p).unwrap() < 100, "restarts from 0 on reboot");
+        // Near the TimeTicks limit it wraps, as a real agent's does.
+        p.put(oid(SYS_UPTIME), Value::TimeTicks(u32::MAX));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(uptime(&p).unwrap() < 100, "wrapped");
+    }
+
+    #[test]
+    fn a_recording_without_uptime_has_none() {
+        let p = SimPrinter::from_recording(BTreeMap::new(), Faults::default());
+        assert_eq!(uptime(&p), None);
+        let std = SimPrinter::standard("p1", Faults::default());
+        assert!(uptime(&std).is_some(), "the default MIB has one");
+    }
 }

@@ -337,3 +337,58 @@ async fn remote_diagnostics_answer_only_when_enabled() {
         "remote diagnostics are off by default"
     );
 }
+
+/// A real printer's recording plays back its sysUpTime (advancing from the recorded
+/// value), and a reboot of it is seen by the agent as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_is_detected_on_a_recorded_printer() {
+    const RECORDED_UPTIME: u64 = 217_539_735; // librenms-brother.snmprec
+    let brother = format!(
+        "brother,snmprec={}/fixtures/snmprec/librenms-brother.snmprec",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut w = world(&[&brother]);
+    let tap = Tap::start(
+        w.broker.port,
+        "telemetry-tap-rec",
+        &["platen/v1/acme/+/telemetry"],
+    )
+    .await;
+    let cfg = agent_toml(
+        "gw-t",
+        w.broker.port,
+        &w.dir.path().join("state"),
+        &[PrinterEntry::new("brother", w.sim.addr("brother"))],
+    ) + FAST;
+    let agent = AgentProc::start(w.dir.path(), &cfg);
+    let log = || agent.log();
+    let first: Telemetry = tap
+        .wait_for(
+            Duration::from_secs(15),
+            "first telemetry",
+            log,
+            |m: &[Telemetry]| m.first().cloned(),
+        )
+        .await;
+    let uptime = first.reading.as_ref().unwrap().uptime_cs.unwrap();
+    assert!(uptime >= RECORDED_UPTIME, "played back: {uptime}");
+    w.sim.command("reboot brother");
+    let after = tap
+        .wait_for(
+            Duration::from_secs(10),
+            "reboot",
+            log,
+            |m: &[Telemetry]| {
+                events(m, "brother").into_iter().find_map(|e| match e {
+                    Event::Reboot { .. } => m.last().and_then(|t| t.reading.clone()),
+                    _ => None,
+                })
+            },
+        )
+        .await;
+    assert!(
+        after.uptime_cs.unwrap() < RECORDED_UPTIME,
+        "restarted: {:?}",
+        after.uptime_cs
+    );
+}
