@@ -193,6 +193,7 @@ pub async fn diag(
                     counters: vec![],
                     supplies: vec![],
                     alerts: vec![],
+                    trays: vec![],
                     last_report: last,
                     problems: vec![platen_protocol::diag::Problem {
                         check: "snmp".into(),

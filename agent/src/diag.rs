@@ -105,6 +105,7 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
         counters: Vec::new(),
         supplies: Vec::new(),
         alerts: Vec::new(),
+        trays: Vec::new(),
         last_report: p.last_report.clone(),
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -149,11 +150,13 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
             supply_findings(id, &r, &mut out);
             status_findings(id, &r.status, &mut out);
             counter_findings(id, &r, p.profile, &mut out);
+            tray_findings(id, &r, &mut out);
             out.identity = Some(r.identity);
             out.status = Some(r.status);
             out.counters = r.counters;
             out.supplies = r.supplies;
             out.alerts = r.alerts;
+            out.trays = r.trays;
         }
         Err(e) => out.problems.push(problem(
             "snmp",
@@ -284,6 +287,27 @@ fn counter_findings(
         ),
         hint,
     ));
+}
+
+/// An empty paper tray is a warning (the printer feeds from the others; the error
+/// bits say when it cannot print at all). A manual feed tray is empty by habit.
+fn tray_findings(id: &Id, r: &platen_protocol::telemetry::Reading, out: &mut PrinterDiag) {
+    for t in r.trays.iter().filter(|t| !t.manual) {
+        if t.state == SupplyState::Empty {
+            out.warnings.push(problem(
+                "trays",
+                format!("paper tray \"{}\" is empty", t.name),
+                format!(
+                    "fill \"{}\" on printer {id}{}",
+                    t.name,
+                    t.media
+                        .as_deref()
+                        .map(|m| format!(" with {m}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
 }
 
 /// The error bits, each with its severity, meaning and what to do; a device that
@@ -699,6 +723,33 @@ pub fn render_table(d: &DiagOutput) -> String {
                 );
             }
         }
+        if !p.trays.is_empty() {
+            let _ = writeln!(s, "{}: input trays", p.printer_id.as_str());
+            for t in &p.trays {
+                let level = match (t.percent, t.level, t.max) {
+                    (Some(pct), Level::Amount(n), Level::Amount(m)) => {
+                        format!("{pct}% ({n}/{m})")
+                    }
+                    (_, Level::Amount(n), _) => format!("{n} left"),
+                    (
+                        _,
+                        Level::Special(platen_protocol::telemetry::SpecialLevel::SomeRemaining),
+                        _,
+                    ) => "some left".into(),
+                    _ => "unknown".into(),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:>3} {:<24} {:<10} {:>16}  {}{}",
+                    t.index,
+                    truncate(&t.name, 24),
+                    truncate(t.media.as_deref().unwrap_or("-"), 10),
+                    level,
+                    crate::fleet::state_name(t.state),
+                    if t.manual { " (manual feed)" } else { "" }
+                );
+            }
+        }
         if !p.counters.is_empty() {
             let _ = writeln!(s, "{}: counters", p.printer_id.as_str());
             for c in &p.counters {
@@ -851,6 +902,7 @@ mod tests {
             counters: vec![],
             supplies: vec![],
             alerts: vec![],
+            trays: vec![],
             last_report: None,
             problems: vec![],
             warnings: vec![],

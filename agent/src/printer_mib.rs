@@ -16,7 +16,7 @@
 use crate::snmp::{ObjectId, SnmpValue};
 use chrono::{DateTime, Utc};
 use platen_protocol::telemetry::{
-    Alert, Counter, Identity, Level, Reading, SpecialLevel, Status, Supply, SupplyClass,
+    Alert, Counter, Identity, InputTray, Level, Reading, SpecialLevel, Status, Supply, SupplyClass,
     SupplyState, MAX_ROWS, MAX_TEXT,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +33,7 @@ pub const PRT_SERIAL: &str = "1.3.6.1.2.1.43.5.1.1.17";
 pub const PRT_MARKER_ENTRY: &str = "1.3.6.1.2.1.43.10.2.1";
 pub const PRT_SUPPLIES_ENTRY: &str = "1.3.6.1.2.1.43.11.1.1";
 pub const PRT_ALERT_ENTRY: &str = "1.3.6.1.2.1.43.18.1.1";
+pub const PRT_INPUT_ENTRY: &str = "1.3.6.1.2.1.43.8.2.1";
 /// The counter name prefix for prtMarkerLifeCount rows: `prtMarkerLifeCount.{marker}`.
 pub const LIFE_COUNT: &str = "prtMarkerLifeCount";
 
@@ -105,14 +106,81 @@ pub fn scalar_oids(device: u32, spec: &TelemetrySpec) -> Vec<ObjectId> {
     v
 }
 
-/// The tables one poll walks (marker counters, supplies, alerts).
+/// The tables one poll walks (marker counters, supplies, alerts, and the input
+/// trays' columns that say what is in them).
 pub fn table_oids() -> Vec<ObjectId> {
-    vec![
+    let mut v = vec![
         oid(PRT_MARKER_ENTRY).child(3),
         oid(PRT_MARKER_ENTRY).child(4),
         oid(PRT_SUPPLIES_ENTRY),
         oid(PRT_ALERT_ENTRY),
-    ]
+    ];
+    v.extend(INPUT_COLUMNS.iter().map(|c| oid(PRT_INPUT_ENTRY).child(*c)));
+    v
+}
+
+/// prtInputTable columns read: type, capacity unit, max capacity, current level,
+/// media name, name, description.
+const INPUT_COLUMNS: [u32; 7] = [2, 8, 9, 10, 12, 13, 18];
+
+/// PrtInputTypeTC names.
+pub fn input_type_name(n: i64) -> String {
+    match n {
+        1 => "other".into(),
+        2 => "unknown".into(),
+        3 => "sheetFeedAutoRemovableTray".into(),
+        4 => "sheetFeedAutoNonRemovableTray".into(),
+        5 => "sheetFeedManual".into(),
+        6 => "continuousRoll".into(),
+        7 => "continuousFanFold".into(),
+        n => format!("type{n}"),
+    }
+}
+
+/// The input trays: any column names a row. A tray is manual (bypass) by its type,
+/// or, when the printer does not give one, by its name (Brother's "MANUAL TRAY",
+/// Canon's "Multi-Purpose Tray", a "Bypass").
+fn input_trays(values: &BTreeMap<ObjectId, SnmpValue>, d: u32, low_percent: u8) -> Vec<InputTray> {
+    let entry = oid(PRT_INPUT_ENTRY);
+    let cols: BTreeMap<u32, BTreeMap<u32, &SnmpValue>> = INPUT_COLUMNS
+        .iter()
+        .map(|c| (*c, column(values, &entry, *c, d)))
+        .collect();
+    let rows: BTreeSet<u32> = cols.values().flat_map(|c| c.keys().copied()).collect();
+    let cell = |c: u32, r: u32| cols.get(&c).and_then(|m| m.get(&r)).copied();
+    let named = |c: u32, r: u32| cell(c, r).and_then(text).filter(|t| !t.is_empty());
+    rows.into_iter()
+        .take(MAX_ROWS)
+        .map(|r| {
+            let kind_n = cell(2, r).and_then(int);
+            let name = named(13, r)
+                .or_else(|| named(18, r))
+                .unwrap_or_else(|| format!("tray {r}"));
+            let lower = name.to_lowercase();
+            let manual = match kind_n {
+                Some(5) => true,
+                Some(3 | 4 | 6 | 7) => false,
+                _ => ["manual", "bypass", "multi-purpose", "multipurpose"]
+                    .iter()
+                    .any(|w| lower.contains(w)),
+            };
+            let max = level(cell(9, r).and_then(int).unwrap_or(-2));
+            let lvl = level(cell(10, r).and_then(int).unwrap_or(-2));
+            let (percent, state) = judge_supply(SupplyClass::Consumed, max, lvl, low_percent);
+            InputTray {
+                index: r,
+                name,
+                kind: kind_n.map(input_type_name),
+                media: named(12, r),
+                unit: cell(8, r).and_then(int).map(unit_name),
+                max,
+                level: lvl,
+                percent,
+                state,
+                manual,
+            }
+        })
+        .collect()
 }
 
 /// Text from an OCTET STRING: lossy UTF-8, trailing NULs and white space removed,
@@ -707,6 +775,7 @@ pub fn decode(
         supplies,
         status,
         alerts,
+        trays: input_trays(values, d, spec.low_percent),
     }
 }
 

@@ -204,3 +204,77 @@ fn xerox_without_host_resources_or_supply_types() {
     assert_eq!(r.status.device, None);
     assert!(r.status.errors.is_empty());
 }
+
+/// Input trays as real printers answer them (only max capacity, level and name are in
+/// these recordings; no type, so manual feed trays are told by their names).
+#[test]
+fn input_trays_of_real_printers() {
+    use SpecialLevel::{SomeRemaining, Unknown};
+    let trays = |name: &str| {
+        reading(name, &TelemetrySpec::default())
+            .trays
+            .into_iter()
+            .map(|t| (t.index, t.name, t.max, t.level, t.state, t.manual))
+            .collect::<Vec<_>>()
+    };
+    let s = Level::Special;
+    assert_eq!(
+        trays("librenms-brother.snmprec"),
+        vec![
+            (
+                1,
+                "AUTO".into(),
+                A(250),
+                s(SomeRemaining),
+                SupplyState::SomeRemaining,
+                false
+            ),
+            (
+                2,
+                "MANUAL TRAY".into(),
+                A(1),
+                s(SomeRemaining),
+                SupplyState::SomeRemaining,
+                true
+            ),
+            (
+                3,
+                "TRAY1".into(),
+                A(250),
+                s(SomeRemaining),
+                SupplyState::SomeRemaining,
+                false
+            ),
+        ]
+    );
+    // Konica Minolta: trays 1 and 2 full; tray 7 (no name recorded) empty.
+    let km = trays("librenms-konica_c250i.snmprec");
+    assert_eq!(km.len(), 3);
+    assert_eq!(
+        (km[0].2, km[0].3, km[0].4),
+        (A(500), A(500), SupplyState::Ok)
+    );
+    assert_eq!((km[2].0, km[2].1.as_str()), (7, "tray 7"));
+    assert_eq!(
+        (km[2].3, km[2].4, km[2].5),
+        (A(0), SupplyState::Empty, false)
+    );
+    // Canon: an empty multi-purpose tray (manual feed) and a roll of unknown length.
+    let canon = trays("librenms-canonprinter_tm.snmprec");
+    assert_eq!(
+        (canon[0].1.as_str(), canon[0].4, canon[0].5),
+        ("Multi-Purpose Tray", SupplyState::Empty, true)
+    );
+    assert_eq!(
+        (canon[1].1.as_str(), canon[1].3, canon[1].5),
+        ("Roll Unit 1", s(SomeRemaining), false)
+    );
+    // Epson: levels unknown (−2).
+    let epson = trays("librenms-epson.snmprec");
+    assert_eq!(epson.len(), 2);
+    assert!(epson
+        .iter()
+        .all(|t| t.3 == s(Unknown) && t.4 == SupplyState::Unknown));
+    // Xerox: no prtInputTable in the recording.
+    assert!(trays("librenms-xerox.snmprec").is_empty());
+}

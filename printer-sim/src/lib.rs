@@ -137,6 +137,16 @@ pub fn default_mib(name: &str) -> BTreeMap<Oid, Value> {
     put("1.3.6.1.2.1.43.11.1.1.7.1.1", Value::Integer(19)); // percent
     put("1.3.6.1.2.1.43.11.1.1.8.1.1", Value::Integer(100));
     put("1.3.6.1.2.1.43.11.1.1.9.1.1", Value::Integer(80));
+    // prtInputTable: a paper tray with A4 and an empty manual feed.
+    for (row, kind, name, max, level) in [(1, 3, "Tray 1", 250, 200), (2, 5, "Bypass", 50, 0)] {
+        let col = |c: u32| format!("1.3.6.1.2.1.43.8.2.1.{c}.1.{row}");
+        put(&col(2), Value::Integer(kind)); // prtInputType
+        put(&col(8), Value::Integer(8)); // capacity in sheets
+        put(&col(9), Value::Integer(max));
+        put(&col(10), Value::Integer(level));
+        put(&col(12), text("A4"));
+        put(&col(13), text(name));
+    }
     // prtAlertTable: one informational alert.
     put("1.3.6.1.2.1.43.18.1.1.2.1.1", Value::Integer(4)); // severity: warning
     put("1.3.6.1.2.1.43.18.1.1.4.1.1", Value::Integer(11)); // group: markerSupplies

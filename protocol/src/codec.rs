@@ -7,19 +7,23 @@
 //!
 //! Every message carries the protocol version as its first field,
 //! `"protocol": "1.0"` ([`PROTOCOL_VERSION`]). A message without it is taken as
-//! 1.0 (agents and clouds before the field existed); a newer minor version is
-//! accepted (minor versions only add optional fields, which our strict decoding
-//! still refuses if they are present); a newer major version is refused with
-//! [`DecodeError::UnsupportedProtocol`].
+//! 1.0 (agents and clouds before the field existed). A newer minor version is
+//! accepted: minor versions only add optional fields, which a message of a newer
+//! minor may carry and this build ignores (a field this build does not know in a
+//! message of its own or an older version is refused). A newer major version is
+//! refused with [`DecodeError::UnsupportedProtocol`].
+//!
+//! Versions: 1.0 the first; 1.1 adds `trays` (input trays) to telemetry readings and
+//! diagnostics.
 
 use crate::{ApplyReport, DesiredConfig, Health};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The protocol version this build speaks: `(major, minor)`.
-pub const PROTOCOL: (u16, u16) = (1, 0);
+pub const PROTOCOL: (u16, u16) = (1, 1);
 /// [`PROTOCOL`] as it appears on the wire.
-pub const PROTOCOL_VERSION: &str = "1.0";
+pub const PROTOCOL_VERSION: &str = "1.1";
 /// The envelope field that carries the protocol version.
 pub const PROTOCOL_FIELD: &str = "protocol";
 
@@ -112,7 +116,9 @@ pub fn parse_protocol(v: &str) -> Option<(u16, u16)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-/// Decode a message strictly.
+/// Decode a message strictly: a field this build does not know is refused, unless the
+/// message is of a newer minor version (whose additions this build cannot know): then
+/// it is ignored.
 pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
@@ -128,19 +134,26 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
             reason: "expected a JSON object".into(),
         });
     }
-    // Fast path: the envelope exactly as `encode` writes it. Parse the rest directly
-    // (half the cost of going through a `Value`); on any error take the general path,
-    // whose messages carry the right positions.
+    let checked = |msg: T| {
+        msg.check()
+            .map(|()| msg)
+            .map_err(|reason| DecodeError::Invalid {
+                kind: T::KIND,
+                reason,
+            })
+    };
+    // Fast path: a known envelope as `encode` writes it. Parse the rest directly
+    // (half the cost of going through a `Value`); on any error, or a field this build
+    // does not know, take the general path, whose messages carry the right positions.
     if let Some(rest) = strip_envelope(bytes) {
         let mut body = Vec::with_capacity(rest.len() + 1);
         body.push(b'{');
         body.extend_from_slice(rest);
-        if let Ok(msg) = serde_json::from_slice::<T>(&body) {
-            msg.check().map_err(|reason| DecodeError::Invalid {
-                kind: T::KIND,
-                reason,
-            })?;
-            return Ok(msg);
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        if let Ok((msg, None)) = typed::<T, _>(&mut de) {
+            if de.end().is_ok() {
+                return checked(msg);
+            }
         }
     }
     let json = |source| DecodeError::Json {
@@ -149,39 +162,63 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     };
     let mut object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes).map_err(json)?;
-    check_protocol::<T>(object.remove(PROTOCOL_FIELD))?;
-    let msg: T = serde_json::from_value(serde_json::Value::Object(object)).map_err(json)?;
-    msg.check().map_err(|reason| DecodeError::Invalid {
-        kind: T::KIND,
-        reason,
+    let minor = check_protocol::<T>(object.remove(PROTOCOL_FIELD))?;
+    let (msg, unknown) = typed::<T, _>(serde_json::Value::Object(object)).map_err(json)?;
+    match unknown {
+        Some(field) if minor <= PROTOCOL.1 => Err(DecodeError::Invalid {
+            kind: T::KIND,
+            reason: format!("unknown field `{field}`"),
+        }),
+        _ => checked(msg),
+    }
+}
+
+/// Deserialize, noting the first field `T` does not have (its path, `reading.extra`).
+fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+    de: D,
+) -> Result<(T, Option<String>), D::Error> {
+    let mut unknown = None;
+    let msg = serde_ignored::deserialize(de, |path| {
+        if unknown.is_none() {
+            unknown = Some(path.to_string());
+        }
     })?;
-    Ok(msg)
+    Ok((msg, unknown))
 }
 
-/// The message after the envelope exactly as [`encode`] writes it (`{"protocol":"1.0",`),
-/// or `None` when it does not start that way. `{` followed by these bytes is the
-/// message's own JSON: a receiver can store it without serialising it again.
+/// Envelopes of the versions whose every field this build knows, as [`encode`]
+/// writes them.
+const KNOWN_ENVELOPES: [&str; 2] = ["{\"protocol\":\"1.0\",", "{\"protocol\":\"1.1\","];
+
+/// The message after the envelope as [`encode`] writes it (`{"protocol":"1.1",`) for
+/// a version this build knows every field of, or `None`. `{` followed by these bytes
+/// is the message's own JSON: a receiver that decoded it can store it without
+/// serialising it again (a newer minor version may carry fields it would not read
+/// back, so it is serialised from what was decoded instead).
 pub fn strip_envelope(bytes: &[u8]) -> Option<&[u8]> {
-    bytes.strip_prefix(concat!("{\"protocol\":\"", "1.0", "\",").as_bytes())
+    KNOWN_ENVELOPES
+        .iter()
+        .find_map(|e| bytes.strip_prefix(e.as_bytes()))
 }
 
-fn check_protocol<T: Message>(field: Option<serde_json::Value>) -> Result<(), DecodeError> {
+/// Check the envelope's version: the same major as ours; its minor (0 when absent).
+fn check_protocol<T: Message>(field: Option<serde_json::Value>) -> Result<u16, DecodeError> {
     let Some(field) = field else {
-        return Ok(()); // before the field existed: 1.0
+        return Ok(0); // before the field existed: 1.0
     };
     let invalid = || DecodeError::Invalid {
         kind: T::KIND,
         reason: format!("{PROTOCOL_FIELD} must be a \"MAJOR.MINOR\" string"),
     };
     let text = field.as_str().ok_or_else(invalid)?;
-    let (major, _minor) = parse_protocol(text).ok_or_else(invalid)?;
+    let (major, minor) = parse_protocol(text).ok_or_else(invalid)?;
     if major != PROTOCOL.0 {
         return Err(DecodeError::UnsupportedProtocol {
             kind: T::KIND,
             version: text.chars().take(16).collect(),
         });
     }
-    Ok(())
+    Ok(minor)
 }
 
 /// Decode only the envelope's protocol version (`None` when absent or unreadable):
@@ -384,18 +421,20 @@ mod tests {
         let c: DesiredConfig = decode(GOLDEN_DESIRED.as_bytes()).unwrap();
         let wire = String::from_utf8(encode(&c)).unwrap();
         assert!(
-            wire.starts_with("{\"protocol\":\"1.0\",\"printer_id\""),
+            wire.starts_with("{\"protocol\":\"1.1\",\"printer_id\""),
             "{wire}"
         );
-        let bare = wire.replacen("\"protocol\":\"1.0\",", "", 1);
+        let bare = wire.replacen("\"protocol\":\"1.1\",", "", 1);
         assert_eq!(
             decode::<DesiredConfig>(bare.as_bytes()).unwrap(),
             c,
             "absent = 1.0"
         );
-        let minor = wire.replacen("1.0", "1.7", 1);
+        let older = wire.replacen("1.1", "1.0", 1);
+        assert_eq!(decode::<DesiredConfig>(older.as_bytes()).unwrap(), c);
+        let minor = wire.replacen("1.1", "1.7", 1);
         assert_eq!(decode::<DesiredConfig>(minor.as_bytes()).unwrap(), c);
-        let major = wire.replacen("1.0", "2.0", 1);
+        let major = wire.replacen("1.1", "2.0", 1);
         let err = decode::<DesiredConfig>(major.as_bytes()).unwrap_err();
         assert!(
             matches!(err, DecodeError::UnsupportedProtocol { .. }),
@@ -403,22 +442,22 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "desired config uses protocol 2.0; this build speaks 1.0 (upgrade it)"
+            "desired config uses protocol 2.0; this build speaks 1.1 (upgrade it)"
         );
         assert_eq!(peek_protocol(major.as_bytes()).as_deref(), Some("2.0"));
         for bad in ["1", "1.x", "", "1.0.0", "99999999.0", "-1.0"] {
-            let text = wire.replacen("\"1.0\"", &format!("{bad:?}"), 1);
+            let text = wire.replacen("\"1.1\"", &format!("{bad:?}"), 1);
             let err = decode::<DesiredConfig>(text.as_bytes()).unwrap_err();
             assert!(err.to_string().contains("MAJOR.MINOR"), "{bad}: {err}");
         }
-        let number = wire.replacen("\"1.0\"", "1.0", 1);
+        let number = wire.replacen("\"1.1\"", "1.1", 1);
         assert!(decode::<DesiredConfig>(number.as_bytes()).is_err());
-        assert_eq!(
-            PROTOCOL_VERSION, "1.0",
-            "update the fast path's envelope in decode"
+        assert!(
+            KNOWN_ENVELOPES.contains(&format!("{{\"protocol\":\"{PROTOCOL_VERSION}\",").as_str()),
+            "add this version's envelope to KNOWN_ENVELOPES"
         );
         // The fast path and the general path agree, errors included.
-        let spaced = wire.replacen("{\"protocol\":\"1.0\",", "{ \"protocol\" : \"1.0\" ,", 1);
+        let spaced = wire.replacen("{\"protocol\":\"1.1\",", "{ \"protocol\" : \"1.1\" ,", 1);
         assert_eq!(decode::<DesiredConfig>(spaced.as_bytes()).unwrap(), c);
         let bad = wire.replacen("\"version\":7", "\"version\":\"7\"", 1);
         let err = decode::<DesiredConfig>(bad.as_bytes())
@@ -428,8 +467,37 @@ mod tests {
         // An empty struct still gets a well-formed envelope.
         assert_eq!(
             with_envelope(b"{}".to_vec(), false),
-            b"{\"protocol\":\"1.0\"}"
+            b"{\"protocol\":\"1.1\"}"
         );
+    }
+
+    /// A field this build does not know: refused in a message of its own version or
+    /// an older one (strict), ignored in a newer minor version (whose additions an
+    /// older peer cannot know), wherever it is nested.
+    #[test]
+    fn unknown_fields_are_refused_unless_the_minor_version_is_newer() {
+        let t: crate::Telemetry = decode(GOLDEN_TELEMETRY.as_bytes()).unwrap();
+        let wire = String::from_utf8(encode(&t)).unwrap();
+        let top = wire.replacen("\"seq\":", "\"mood\":\"calm\",\"seq\":", 1);
+        let nested = wire.replacen("\"uptime_cs\":", "\"fan_rpm\":900,\"uptime_cs\":", 1);
+        assert_ne!(nested, wire, "the golden reading has uptime_cs");
+        for (text, field) in [(&top, "mood"), (&nested, "fan_rpm")] {
+            for version in ["1.0", "1.1"] {
+                let msg = text.replacen("1.1", version, 1);
+                let err = decode::<crate::Telemetry>(msg.as_bytes())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains("unknown field") && err.contains(field),
+                    "{version}: {err}"
+                );
+            }
+            let newer = text.replacen("1.1", "1.9", 1);
+            assert_eq!(decode::<crate::Telemetry>(newer.as_bytes()).unwrap(), t);
+        }
+        // Only a newer minor's JSON is not stored as received.
+        assert!(strip_envelope(wire.as_bytes()).is_some());
+        assert!(strip_envelope(wire.replacen("1.1", "1.9", 1).as_bytes()).is_none());
     }
 
     #[test]

@@ -19,7 +19,6 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// `version` is monotonic per printer: an agent never applies a version lower than or
 /// equal to the last one it completed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DesiredConfig {
     pub printer_id: Id,
     pub version: u64,

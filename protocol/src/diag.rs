@@ -4,12 +4,11 @@
 
 use crate::config::SettingValue;
 use crate::ids::Id;
-use crate::telemetry::{Alert, Counter, Identity, Status, Supply};
+use crate::telemetry::{Alert, Counter, Identity, InputTray, Status, Supply};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiagRequest {
     /// Echoed in the response; 1–64 characters chosen by the requester.
     pub request_id: String,
@@ -28,7 +27,6 @@ impl DiagRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiagResponse {
     pub request_id: String,
     pub agent_id: Id,
@@ -38,7 +36,6 @@ pub struct DiagResponse {
 
 /// Everything a technician needs to know about one printer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PrinterDiag {
     pub printer_id: Id,
     /// `address:port`, SNMP version. Never the community.
@@ -53,6 +50,9 @@ pub struct PrinterDiag {
     pub counters: Vec<Counter>,
     pub supplies: Vec<Supply>,
     pub alerts: Vec<Alert>,
+    /// Paper input trays; since protocol 1.1, absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trays: Vec<InputTray>,
     pub last_report: Option<LastReport>,
     pub problems: Vec<Problem>,
     /// Things to fix that do not stop the printer from working (say, a default
@@ -69,7 +69,6 @@ impl PrinterDiag {
 
 /// One profile setting as found on the printer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SettingCheck {
     pub name: String,
     pub oid: String,
@@ -82,7 +81,6 @@ pub struct SettingCheck {
 
 /// The last final report the agent made for a printer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LastReport {
     pub config_version: u64,
     pub status: String,
@@ -93,7 +91,6 @@ pub struct LastReport {
 
 /// Something wrong, with a one-line hint for the technician.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Problem {
     /// Which check found it: `snmp`, `identity`, `write`, `supplies`, `status`, `broker`, `outbox`.
     pub check: String,

@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DriftReport {
     /// `{agent}:{printer}:v{version}:d{seq}`.
     pub report_id: String,
@@ -29,7 +28,6 @@ pub struct DriftReport {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DriftedSetting {
     pub name: String,
     pub desired: SettingValue,

@@ -14,7 +14,6 @@ pub enum HealthStatus {
 /// Published retained on `platen/v1/agents/{agent}/health`. The same topic carries
 /// the MQTT last will with `status: down`, so a vanished agent shows as down.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     pub agent_id: Id,
     pub status: HealthStatus,

@@ -167,7 +167,6 @@ impl fmt::Display for ReportStatus {
 
 /// One setting's outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SettingResult {
     pub name: String,
     pub desired: SettingValue,
@@ -187,7 +186,6 @@ pub struct SettingResult {
 /// `report_id` is `{agent_id}:{printer_id}:v{config_version}`: stable across
 /// resends and re-applies after a crash, so the cloud can deduplicate.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApplyReport {
     pub report_id: String,
     pub agent_id: Id,
@@ -207,7 +205,6 @@ pub struct ApplyReport {
 
 /// Why a desired config was refused as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Refusal {
     pub code: Code,
     /// Human-readable reason. Never holds secrets.

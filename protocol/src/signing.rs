@@ -30,7 +30,6 @@ const DOMAIN: &[u8] = b"platen desired config v1\n";
 
 /// The signature carried in a desired config.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConfigSignature {
     /// Which key signed (the agent looks it up among its trusted keys).
     pub key_id: String,

@@ -17,7 +17,6 @@ pub const MAX_TEXT: usize = 512;
 
 /// One telemetry message for one printer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Telemetry {
     pub message_id: String,
     pub agent_id: Id,
@@ -59,6 +58,7 @@ impl Telemetry {
                 ("counters", r.counters.len()),
                 ("supplies", r.supplies.len()),
                 ("alerts", r.alerts.len()),
+                ("trays", r.trays.len()),
             ] {
                 if let Some(e) = too_many(what, n) {
                     return Err(e);
@@ -87,7 +87,6 @@ pub enum Trigger {
 
 /// What the agent read from a printer in one poll.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Reading {
     pub read_at: DateTime<Utc>,
     pub identity: Identity,
@@ -99,6 +98,9 @@ pub struct Reading {
     pub supplies: Vec<Supply>,
     pub status: Status,
     pub alerts: Vec<Alert>,
+    /// Paper input trays (prtInputTable); since protocol 1.1, absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trays: Vec<InputTray>,
 }
 
 impl Reading {
@@ -113,7 +115,6 @@ impl Reading {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Identity {
     /// sysDescr (often the network card's firmware, not the printer's model).
     pub sys_descr: Option<String>,
@@ -128,7 +129,6 @@ pub struct Identity {
 
 /// One page counter with its source, so usage never mixes sources.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Counter {
     /// `prtMarkerLifeCount.{marker}` or a vendor counter's name from the profile.
     pub name: String,
@@ -179,7 +179,6 @@ pub enum SupplyState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Supply {
     /// prtMarkerSuppliesIndex.
     pub index: u32,
@@ -199,9 +198,34 @@ pub struct Supply {
     pub state: SupplyState,
 }
 
+/// One paper input tray (a row of prtInputTable, RFC 3805).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputTray {
+    /// prtInputIndex.
+    pub index: u32,
+    /// prtInputName, else prtInputDescription, else `tray {index}`.
+    pub name: String,
+    /// prtInputType by name (`sheetFeedAutoRemovableTray`, `sheetFeedManual`, …).
+    pub kind: Option<String>,
+    /// prtInputMediaName (`A4`, `LETTER`, …).
+    pub media: Option<String>,
+    /// prtInputCapacityUnit by name (`sheets`, …).
+    pub unit: Option<String>,
+    /// prtInputMaxCapacity.
+    pub max: Level,
+    /// prtInputCurrentLevel.
+    pub level: Level,
+    /// level / max, only when max > 0 and level >= 0.
+    pub percent: Option<u8>,
+    /// `ok`, `low`, `empty`, `some_remaining` or `unknown`, as for a consumed supply.
+    pub state: SupplyState,
+    /// A manual feed (bypass) tray, by prtInputType or, when the printer does not
+    /// say, by its name: empty is its normal state.
+    pub manual: bool,
+}
+
 /// hrDeviceStatus, hrPrinterStatus and hrPrinterDetectedErrorState, by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Status {
     pub device: Option<String>,
     pub printer: Option<String>,
@@ -211,7 +235,6 @@ pub struct Status {
 
 /// One row of prtAlertTable.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Alert {
     pub index: u32,
     pub severity: Option<String>,

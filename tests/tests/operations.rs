@@ -98,7 +98,11 @@ async fn metrics_json_logs_notify_env_and_protocol_refusal() {
         &[("sysLocation", t("Hacked"))],
     )))
     .unwrap()
-    .replacen("\"protocol\":\"1.0\"", "\"protocol\":\"2.0\"", 1);
+    .replacen(
+        &format!("\"protocol\":\"{}\"", platen_protocol::PROTOCOL_VERSION),
+        "\"protocol\":\"2.0\"",
+        1,
+    );
     // As a newer cloud would publish it: recorded as published, so the cloud takes
     // its report (a report of a version never published is refused).
     cloud

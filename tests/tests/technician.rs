@@ -364,6 +364,12 @@ fn diag_explains_error_bits_and_missing_page_counters() {
         "{out}"
     );
     assert!(out.contains("no built-in profile reads Xerox's"), "{out}");
-    // The KM recording has prtMarkerLifeCount: no counter warning for it.
+    // The KM recording has prtMarkerLifeCount: no counter warning for it; its tray 7
+    // is empty (a warning, with the trays in the text).
     assert!(!out.contains("km [counters]"), "{out}");
+    assert!(out.contains("km: input trays"), "{out}");
+    assert!(
+        out.contains("km [trays] paper tray \"tray 7\" is empty"),
+        "{out}"
+    );
 }

@@ -72,6 +72,19 @@ async fn readings_counter_reset_reboot_stale_and_supply_events() {
     assert_eq!(r.status.printer.as_deref(), Some("idle"));
     assert_eq!(r.alerts[0].code.as_deref(), Some("markerTonerAlmostEmpty"));
     assert!(r.uptime_cs.is_some());
+    // The input trays (protocol 1.1): a paper tray and an empty manual feed.
+    let trays: Vec<_> = r
+        .trays
+        .iter()
+        .map(|t| (t.name.as_str(), t.percent, t.state, t.manual))
+        .collect();
+    assert_eq!(
+        trays,
+        vec![
+            ("Tray 1", Some(80), SupplyState::Ok, false),
+            ("Bypass", Some(0), SupplyState::Empty, true)
+        ]
+    );
 
     // The page counter goes backwards (engine swap): a flagged reset, old and new values.
     w.sim.command(&format!("set p1 {PAGE_COUNTER}|65|10"));
