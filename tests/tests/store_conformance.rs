@@ -12,9 +12,10 @@ use platen_cloud::model::ReceivedReport;
 use platen_cloud::model::Sample;
 use platen_cloud::model::{Actor, Migration, MigrationDecision, MigrationState};
 use platen_cloud::model::{AgentSeen, Cause, PrinterSeen};
+use platen_cloud::model::{Attempt, DeliveryState, Endpoint, SigningSecret, SHIPMENT_ORDERED};
 use platen_cloud::model::{ChangeKind, Contract, ContractChange, Reseller, Tenant};
 use platen_cloud::model::{ChangeRecord, Event, LedgerEntry};
-use platen_cloud::model::{NotOwed, Part};
+use platen_cloud::model::{NotOwed, Part, Shipment};
 use platen_cloud::model::{SuppliesState, TelemetryState, Usage, Verdict};
 use platen_cloud::plans::catalog::Catalog;
 use platen_cloud::store::{
@@ -979,7 +980,156 @@ const BODIES: &[(&str, Body)] = &[
         "pruning_thins_to_daily_maxima_and_resets",
         pruning_thins_to_daily_maxima_and_resets,
     ),
+    (
+        "webhook_events_are_written_with_the_ledger",
+        webhook_events_are_written_with_the_ledger,
+    ),
 ];
+
+fn endpoint(name: &str, events: &[&str]) -> Endpoint {
+    Endpoint {
+        id: id(name),
+        url: format!("http://127.0.0.1:9/{name}"),
+        events: events.iter().map(|e| e.to_string()).collect(),
+        secrets: vec![SigningSecret {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            created_at: t(1, 0),
+            expires_at: None,
+        }],
+        disabled: false,
+        failing_since: None,
+        failures_in_a_row: 0,
+        created_at: t(1, 0),
+    }
+}
+
+/// The outbox: a ledger entry's events are written with it (numbered per contract,
+/// never twice), each with a pending delivery to every endpoint that wants it; a
+/// delivery is claimed by one owner at a time and saved only by its owner; replay
+/// makes a delivered event pending again.
+fn webhook_events_are_written_with_the_ledger(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    assert_eq!(
+        s.add_endpoint(&endpoint("all", &[])).unwrap(),
+        Inserted::New
+    );
+    assert_eq!(
+        s.add_endpoint(&endpoint("all", &[])).unwrap(),
+        Inserted::Exists
+    );
+    s.add_endpoint(&endpoint("ships", &[SHIPMENT_ORDERED]))
+        .unwrap();
+    let mut off = endpoint("off", &[]);
+    off.disabled = true;
+    s.add_endpoint(&off).unwrap();
+
+    let mut e = ledger_entry(&k, "k.1", "2026-03", 1000);
+    e.part.shipment = Some(Shipment {
+        item: "toner-k".into(),
+        quantity: 1,
+        arithmetic: "ceil(86400 s / 604800 s) = 1".into(),
+    });
+    assert_eq!(s.add_ledger(&e).unwrap(), Inserted::New);
+    assert_eq!(s.add_ledger(&e).unwrap(), Inserted::Exists);
+    let mut reversal = ledger_entry(&k, "k.1", "2026-03/reversal", 60);
+    reversal.reverses = Some(e.key.clone());
+    s.add_ledger(&reversal).unwrap();
+
+    let events = s.webhook_events(0, 100).unwrap();
+    let seen: Vec<(String, u64)> = events.iter().map(|(_, e)| (e.id.clone(), e.seq)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("credit.issued/k.1/2026-03".to_string(), 1),
+            ("shipment.ordered/k.1/2026-03".to_string(), 2),
+            ("credit.corrected/k.1/2026-03/reversal".to_string(), 3),
+        ],
+        "each once, numbered in the contract's order"
+    );
+    let (n2, _) = &events[1];
+    assert_eq!(s.webhook_events(*n2, 100).unwrap().len(), 1, "paged");
+    let credit = s
+        .webhook_event("credit.issued/k.1/2026-03")
+        .unwrap()
+        .unwrap();
+    assert_eq!(credit.data["amount_minor"], 1000);
+    assert_eq!(credit.data["currency"], "EUR");
+    let corrected = &events[2].1;
+    assert_eq!(corrected.data["amount_minor"], -60);
+
+    // Deliveries: `all` gets all three, `ships` the shipment, `off` nothing.
+    let to = |event: &str| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .deliveries_of(event)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.endpoint.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(to("credit.issued/k.1/2026-03"), vec!["all"]);
+    assert_eq!(to("shipment.ordered/k.1/2026-03"), vec!["all", "ships"]);
+    assert_eq!(s.deliveries(DeliveryState::Pending, 100).unwrap().len(), 4);
+
+    // Claims: one owner at a time; the other gets nothing until the lease runs out.
+    let now = Utc::now() + Duration::seconds(1);
+    let a = Claim {
+        owner: "a".into(),
+        lease: Duration::seconds(60),
+    };
+    let b = Claim {
+        owner: "b".into(),
+        lease: Duration::seconds(60),
+    };
+    let got = s.claim_deliveries(&a, now, 100).unwrap();
+    assert_eq!(got.len(), 4);
+    assert!(s.claim_deliveries(&b, now, 100).unwrap().is_empty());
+    let mut d = got[0].clone();
+    d.record(Attempt {
+        at: now,
+        status: Some(204),
+        error: None,
+        millis: 3,
+    });
+    assert!(!s.save_delivery(&b, &d).unwrap(), "not b's to save");
+    assert!(s.save_delivery(&a, &d).unwrap());
+    assert_eq!(
+        s.deliveries(DeliveryState::Delivered, 100).unwrap(),
+        vec![d.clone()]
+    );
+    // A failed attempt leaves it pending, due later.
+    let mut f = got[1].clone();
+    f.record(Attempt {
+        at: now,
+        status: Some(500),
+        error: Some("HTTP 500".into()),
+        millis: 3,
+    });
+    assert!(s.save_delivery(&a, &f).unwrap());
+    let later = now + Duration::seconds(61);
+    let again = s.claim_deliveries(&b, later, 100).unwrap();
+    assert!(
+        again.iter().any(|x| x.key() == f.key()),
+        "retried after its delay"
+    );
+    assert!(
+        !again.iter().any(|x| x.key() == d.key()),
+        "delivered stays delivered"
+    );
+    // Replay: the delivered event is pending again, due now.
+    assert_eq!(s.replay_event(&d.event_id, later).unwrap(), 1);
+    let replayed = s
+        .deliveries_of(&d.event_id)
+        .unwrap()
+        .into_iter()
+        .find(|x| x.endpoint == d.endpoint)
+        .unwrap();
+    assert_eq!(replayed.state, DeliveryState::Pending);
+    assert_eq!(s.replay_event("no-such-event", later).unwrap(), 0);
+}
 
 /// Run every body on a fresh store from `open`; panic naming the failed ones.
 fn run_all(backend: &str, open: impl Fn(&str) -> Store) {

@@ -19,6 +19,7 @@ pub mod report;
 pub mod rules;
 pub mod seen;
 pub mod usage;
+pub mod webhook;
 
 pub use billing::*;
 pub use evidence::*;
@@ -28,3 +29,4 @@ pub use report::*;
 pub use rules::*;
 pub use seen::*;
 pub use usage::*;
+pub use webhook::*;

@@ -6,6 +6,8 @@
 //! * [`Reports`]: published versions, apply reports and their index, what the cloud
 //!   last heard of agents and printers;
 //! * [`Readings`]: the telemetry samples usage is computed from;
+//! * [`Webhooks`]: endpoints, the event outbox (written with the ledger) and
+//!   deliveries;
 //! * [`copy::Portable`]: every record out, records in (`store copy`);
 //! * [`Backend`]: all of them, plus [`Backend::sync`] (the durability barrier).
 //!
@@ -31,6 +33,7 @@ use crate::model::Sample;
 use crate::model::{AgentSeen, PrinterSeen};
 use crate::model::{ChangeRecord, Event, LedgerEntry, TimelineEntry};
 use crate::model::{Contract, ContractChange, Plan, Reseller, Tenant};
+use crate::model::{Delivery, DeliveryState, Endpoint, WebhookEvent};
 use crate::model::{Migration, MigrationState};
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
@@ -364,8 +367,42 @@ pub trait Readings {
     ) -> Result<Batch>;
 }
 
+/// Outbound webhooks: endpoints, the event outbox and deliveries. Events are written
+/// by [`Contracts::add_ledger`] in the same atomic call as their ledger entry
+/// ([`crate::model::ledger_events`]), each with the contract's next sequence number
+/// and a pending delivery to every endpoint that wants it.
+pub trait Webhooks {
+    fn add_endpoint(&self, e: &Endpoint) -> Result<Inserted>;
+    /// Replace an endpoint (rotation, disabling, failure marks).
+    fn put_endpoint(&self, e: &Endpoint) -> Result<()>;
+    fn endpoint(&self, id: &str) -> Result<Option<Endpoint>>;
+    fn endpoints(&self) -> Result<Vec<Endpoint>>;
+    fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>>;
+    /// Events in the order they were written, after the `after`-th, at most `limit`.
+    fn webhook_events(&self, after: u64, limit: usize) -> Result<Vec<(u64, WebhookEvent)>>;
+    fn deliveries_of(&self, event_id: &str) -> Result<Vec<Delivery>>;
+    /// Deliveries in a state, at most `limit`.
+    fn deliveries(&self, state: DeliveryState, limit: usize) -> Result<Vec<Delivery>>;
+    /// Claim up to `limit` pending deliveries due at or before `now` for
+    /// `claim.owner` until `now + claim.lease` (as [`Contracts::claim_due`]).
+    fn claim_deliveries(
+        &self,
+        claim: &Claim,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>>;
+    /// Save a claimed delivery and release it; `false` (nothing written) when the
+    /// claim is no longer the owner's.
+    fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool>;
+    /// Deliver an event again to every endpoint that wants it now: existing
+    /// deliveries become pending and due now, missing ones are added. Returns how many.
+    fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize>;
+}
+
 /// A whole backend.
-pub trait Backend: Contracts + Reports + Readings + copy::Portable + Send + Sync {
+pub trait Backend:
+    Contracts + Reports + Readings + Webhooks + copy::Portable + Send + Sync
+{
     /// Make every write so far durable (and end the batch [`Backend::begin_batch`]
     /// began on this thread).
     fn sync(&self) -> Result<()>;
@@ -409,7 +446,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, v: &[u8]) -> Result<T> {
     serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),

@@ -647,27 +647,42 @@ impl Contracts for PgStore {
             message: format!("credit {credit} is beyond BIGINT"),
         })?;
         let doc = json(e);
-        let n = self.pool().with(async |c| {
-            exec(
-                c,
-                "INSERT INTO ledger (key, tenant, contract, change_id, period, currency,
-                                     amount_minor, reverses, created_at, doc)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &e.key,
-                    &e.tenant.as_str(),
-                    &e.contract.as_str(),
-                    &e.change_id,
-                    &period,
-                    &e.currency,
-                    &amount,
-                    &e.reverses,
-                    &e.created_at,
-                    &doc,
-                ],
-            )
-            .await
+        // The events it reports go in the same transaction (the outbox).
+        let events = crate::model::ledger_events(e);
+        let now = Utc::now();
+        let r = self.pool().with(async |c| {
+            let tx = c.client.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO ledger (key, tenant, contract, change_id, period, currency,
+                                         amount_minor, reverses, created_at, doc)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &e.key,
+                        &e.tenant.as_str(),
+                        &e.contract.as_str(),
+                        &e.change_id,
+                        &period,
+                        &e.currency,
+                        &amount,
+                        &e.reverses,
+                        &e.created_at,
+                        &doc,
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                if let Err(why) = super::webhooks::write_outbox(&tx, &events, now).await? {
+                    return Ok(Err(why));
+                }
+            }
+            tx.commit().await?;
+            Ok(Ok(n))
+        })?;
+        let n = r.map_err(|message| StoreError::Corrupt {
+            key: e.key.clone(),
+            message,
         })?;
         Ok(inserted(n))
     }

@@ -18,6 +18,7 @@ mod contracts;
 mod copy;
 mod readings;
 mod reports;
+mod webhooks;
 
 use super::{Backend, Result, StoreError};
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tokio_postgres::{Client, Config, Statement};
 pub const SCHEMA: &[(u32, &str, &str)] = &[
     (1, "init", include_str!("schema/0001_init.sql")),
     (2, "claims", include_str!("schema/0002_claims.sql")),
+    (3, "webhooks", include_str!("schema/0003_webhooks.sql")),
 ];
 
 /// Advisory lock key held while the schema is migrated ("platen" in ASCII).

@@ -768,20 +768,39 @@ impl Contracts for SledStore {
             format!("{}/{}", e.contract, e.key),
             format!("{}/{}", e.tenant, e.key),
         );
+        // The events it reports go in the same transaction (the outbox).
+        let events = crate::model::ledger_events(e);
+        let endpoints = self.live_endpoints()?;
+        let now = Utc::now();
         let r = (
             &self.ledger,
             &self.ledger_by_contract,
             &self.ledger_by_tenant,
+            &self.wh_events,
+            &self.wh_order,
+            &self.wh_seq,
+            &self.wh_deliveries,
+            &self.wh_due,
         )
-            .transaction(|(ledger, by_contract, by_tenant)| {
-                if ledger.get(e.key.as_bytes())?.is_some() {
-                    return Ok(Inserted::Exists);
-                }
-                ledger.insert(e.key.as_bytes(), value.as_slice())?;
-                by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
-                by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
-                Ok(Inserted::New)
-            })
+            .transaction(
+                |(ledger, by_contract, by_tenant, events_t, order, seq, deliveries, due)| {
+                    if ledger.get(e.key.as_bytes())?.is_some() {
+                        return Ok(Inserted::Exists);
+                    }
+                    ledger.insert(e.key.as_bytes(), value.as_slice())?;
+                    by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
+                    by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
+                    super::webhooks::OutboxTx {
+                        events: events_t,
+                        order,
+                        seq,
+                        deliveries,
+                        due,
+                    }
+                    .write(&events, &endpoints, now)?;
+                    Ok(Inserted::New)
+                },
+            )
             .map_err(|x| tx_error(x, &e.key))?;
         self.db.flush()?;
         Ok(r)

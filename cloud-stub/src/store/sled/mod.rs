@@ -20,6 +20,7 @@
 //! * `published`: `{tenant}/{printer}/{version:020}` → when and for which change;
 //! * `agents_seen`: agent → last health; `printers_seen`: `{tenant}/{printer}` → seen;
 //! * `readings`: `{tenant}/{printer}/{read_at ms:020}` → sample;
+//! * `wh_*`: outbound webhooks (endpoints, events, deliveries; see `webhooks.rs`);
 //! * `meta`: `format_version` and the flags of indexes built for older directories.
 //!
 //! Keys are unambiguous: every key joins ids with `/`, which ids cannot contain, and
@@ -31,6 +32,7 @@ mod copy;
 mod readings;
 mod reports;
 pub(crate) mod scan;
+mod webhooks;
 
 use super::{Backend, Result, StoreError};
 use std::path::{Path, PathBuf};
@@ -80,6 +82,12 @@ pub struct SledStore {
     agents_seen: sled::Tree,
     printers_seen: sled::Tree,
     readings: sled::Tree,
+    wh_endpoints: sled::Tree,
+    wh_events: sled::Tree,
+    wh_order: sled::Tree,
+    wh_seq: sled::Tree,
+    wh_deliveries: sled::Tree,
+    wh_due: sled::Tree,
     /// Claims on changes ([`crate::store::Contracts::claim_due`]). In memory: one
     /// process holds the directory, so a claim dies with the process that held it.
     claims: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Held>>>,
@@ -176,6 +184,12 @@ impl SledStore {
             agents_seen: t("agents_seen")?,
             printers_seen: t("printers_seen")?,
             readings: t("readings")?,
+            wh_endpoints: t("wh_endpoints")?,
+            wh_events: t("wh_events")?,
+            wh_order: t("wh_order")?,
+            wh_seq: t("wh_seq")?,
+            wh_deliveries: t("wh_deliveries")?,
+            wh_due: t("wh_due")?,
             claims: Default::default(),
             db,
         };

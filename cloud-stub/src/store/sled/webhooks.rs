@@ -1,0 +1,269 @@
+//! [`Webhooks`] on sled: endpoints, the event outbox and deliveries.
+//!
+//! Trees: `wh_endpoints`: endpoint id → JSON; `wh_events`: event id → JSON;
+//! `wh_order`: write order (u64 BE) → event id; `wh_seq`: contract → its last event
+//! sequence number, and `""` → the last write order (u64 BE); `wh_deliveries`:
+//! `{endpoint} {event id}` → JSON; `wh_due`: `{next ms:020} {delivery key}` → nothing,
+//! for pending deliveries. Claims on deliveries share the in-memory claims table
+//! with changes (delivery keys hold a space, change ids cannot).
+
+use super::contracts::{due_key, encode};
+use super::{Held, SledStore};
+use crate::model::{Delivery, DeliveryState, Endpoint, WebhookEvent};
+use crate::store::{decode, Claim, Inserted, Result, StoreError, Webhooks};
+use chrono::{DateTime, Utc};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<()>>;
+
+/// The trees an event is written to, inside a caller's transaction.
+pub(super) struct OutboxTx<'a> {
+    pub events: &'a TransactionalTree,
+    pub order: &'a TransactionalTree,
+    pub seq: &'a TransactionalTree,
+    pub deliveries: &'a TransactionalTree,
+    pub due: &'a TransactionalTree,
+}
+
+fn next(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
+    let last = match tree.get(key)? {
+        Some(v) => <[u8; 8]>::try_from(v.as_ref())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0),
+        None => 0,
+    };
+    tree.insert(key, &(last + 1).to_be_bytes())?;
+    Ok(last + 1)
+}
+
+fn due_index_key(d: &Delivery) -> Option<String> {
+    d.next_at.map(|t| due_key(t, &d.key()))
+}
+
+impl OutboxTx<'_> {
+    /// Write `events` (numbered in the transaction) with a pending delivery to each
+    /// endpoint that wants it.
+    pub fn write(
+        &self,
+        events: &[WebhookEvent],
+        endpoints: &[Endpoint],
+        now: DateTime<Utc>,
+    ) -> TxResult<()> {
+        for e in events {
+            if self.events.get(e.id.as_bytes())?.is_some() {
+                continue;
+            }
+            let mut e = e.clone();
+            e.seq = next(self.seq, e.contract.as_str().as_bytes())?;
+            let order = next(self.seq, b"")?;
+            self.events.insert(e.id.as_bytes(), encode(&e))?;
+            self.order.insert(&order.to_be_bytes(), e.id.as_bytes())?;
+            for ep in endpoints.iter().filter(|ep| ep.wants(&e.kind)) {
+                let d = Delivery::new(&ep.id, &e.id, now);
+                if let Some(k) = due_index_key(&d) {
+                    self.due.insert(k.as_bytes(), &[] as &[u8])?;
+                }
+                self.deliveries.insert(d.key().as_bytes(), encode(&d))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SledStore {
+    fn get_delivery(&self, key: &str) -> Result<Option<Delivery>> {
+        match self.wh_deliveries.get(key.as_bytes())? {
+            Some(v) => Ok(Some(decode(key, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Write a delivery, moving its due index entry.
+    fn write_delivery(&self, d: &Delivery) -> Result<()> {
+        let key = d.key();
+        let old = self.get_delivery(&key)?;
+        (&self.wh_deliveries, &self.wh_due)
+            .transaction(|(deliveries, due)| {
+                if let Some(k) = old.as_ref().and_then(due_index_key) {
+                    due.remove(k.as_bytes())?;
+                }
+                if let Some(k) = due_index_key(d) {
+                    due.insert(k.as_bytes(), &[] as &[u8])?;
+                }
+                deliveries.insert(key.as_bytes(), encode(d))?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
+                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
+                    key: key.clone(),
+                    message: "unreadable record in a transaction".into(),
+                },
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The endpoints that can take events now (read before a ledger transaction).
+    pub(super) fn live_endpoints(&self) -> Result<Vec<Endpoint>> {
+        Ok(self
+            .endpoints()?
+            .into_iter()
+            .filter(|e| !e.disabled)
+            .collect())
+    }
+}
+
+use sled::Transactional;
+
+impl Webhooks for SledStore {
+    fn add_endpoint(&self, e: &Endpoint) -> Result<Inserted> {
+        let r = self.wh_endpoints.compare_and_swap(
+            e.id.as_str().as_bytes(),
+            None as Option<&[u8]>,
+            Some(encode(e)),
+        )?;
+        self.db.flush()?;
+        Ok(match r {
+            Ok(()) => Inserted::New,
+            Err(_) => Inserted::Exists,
+        })
+    }
+    fn put_endpoint(&self, e: &Endpoint) -> Result<()> {
+        self.wh_endpoints
+            .insert(e.id.as_str().as_bytes(), encode(e))?;
+        self.db.flush()?;
+        Ok(())
+    }
+    fn endpoint(&self, id: &str) -> Result<Option<Endpoint>> {
+        match self.wh_endpoints.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(id, &v)?)),
+            None => Ok(None),
+        }
+    }
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.wh_endpoints
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+    fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
+        match self.wh_events.get(id.as_bytes())? {
+            Some(v) => Ok(Some(decode(id, &v)?)),
+            None => Ok(None),
+        }
+    }
+    fn webhook_events(&self, after: u64, limit: usize) -> Result<Vec<(u64, WebhookEvent)>> {
+        let mut out = Vec::new();
+        for kv in self.wh_order.range((after + 1).to_be_bytes()..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, id) = kv?;
+            let n = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let id = String::from_utf8_lossy(&id).into_owned();
+            if let Some(e) = self.webhook_event(&id)? {
+                out.push((n, e));
+            }
+        }
+        Ok(out)
+    }
+    fn deliveries_of(&self, event_id: &str) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for ep in self.endpoints()? {
+            if let Some(d) = self.get_delivery(&crate::model::delivery_key(&ep.id, event_id))? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+    fn deliveries(&self, state: DeliveryState, limit: usize) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for kv in self.wh_deliveries.iter() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            let d: Delivery = decode(&String::from_utf8_lossy(&k), &v)?;
+            if d.state == state {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+    fn claim_deliveries(
+        &self,
+        claim: &Claim,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let end = due_key(now, "\u{10FFFF}");
+        let mut claims = self.claims();
+        let mut out = Vec::new();
+        for k in self.wh_due.range(..end.as_bytes()).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            let k = k?;
+            let k = String::from_utf8_lossy(&k);
+            let Some((_, key)) = k.split_once('/') else {
+                continue;
+            };
+            if claims
+                .get(key)
+                .is_some_and(|h| h.owner != claim.owner && h.until >= now)
+            {
+                continue;
+            }
+            if let Some(d) = self.get_delivery(key)? {
+                if d.state != DeliveryState::Pending {
+                    continue;
+                }
+                claims.insert(
+                    key.to_string(),
+                    Held {
+                        owner: claim.owner.clone(),
+                        until: now + claim.lease,
+                        rewake: false,
+                    },
+                );
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+    fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool> {
+        let key = d.key();
+        let mut claims = self.claims();
+        match claims.get(&key) {
+            Some(h) if h.owner == claim.owner => {}
+            _ => return Ok(false),
+        }
+        self.write_delivery(d)?;
+        claims.remove(&key);
+        Ok(true)
+    }
+    fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize> {
+        let Some(e) = self.webhook_event(event_id)? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for ep in self.live_endpoints()?.iter().filter(|ep| ep.wants(&e.kind)) {
+            let key = crate::model::delivery_key(&ep.id, event_id);
+            let mut d = self
+                .get_delivery(&key)?
+                .unwrap_or_else(|| Delivery::new(&ep.id, event_id, now));
+            d.state = DeliveryState::Pending;
+            d.next_at = Some(now);
+            d.created_at = now;
+            self.write_delivery(&d)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
