@@ -26,6 +26,7 @@ pub const ENV_ROOTS: &[&str] = &[
     "signing",
     "ingest",
     "store",
+    "webhooks",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -53,6 +54,39 @@ pub struct CloudConfig {
     pub ingest: Ingest,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
+}
+
+/// `[webhooks]`: how events are delivered to the endpoints (which are managed through
+/// the API: `/v1/webhooks/endpoints`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WebhooksSection {
+    /// How long a receiver has to answer one delivery.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_secs: u64,
+    /// The first retry delay; later ones are multiples of it (5 s, 30 s, 2 min, 10 min,
+    /// 30 min, 1 h, 2 h, then every 4 h by default), for three days.
+    #[serde(default = "default_first_retry")]
+    pub first_retry_ms: u64,
+}
+
+fn default_webhook_timeout() -> u64 {
+    crate::webhooks::WebhookConfig::default().timeout.as_secs()
+}
+fn default_first_retry() -> u64 {
+    crate::webhooks::WebhookConfig::default()
+        .first_retry
+        .as_millis() as u64
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        WebhooksSection {
+            timeout_secs: default_webhook_timeout(),
+            first_retry_ms: default_first_retry(),
+        }
+    }
 }
 
 /// `[store]`: the production store. Without `url`, the embedded store in `state_dir`.
@@ -366,6 +400,12 @@ impl ConfigFile for CloudConfig {
                 );
             }
         }
+        if !(1..=300).contains(&self.webhooks.timeout_secs) {
+            bad("webhooks.timeout_secs", "must be 1 to 300");
+        }
+        if !(100..=3_600_000).contains(&self.webhooks.first_retry_ms) {
+            bad("webhooks.first_retry_ms", "must be 100 to 3600000");
+        }
         if self.engine.claim_lease_secs < 5 {
             bad("engine.claim_lease_secs", "must be at least 5");
         }
@@ -474,6 +514,12 @@ impl CloudConfig {
                 provider_url: self.provider.url.clone(),
                 provider_timeout: Duration::from_secs(self.provider.timeout_secs),
                 provider_retry_max: Duration::from_secs(self.provider.retry_max_secs),
+                claim_lease: Duration::from_secs(self.engine.claim_lease_secs),
+            },
+            webhooks: crate::webhooks::WebhookConfig {
+                timeout: Duration::from_secs(self.webhooks.timeout_secs),
+                first_retry: Duration::from_millis(self.webhooks.first_retry_ms),
+                tick: Duration::from_millis(self.engine.tick_ms).max(Duration::from_millis(200)),
                 claim_lease: Duration::from_secs(self.engine.claim_lease_secs),
             },
             catalog,

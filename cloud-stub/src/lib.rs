@@ -11,6 +11,8 @@
 //! * [`link`] — the broker link ([`Cloud`]): publish desired configs, ingest reports,
 //!   telemetry and health;
 //! * [`engine`] — drives every open change: publish, confirm, fault, settle, pay;
+//! * [`webhooks`] — outbound webhooks: Standard Webhooks signing and the delivery
+//!   worker;
 //! * [`ops`] — validated operations and the migrations service, with domain errors;
 //! * [`http`] — the HTTP API, its listener and its tokens;
 //! * [`server`] and [`config`] — the process: wiring, and the configuration file.
@@ -25,5 +27,6 @@ pub mod ops;
 pub mod plans;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 
 pub use link::{BrokerAuth, Cloud, CloudError, Counters, ReportEvent, INGEST_BATCH};

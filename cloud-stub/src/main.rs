@@ -98,6 +98,13 @@ enum Command {
         /// over the changes of one that died this long after.
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         claim_lease_secs: u64,
+        /// How long a webhook receiver has to answer one delivery.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        webhook_timeout_secs: u64,
+        /// The first webhook retry delay; later ones are multiples of it (5 s, 30 s,
+        /// 2 min, … every 4 h by default), for three days.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+        webhook_first_retry_ms: u64,
         /// Plan catalog and migration rules (TOML; see packaging/catalog.example.toml).
         /// Without one, plans are created through the API and migrations are refused.
         #[arg(long)]
@@ -724,6 +731,7 @@ struct ServeExtras {
     api: platen_cloud::config::Api,
     /// `--leave-group`: retire the instance instead of serving.
     leave_group: bool,
+    webhooks: platen_cloud::webhooks::WebhookConfig,
 }
 
 async fn serve(
@@ -754,6 +762,7 @@ async fn serve(
         state_dir: cli.state_dir.clone(),
         api_listen,
         engine,
+        webhooks: extras.webhooks,
         catalog,
         api_limits: extras.api.limits(),
         policy: extras.api.policy(),
@@ -1178,6 +1187,8 @@ async fn main() -> ExitCode {
             republish_after_secs,
             tick_ms,
             claim_lease_secs,
+            webhook_timeout_secs,
+            webhook_first_retry_ms,
             catalog,
             signing_key,
             signing_key_id,
@@ -1227,6 +1238,12 @@ async fn main() -> ExitCode {
                     ..Default::default()
                 },
                 leave_group: *leave_group,
+                webhooks: platen_cloud::webhooks::WebhookConfig {
+                    timeout: Duration::from_secs(*webhook_timeout_secs),
+                    first_retry: Duration::from_millis(*webhook_first_retry_ms),
+                    tick: Duration::from_millis(*tick_ms).max(Duration::from_millis(200)),
+                    claim_lease: Duration::from_secs(*claim_lease_secs),
+                },
             };
             return serve(&cli, *api_listen, engine, catalog.as_deref(), extras).await;
         }

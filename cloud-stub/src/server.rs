@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// HTTP API address (port 0: a free port; see [`Server::api_addr`]).
     pub api_listen: SocketAddr,
     pub engine: EngineConfig,
+    /// How webhook deliveries are made.
+    pub webhooks: crate::webhooks::WebhookConfig,
     /// Plan catalog and migration rules (none: plans through the API, no migrations).
     pub catalog: Option<Catalog>,
     /// API bearer tokens ([`crate::http::auth`]). None: an open API, refused unless
@@ -71,6 +73,8 @@ pub enum ServerError {
     Tokens(#[from] crate::http::auth::TokenFileError),
     #[error("the HTTP API listens on {0}, beyond this machine, without authentication: set api.tokens_file (--tokens)")]
     OpenApi(SocketAddr),
+    #[error("{0}")]
+    Webhooks(String),
     #[error("HTTP API on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -88,6 +92,7 @@ pub struct Server {
     engine: JoinHandle<()>,
     scheduler: JoinHandle<()>,
     retention: JoinHandle<()>,
+    deliverer: JoinHandle<()>,
     api: (oneshot::Sender<()>, JoinHandle<()>),
 }
 
@@ -129,6 +134,13 @@ impl Server {
         let engine_task = engine.spawn(stop_rx.clone());
         let migrations = Migrations::new(ops.clone());
         let scheduler = spawn_scheduler(migrations.clone(), cfg.engine.tick, stop_rx.clone());
+        let deliverer = crate::webhooks::Deliverer::new(
+            ops.store().clone(),
+            cfg.webhooks.clone(),
+            &cfg.client_id,
+        )
+        .map_err(ServerError::Webhooks)?
+        .spawn(stop_rx.clone());
         let retention = spawn_retention(
             ops.clone(),
             (cfg.telemetry_retention, cfg.history_retention),
@@ -175,6 +187,7 @@ impl Server {
             engine: engine_task,
             scheduler,
             retention,
+            deliverer,
             api: (api_stop, api_task),
         })
     }
@@ -189,6 +202,7 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.engine).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.scheduler).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.retention).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.deliverer).await;
         let _ = self.api.0.send(());
         let abort = self.api.1.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), self.api.1)

@@ -6,7 +6,8 @@ use std::path::Path;
 
 /// Lowest first.
 const LAYERS: &[&str] = &[
-    "model", "store", "billing", "plans", "link", "engine", "ops", "http", "server", "config",
+    "model", "store", "billing", "plans", "link", "engine", "webhooks", "ops", "http", "server",
+    "config",
 ];
 
 /// What `crate::X` names at the crate root beyond the modules (re-exports of `link`).

@@ -433,6 +433,7 @@ async fn start_contract_cloud(
             provider_url: format!("http://{}", provider.addr),
             ..Default::default()
         },
+        webhooks: Default::default(),
         catalog: Some(
             platen_cloud::plans::catalog::Catalog::parse(CATALOG)
                 .map_err(|e| format!("example catalog: {e}"))?,

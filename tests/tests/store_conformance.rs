@@ -1088,12 +1088,15 @@ fn webhook_events_are_written_with_the_ledger(s: &Store) {
     assert_eq!(got.len(), 4);
     assert!(s.claim_deliveries(&b, now, 100).unwrap().is_empty());
     let mut d = got[0].clone();
-    d.record(Attempt {
-        at: now,
-        status: Some(204),
-        error: None,
-        millis: 3,
-    });
+    d.record(
+        Attempt {
+            at: now,
+            status: Some(204),
+            error: None,
+            millis: 3,
+        },
+        platen_cloud::model::first_retry(),
+    );
     assert!(!s.save_delivery(&b, &d).unwrap(), "not b's to save");
     assert!(s.save_delivery(&a, &d).unwrap());
     assert_eq!(
@@ -1102,12 +1105,15 @@ fn webhook_events_are_written_with_the_ledger(s: &Store) {
     );
     // A failed attempt leaves it pending, due later.
     let mut f = got[1].clone();
-    f.record(Attempt {
-        at: now,
-        status: Some(500),
-        error: Some("HTTP 500".into()),
-        millis: 3,
-    });
+    f.record(
+        Attempt {
+            at: now,
+            status: Some(500),
+            error: Some("HTTP 500".into()),
+            millis: 3,
+        },
+        platen_cloud::model::first_retry(),
+    );
     assert!(s.save_delivery(&a, &f).unwrap());
     let later = now + Duration::seconds(61);
     let again = s.claim_deliveries(&b, later, 100).unwrap();

@@ -20,6 +20,16 @@
 //! | GET | `/v1/migrations` | `?tenant=&contract=&state=` | migrations |
 //! | GET | `/v1/migrations/{id}` | | migration |
 //! | DELETE | `/v1/migrations/{id}` | | the cancelled migration |
+//! | POST | `/v1/webhooks/endpoints` | `NewEndpoint` | 201 `{endpoint, secret}` (the secret shown once) |
+//! | GET | `/v1/webhooks/endpoints` | | endpoints (without secrets) |
+//! | POST | `/v1/webhooks/endpoints/{id}/rotate` | `{keep_old_secs}` | `{endpoint, secret}` |
+//! | POST | `/v1/webhooks/endpoints/{id}/disable`, `…/enable` | | endpoint |
+//! | GET | `/v1/webhooks/events` | `?after=N&limit=` | `[{n, event}]` in the order written |
+//! | GET | `/v1/webhooks/events/{id}` | | `{event, deliveries}` |
+//! | GET | `/v1/webhooks/deliveries` | `?state=pending\|delivered\|failed&limit=` | deliveries |
+//! | POST | `/v1/webhooks/replay` | `{event}` | `{replayed}` |
+//!
+//! The webhook endpoints are the operator's.
 //!
 //! Errors: `{"error": {"code": "…", "message": "…"}}` with a 4xx (5xx for storage).
 //! A refused migration is a 422 with code `migration_refused` and, beside the
@@ -697,6 +707,160 @@ async fn not_found() -> ApiError {
 }
 
 /// The API over `ops` and `migrations`, authenticating callers with `auth`.
+async fn post_endpoint(
+    State(o): State<Ops>,
+    c: Caller,
+    b: Result<Json<crate::ops::webhooks::NewEndpoint>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "manage webhook endpoints")?;
+    Ok(created(o.create_endpoint(body(b)?)?))
+}
+
+async fn get_endpoints(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
+    operator_only(&c, "read webhook endpoints")?;
+    Ok(Json(o.endpoints()?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    /// How long the old secrets keep signing (default a day).
+    #[serde(default = "default_keep_old")]
+    keep_old_secs: i64,
+}
+
+fn default_keep_old() -> i64 {
+    86_400
+}
+
+async fn rotate_endpoint(
+    State(o): State<Ops>,
+    c: Caller,
+    PathId(id): PathId,
+    b: Result<Json<Rotate>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "manage webhook endpoints")?;
+    let keep = body(b)?.keep_old_secs;
+    Ok(Json(o.rotate_endpoint(&id, chrono::Duration::seconds(keep))?).into_response())
+}
+
+async fn disable_endpoint(
+    State(o): State<Ops>,
+    c: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "manage webhook endpoints")?;
+    Ok(Json(o.set_endpoint_disabled(&id, true)?).into_response())
+}
+
+async fn enable_endpoint(
+    State(o): State<Ops>,
+    c: Caller,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "manage webhook endpoints")?;
+    Ok(Json(o.set_endpoint_disabled(&id, false)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct NumberedEvent {
+    n: u64,
+    event: crate::model::WebhookEvent,
+}
+
+async fn get_webhook_events(
+    State(o): State<Ops>,
+    c: Caller,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "read webhook events")?;
+    let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::new(
+            400,
+            "bad_request",
+            format!("limit: between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let events: Vec<NumberedEvent> = o
+        .store()
+        .webhook_events(q.after, limit)?
+        .into_iter()
+        .map(|(n, event)| NumberedEvent { n, event })
+        .collect();
+    Ok(Json(events).into_response())
+}
+
+async fn get_webhook_event(
+    State(o): State<Ops>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "read webhook events")?;
+    if id.len() > 256 {
+        return Err(ApiError::new(
+            400,
+            "invalid_id",
+            "an event id is at most 256 characters",
+        ));
+    }
+    Ok(Json(o.webhook_event(&id)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeliveriesQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn get_deliveries(
+    State(o): State<Ops>,
+    c: Caller,
+    q: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::model::DeliveryState;
+    operator_only(&c, "read webhook deliveries")?;
+    let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let state = match q.state.as_deref().unwrap_or("pending") {
+        "pending" => DeliveryState::Pending,
+        "delivered" => DeliveryState::Delivered,
+        "failed" => DeliveryState::Failed,
+        _ => {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                "state: pending, delivered or failed",
+            ))
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    Ok(Json(o.deliveries(state, limit)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replay {
+    event: String,
+}
+
+async fn post_replay(
+    State(o): State<Ops>,
+    c: Caller,
+    b: Result<Json<Replay>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    operator_only(&c, "replay webhook events")?;
+    let n = o.replay_event(&body(b)?.event)?;
+    Ok(Json(serde_json::json!({ "replayed": n })).into_response())
+}
+
 pub fn router(ops: Ops, migrations: Migrations, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/tenants", post(post_tenant).get(get_tenants))
@@ -714,6 +878,20 @@ pub fn router(ops: Ops, migrations: Migrations, auth: Arc<Auth>) -> Router {
             "/v1/migrations/{id}",
             get(get_migration).merge(delete(delete_migration)),
         )
+        .route(
+            "/v1/webhooks/endpoints",
+            post(post_endpoint).get(get_endpoints),
+        )
+        .route("/v1/webhooks/endpoints/{id}/rotate", post(rotate_endpoint))
+        .route(
+            "/v1/webhooks/endpoints/{id}/disable",
+            post(disable_endpoint),
+        )
+        .route("/v1/webhooks/endpoints/{id}/enable", post(enable_endpoint))
+        .route("/v1/webhooks/events", get(get_webhook_events))
+        .route("/v1/webhooks/events/{*id}", get(get_webhook_event))
+        .route("/v1/webhooks/deliveries", get(get_deliveries))
+        .route("/v1/webhooks/replay", post(post_replay))
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(256 * 1024))

@@ -215,19 +215,26 @@ pub fn give_up_after() -> Duration {
     Duration::days(3)
 }
 
-/// Delay before try `n + 1` after `n` failed tries: 5 s, 30 s, 2 min, 10 min,
-/// 30 min, 1 h, 2 h, then every 4 h.
-pub fn retry_delay(failed_tries: u32) -> Duration {
-    match failed_tries {
-        0 | 1 => Duration::seconds(5),
-        2 => Duration::seconds(30),
-        3 => Duration::minutes(2),
-        4 => Duration::minutes(10),
-        5 => Duration::minutes(30),
-        6 => Duration::hours(1),
-        7 => Duration::hours(2),
-        _ => Duration::hours(4),
-    }
+/// Delay before try `n + 1` after `n` failed tries, in multiples of the first delay
+/// (5 s by default): 1, 6, 24, 120, 360, 720, 1440, then every 2880 — 5 s, 30 s,
+/// 2 min, 10 min, 30 min, 1 h, 2 h, then every 4 h.
+pub fn retry_delay(first: Duration, failed_tries: u32) -> Duration {
+    let factor = match failed_tries {
+        0 | 1 => 1,
+        2 => 6,
+        3 => 24,
+        4 => 120,
+        5 => 360,
+        6 => 720,
+        7 => 1440,
+        _ => 2880,
+    };
+    first * factor
+}
+
+/// The default first retry delay.
+pub fn first_retry() -> Duration {
+    Duration::seconds(5)
 }
 
 impl Delivery {
@@ -250,9 +257,9 @@ impl Delivery {
     }
 
     /// Note an attempt and decide what follows: delivered on a 2xx, else retried
-    /// after [`retry_delay`], or failed once [`give_up_after`] has passed since the
-    /// delivery was created.
-    pub fn record(&mut self, a: Attempt) {
+    /// after [`retry_delay`] (from `first`), or failed once [`give_up_after`] has
+    /// passed since the delivery was created.
+    pub fn record(&mut self, a: Attempt, first: Duration) {
         let ok = a.error.is_none() && a.status.is_some_and(|s| (200..300).contains(&s));
         let at = a.at;
         self.tries += 1;
@@ -267,7 +274,7 @@ impl Delivery {
             self.state = DeliveryState::Failed;
             self.next_at = None;
         } else {
-            self.next_at = Some(at + retry_delay(self.tries));
+            self.next_at = Some(at + retry_delay(first, self.tries));
         }
     }
 }
@@ -299,7 +306,7 @@ mod tests {
         let mut at = t0;
         let mut delays = Vec::new();
         while d.state == DeliveryState::Pending {
-            d.record(attempt(at, Some(503)));
+            d.record(attempt(at, Some(503)), first_retry());
             if let Some(next) = d.next_at {
                 delays.push((next - at).num_seconds());
                 at = next;
@@ -316,9 +323,9 @@ mod tests {
         assert_eq!(d.attempts[0].at, t0);
         // A 2xx delivers; a timeout (no status) does not.
         let mut ok = Delivery::new(&"e1".parse().unwrap(), "x", t0);
-        ok.record(attempt(t0, None));
+        ok.record(attempt(t0, None), first_retry());
         assert_eq!(ok.state, DeliveryState::Pending);
-        ok.record(attempt(t0, Some(204)));
+        ok.record(attempt(t0, Some(204)), first_retry());
         assert_eq!((ok.state, ok.next_at), (DeliveryState::Delivered, None));
     }
 }

@@ -4,6 +4,7 @@
 //! plan migrations are a service of their own over them ([`migrations::Migrations`]).
 
 pub mod migrations;
+pub mod webhooks;
 
 use crate::billing::period;
 use crate::engine::Waker;

@@ -176,6 +176,7 @@ async fn one_size(broker: &Mosquitto, n: usize, burst: usize, idle: Duration) ->
             provider_url: "http://127.0.0.1:9".into(),
             ..Default::default()
         },
+        webhooks: Default::default(),
         catalog: Some(Catalog::parse(CATALOG).expect("catalog")),
         tokens_file: None,
         api_limits: Default::default(),
