@@ -984,6 +984,10 @@ const BODIES: &[(&str, Body)] = &[
         "webhook_events_are_written_with_the_ledger",
         webhook_events_are_written_with_the_ledger,
     ),
+    (
+        "webhook_events_report_faults_settlements_and_migrations",
+        webhook_events_report_faults_settlements_and_migrations,
+    ),
 ];
 
 fn endpoint(name: &str, events: &[&str]) -> Endpoint {
@@ -1135,6 +1139,63 @@ fn webhook_events_are_written_with_the_ledger(s: &Store) {
         .unwrap();
     assert_eq!(replayed.state, DeliveryState::Pending);
     assert_eq!(s.replay_event("no-such-event", later).unwrap(), 0);
+}
+
+/// Facts other than the ledger report themselves in the same call: the first fault
+/// of each kind and printer (noted again: the same event), a change that settles, a
+/// refused and an executed migration.
+fn webhook_events_report_faults_settlements_and_migrations(s: &Store) {
+    tenant(s, "acme", None);
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    s.add_endpoint(&endpoint("all", &[])).unwrap();
+    let fault = Event::ConfigFault {
+        printer: id("p1"),
+        reason: "sysLocation: 403".into(),
+        cause: Default::default(),
+    };
+    s.append(&start.id, fault.clone()).unwrap();
+    s.append(
+        &start.id,
+        Event::ServiceFault {
+            printer: id("p1"),
+            reason: "down".into(),
+        },
+    )
+    .unwrap();
+    s.append(&start.id, fault.clone()).unwrap();
+    let mut rec = s.change(&start.id).unwrap().unwrap();
+    rec.setup.settled = true;
+    rec.setup.settled_at = Some(t(5, 0));
+    s.save_change(&rec, None).unwrap();
+    s.save_change(&rec, None).unwrap();
+    s.add_migration(&migration("m1", "acme", "k", MigrationState::Refused))
+        .unwrap();
+    s.add_migration(&migration("m2", "acme", "k", MigrationState::Scheduled))
+        .unwrap();
+    assert!(s.execute_migration("m2", &change(&k, 2)).unwrap());
+    let seen: Vec<(String, u64)> = s
+        .webhook_events(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| (e.id, e.seq))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("change.fault/k.1/config/p1".to_string(), 1),
+            ("change.fault/k.1/service/p1".to_string(), 2),
+            ("change.settled/k.1".to_string(), 3),
+            ("migration.refused/m1".to_string(), 4),
+            ("migration.executed/m2".to_string(), 5),
+        ]
+    );
+    let settled = s.webhook_event("change.settled/k.1").unwrap().unwrap();
+    assert_eq!(settled.data["change_id"], "k.1");
+    assert_eq!(settled.tenant, id("acme"));
+    let executed = s.webhook_event("migration.executed/m2").unwrap().unwrap();
+    assert_eq!(executed.data["change_id"], "k.2");
+    assert_eq!(s.deliveries(DeliveryState::Pending, 100).unwrap().len(), 5);
 }
 
 /// Run every body on a fresh store from `open`; panic naming the failed ones.

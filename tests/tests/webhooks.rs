@@ -141,9 +141,14 @@ async fn api(cloud: &CloudProc, method: &str, path: &str, body: Option<Value>) -
 }
 
 async fn until<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(secs);
     loop {
         if let Some(v) = f().await {
+            eprintln!(
+                "webhooks test: {what} after {} ms",
+                start.elapsed().as_millis()
+            );
             return v;
         }
         assert!(tokio::time::Instant::now() < end, "never: {what}");
@@ -298,21 +303,37 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     .await;
     let key = ledger["key"].as_str().unwrap().to_string();
 
-    // Its events, written with it: ids from the ledger key, numbered in the contract.
-    let (_, events) = api(&cloud, "GET", "/v1/webhooks/events", None).await;
-    let events = events.as_array().unwrap().clone();
-    let ids: Vec<(String, u64)> = events
-        .iter()
-        .map(|e| {
-            (
-                e["event"]["id"].as_str().unwrap().to_string(),
-                e["event"]["seq"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    // The events, each written with its fact: the fault, the credit and the pages (ids
+    // from the ledger key), the settlement; numbered in the contract's order.
     let credit = format!("credit.issued/{key}");
     let pages = format!("pages.granted/{key}");
-    assert_eq!(ids, vec![(credit.clone(), 1), (pages.clone(), 2)]);
+    let settled = "change.settled/c1.1".to_string();
+    let fault = "change.fault/c1.1/config/p1".to_string();
+    let ids = until("four events", 20, async || {
+        let (_, events) = api(&cloud, "GET", "/v1/webhooks/events", None).await;
+        let ids: Vec<(String, u64)> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"]["id"].as_str().unwrap().to_string(),
+                    e["event"]["seq"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (ids.len() >= 4).then_some(ids)
+    })
+    .await;
+    assert_eq!(
+        ids,
+        vec![
+            (fault.clone(), 1),
+            (credit.clone(), 2),
+            (pages.clone(), 3),
+            (settled.clone(), 4)
+        ]
+    );
 
     // The receiver is down: attempts fail and are retried.
     until("two failed attempts", 20, async || {
@@ -364,17 +385,27 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
         !eps[0]["failing_since"].is_null(),
         "marked failing after 5 in a row: {eps}"
     );
-    // Back: both events delivered, the failing mark cleared.
+    // Back: everything since the contract began replayed at once and delivered, the
+    // failing mark cleared.
     rx.set(Mode::Ok);
-    api(
+    let (s, v) = api(
         &cloud,
         "POST",
         "/v1/webhooks/replay",
-        Some(json!({"event": credit})),
+        Some(json!({"since": "2020-01-01T00:00:00Z"})),
     )
     .await;
-    for event in [&credit, &pages] {
-        until("delivered", 30, async || {
+    assert_eq!((s, v["replayed"].as_u64()), (200, Some(4)), "{v}");
+    let (s, _) = api(
+        &cloud,
+        "POST",
+        "/v1/webhooks/replay",
+        Some(json!({"event": credit, "since": "2020-01-01T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(s, 400, "one or the other");
+    for event in [&fault, &credit, &pages, &settled] {
+        until("delivered", 20, async || {
             let d = deliveries(&cloud, event).await;
             (d[0]["state"] == "delivered").then_some(())
         })
@@ -389,7 +420,7 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
         None,
     )
     .await;
-    assert_eq!(delivered.as_array().unwrap().len(), 2, "{delivered}");
+    assert_eq!(delivered.as_array().unwrap().len(), 4, "{delivered}");
 
     // What the billing system got: the ledger's amount, the event's id and sequence.
     let got = rx.got();
@@ -405,7 +436,7 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     assert_eq!(body["data"]["amount_minor"], ledger["fee_credit"]);
     assert_eq!(body["data"]["currency"], "EUR");
     assert_eq!(body["data"]["event_id"], credit.as_str());
-    assert_eq!(body["data"]["contract_seq"], 1);
+    assert_eq!(body["data"]["contract_seq"], 2);
 
     // The cloud dies in the middle of a delivery: after its restart the event is sent
     // again under the same id (at least once; the receiver deduplicates on the id).

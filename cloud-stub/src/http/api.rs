@@ -27,7 +27,7 @@
 //! | GET | `/v1/webhooks/events` | `?after=N&limit=` | `[{n, event}]` in the order written |
 //! | GET | `/v1/webhooks/events/{id}` | | `{event, deliveries}` |
 //! | GET | `/v1/webhooks/deliveries` | `?state=pending\|delivered\|failed&limit=` | deliveries |
-//! | POST | `/v1/webhooks/replay` | `{event}` | `{replayed}` |
+//! | POST | `/v1/webhooks/replay` | `{event}` or `{since}` | `{replayed}` (deliveries made due now) |
 //!
 //! The webhook endpoints are the operator's.
 //!
@@ -845,10 +845,12 @@ async fn get_deliveries(
     Ok(Json(o.deliveries(state, limit)?).into_response())
 }
 
+/// One event, or every event since a time.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Replay {
-    event: String,
+    event: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn post_replay(
@@ -857,7 +859,23 @@ async fn post_replay(
     b: Result<Json<Replay>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     operator_only(&c, "replay webhook events")?;
-    let n = o.replay_event(&body(b)?.event)?;
+    let n = match body(b)? {
+        Replay {
+            event: Some(e),
+            since: None,
+        } => o.replay_event(&e)?,
+        Replay {
+            event: None,
+            since: Some(t),
+        } => o.replay_since(t)?,
+        _ => {
+            return Err(ApiError::new(
+                400,
+                "bad_request",
+                "give either event (an event id) or since (a time)",
+            ))
+        }
+    };
     Ok(Json(serde_json::json!({ "replayed": n })).into_response())
 }
 

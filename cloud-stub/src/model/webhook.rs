@@ -7,7 +7,8 @@
 //! same across retries and replays and a receiver can deduplicate on it; `seq` counts
 //! a contract's events from 1, so a receiver can put them in order.
 
-use super::evidence::LedgerEntry;
+use super::evidence::{ChangeRecord, Event, LedgerEntry};
+use super::migration::{Migration, MigrationState};
 use chrono::{DateTime, Duration, Utc};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
@@ -17,13 +18,124 @@ pub const CREDIT_ISSUED: &str = "credit.issued";
 pub const CREDIT_CORRECTED: &str = "credit.corrected";
 pub const PAGES_GRANTED: &str = "pages.granted";
 pub const SHIPMENT_ORDERED: &str = "shipment.ordered";
+pub const CHANGE_FAULT: &str = "change.fault";
+pub const CHANGE_SETTLED: &str = "change.settled";
+pub const MIGRATION_EXECUTED: &str = "migration.executed";
+pub const MIGRATION_REFUSED: &str = "migration.refused";
 /// Every type an endpoint may filter on.
-pub const EVENT_TYPES: [&str; 4] = [
+pub const EVENT_TYPES: [&str; 8] = [
     CREDIT_ISSUED,
     CREDIT_CORRECTED,
     PAGES_GRANTED,
     SHIPMENT_ORDERED,
+    CHANGE_FAULT,
+    CHANGE_SETTLED,
+    MIGRATION_EXECUTED,
+    MIGRATION_REFUSED,
 ];
+
+fn event(
+    kind: &str,
+    subject: &str,
+    (tenant, contract): (&Id, &Id),
+    at: DateTime<Utc>,
+    data: serde_json::Value,
+) -> WebhookEvent {
+    WebhookEvent {
+        id: format!("{kind}/{subject}"),
+        kind: kind.into(),
+        tenant: tenant.clone(),
+        contract: contract.clone(),
+        seq: 0,
+        occurred_at: at,
+        data,
+    }
+}
+
+/// Whether a timeline event reports a webhook event ([`timeline_event`]): only
+/// faults, so other appends need not look up their change's owner.
+pub fn reported_on_timeline(e: &Event) -> bool {
+    matches!(e, Event::ConfigFault { .. } | Event::ServiceFault { .. })
+}
+
+/// The event a timeline entry reports, if any: a fault, once per change, kind and
+/// printer (the first time it is determined; a fault noted again is the same event).
+pub fn timeline_event(
+    tenant: &Id,
+    contract: &Id,
+    change_id: &str,
+    e: &Event,
+    at: DateTime<Utc>,
+) -> Option<WebhookEvent> {
+    let (kind, printer, reason, cause) = match e {
+        Event::ConfigFault {
+            printer,
+            reason,
+            cause,
+        } => (
+            "config",
+            printer,
+            reason,
+            serde_json::to_value(cause).unwrap_or_default(),
+        ),
+        Event::ServiceFault { printer, reason } => {
+            ("service", printer, reason, serde_json::Value::Null)
+        }
+        _ => return None,
+    };
+    Some(event(
+        CHANGE_FAULT,
+        &format!("{change_id}/{kind}/{printer}"),
+        (tenant, contract),
+        at,
+        serde_json::json!({
+            "tenant": tenant, "contract": contract, "change_id": change_id,
+            "fault": kind, "printer": printer, "reason": reason, "cause": cause,
+        }),
+    ))
+}
+
+/// The event of a change that settled: its times and whether a fault was found.
+pub fn settled_event(tenant: &Id, rec: &ChangeRecord, at: DateTime<Utc>) -> Option<WebhookEvent> {
+    if !rec.setup.settled {
+        return None;
+    }
+    let c = &rec.change;
+    Some(event(
+        CHANGE_SETTLED,
+        &c.id,
+        (tenant, &c.contract),
+        rec.setup.settled_at.unwrap_or(at),
+        serde_json::json!({
+            "tenant": tenant, "contract": c.contract, "change_id": c.id, "plan": c.plan,
+            "effective_at": c.effective_at, "completed_at": rec.setup.completed_at,
+            "config_fault": rec.setup.config_fault.as_ref().map(|f| &f.reason),
+            "service_fault": rec.setup.service_fault.as_ref().map(|f| &f.reason),
+        }),
+    ))
+}
+
+/// The event of a migration that was refused or executed.
+pub fn migration_event(m: &Migration, at: DateTime<Utc>) -> Option<WebhookEvent> {
+    let d = &m.decision;
+    let (kind, extra) = match &m.state {
+        MigrationState::Refused => (MIGRATION_REFUSED, serde_json::json!({})),
+        MigrationState::Executed { change_id, at } => (
+            MIGRATION_EXECUTED,
+            serde_json::json!({"change_id": change_id, "executed_at": at}),
+        ),
+        _ => return None,
+    };
+    let mut data = serde_json::json!({
+        "tenant": d.tenant, "contract": d.contract, "migration": m.id,
+        "from_plan": d.from_plan, "to_plan": d.to_plan, "requested_by": d.requested_by,
+        "rule": d.verdict.rule, "decided_at": d.decided_at,
+    });
+    if let (Some(o), Some(x)) = (data.as_object_mut(), extra.as_object()) {
+        o.extend(x.clone());
+    }
+    Some(event(kind, &m.id, (&d.tenant, &d.contract), at, data))
+}
 
 /// One event, as stored and (its `body`) as delivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

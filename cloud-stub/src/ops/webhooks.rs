@@ -213,6 +213,30 @@ impl Ops {
         Ok(self.store().replay_event(id, Utc::now())?)
     }
 
+    /// Replay every event that occurred at or after `since`; returns how many
+    /// deliveries were made pending.
+    pub fn replay_since(&self, since: DateTime<Utc>) -> Result<usize, OpError> {
+        let now = Utc::now();
+        if since > now {
+            return Err(OpError::new(
+                Kind::Invalid,
+                "since_in_the_future",
+                "since: a time in the past",
+            ));
+        }
+        let (mut after, mut n) = (0, 0);
+        loop {
+            let page = self.store().webhook_events(after, 1000)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(n);
+            };
+            after = *last;
+            for (_, e) in page.iter().filter(|(_, e)| e.occurred_at >= since) {
+                n += self.store().replay_event(&e.id, now)?;
+            }
+        }
+    }
+
     pub fn deliveries(&self, state: DeliveryState, limit: usize) -> Result<Vec<Delivery>, OpError> {
         Ok(self.store().deliveries(state, limit)?)
     }

@@ -395,7 +395,8 @@ pub trait Webhooks {
     /// claim is no longer the owner's.
     fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool>;
     /// Deliver an event again to every endpoint that wants it now: existing
-    /// deliveries become pending and due now, missing ones are added. Returns how many.
+    /// deliveries become pending and due now (released from any claim, so an attempt
+    /// in flight cannot push them back), missing ones are added. Returns how many.
     fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize>;
 }
 

@@ -57,6 +57,28 @@ async fn exec(c: &mut Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -
     c.client.execute(&st, params).await
 }
 
+/// The `change.settled` event of `rec`, written in `tx` (the change's tenant read there).
+async fn report_settled(
+    tx: &tokio_postgres::Transaction<'_>,
+    rec: &ChangeRecord,
+    now: DateTime<Utc>,
+) -> PgResult<()> {
+    let tenant = tx
+        .query_opt(
+            "SELECT tenant FROM changes WHERE id = $1",
+            &[&rec.change.id],
+        )
+        .await?
+        .and_then(|r| r.get::<_, String>(0).parse::<Id>().ok());
+    if let Some(t) = tenant {
+        let reported: Vec<_> = crate::model::settled_event(&t, rec, now)
+            .into_iter()
+            .collect();
+        super::webhooks::write_outbox(tx, &reported, now).await?;
+    }
+    Ok(())
+}
+
 impl PgStore {
     fn one<T: serde::de::DeserializeOwned>(
         &self,
@@ -215,22 +237,33 @@ impl Contracts for PgStore {
     fn add_migration(&self, m: &Migration) -> Result<Inserted> {
         let (state, effective_at) = migration_cols(m);
         let doc = json(m);
+        // A refused migration reports itself, in the same transaction.
+        let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
+            .into_iter()
+            .collect();
+        let now = Utc::now();
         let n = self.pool().with(async |c| {
-            exec(
-                c,
-                "INSERT INTO migrations (id, tenant, contract, state, decided_at, effective_at, doc)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &m.id,
-                    &m.decision.tenant.as_str(),
-                    &m.decision.contract.as_str(),
-                    &state,
-                    &m.decision.decided_at,
-                    &effective_at,
-                    &doc,
-                ],
-            )
-            .await
+            let tx = c.client.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO migrations (id, tenant, contract, state, decided_at, effective_at, doc)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &m.id,
+                        &m.decision.tenant.as_str(),
+                        &m.decision.contract.as_str(),
+                        &state,
+                        &m.decision.decided_at,
+                        &effective_at,
+                        &doc,
+                    ],
+                )
+                .await?;
+            if n == 1 {
+                super::webhooks::write_outbox(&tx, &reported, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
         })?;
         Ok(inserted(n))
     }
@@ -391,13 +424,22 @@ impl Contracts for PgStore {
         let settled = rec.setup.settled;
         let due_at = if settled { None } else { due_at };
         let doc = json(rec);
+        let now = Utc::now();
         let n = self.pool().with(async |c| {
-            exec(
-                c,
-                "UPDATE changes SET doc = $2::text::jsonb, due_at = $3, settled = $4 WHERE id = $1",
-                &[&rec.change.id, &doc, &due_at, &settled],
-            )
-            .await
+            const SAVE: &str =
+                "UPDATE changes SET doc = $2::text::jsonb, due_at = $3, settled = $4 WHERE id = $1";
+            let params: [&(dyn ToSql + Sync); 4] = [&rec.change.id, &doc, &due_at, &settled];
+            if !settled {
+                return exec(c, SAVE, &params).await;
+            }
+            // A change that settles reports it, in the same transaction.
+            let tx = c.client.transaction().await?;
+            let n = tx.execute(SAVE, &params).await?;
+            if n == 1 {
+                report_settled(&tx, rec, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
         })?;
         if n == 0 {
             return Err(StoreError::Invalid {
@@ -463,17 +505,24 @@ impl Contracts for PgStore {
         let doc = json(rec);
         let now = Utc::now();
         let n = self.pool().with(async |c| {
-            exec(
-                c,
-                "UPDATE changes SET doc = $2::text::jsonb, settled = $4,
+            const SAVE: &str = "UPDATE changes SET doc = $2::text::jsonb, settled = $4,
                         due_at = CASE WHEN $4 THEN NULL
                                       WHEN rewake THEN LEAST($3::timestamptz, $6::timestamptz)
                                       ELSE $3::timestamptz END,
                         claimed_by = NULL, claim_until = NULL, rewake = false
-                  WHERE id = $1 AND claimed_by = $5",
-                &[&rec.change.id, &doc, &due_at, &settled, &claim.owner, &now],
-            )
-            .await
+                  WHERE id = $1 AND claimed_by = $5";
+            let params: [&(dyn ToSql + Sync); 6] =
+                [&rec.change.id, &doc, &due_at, &settled, &claim.owner, &now];
+            if !settled {
+                return exec(c, SAVE, &params).await;
+            }
+            let tx = c.client.transaction().await?;
+            let n = tx.execute(SAVE, &params).await?;
+            if n == 1 {
+                report_settled(&tx, rec, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
         })?;
         Ok(n == 1)
     }
@@ -546,10 +595,13 @@ impl Contracts for PgStore {
         let event_json = serde_json::to_value(&event).expect("plain data serializes");
         let r = self.pool().with(async |c| {
             let tx = c.client.transaction().await?;
-            let Some(tenant) = tx
-                .query_opt("SELECT tenant FROM changes WHERE id = $1", &[&change_id])
+            let Some((tenant, contract)) = tx
+                .query_opt(
+                    "SELECT tenant, contract FROM changes WHERE id = $1",
+                    &[&change_id],
+                )
                 .await?
-                .map(|r| r.get::<_, String>(0))
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
             else {
                 return Ok(Outcome::NoChange);
             };
@@ -603,6 +655,14 @@ impl Contracts for PgStore {
                     &[&change_id, &seq, &tenant, &now, &once, &json(&entry)],
                 )
                 .await?;
+            // A fault reports itself, in the same transaction.
+            if let (1, Ok(t), Ok(c)) = (n, tenant.parse::<Id>(), contract.parse::<Id>()) {
+                let reported: Vec<_> =
+                    crate::model::timeline_event(&t, &c, change_id, &entry.event, now)
+                        .into_iter()
+                        .collect();
+                super::webhooks::write_outbox(&tx, &reported, now).await?;
+            }
             tx.commit().await?;
             Ok(if n == 1 {
                 Outcome::Added(seq)
@@ -673,17 +733,12 @@ impl Contracts for PgStore {
                 )
                 .await?;
             if n == 1 {
-                if let Err(why) = super::webhooks::write_outbox(&tx, &events, now).await? {
-                    return Ok(Err(why));
-                }
+                super::webhooks::write_outbox(&tx, &events, now).await?;
             }
             tx.commit().await?;
-            Ok(Ok(n))
+            Ok(n)
         })?;
-        let n = r.map_err(|message| StoreError::Corrupt {
-            key: e.key.clone(),
-            message,
-        })?;
+        let n = r;
         Ok(inserted(n))
     }
     fn ledger_of(&self, owner: LedgerOwner<'_>) -> Result<Vec<LedgerEntry>> {
@@ -818,6 +873,8 @@ fn leave_scheduled(
             &[&id, &m.state.name(), &json(&m)],
         )
         .await?;
+        let reported: Vec<_> = crate::model::migration_event(&m, now).into_iter().collect();
+        super::webhooks::write_outbox(&tx, &reported, now).await?;
         tx.commit().await?;
         Ok(Ok(true))
     })?;

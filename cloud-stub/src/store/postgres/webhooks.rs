@@ -10,12 +10,17 @@ use chrono::{DateTime, Utc};
 type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
 
 /// Write `events` in `tx`: each numbered in its contract, with a pending delivery to
-/// each endpoint that wants it (the endpoints are read in the same transaction).
+/// each endpoint that wants it (the endpoints are read in the same transaction). An
+/// event whose id is stored already is not written again. An endpoint whose record
+/// cannot be read is skipped with a warning: it must not stop the fact being written.
 pub(super) async fn write_outbox(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[WebhookEvent],
     now: DateTime<Utc>,
-) -> PgResult<std::result::Result<(), String>> {
+) -> PgResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let mut endpoints = Vec::new();
     for row in tx
         .query("SELECT id, doc::text FROM webhook_endpoints", &[])
@@ -24,10 +29,19 @@ pub(super) async fn write_outbox(
         let (id, doc): (String, String) = (row.get(0), row.get(1));
         match serde_json::from_str::<Endpoint>(&doc) {
             Ok(e) => endpoints.push(e),
-            Err(e) => return Ok(Err(format!("endpoint {id}: {e}"))),
+            Err(e) => {
+                tracing::warn!(endpoint = %id, error = %e, "webhook endpoint unreadable: skipped")
+            }
         }
     }
     for e in events {
+        if tx
+            .query_opt("SELECT 1 FROM webhook_events WHERE id = $1", &[&e.id])
+            .await?
+            .is_some()
+        {
+            continue;
+        }
         let seq: i64 = tx
             .query_one(
                 "INSERT INTO webhook_seq (contract, last) VALUES ($1, 1)
@@ -54,7 +68,7 @@ pub(super) async fn write_outbox(
             .await?;
         }
     }
-    Ok(Ok(()))
+    Ok(())
 }
 
 fn decode_rows<T: serde::de::DeserializeOwned>(what: &str, rows: Vec<String>) -> Result<Vec<T>> {
@@ -106,7 +120,8 @@ impl PgStore {
                         "INSERT INTO webhook_deliveries (endpoint, event_id, state, next_at, doc)
                              VALUES ($1, $2, $3, $4, $5::text::jsonb)
                              ON CONFLICT (endpoint, event_id) DO UPDATE
-                                SET state = $3, next_at = $4, doc = $5::text::jsonb",
+                                SET state = $3, next_at = $4, doc = $5::text::jsonb,
+                                    claimed_by = NULL, claim_until = NULL",
                         &[&d.endpoint.as_str(), &d.event_id, &state, &d.next_at, &doc],
                     )
                     .await

@@ -266,6 +266,7 @@ impl SledStore {
             setup: SetupState::default(),
         });
         let now = Utc::now();
+        let endpoints = self.live_endpoints()?;
         let r = (
             &self.migrations,
             &self.scheduled,
@@ -273,9 +274,26 @@ impl SledStore {
             &self.contract_changes,
             &self.due,
             &self.due_of,
+            &self.wh_events,
+            &self.wh_order,
+            &self.wh_seq,
+            &self.wh_deliveries,
+            &self.wh_due,
         )
             .transaction(
-                |(migrations, scheduled, changes, by_contract, due, due_of)| {
+                |(
+                    migrations,
+                    scheduled,
+                    changes,
+                    by_contract,
+                    due,
+                    due_of,
+                    events,
+                    order,
+                    seq,
+                    deliveries,
+                    wh_due,
+                )| {
                     let Some(raw) = migrations.get(id.as_bytes())? else {
                         return Ok(false);
                     };
@@ -298,6 +316,16 @@ impl SledStore {
                     m.state = state.clone();
                     migrations.insert(id.as_bytes(), encode(&m))?;
                     scheduled.remove(id.as_bytes())?;
+                    let outbox = super::webhooks::OutboxTx {
+                        events,
+                        order,
+                        seq,
+                        deliveries,
+                        due: wh_due,
+                    };
+                    let reported: Vec<_> =
+                        crate::model::migration_event(&m, now).into_iter().collect();
+                    outbox.write(&reported, &endpoints, now)?;
                     Ok(true)
                 },
             );
@@ -393,24 +421,58 @@ impl Contracts for SledStore {
         use sled::Transactional;
         let by_t = format!("{}/{}", m.decision.tenant, m.id);
         let by_c = format!("{}/{}", m.decision.contract, m.id);
+        let now = Utc::now();
+        let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
+            .into_iter()
+            .collect();
+        let endpoints = if reported.is_empty() {
+            Vec::new()
+        } else {
+            self.live_endpoints()?
+        };
         let r = (
             &self.migrations,
             &self.scheduled,
             &self.migrations_by_tenant,
             &self.migrations_by_contract,
+            &self.wh_events,
+            &self.wh_order,
+            &self.wh_seq,
+            &self.wh_deliveries,
+            &self.wh_due,
         )
-            .transaction(|(migrations, scheduled, by_tenant, by_contract)| {
-                if migrations.get(m.id.as_bytes())?.is_some() {
-                    return Ok(Inserted::Exists);
-                }
-                migrations.insert(m.id.as_bytes(), encode(m))?;
-                by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
-                by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
-                if m.state == MigrationState::Scheduled {
-                    scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
-                }
-                Ok(Inserted::New)
-            });
+            .transaction(
+                |(
+                    migrations,
+                    scheduled,
+                    by_tenant,
+                    by_contract,
+                    events,
+                    order,
+                    seq,
+                    deliveries,
+                    due,
+                )| {
+                    if migrations.get(m.id.as_bytes())?.is_some() {
+                        return Ok(Inserted::Exists);
+                    }
+                    migrations.insert(m.id.as_bytes(), encode(m))?;
+                    by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
+                    by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
+                    if m.state == MigrationState::Scheduled {
+                        scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
+                    }
+                    super::webhooks::OutboxTx {
+                        events,
+                        order,
+                        seq,
+                        deliveries,
+                        due,
+                    }
+                    .write(&reported, &endpoints, now)?;
+                    Ok(Inserted::New)
+                },
+            );
         let r = r.map_err(|e| tx_error(e, &m.id))?;
         self.db.flush()?;
         Ok(r)
@@ -550,11 +612,44 @@ impl Contracts for SledStore {
         let due_at = if rec.setup.settled { None } else { due_at };
         let value = encode(rec);
         let id = rec.change.id.as_str();
-        (&self.changes, &self.due, &self.due_of)
-            .transaction(|(changes, due, due_of)| {
-                changes.insert(id.as_bytes(), value.as_slice())?;
-                set_due(due, due_of, id, due_at)
-            })
+        let now = Utc::now();
+        // A change that settles reports it, in the same transaction.
+        let (reported, endpoints) = match rec.setup.settled {
+            true => match self.tenant_of(&rec.change.contract)? {
+                Some(t) => (
+                    crate::model::settled_event(&t, rec, now)
+                        .into_iter()
+                        .collect(),
+                    self.live_endpoints()?,
+                ),
+                None => (Vec::new(), Vec::new()),
+            },
+            false => (Vec::new(), Vec::new()),
+        };
+        (
+            &self.changes,
+            &self.due,
+            &self.due_of,
+            &self.wh_events,
+            &self.wh_order,
+            &self.wh_seq,
+            &self.wh_deliveries,
+            &self.wh_due,
+        )
+            .transaction(
+                |(changes, due, due_of, events, order, seq, deliveries, wh_due)| {
+                    changes.insert(id.as_bytes(), value.as_slice())?;
+                    set_due(due, due_of, id, due_at)?;
+                    super::webhooks::OutboxTx {
+                        events,
+                        order,
+                        seq,
+                        deliveries,
+                        due: wh_due,
+                    }
+                    .write(&reported, &endpoints, now)
+                },
+            )
             .map_err(|e| tx_error(e, id))?;
         self.db.flush()?;
         Ok(())
@@ -732,10 +827,36 @@ impl Contracts for SledStore {
         };
         let key = format!("{change_id}/{seq:020}");
         let value = encode(&entry);
+        // A fault reports itself, in the same transaction.
+        let owner = match crate::model::reported_on_timeline(&entry.event) {
+            true => self.owner_of_change(change_id)?,
+            false => None,
+        };
+        let reported: Vec<_> = match owner {
+            Some((tenant, contract)) => {
+                crate::model::timeline_event(&tenant, &contract, change_id, &entry.event, entry.at)
+                    .into_iter()
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let endpoints = if reported.is_empty() {
+            Vec::new()
+        } else {
+            self.live_endpoints()?
+        };
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
-        let added = (&self.timeline, &self.timeline_once)
-            .transaction(|(timeline, index)| {
+        let added = (
+            &self.timeline,
+            &self.timeline_once,
+            &self.wh_events,
+            &self.wh_order,
+            &self.wh_seq,
+            &self.wh_deliveries,
+            &self.wh_due,
+        )
+            .transaction(|(timeline, index, events, order, seq, deliveries, due)| {
                 if let Some(once) = &once {
                     if index.get(once.as_bytes())?.is_some() {
                         return Ok(false);
@@ -743,6 +864,14 @@ impl Contracts for SledStore {
                     index.insert(once.as_bytes(), key.as_bytes())?;
                 }
                 timeline.insert(key.as_bytes(), value.as_slice())?;
+                super::webhooks::OutboxTx {
+                    events,
+                    order,
+                    seq,
+                    deliveries,
+                    due,
+                }
+                .write(&reported, &endpoints, entry.at)?;
                 Ok::<bool, ConflictableTransactionError<()>>(true)
             })
             .map_err(|e| tx_error(e, &key))?;

@@ -10,7 +10,7 @@
 use super::contracts::{due_key, encode};
 use super::{Held, SledStore};
 use crate::model::{Delivery, DeliveryState, Endpoint, WebhookEvent};
-use crate::store::{decode, Claim, Inserted, Result, StoreError, Webhooks};
+use crate::store::{decode, Claim, Contracts, Inserted, Result, StoreError, Webhooks};
 use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -102,6 +102,30 @@ impl SledStore {
             })?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The tenant of a contract (events carry it).
+    pub(super) fn tenant_of(
+        &self,
+        contract: &platen_protocol::Id,
+    ) -> Result<Option<platen_protocol::Id>> {
+        Ok(self
+            .contract(contract.as_str())?
+            .map(|c: crate::model::Contract| c.tenant))
+    }
+
+    /// The tenant and contract of a change whose timeline is appended to, only when
+    /// the change exists (timelines of changes not yet stored report nothing).
+    pub(super) fn owner_of_change(
+        &self,
+        change_id: &str,
+    ) -> Result<Option<(platen_protocol::Id, platen_protocol::Id)>> {
+        let Some(rec) = self.change(change_id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .tenant_of(&rec.change.contract)?
+            .map(|t| (t, rec.change.contract)))
     }
 
     /// The endpoints that can take events now (read before a ledger transaction).
@@ -261,6 +285,9 @@ impl Webhooks for SledStore {
             d.state = DeliveryState::Pending;
             d.next_at = Some(now);
             d.created_at = now;
+            // An attempt in flight no longer owns it: its save must not push the
+            // replay back by its own backoff.
+            self.claims().remove(&key);
             self.write_delivery(&d)?;
             n += 1;
         }
