@@ -230,6 +230,58 @@ enum Command {
         #[arg(long)]
         tenant: Option<Id>,
     },
+    /// Webhook endpoints, events and deliveries (HTTP API client; the operator's).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Create an endpoint; prints it with its secret (shown this once).
+    Create {
+        #[arg(long)]
+        id: Id,
+        #[arg(long)]
+        url: String,
+        /// Event types to deliver (repeat or comma-separate); none: every type.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// List the endpoints (without secrets).
+    List,
+    /// A new secret for an endpoint; the old ones keep signing for --keep-old-secs.
+    Rotate {
+        id: Id,
+        #[arg(long, default_value_t = 86400)]
+        keep_old_secs: i64,
+    },
+    /// Stop delivering to an endpoint (its events are kept).
+    Disable { id: Id },
+    /// Deliver to an endpoint again.
+    Enable { id: Id },
+    /// Events in the order written, after the N-th.
+    Events {
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One event with its deliveries and their attempts.
+    Event { id: String },
+    /// Deliveries in a state: pending, delivered or failed.
+    Deliveries {
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Deliver one event again (--event), or every event since a time (--since).
+    Replay {
+        #[arg(long, conflicts_with = "since", required_unless_present = "since")]
+        event: Option<String>,
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -624,6 +676,57 @@ async fn client(api: String, command: Command) -> ExitCode {
                 None,
             )
             .await
+        }
+        Command::Webhooks { command } => {
+            let url = |p: &str| format!("{api}/v1/webhooks/{p}");
+            match command {
+                WebhooksCmd::Create {
+                    id,
+                    url: to,
+                    events,
+                } => {
+                    let body = serde_json::json!({"id": id, "url": to, "events": events});
+                    call(Method::POST, url("endpoints"), Some(body)).await
+                }
+                WebhooksCmd::List => call(Method::GET, url("endpoints"), None).await,
+                WebhooksCmd::Rotate { id, keep_old_secs } => {
+                    let body = serde_json::json!({ "keep_old_secs": keep_old_secs });
+                    call(
+                        Method::POST,
+                        url(&format!("endpoints/{id}/rotate")),
+                        Some(body),
+                    )
+                    .await
+                }
+                WebhooksCmd::Disable { id } => {
+                    call(Method::POST, url(&format!("endpoints/{id}/disable")), None).await
+                }
+                WebhooksCmd::Enable { id } => {
+                    call(Method::POST, url(&format!("endpoints/{id}/enable")), None).await
+                }
+                WebhooksCmd::Events { after, limit } => {
+                    call(
+                        Method::GET,
+                        url(&format!("events?after={after}&limit={limit}")),
+                        None,
+                    )
+                    .await
+                }
+                WebhooksCmd::Event { id } => {
+                    call(Method::GET, url(&format!("events/{id}")), None).await
+                }
+                WebhooksCmd::Deliveries { state } => {
+                    call(Method::GET, url(&format!("deliveries?state={state}")), None).await
+                }
+                WebhooksCmd::Replay { event, since } => {
+                    let body = match (event, since) {
+                        (Some(e), _) => serde_json::json!({ "event": e }),
+                        (None, Some(t)) => serde_json::json!({ "since": t }),
+                        (None, None) => return fail("give --event or --since".into()),
+                    };
+                    call(Method::POST, url("replay"), Some(body)).await
+                }
+            }
         }
         _ => fail("not an API command".into()),
     }
@@ -1271,7 +1374,8 @@ async fn main() -> ExitCode {
         | Command::Migrations { .. }
         | Command::Plan { .. }
         | Command::Contract { .. }
-        | Command::Ledger { .. } => {
+        | Command::Ledger { .. }
+        | Command::Webhooks { .. } => {
             return client(cli.api, cli.command).await;
         }
         _ => {}

@@ -139,8 +139,9 @@ impl Server {
             cfg.webhooks.clone(),
             &cfg.client_id,
         )
-        .map_err(ServerError::Webhooks)?
-        .spawn(stop_rx.clone());
+        .map_err(ServerError::Webhooks)?;
+        let webhook_counters = deliverer.counters();
+        let deliverer = deliverer.spawn(stop_rx.clone());
         let retention = spawn_retention(
             ops.clone(),
             (cfg.telemetry_retention, cfg.history_retention),
@@ -160,6 +161,7 @@ impl Server {
             })?;
         let (api_stop, api_stop_rx) = oneshot::channel::<()>();
         let counters = cloud.counters.clone();
+        let metrics_store = ops.store().clone();
         let app = api::router(ops.clone(), migrations.clone(), std::sync::Arc::new(auth)).route(
             "/metrics",
             axum::routing::get(move || {
@@ -167,8 +169,18 @@ impl Server {
                     .lock()
                     .map(|m| m.clone())
                     .unwrap_or_default();
-                let text = counters.render(&rejected);
-                async move { text }
+                let mut text = counters.render(&rejected);
+                let (store, webhooks) = (metrics_store.clone(), webhook_counters.clone());
+                async move {
+                    // The outbox figures come from the store (off the runtime's threads);
+                    // a store that does not answer leaves them out, not the rest.
+                    if let Ok(Ok(stats)) =
+                        tokio::task::spawn_blocking(move || store.delivery_stats()).await
+                    {
+                        text.push_str(&webhooks.render(&stats, chrono::Utc::now()));
+                    }
+                    text
+                }
             }),
         );
         let api_task = tokio::spawn(crate::http::listener::serve(

@@ -208,3 +208,68 @@ async fn lists_are_paged_by_cursor_and_the_cli_reads_every_page() {
     let all: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(all.len(), 231);
 }
+
+/// The webhook commands: an endpoint created with its secret shown once, listed
+/// without it, rotated, disabled and enabled; events and deliveries listed; a replay
+/// needs an event or a time; a tenant may not touch endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_webhook_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(false);
+    let provider = ProviderProc::start();
+    let cloud = CloudProc::start(broker.port, &dir.path().join("cloud"), &provider.url);
+    let api = cloud.api.as_str();
+    let (code, out, err) = cli(
+        api,
+        &[
+            "webhooks",
+            "create",
+            "--id",
+            "billing",
+            "--url",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "credit.issued,credit.corrected",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let secret = v["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(v["endpoint"]["events"].as_array().unwrap().len(), 2);
+    let (code, out, _) = cli(api, &["webhooks", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("billing") && !out.contains("whsec_"), "{out}");
+    let (code, out, err) = cli(
+        api,
+        &["webhooks", "rotate", "billing", "--keep-old-secs", "60"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_ne!(v["secret"].as_str().unwrap(), secret);
+    assert_eq!(v["endpoint"]["secrets"].as_array().unwrap().len(), 2);
+    let (code, out, _) = cli(api, &["webhooks", "disable", "billing"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"disabled\": true"), "{out}");
+    let (code, out, _) = cli(api, &["webhooks", "enable", "billing"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"disabled\": false"), "{out}");
+    let (code, out, _) = cli(api, &["webhooks", "events"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let (code, out, _) = cli(api, &["webhooks", "deliveries", "--state", "failed"]);
+    assert_eq!((code, out.trim()), (0, "[]"));
+    let (code, _, err) = cli(api, &["webhooks", "event", "credit.issued/none/2026-01"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown_event"), "{err}");
+    let (code, _, err) = cli(api, &["webhooks", "replay"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = cli(
+        api,
+        &["webhooks", "replay", "--since", "2026-01-01T00:00:00Z"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"replayed\": 0"), "{out}");
+    let (code, _, err) = cloud_cli_as(api, "tenant:acme", &["webhooks", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("403"), "{err}");
+}

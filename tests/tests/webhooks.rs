@@ -362,6 +362,15 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     .await;
     // Too slow: the attempt times out (a replay makes it due now).
     rx.set(Mode::Slow);
+    assert!(
+        metric(
+            &cloud.api,
+            "platen_cloud_webhook_deliveries{state=\"pending\"}"
+        )
+        .await
+            >= 4,
+        "the outbox holds them"
+    );
     let (s, v) = api(
         &cloud,
         "POST",
@@ -413,6 +422,17 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     }
     let (_, eps) = api(&cloud, "GET", "/v1/webhooks/endpoints", None).await;
     assert!(eps[0]["failing_since"].is_null(), "{eps}");
+    // The metrics: attempts by outcome, an empty outbox.
+    let m = |series: &'static str| metric(&cloud.api, series);
+    assert!(
+        m("platen_cloud_webhook_attempts_total{outcome=\"failed\"}").await >= 5,
+        "failed attempts counted"
+    );
+    assert!(m("platen_cloud_webhook_attempts_total{outcome=\"delivered\"}").await >= 4);
+    assert_eq!(
+        m("platen_cloud_webhook_deliveries{state=\"pending\"}").await,
+        0
+    );
     let (_, delivered) = api(
         &cloud,
         "GET",

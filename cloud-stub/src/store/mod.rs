@@ -394,10 +394,21 @@ pub trait Webhooks {
     /// Save a claimed delivery and release it; `false` (nothing written) when the
     /// claim is no longer the owner's.
     fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool>;
+    /// How many deliveries are pending and failed, and when the oldest pending one was
+    /// made (the metrics).
+    fn delivery_stats(&self) -> Result<DeliveryStats>;
     /// Deliver an event again to every endpoint that wants it now: existing
     /// deliveries become pending and due now (released from any claim, so an attempt
     /// in flight cannot push them back), missing ones are added. Returns how many.
     fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize>;
+}
+
+/// Deliveries by state, for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryStats {
+    pub pending: u64,
+    pub failed: u64,
+    pub oldest_pending: Option<DateTime<Utc>>,
 }
 
 /// A whole backend.

@@ -10,8 +10,10 @@
 
 use super::sign;
 use crate::model::{Attempt, Delivery, Endpoint, WebhookEvent, FAILING_AFTER};
-use crate::store::{Claim, Store, StoreError};
+use crate::store::{Claim, DeliveryStats, Store, StoreError};
 use chrono::Utc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -44,11 +46,53 @@ impl Default for WebhookConfig {
 /// Deliveries claimed per round.
 const BATCH: usize = 16;
 
+/// What this instance's deliverer did since it started (the metrics).
+#[derive(Debug, Default)]
+pub struct DeliveryCounters {
+    pub delivered: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub gave_up: AtomicU64,
+}
+
+impl DeliveryCounters {
+    /// Prometheus text: these counters and the outbox figures `stats` (read from the
+    /// store by the caller) at `now`.
+    pub fn render(&self, stats: &DeliveryStats, now: chrono::DateTime<Utc>) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let oldest = stats
+            .oldest_pending
+            .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        format!(
+            "# HELP platen_cloud_webhook_attempts_total Webhook delivery attempts by this instance, by outcome.\n\
+             # TYPE platen_cloud_webhook_attempts_total counter\n\
+             platen_cloud_webhook_attempts_total{{outcome=\"delivered\"}} {}\n\
+             platen_cloud_webhook_attempts_total{{outcome=\"failed\"}} {}\n\
+             # HELP platen_cloud_webhook_gave_up_total Deliveries this instance marked failed after three days of retries.\n\
+             # TYPE platen_cloud_webhook_gave_up_total counter\n\
+             platen_cloud_webhook_gave_up_total {}\n\
+             # HELP platen_cloud_webhook_deliveries Deliveries in the outbox by state (all instances).\n\
+             # TYPE platen_cloud_webhook_deliveries gauge\n\
+             platen_cloud_webhook_deliveries{{state=\"pending\"}} {}\n\
+             platen_cloud_webhook_deliveries{{state=\"failed\"}} {}\n\
+             # HELP platen_cloud_webhook_oldest_pending_seconds Age of the oldest undelivered delivery (0: none).\n\
+             # TYPE platen_cloud_webhook_oldest_pending_seconds gauge\n\
+             platen_cloud_webhook_oldest_pending_seconds {oldest:.3}\n",
+            get(&self.delivered),
+            get(&self.failed_attempts),
+            get(&self.gave_up),
+            stats.pending,
+            stats.failed,
+        )
+    }
+}
+
 pub struct Deliverer {
     store: Store,
     client: reqwest::Client,
     cfg: WebhookConfig,
     claim: Claim,
+    counters: Arc<DeliveryCounters>,
 }
 
 /// What one attempt found.
@@ -102,7 +146,13 @@ impl Deliverer {
             client,
             cfg,
             claim,
+            counters: Arc::default(),
         })
+    }
+
+    /// Its counters, for the metrics endpoint.
+    pub fn counters(&self) -> Arc<DeliveryCounters> {
+        self.counters.clone()
     }
 
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
@@ -185,9 +235,16 @@ impl Deliverer {
             },
         };
         let ok = attempt.error.is_none();
+        let counter = if ok {
+            &self.counters.delivered
+        } else {
+            &self.counters.failed_attempts
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         debug!(event = %event.id, endpoint = %endpoint.id, ok, status = ?attempt.status, "webhook attempt");
         d.record(attempt, first);
         if d.state == crate::model::DeliveryState::Failed {
+            self.counters.gave_up.fetch_add(1, Ordering::Relaxed);
             warn!(event = %event.id, endpoint = %endpoint.id, tries = d.tries, "webhook delivery failed for good; replay it once the endpoint works");
         }
         self.save(d).await?;

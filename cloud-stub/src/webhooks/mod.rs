@@ -6,4 +6,4 @@
 pub mod deliver;
 pub mod sign;
 
-pub use deliver::{Deliverer, WebhookConfig};
+pub use deliver::{Deliverer, DeliveryCounters, WebhookConfig};

@@ -247,6 +247,27 @@ impl Webhooks for PgStore {
     fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool> {
         Ok(self.upsert_delivery(d, Some(&claim.owner))? == 1)
     }
+    fn delivery_stats(&self) -> Result<crate::store::DeliveryStats> {
+        let (pending, failed, oldest): (i64, i64, Option<DateTime<Utc>>) =
+            self.pool().with(async |c| {
+                let r = c
+                    .client
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE state = 'pending'),
+                            count(*) FILTER (WHERE state = 'failed'),
+                            min((doc->>'created_at')::timestamptz) FILTER (WHERE state = 'pending')
+                       FROM webhook_deliveries",
+                        &[],
+                    )
+                    .await?;
+                Ok((r.get(0), r.get(1), r.get(2)))
+            })?;
+        Ok(crate::store::DeliveryStats {
+            pending: pending.max(0) as u64,
+            failed: failed.max(0) as u64,
+            oldest_pending: oldest,
+        })
+    }
     fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize> {
         let Some(e) = self.webhook_event(event_id)? else {
             return Ok(0);

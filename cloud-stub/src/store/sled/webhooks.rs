@@ -272,6 +272,26 @@ impl Webhooks for SledStore {
         claims.remove(&key);
         Ok(true)
     }
+    fn delivery_stats(&self) -> Result<crate::store::DeliveryStats> {
+        // A scan: the embedded store serves one small site.
+        let mut st = crate::store::DeliveryStats::default();
+        for kv in self.wh_deliveries.iter() {
+            let (k, v) = kv?;
+            let d: Delivery = decode(&String::from_utf8_lossy(&k), &v)?;
+            match d.state {
+                DeliveryState::Pending => {
+                    st.pending += 1;
+                    st.oldest_pending = Some(
+                        st.oldest_pending
+                            .map_or(d.created_at, |o| o.min(d.created_at)),
+                    );
+                }
+                DeliveryState::Failed => st.failed += 1,
+                DeliveryState::Delivered => {}
+            }
+        }
+        Ok(st)
+    }
     fn replay_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<usize> {
         let Some(e) = self.webhook_event(event_id)? else {
             return Ok(0);
