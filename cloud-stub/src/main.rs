@@ -223,12 +223,19 @@ enum Command {
         #[command(subcommand)]
         command: ContractCmd,
     },
-    /// List the compensation ledger (HTTP API client).
+    /// List the compensation ledger (HTTP API client); with --period, the finance
+    /// export of that billing period (decimal amounts, totals per currency).
     Ledger {
         #[arg(long)]
         contract: Option<Id>,
         #[arg(long)]
         tenant: Option<Id>,
+        /// A billing period, YYYY-MM: export it instead of listing.
+        #[arg(long)]
+        period: Option<String>,
+        /// The export's format: json or csv.
+        #[arg(long, default_value = "json", requires = "period")]
+        format: String,
     },
     /// Webhook endpoints, events and deliveries (HTTP API client; the operator's).
     Webhooks {
@@ -478,7 +485,12 @@ async fn call(method: reqwest::Method, url: String, body: Option<serde_json::Val
                 return ExitCode::SUCCESS;
             }
             (None, _, _) => {
-                println!("{text}");
+                // Text as it came (a CSV export ends with its own newline).
+                if text.ends_with('\n') {
+                    print!("{text}");
+                } else {
+                    println!("{text}");
+                }
                 return ExitCode::SUCCESS;
             }
         }
@@ -662,7 +674,26 @@ async fn client(api: String, command: Command) -> ExitCode {
             )
             .await
         }
-        Command::Ledger { contract, tenant } => {
+        Command::Ledger {
+            tenant,
+            period: Some(period),
+            format,
+            ..
+        } => {
+            let mut q = vec![format!("period={period}"), format!("format={format}")];
+            if let Some(t) = tenant {
+                q.push(format!("tenant={t}"));
+            }
+            call(
+                Method::GET,
+                format!("{api}/v1/ledger/export?{}", q.join("&")),
+                None,
+            )
+            .await
+        }
+        Command::Ledger {
+            contract, tenant, ..
+        } => {
             let mut q = Vec::new();
             if let Some(c) = contract {
                 q.push(format!("contract={c}"));

@@ -269,6 +269,14 @@ async fn cli_manages_webhook_endpoints() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"replayed\": 0"), "{out}");
+    // The finance export from the command line (an empty period: the header only).
+    let (code, out, err) = cli(api, &["ledger", "--period", "2026-03", "--format", "csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("key,kind,tenant,contract"), "{out}");
+    let (code, _, err) = cli(api, &["ledger", "--period", "2026-13"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("period: YYYY-MM"), "{err}");
     let (code, _, err) = cloud_cli_as(api, "tenant:acme", &["webhooks", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("403"), "{err}");

@@ -458,6 +458,53 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     assert_eq!(body["data"]["event_id"], credit.as_str());
     assert_eq!(body["data"]["contract_seq"], 2);
 
+    // The finance export of the period: the entry in minor units and as a decimal,
+    // totals per currency equal to the ledger; another tenant sees none of it.
+    let period = key.rsplit('/').next().unwrap();
+    let (s, x) = api(
+        &cloud,
+        "GET",
+        &format!("/v1/ledger/export?period={period}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{x}");
+    let fee = ledger["fee_credit"].as_u64().unwrap();
+    assert_eq!(x["totals"][0]["currency"], "EUR");
+    assert_eq!(x["totals"][0]["amount_minor"], fee);
+    assert_eq!(
+        x["totals"][0]["amount"],
+        format!("{}.{:02}", fee / 100, fee % 100)
+    );
+    assert_eq!(x["rows"][0]["key"], key.as_str());
+    let csv = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/ledger/export?period={period}&format=csv",
+            cloud.api
+        ))
+        .bearer_auth(test_token("operator"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "header, the entry, the EUR total: {csv}");
+    assert!(
+        lines[2].starts_with(&format!(",total,,,,{period},EUR,{fee},")),
+        "{csv}"
+    );
+    let (s, other) = http_json_as(
+        "GET",
+        &format!("{}/v1/ledger/export?period={period}", cloud.api),
+        None,
+        Some("tenant:other"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(other["rows"], json!([]), "{other}");
+
     // The cloud dies in the middle of a delivery: after its restart the event is sent
     // again under the same id (at least once; the receiver deduplicates on the id).
     let before = rx.got().iter().filter(|g| g.id == pages).count();

@@ -12,6 +12,7 @@
 //! | POST | `/v1/contracts/{id}/changes` | `ChangeRequest` | 201 change |
 //! | GET | `/v1/contracts/{id}/timeline` | | timeline entries |
 //! | GET | `/v1/ledger` | `?contract=&tenant=` | ledger entries |
+//! | GET | `/v1/ledger/export` | `?period=YYYY-MM&format=json\|csv&tenant=` | the period's entries with decimal amounts and totals per currency |
 //! | POST | `/v1/resellers` | `Reseller` | 201 reseller |
 //! | GET | `/v1/resellers` | | resellers |
 //! | GET | `/v1/catalog` | | plans, rules, warnings |
@@ -879,6 +880,50 @@ async fn post_replay(
     Ok(Json(serde_json::json!({ "replayed": n })).into_response())
 }
 
+#[derive(Deserialize)]
+struct ExportQuery {
+    period: String,
+    format: Option<String>,
+    tenant: Option<Id>,
+}
+
+/// The ledger of a billing period for finance: what the caller may see.
+async fn get_ledger_export(
+    State(o): State<Ops>,
+    c: Caller,
+    q: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
+    let ok = q.period.len() == 7
+        && q.period.as_bytes()[4] == b'-'
+        && q.period[..4].bytes().all(|b| b.is_ascii_digit())
+        && q.period[5..]
+            .parse::<u32>()
+            .is_ok_and(|m| (1..=12).contains(&m));
+    if !ok {
+        return Err(ApiError::new(400, "bad_request", "period: YYYY-MM"));
+    }
+    let entries = match scoped_tenant(&c, q.tenant.as_ref()) {
+        Some(t) => o.store().ledger_of(crate::store::LedgerOwner::Tenant(&t))?,
+        None => o.store().ledger()?,
+    };
+    let entries = visible_only(&o, &c, entries, |e| &e.tenant)?;
+    let x = crate::billing::export::export(&q.period, &entries);
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(x).into_response()),
+        "csv" => {
+            let text = crate::billing::export::csv(&x)
+                .map_err(|e| ApiError::new(500, "export_failed", e))?;
+            Ok((
+                [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+                text,
+            )
+                .into_response())
+        }
+        _ => Err(ApiError::new(400, "bad_request", "format: json or csv")),
+    }
+}
+
 pub fn router(ops: Ops, migrations: Migrations, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/v1/tenants", post(post_tenant).get(get_tenants))
@@ -888,6 +933,7 @@ pub fn router(ops: Ops, migrations: Migrations, auth: Arc<Auth>) -> Router {
         .route("/v1/contracts/{id}/changes", post(post_change))
         .route("/v1/contracts/{id}/timeline", get(get_timeline))
         .route("/v1/ledger", get(get_ledger))
+        .route("/v1/ledger/export", get(get_ledger_export))
         .route("/v1/resellers", post(post_reseller).get(get_resellers))
         .route("/v1/catalog", get(get_catalog))
         .route("/v1/contracts/{id}/usage", get(get_usage))
