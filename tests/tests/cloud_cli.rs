@@ -277,6 +277,44 @@ async fn cli_manages_webhook_endpoints() {
     let (code, _, err) = cli(api, &["ledger", "--period", "2026-13"]);
     assert_eq!(code, 1);
     assert!(err.contains("period: YYYY-MM"), "{err}");
+    // A reseller manages endpoints of its own and sees no one else's.
+    let (code, out, err) = cloud_cli_as(
+        api,
+        "reseller:r1",
+        &[
+            "webhooks",
+            "create",
+            "--id",
+            "r1-billing",
+            "--url",
+            "https://r1.example/hook",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"reseller\": \"r1\""), "{out}");
+    let (_, out, _) = cloud_cli_as(api, "reseller:r1", &["webhooks", "list"]);
+    assert!(
+        out.contains("r1-billing") && !out.contains("\"billing\""),
+        "{out}"
+    );
+    let (code, _, err) = cloud_cli_as(api, "reseller:r1", &["webhooks", "disable", "billing"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("404") && err.contains("unknown_endpoint"),
+        "{err}"
+    );
+    let (_, out, _) = cli(api, &["webhooks", "list"]);
+    assert!(
+        out.contains("r1-billing") && out.contains("\"billing\""),
+        "{out}"
+    );
+    let (code, _, err) = cloud_cli_as(
+        api,
+        "reseller:r1",
+        &["webhooks", "replay", "--since", "2026-01-01T00:00:00Z"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("403"), "{err}");
     let (code, _, err) = cloud_cli_as(api, "tenant:acme", &["webhooks", "list"]);
     assert_eq!(code, 1);
     assert!(err.contains("403"), "{err}");

@@ -988,11 +988,16 @@ const BODIES: &[(&str, Body)] = &[
         "webhook_events_report_faults_settlements_and_migrations",
         webhook_events_report_faults_settlements_and_migrations,
     ),
+    (
+        "webhook_events_reach_a_resellers_endpoint_for_its_tenants_only",
+        webhook_events_reach_a_resellers_endpoint_for_its_tenants_only,
+    ),
 ];
 
 fn endpoint(name: &str, events: &[&str]) -> Endpoint {
     Endpoint {
         id: id(name),
+        reseller: None,
         url: format!("http://127.0.0.1:9/{name}"),
         events: events.iter().map(|e| e.to_string()).collect(),
         secrets: vec![SigningSecret {
@@ -1196,6 +1201,55 @@ fn webhook_events_report_faults_settlements_and_migrations(s: &Store) {
     let executed = s.webhook_event("migration.executed/m2").unwrap().unwrap();
     assert_eq!(executed.data["change_id"], "k.2");
     assert_eq!(s.deliveries(DeliveryState::Pending, 100).unwrap().len(), 5);
+}
+
+/// A reseller's endpoint gets the events of its tenants only; every event carries the
+/// tenant's reseller.
+fn webhook_events_reach_a_resellers_endpoint_for_its_tenants_only(s: &Store) {
+    s.add_reseller(&Reseller {
+        id: id("r1"),
+        name: "R1".into(),
+    })
+    .unwrap();
+    tenant(s, "acme", None);
+    tenant(s, "globex", Some("r1"));
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    let (g, gstart) = contract("globex", "g", &["p2"]);
+    s.create_contract(&g, &gstart, false).unwrap();
+    let mut mine = endpoint("r1-billing", &[]);
+    mine.reseller = Some(id("r1"));
+    s.add_endpoint(&mine).unwrap();
+    s.add_endpoint(&endpoint("operator", &[])).unwrap();
+    s.add_ledger(&ledger_entry(&k, "k.1", "2026-03", 10))
+        .unwrap();
+    s.add_ledger(&ledger_entry(&g, "g.1", "2026-03", 20))
+        .unwrap();
+    let to = |event: &str| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .deliveries_of(event)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.endpoint.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(to("credit.issued/k.1/2026-03"), vec!["operator"]);
+    assert_eq!(
+        to("credit.issued/g.1/2026-03"),
+        vec!["operator", "r1-billing"]
+    );
+    let g_event = s
+        .webhook_event("credit.issued/g.1/2026-03")
+        .unwrap()
+        .unwrap();
+    assert_eq!(g_event.reseller, Some(id("r1")));
+    let k_event = s
+        .webhook_event("credit.issued/k.1/2026-03")
+        .unwrap()
+        .unwrap();
+    assert_eq!(k_event.reseller, None);
 }
 
 /// Run every body on a fresh store from `open`; panic naming the failed ones.

@@ -30,7 +30,9 @@
 //! | GET | `/v1/webhooks/deliveries` | `?state=pending\|delivered\|failed&limit=` | deliveries |
 //! | POST | `/v1/webhooks/replay` | `{event}` or `{since}` | `{replayed}` (deliveries made due now) |
 //!
-//! The webhook endpoints are the operator's.
+//! Webhook endpoints: the operator's get every event; a reseller creates and manages
+//! its own, which get its tenants' events, and sees only those events and deliveries;
+//! tenants have none (403); replays are the operator's.
 //!
 //! Errors: `{"error": {"code": "…", "message": "…"}}` with a 4xx (5xx for storage).
 //! A refused migration is a 422 with code `migration_refused` and, beside the
@@ -713,13 +715,11 @@ async fn post_endpoint(
     c: Caller,
     b: Result<Json<crate::ops::webhooks::NewEndpoint>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "manage webhook endpoints")?;
-    Ok(created(o.create_endpoint(body(b)?)?))
+    Ok(created(o.create_endpoint(&c.actor, body(b)?)?))
 }
 
 async fn get_endpoints(State(o): State<Ops>, c: Caller) -> Result<Response, ApiError> {
-    operator_only(&c, "read webhook endpoints")?;
-    Ok(Json(o.endpoints()?).into_response())
+    Ok(Json(o.endpoints(&c.actor)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -740,9 +740,8 @@ async fn rotate_endpoint(
     PathId(id): PathId,
     b: Result<Json<Rotate>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "manage webhook endpoints")?;
     let keep = body(b)?.keep_old_secs;
-    Ok(Json(o.rotate_endpoint(&id, chrono::Duration::seconds(keep))?).into_response())
+    Ok(Json(o.rotate_endpoint(&c.actor, &id, chrono::Duration::seconds(keep))?).into_response())
 }
 
 async fn disable_endpoint(
@@ -750,8 +749,7 @@ async fn disable_endpoint(
     c: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "manage webhook endpoints")?;
-    Ok(Json(o.set_endpoint_disabled(&id, true)?).into_response())
+    Ok(Json(o.set_endpoint_disabled(&c.actor, &id, true)?).into_response())
 }
 
 async fn enable_endpoint(
@@ -759,8 +757,7 @@ async fn enable_endpoint(
     c: Caller,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "manage webhook endpoints")?;
-    Ok(Json(o.set_endpoint_disabled(&id, false)?).into_response())
+    Ok(Json(o.set_endpoint_disabled(&c.actor, &id, false)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -781,7 +778,6 @@ async fn get_webhook_events(
     c: Caller,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "read webhook events")?;
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -792,8 +788,7 @@ async fn get_webhook_events(
         ));
     }
     let events: Vec<NumberedEvent> = o
-        .store()
-        .webhook_events(q.after, limit)?
+        .webhook_events(&c.actor, q.after, limit)?
         .into_iter()
         .map(|(n, event)| NumberedEvent { n, event })
         .collect();
@@ -805,7 +800,6 @@ async fn get_webhook_event(
     c: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "read webhook events")?;
     if id.len() > 256 {
         return Err(ApiError::new(
             400,
@@ -813,7 +807,7 @@ async fn get_webhook_event(
             "an event id is at most 256 characters",
         ));
     }
-    Ok(Json(o.webhook_event(&id)?).into_response())
+    Ok(Json(o.webhook_event(&c.actor, &id)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -828,7 +822,6 @@ async fn get_deliveries(
     q: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     use crate::model::DeliveryState;
-    operator_only(&c, "read webhook deliveries")?;
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
     let state = match q.state.as_deref().unwrap_or("pending") {
         "pending" => DeliveryState::Pending,
@@ -843,7 +836,7 @@ async fn get_deliveries(
         }
     };
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    Ok(Json(o.deliveries(state, limit)?).into_response())
+    Ok(Json(o.deliveries(&c.actor, state, limit)?).into_response())
 }
 
 /// One event, or every event since a time.
@@ -859,16 +852,15 @@ async fn post_replay(
     c: Caller,
     b: Result<Json<Replay>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    operator_only(&c, "replay webhook events")?;
     let n = match body(b)? {
         Replay {
             event: Some(e),
             since: None,
-        } => o.replay_event(&e)?,
+        } => o.replay_event(&c.actor, &e)?,
         Replay {
             event: None,
             since: Some(t),
-        } => o.replay_since(t)?,
+        } => o.replay_since(&c.actor, t)?,
         _ => {
             return Err(ApiError::new(
                 400,

@@ -45,6 +45,7 @@ fn event(
         id: format!("{kind}/{subject}"),
         kind: kind.into(),
         tenant: tenant.clone(),
+        reseller: None,
         contract: contract.clone(),
         seq: 0,
         occurred_at: at,
@@ -145,6 +146,9 @@ pub struct WebhookEvent {
     #[serde(rename = "type")]
     pub kind: String,
     pub tenant: Id,
+    /// The tenant's reseller when the event was written (its endpoints get it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseller: Option<Id>,
     pub contract: Id,
     /// The contract's events counted from 1, in the order they were written.
     pub seq: u64,
@@ -194,6 +198,7 @@ pub fn ledger_events(e: &LedgerEntry) -> Vec<WebhookEvent> {
             id: format!("{kind}/{}", e.key),
             kind: kind.into(),
             tenant: e.tenant.clone(),
+            reseller: None,
             contract: e.contract.clone(),
             seq: 0,
             occurred_at: e.created_at,
@@ -242,6 +247,10 @@ impl std::fmt::Debug for SigningSecret {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub id: Id,
+    /// A reseller's endpoint gets only the events of its tenants; none: the
+    /// operator's, every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseller: Option<Id>,
     pub url: String,
     /// Event types delivered here; empty: every type.
     pub events: Vec<String>,
@@ -260,8 +269,12 @@ pub struct Endpoint {
 pub const FAILING_AFTER: u32 = 5;
 
 impl Endpoint {
-    pub fn wants(&self, kind: &str) -> bool {
-        !self.disabled && (self.events.is_empty() || self.events.iter().any(|e| e == kind))
+    /// Whether `e` goes here: enabled, a type it takes, and (a reseller's endpoint)
+    /// an event of one of the reseller's tenants.
+    pub fn wants(&self, e: &WebhookEvent) -> bool {
+        let kind_ok = self.events.is_empty() || self.events.iter().any(|k| *k == e.kind);
+        let scope_ok = self.reseller.is_none() || self.reseller == e.reseller;
+        !self.disabled && kind_ok && scope_ok
     }
 
     /// The secrets that sign at `now`.

@@ -1,9 +1,13 @@
-//! Webhook endpoints and the outbox, for the operator: create an endpoint (its
-//! secret is shown once), rotate its secret (the old one keeps signing for a while),
-//! disable and enable it, list events and deliveries, replay an event.
+//! Webhook endpoints and the outbox: create an endpoint (its secret is shown once),
+//! rotate its secret (the old one keeps signing for a while), disable and enable it,
+//! list events and deliveries, replay events. The operator's endpoints get every
+//! event; a reseller manages endpoints of its own, which get its tenants' events, and
+//! sees only those events and deliveries (anything else answers as if it did not
+//! exist). Tenants have no endpoints; replays are the operator's.
 
 use super::{Kind, OpError, Ops};
-use crate::model::{Delivery, DeliveryState, Endpoint, SigningSecret, WebhookEvent, EVENT_TYPES};
+use crate::model::EVENT_TYPES;
+use crate::model::{Actor, Delivery, DeliveryState, Endpoint, SigningSecret, WebhookEvent};
 use crate::store::Inserted;
 use chrono::{DateTime, Duration, Utc};
 use platen_protocol::Id;
@@ -24,6 +28,7 @@ pub struct NewEndpoint {
 #[derive(Clone, Debug, Serialize)]
 pub struct EndpointView {
     pub id: Id,
+    pub reseller: Option<Id>,
     pub url: String,
     pub events: Vec<String>,
     pub disabled: bool,
@@ -43,6 +48,7 @@ impl From<&Endpoint> for EndpointView {
     fn from(e: &Endpoint) -> Self {
         EndpointView {
             id: e.id.clone(),
+            reseller: e.reseller.clone(),
             url: e.url.clone(),
             events: e.events.clone(),
             disabled: e.disabled,
@@ -116,18 +122,48 @@ fn new_secret(now: DateTime<Utc>) -> Result<SigningSecret, OpError> {
     })
 }
 
+/// Whose endpoints and events an actor may manage: `None` the operator (all), a
+/// reseller its own; a tenant none.
+fn owner(actor: &Actor) -> Result<Option<&Id>, OpError> {
+    match actor {
+        Actor::Operator => Ok(None),
+        Actor::Reseller(r) => Ok(Some(r)),
+        Actor::Tenant(_) => Err(OpError::new(
+            Kind::Forbidden,
+            "forbidden",
+            format!("{actor} has no webhook endpoints"),
+        )),
+    }
+}
+
+fn operator(actor: &Actor, what: &str) -> Result<(), OpError> {
+    match actor {
+        Actor::Operator => Ok(()),
+        _ => Err(OpError::new(
+            Kind::Forbidden,
+            "forbidden",
+            format!("{actor} may not {what}"),
+        )),
+    }
+}
+
 impl Ops {
-    fn endpoint_or_404(&self, id: &str) -> Result<Endpoint, OpError> {
-        self.store().endpoint(id)?.ok_or_else(|| {
-            OpError::new(
-                Kind::NotFound,
-                "unknown_endpoint",
-                format!("no webhook endpoint {id}"),
-            )
-        })
+    fn endpoint_or_404(&self, actor: &Actor, id: &str) -> Result<Endpoint, OpError> {
+        let scope = owner(actor)?;
+        self.store()
+            .endpoint(id)?
+            .filter(|e| scope.is_none() || e.reseller.as_ref() == scope)
+            .ok_or_else(|| {
+                OpError::new(
+                    Kind::NotFound,
+                    "unknown_endpoint",
+                    format!("no webhook endpoint {id}"),
+                )
+            })
     }
 
-    pub fn create_endpoint(&self, n: NewEndpoint) -> Result<WithSecret, OpError> {
+    pub fn create_endpoint(&self, actor: &Actor, n: NewEndpoint) -> Result<WithSecret, OpError> {
+        let reseller = owner(actor)?.cloned();
         check_url(&n.url)?;
         check_events(&n.events)?;
         let now = Utc::now();
@@ -135,6 +171,7 @@ impl Ops {
         let shown = secret.secret.clone();
         let e = Endpoint {
             id: n.id,
+            reseller,
             url: n.url,
             events: n.events,
             secrets: vec![secret],
@@ -158,7 +195,12 @@ impl Ops {
 
     /// A new secret signs from now on; the others keep signing for `keep_old`
     /// (receivers accept any of the signatures), then stop.
-    pub fn rotate_endpoint(&self, id: &str, keep_old: Duration) -> Result<WithSecret, OpError> {
+    pub fn rotate_endpoint(
+        &self,
+        actor: &Actor,
+        id: &str,
+        keep_old: Duration,
+    ) -> Result<WithSecret, OpError> {
         if keep_old < Duration::zero() || keep_old > Duration::days(30) {
             return Err(OpError::new(
                 Kind::Invalid,
@@ -166,7 +208,7 @@ impl Ops {
                 "keep_old_secs: between 0 and 30 days",
             ));
         }
-        let mut e = self.endpoint_or_404(id)?;
+        let mut e = self.endpoint_or_404(actor, id)?;
         let now = Utc::now();
         for s in &mut e.secrets {
             let until = now + keep_old;
@@ -184,38 +226,94 @@ impl Ops {
         })
     }
 
-    pub fn set_endpoint_disabled(&self, id: &str, disabled: bool) -> Result<EndpointView, OpError> {
-        let mut e = self.endpoint_or_404(id)?;
+    pub fn set_endpoint_disabled(
+        &self,
+        actor: &Actor,
+        id: &str,
+        disabled: bool,
+    ) -> Result<EndpointView, OpError> {
+        let mut e = self.endpoint_or_404(actor, id)?;
         e.disabled = disabled;
         self.store().put_endpoint(&e)?;
         Ok((&e).into())
     }
 
-    pub fn endpoints(&self) -> Result<Vec<EndpointView>, OpError> {
-        Ok(self.store().endpoints()?.iter().map(Into::into).collect())
+    pub fn endpoints(&self, actor: &Actor) -> Result<Vec<EndpointView>, OpError> {
+        let scope = owner(actor)?;
+        Ok(self
+            .store()
+            .endpoints()?
+            .iter()
+            .filter(|e| scope.is_none() || e.reseller.as_ref() == scope)
+            .map(Into::into)
+            .collect())
     }
 
-    pub fn webhook_event(&self, id: &str) -> Result<EventDeliveries, OpError> {
-        let event = self.store().webhook_event(id)?.ok_or_else(|| {
-            OpError::new(
-                Kind::NotFound,
-                "unknown_event",
-                format!("no webhook event {id}"),
-            )
-        })?;
-        let deliveries = self.store().deliveries_of(id)?;
+    /// Events in the order written after the `after`-th, those the actor may see.
+    pub fn webhook_events(
+        &self,
+        actor: &Actor,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, WebhookEvent)>, OpError> {
+        let scope = owner(actor)?;
+        Ok(self
+            .store()
+            .webhook_events(after, limit)?
+            .into_iter()
+            .filter(|(_, e)| scope.is_none() || e.reseller.as_ref() == scope)
+            .collect())
+    }
+
+    pub fn webhook_event(&self, actor: &Actor, id: &str) -> Result<EventDeliveries, OpError> {
+        let scope = owner(actor)?;
+        let event = self
+            .store()
+            .webhook_event(id)?
+            .filter(|e| scope.is_none() || e.reseller.as_ref() == scope)
+            .ok_or_else(|| {
+                OpError::new(
+                    Kind::NotFound,
+                    "unknown_event",
+                    format!("no webhook event {id}"),
+                )
+            })?;
+        let mine = self.own_endpoints(scope)?;
+        let deliveries = self
+            .store()
+            .deliveries_of(id)?
+            .into_iter()
+            .filter(|d| mine.as_ref().is_none_or(|m| m.contains(&d.endpoint)))
+            .collect();
         Ok(EventDeliveries { event, deliveries })
     }
 
+    /// A reseller's endpoint ids (`None`: the operator, every endpoint).
+    fn own_endpoints(&self, scope: Option<&Id>) -> Result<Option<Vec<Id>>, OpError> {
+        Ok(match scope {
+            None => None,
+            Some(r) => Some(
+                self.store()
+                    .endpoints()?
+                    .into_iter()
+                    .filter(|e| e.reseller.as_ref() == Some(r))
+                    .map(|e| e.id)
+                    .collect(),
+            ),
+        })
+    }
+
     /// Deliver an event again to every endpoint that wants it now.
-    pub fn replay_event(&self, id: &str) -> Result<usize, OpError> {
-        self.webhook_event(id)?;
+    pub fn replay_event(&self, actor: &Actor, id: &str) -> Result<usize, OpError> {
+        operator(actor, "replay webhook events")?;
+        self.webhook_event(actor, id)?;
         Ok(self.store().replay_event(id, Utc::now())?)
     }
 
     /// Replay every event that occurred at or after `since`; returns how many
     /// deliveries were made pending.
-    pub fn replay_since(&self, since: DateTime<Utc>) -> Result<usize, OpError> {
+    pub fn replay_since(&self, actor: &Actor, since: DateTime<Utc>) -> Result<usize, OpError> {
+        operator(actor, "replay webhook events")?;
         let now = Utc::now();
         if since > now {
             return Err(OpError::new(
@@ -237,7 +335,19 @@ impl Ops {
         }
     }
 
-    pub fn deliveries(&self, state: DeliveryState, limit: usize) -> Result<Vec<Delivery>, OpError> {
-        Ok(self.store().deliveries(state, limit)?)
+    pub fn deliveries(
+        &self,
+        actor: &Actor,
+        state: DeliveryState,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, OpError> {
+        let scope = owner(actor)?;
+        let mine = self.own_endpoints(scope)?;
+        Ok(self
+            .store()
+            .deliveries(state, limit)?
+            .into_iter()
+            .filter(|d| mine.as_ref().is_none_or(|m| m.contains(&d.endpoint)))
+            .collect())
     }
 }

@@ -53,12 +53,20 @@ pub(super) async fn write_outbox(
             .get(0);
         let mut e = e.clone();
         e.seq = seq as u64;
+        e.reseller = tx
+            .query_opt(
+                "SELECT reseller FROM tenants WHERE id = $1",
+                &[&e.tenant.as_str()],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|r| r.parse().ok());
         tx.execute(
             "INSERT INTO webhook_events (id, contract, seq, doc) VALUES ($1, $2, $3, $4::text::jsonb)",
             &[&e.id, &e.contract.as_str(), &seq, &json(&e)],
         )
         .await?;
-        for ep in endpoints.iter().filter(|ep| ep.wants(&e.kind)) {
+        for ep in endpoints.iter().filter(|ep| ep.wants(&e)) {
             let d = Delivery::new(&ep.id, &e.id, now);
             tx.execute(
                 "INSERT INTO webhook_deliveries (endpoint, event_id, state, next_at, doc)
@@ -273,7 +281,7 @@ impl Webhooks for PgStore {
             return Ok(0);
         };
         let mut n = 0;
-        for ep in self.endpoints()?.iter().filter(|ep| ep.wants(&e.kind)) {
+        for ep in self.endpoints()?.iter().filter(|ep| ep.wants(&e)) {
             let existing = self.texts(
                 "SELECT doc::text FROM webhook_deliveries WHERE endpoint = $1 AND event_id = $2",
                 &[&ep.id.as_str(), &event_id],

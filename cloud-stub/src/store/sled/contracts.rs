@@ -267,6 +267,10 @@ impl SledStore {
         });
         let now = Utc::now();
         let endpoints = self.live_endpoints()?;
+        let reseller = match self.migration(id)? {
+            Some(m) => self.reseller_of(&m.decision.tenant)?,
+            None => None,
+        };
         let r = (
             &self.migrations,
             &self.scheduled,
@@ -317,6 +321,7 @@ impl SledStore {
                     migrations.insert(id.as_bytes(), encode(&m))?;
                     scheduled.remove(id.as_bytes())?;
                     let outbox = super::webhooks::OutboxTx {
+                        reseller: reseller.as_ref(),
                         events,
                         order,
                         seq,
@@ -425,10 +430,13 @@ impl Contracts for SledStore {
         let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
             .into_iter()
             .collect();
-        let endpoints = if reported.is_empty() {
-            Vec::new()
+        let (endpoints, reseller) = if reported.is_empty() {
+            (Vec::new(), None)
         } else {
-            self.live_endpoints()?
+            (
+                self.live_endpoints()?,
+                self.reseller_of(&m.decision.tenant)?,
+            )
         };
         let r = (
             &self.migrations,
@@ -463,6 +471,7 @@ impl Contracts for SledStore {
                         scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
                     }
                     super::webhooks::OutboxTx {
+                        reseller: reseller.as_ref(),
                         events,
                         order,
                         seq,
@@ -614,17 +623,18 @@ impl Contracts for SledStore {
         let id = rec.change.id.as_str();
         let now = Utc::now();
         // A change that settles reports it, in the same transaction.
-        let (reported, endpoints) = match rec.setup.settled {
+        let (reported, endpoints, reseller) = match rec.setup.settled {
             true => match self.tenant_of(&rec.change.contract)? {
                 Some(t) => (
                     crate::model::settled_event(&t, rec, now)
                         .into_iter()
                         .collect(),
                     self.live_endpoints()?,
+                    self.reseller_of(&t)?,
                 ),
-                None => (Vec::new(), Vec::new()),
+                None => (Vec::new(), Vec::new(), None),
             },
-            false => (Vec::new(), Vec::new()),
+            false => (Vec::new(), Vec::new(), None),
         };
         (
             &self.changes,
@@ -641,6 +651,7 @@ impl Contracts for SledStore {
                     changes.insert(id.as_bytes(), value.as_slice())?;
                     set_due(due, due_of, id, due_at)?;
                     super::webhooks::OutboxTx {
+                        reseller: reseller.as_ref(),
                         events,
                         order,
                         seq,
@@ -840,10 +851,9 @@ impl Contracts for SledStore {
             }
             None => Vec::new(),
         };
-        let endpoints = if reported.is_empty() {
-            Vec::new()
-        } else {
-            self.live_endpoints()?
+        let (endpoints, reseller) = match reported.first() {
+            None => (Vec::new(), None),
+            Some(e) => (self.live_endpoints()?, self.reseller_of(&e.tenant)?),
         };
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
@@ -865,6 +875,7 @@ impl Contracts for SledStore {
                 }
                 timeline.insert(key.as_bytes(), value.as_slice())?;
                 super::webhooks::OutboxTx {
+                    reseller: reseller.as_ref(),
                     events,
                     order,
                     seq,
@@ -900,6 +911,7 @@ impl Contracts for SledStore {
         // The events it reports go in the same transaction (the outbox).
         let events = crate::model::ledger_events(e);
         let endpoints = self.live_endpoints()?;
+        let reseller = self.reseller_of(&e.tenant)?;
         let now = Utc::now();
         let r = (
             &self.ledger,
@@ -920,6 +932,7 @@ impl Contracts for SledStore {
                     by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
                     by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
                     super::webhooks::OutboxTx {
+                        reseller: reseller.as_ref(),
                         events: events_t,
                         order,
                         seq,

@@ -18,6 +18,9 @@ type TxResult<T> = std::result::Result<T, ConflictableTransactionError<()>>;
 
 /// The trees an event is written to, inside a caller's transaction.
 pub(super) struct OutboxTx<'a> {
+    /// The tenant's reseller, stamped on each event (read before the transaction:
+    /// a plain read inside a sled transaction waits for the transaction forever).
+    pub reseller: Option<&'a platen_protocol::Id>,
     pub events: &'a TransactionalTree,
     pub order: &'a TransactionalTree,
     pub seq: &'a TransactionalTree,
@@ -54,11 +57,12 @@ impl OutboxTx<'_> {
                 continue;
             }
             let mut e = e.clone();
+            e.reseller = self.reseller.cloned();
             e.seq = next(self.seq, e.contract.as_str().as_bytes())?;
             let order = next(self.seq, b"")?;
             self.events.insert(e.id.as_bytes(), encode(&e))?;
             self.order.insert(&order.to_be_bytes(), e.id.as_bytes())?;
-            for ep in endpoints.iter().filter(|ep| ep.wants(&e.kind)) {
+            for ep in endpoints.iter().filter(|ep| ep.wants(&e)) {
                 let d = Delivery::new(&ep.id, &e.id, now);
                 if let Some(k) = due_index_key(&d) {
                     self.due.insert(k.as_bytes(), &[] as &[u8])?;
@@ -112,6 +116,14 @@ impl SledStore {
         Ok(self
             .contract(contract.as_str())?
             .map(|c: crate::model::Contract| c.tenant))
+    }
+
+    /// The reseller of a tenant, if it has one.
+    pub(super) fn reseller_of(
+        &self,
+        tenant: &platen_protocol::Id,
+    ) -> Result<Option<platen_protocol::Id>> {
+        Ok(self.tenant(tenant.as_str())?.and_then(|t| t.reseller))
     }
 
     /// The tenant and contract of a change whose timeline is appended to, only when
@@ -297,7 +309,7 @@ impl Webhooks for SledStore {
             return Ok(0);
         };
         let mut n = 0;
-        for ep in self.live_endpoints()?.iter().filter(|ep| ep.wants(&e.kind)) {
+        for ep in self.live_endpoints()?.iter().filter(|ep| ep.wants(&e)) {
             let key = crate::model::delivery_key(&ep.id, event_id);
             let mut d = self
                 .get_delivery(&key)?
