@@ -272,7 +272,7 @@ impl Endpoint {
     /// Whether `e` goes here: enabled, a type it takes, and (a reseller's endpoint)
     /// an event of one of the reseller's tenants.
     pub fn wants(&self, e: &WebhookEvent) -> bool {
-        let kind_ok = self.events.is_empty() || self.events.iter().any(|k| *k == e.kind);
+        let kind_ok = self.events.is_empty() || self.events.contains(&e.kind);
         let scope_ok = self.reseller.is_none() || self.reseller == e.reseller;
         !self.disabled && kind_ok && scope_ok
     }
