@@ -1418,6 +1418,8 @@ fn store_copy_sled_to_postgres_and_back() {
     ] {
         body(&sled);
     }
+    // A webhook endpoint: the ledger below writes events with deliveries to it.
+    sled.add_endpoint(&endpoint("billing", &[])).unwrap();
     // A ledger with a reversal, a shipment, versions.
     let (g, gstart) = contract("globex", "g", &["p9"]);
     sled.create_contract(&g, &gstart, false).unwrap();
@@ -1455,5 +1457,20 @@ fn store_copy_sled_to_postgres_and_back() {
         assert_eq!(tl.last().unwrap().event, ev);
         assert!(tl.iter().all(|e| e.seq <= added.seq));
         assert!(s.next_version(&id("globex"), &id("p9")).unwrap() > 0);
+        // The outbox came along, and new events are numbered after the copied ones.
+        assert!(s
+            .webhook_event("credit.corrected/g.1/2026-03/reversal")
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            s.deliveries_of("credit.issued/g.1/2026-03").unwrap().len(),
+            1
+        );
+        let last = s.webhook_events(0, 10_000).unwrap().last().unwrap().0;
+        s.add_ledger(&ledger_entry(&g, "g.1", "2026-04", 5))
+            .unwrap();
+        let after = s.webhook_events(last, 10).unwrap();
+        assert_eq!(after.len(), 1, "after the copied ones");
+        assert_eq!(after[0].1.seq, 3, "g's third event");
     }
 }

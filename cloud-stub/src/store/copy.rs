@@ -10,6 +10,7 @@ use crate::model::Sample;
 use crate::model::{AgentSeen, PrinterSeen};
 use crate::model::{ChangeRecord, LedgerEntry, TimelineEntry};
 use crate::model::{Contract, Plan, Reseller, Tenant};
+use crate::model::{Delivery, Endpoint, WebhookEvent};
 use chrono::{DateTime, Utc};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
@@ -73,6 +74,14 @@ pub enum Record {
         printer: Id,
         sample: Sample,
     },
+    WebhookEndpoint(Endpoint),
+    /// An outbox event with its place in the write order.
+    WebhookEvent {
+        n: u64,
+        event: WebhookEvent,
+    },
+    /// After the events it delivers.
+    WebhookDelivery(Delivery),
 }
 
 impl Record {
@@ -94,6 +103,9 @@ impl Record {
             Record::AgentSeen { .. } => "agents seen",
             Record::PrinterSeen { .. } => "printers seen",
             Record::Sample { .. } => "telemetry samples",
+            Record::WebhookEndpoint(_) => "webhook endpoints",
+            Record::WebhookEvent { .. } => "webhook events",
+            Record::WebhookDelivery(_) => "webhook deliveries",
         }
     }
 }

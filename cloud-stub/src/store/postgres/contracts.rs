@@ -80,6 +80,91 @@ async fn report_settled(
 }
 
 impl PgStore {
+    /// Insert a ledger entry if its key is new, with its events when `report` (a copy
+    /// brings the events of its source instead).
+    pub(super) fn insert_ledger(&self, e: &LedgerEntry, report: bool) -> Result<Inserted> {
+        let period = e
+            .key
+            .strip_prefix(&format!("{}/", e.change_id))
+            .ok_or_else(|| StoreError::Invalid {
+                key: e.key.clone(),
+                message: format!("a ledger key must start with its change {}/", e.change_id),
+            })?
+            .to_string();
+        let credit = e.signed_credit();
+        let amount = i64::try_from(credit).map_err(|_| StoreError::Invalid {
+            key: e.key.clone(),
+            message: format!("credit {credit} is beyond BIGINT"),
+        })?;
+        let doc = json(e);
+        // The events it reports go in the same transaction (the outbox).
+        let events = crate::model::ledger_events(e);
+        let now = Utc::now();
+        let r = self.pool().with(async |c| {
+            let tx = c.client.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO ledger (key, tenant, contract, change_id, period, currency,
+                                         amount_minor, reverses, created_at, doc)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
+                     ON CONFLICT DO NOTHING",
+                    &[
+                        &e.key,
+                        &e.tenant.as_str(),
+                        &e.contract.as_str(),
+                        &e.change_id,
+                        &period,
+                        &e.currency,
+                        &amount,
+                        &e.reverses,
+                        &e.created_at,
+                        &doc,
+                    ],
+                )
+                .await?;
+            if n == 1 && report {
+                super::webhooks::write_outbox(&tx, &events, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
+        })?;
+        let n = r;
+        Ok(inserted(n))
+    }
+    /// Store a new migration, with its event when `report` (see [`Self::insert_ledger`]).
+    pub(super) fn insert_migration(&self, m: &Migration, report: bool) -> Result<Inserted> {
+        let (state, effective_at) = migration_cols(m);
+        let doc = json(m);
+        // A refused migration reports itself, in the same transaction.
+        let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
+            .into_iter()
+            .collect();
+        let now = Utc::now();
+        let n = self.pool().with(async |c| {
+            let tx = c.client.transaction().await?;
+            let n = tx
+                .execute(
+                    "INSERT INTO migrations (id, tenant, contract, state, decided_at, effective_at, doc)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (id) DO NOTHING",
+                    &[
+                        &m.id,
+                        &m.decision.tenant.as_str(),
+                        &m.decision.contract.as_str(),
+                        &state,
+                        &m.decision.decided_at,
+                        &effective_at,
+                        &doc,
+                    ],
+                )
+                .await?;
+            if n == 1 && report {
+                super::webhooks::write_outbox(&tx, &reported, now).await?;
+            }
+            tx.commit().await?;
+            Ok(n)
+        })?;
+        Ok(inserted(n))
+    }
     fn one<T: serde::de::DeserializeOwned>(
         &self,
         sql: &'static str,
@@ -235,37 +320,7 @@ impl Contracts for PgStore {
     }
 
     fn add_migration(&self, m: &Migration) -> Result<Inserted> {
-        let (state, effective_at) = migration_cols(m);
-        let doc = json(m);
-        // A refused migration reports itself, in the same transaction.
-        let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
-            .into_iter()
-            .collect();
-        let now = Utc::now();
-        let n = self.pool().with(async |c| {
-            let tx = c.client.transaction().await?;
-            let n = tx
-                .execute(
-                    "INSERT INTO migrations (id, tenant, contract, state, decided_at, effective_at, doc)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb) ON CONFLICT (id) DO NOTHING",
-                    &[
-                        &m.id,
-                        &m.decision.tenant.as_str(),
-                        &m.decision.contract.as_str(),
-                        &state,
-                        &m.decision.decided_at,
-                        &effective_at,
-                        &doc,
-                    ],
-                )
-                .await?;
-            if n == 1 {
-                super::webhooks::write_outbox(&tx, &reported, now).await?;
-            }
-            tx.commit().await?;
-            Ok(n)
-        })?;
-        Ok(inserted(n))
+        self.insert_migration(m, true)
     }
     fn migration(&self, id: &str) -> Result<Option<Migration>> {
         self.one("SELECT doc::text FROM migrations WHERE id = $1", id)
@@ -693,53 +748,7 @@ impl Contracts for PgStore {
     }
 
     fn add_ledger(&self, e: &LedgerEntry) -> Result<Inserted> {
-        let period = e
-            .key
-            .strip_prefix(&format!("{}/", e.change_id))
-            .ok_or_else(|| StoreError::Invalid {
-                key: e.key.clone(),
-                message: format!("a ledger key must start with its change {}/", e.change_id),
-            })?
-            .to_string();
-        let credit = e.signed_credit();
-        let amount = i64::try_from(credit).map_err(|_| StoreError::Invalid {
-            key: e.key.clone(),
-            message: format!("credit {credit} is beyond BIGINT"),
-        })?;
-        let doc = json(e);
-        // The events it reports go in the same transaction (the outbox).
-        let events = crate::model::ledger_events(e);
-        let now = Utc::now();
-        let r = self.pool().with(async |c| {
-            let tx = c.client.transaction().await?;
-            let n = tx
-                .execute(
-                    "INSERT INTO ledger (key, tenant, contract, change_id, period, currency,
-                                         amount_minor, reverses, created_at, doc)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)
-                     ON CONFLICT DO NOTHING",
-                    &[
-                        &e.key,
-                        &e.tenant.as_str(),
-                        &e.contract.as_str(),
-                        &e.change_id,
-                        &period,
-                        &e.currency,
-                        &amount,
-                        &e.reverses,
-                        &e.created_at,
-                        &doc,
-                    ],
-                )
-                .await?;
-            if n == 1 {
-                super::webhooks::write_outbox(&tx, &events, now).await?;
-            }
-            tx.commit().await?;
-            Ok(n)
-        })?;
-        let n = r;
-        Ok(inserted(n))
+        self.insert_ledger(e, true)
     }
     fn ledger_of(&self, owner: LedgerOwner<'_>) -> Result<Vec<LedgerEntry>> {
         match owner {

@@ -3,6 +3,7 @@
 
 use super::{decode, json, to_i64, PgStore};
 use crate::store::copy::{Portable, Record};
+use crate::store::Webhooks;
 use crate::store::{Contracts, Readings, Reports, Result};
 use platen_protocol::Id;
 use tokio_postgres::Row;
@@ -165,6 +166,26 @@ impl Portable for PgStore {
                 })
             },
         )?;
+        for r in self.rows("SELECT doc::text FROM webhook_endpoints ORDER BY id")? {
+            out(Record::WebhookEndpoint(decode(
+                "webhook endpoint",
+                r.get(0),
+            )?))?;
+        }
+        for r in self.rows("SELECT doc::text, n FROM webhook_events ORDER BY n")? {
+            out(Record::WebhookEvent {
+                n: r.get::<_, i64>(1).max(0) as u64,
+                event: decode("webhook event", r.get(0))?,
+            })?;
+        }
+        for r in
+            self.rows("SELECT doc::text FROM webhook_deliveries ORDER BY endpoint, event_id")?
+        {
+            out(Record::WebhookDelivery(decode(
+                "webhook delivery",
+                r.get(0),
+            )?))?;
+        }
         Ok(())
     }
 
@@ -240,11 +261,11 @@ impl Portable for PgStore {
                     })?;
                 }
                 Record::Ledger(e) => {
-                    self.add_ledger(&e)?;
+                    self.insert_ledger(&e, false)?;
                 }
                 Record::Shipment { key, at } => self.mark_shipment_sent(&key, at)?,
                 Record::Migration(m) => {
-                    self.add_migration(&m)?;
+                    self.insert_migration(&m, false)?;
                 }
                 Record::Version {
                     tenant,
@@ -286,6 +307,50 @@ impl Portable for PgStore {
                     sample,
                 } => {
                     self.record_sample(&tenant, &printer, &sample)?;
+                }
+                Record::WebhookEndpoint(e) => {
+                    self.add_endpoint(&e)?;
+                }
+                Record::WebhookEvent { n, event } => {
+                    let (n, seq) = (to_i64(n, "event order")?, to_i64(event.seq, "event seq")?);
+                    let doc = json(&event);
+                    self.pool().with(async |c| {
+                        c.client
+                            .execute(
+                                "INSERT INTO webhook_events (id, n, contract, seq, doc)
+                                 VALUES ($1, $2, $3, $4, $5::text::jsonb) ON CONFLICT DO NOTHING",
+                                &[&event.id, &n, &event.contract.as_str(), &seq, &doc],
+                            )
+                            .await?;
+                        c.client
+                            .execute(
+                                "INSERT INTO webhook_seq (contract, last) VALUES ($1, $2)
+                                 ON CONFLICT (contract)
+                                 DO UPDATE SET last = GREATEST(webhook_seq.last, excluded.last)",
+                                &[&event.contract.as_str(), &seq],
+                            )
+                            .await?;
+                        // New events are numbered after the imported ones.
+                        c.client
+                            .execute(
+                                "SELECT setval(pg_get_serial_sequence('webhook_events', 'n'),
+                                               GREATEST($1, (SELECT max(n) FROM webhook_events)))",
+                                &[&n],
+                            )
+                            .await
+                    })?;
+                }
+                Record::WebhookDelivery(d) => {
+                    let doc = json(&d);
+                    self.pool().with(async |c| {
+                        c.client
+                            .execute(
+                                "INSERT INTO webhook_deliveries (endpoint, event_id, state, next_at, doc)
+                                 VALUES ($1, $2, $3, $4, $5::text::jsonb) ON CONFLICT DO NOTHING",
+                                &[&d.endpoint.as_str(), &d.event_id, &d.state.name(), &d.next_at, &doc],
+                            )
+                            .await
+                    })?;
                 }
             }
         }

@@ -183,6 +183,26 @@ impl Portable for SledStore {
                 sample: decode(&k, &v)?,
             })?;
         }
+        for kv in self.wh_endpoints.iter() {
+            let (k, v) = kv?;
+            out(Record::WebhookEndpoint(decode(&k, &v)?))?;
+        }
+        for kv in self.wh_order.iter() {
+            let (k, id) = kv?;
+            let n = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some(v) = self.wh_events.get(&id)? {
+                out(Record::WebhookEvent {
+                    n,
+                    event: decode(&id, &v)?,
+                })?;
+            }
+        }
+        for kv in self.wh_deliveries.iter() {
+            let (k, v) = kv?;
+            out(Record::WebhookDelivery(decode(&k, &v)?))?;
+        }
         Ok(())
     }
 
@@ -292,6 +312,19 @@ impl Portable for SledStore {
                         encode(&sample),
                     )?;
                 }
+                Record::WebhookEndpoint(e) => {
+                    self.wh_endpoints.insert(e.id.as_str(), encode(&e))?;
+                }
+                Record::WebhookEvent { n, event } => {
+                    self.import_webhook_event(n, &event)?;
+                }
+                Record::WebhookDelivery(d) => {
+                    if let Some(at) = d.next_at {
+                        self.wh_due
+                            .insert(super::contracts::due_key(at, &d.key()), &[] as &[u8])?;
+                    }
+                    self.wh_deliveries.insert(d.key(), encode(&d))?;
+                }
             }
         }
         // New timeline entries must sort after the imported ones.
@@ -315,6 +348,25 @@ impl Portable for SledStore {
 }
 
 impl SledStore {
+    /// An event as it was, its sequence numbers carried on (`wh_seq` keeps the
+    /// highest of the contract's and of the write order).
+    fn import_webhook_event(&self, n: u64, e: &crate::model::WebhookEvent) -> Result<()> {
+        let keep_max = |key: &[u8], v: u64| -> Result<()> {
+            let old = self
+                .wh_seq
+                .get(key)?
+                .and_then(|o| <[u8; 8]>::try_from(o.as_ref()).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            self.wh_seq.insert(key, &old.max(v).to_be_bytes())?;
+            Ok(())
+        };
+        self.wh_events.insert(e.id.as_str(), encode(e))?;
+        self.wh_order.insert(n.to_be_bytes(), e.id.as_str())?;
+        keep_max(e.contract.as_str().as_bytes(), e.seq)?;
+        keep_max(b"", n)
+    }
+
     fn import_migration(&self, m: &Migration) -> Result<()> {
         self.migrations.insert(m.id.as_str(), encode(m))?;
         self.migrations_by_tenant
