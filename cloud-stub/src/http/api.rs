@@ -543,6 +543,8 @@ struct RuleView<'a> {
     line: usize,
     from: String,
     to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<crate::plans::catalog::Direction>,
     when: &'a [String],
     #[serde(flatten)]
     decision: &'a Decision,
@@ -566,6 +568,7 @@ pub fn catalog_json(c: &Catalog) -> serde_json::Value {
                 line: r.line,
                 from: r.from.to_string(),
                 to: r.to.to_string(),
+                direction: r.direction,
                 when: &r.when_text,
                 decision: &r.decision,
             })

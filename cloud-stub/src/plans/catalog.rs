@@ -280,6 +280,42 @@ fn pages(v: &str, percent: Option<&str>) -> Result<Pages, String> {
     }
 }
 
+/// Which way a migration goes, by the plans' monthly fees (then their page caps when
+/// the fees are equal): `upgrade` to a dearer (or larger) plan, `downgrade` to a
+/// cheaper (or smaller) one, `lateral` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Upgrade,
+    Downgrade,
+    Lateral,
+}
+
+impl Direction {
+    pub fn of(source: &Plan, target: &Plan) -> Direction {
+        let key = |p: &Plan| (p.service.monthly_fee(), page_cap(p).unwrap_or(0));
+        match key(target).cmp(&key(source)) {
+            std::cmp::Ordering::Greater => Direction::Upgrade,
+            std::cmp::Ordering::Less => Direction::Downgrade,
+            std::cmp::Ordering::Equal => Direction::Lateral,
+        }
+    }
+}
+
+impl FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "upgrade" => Ok(Direction::Upgrade),
+            "downgrade" => Ok(Direction::Downgrade),
+            "lateral" => Ok(Direction::Lateral),
+            _ => Err(format!(
+                "direction {s:?}: write upgrade, downgrade or lateral"
+            )),
+        }
+    }
+}
+
 /// One migration rule, as loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
@@ -288,6 +324,9 @@ pub struct Rule {
     pub line: usize,
     pub from: Selector,
     pub to: Selector,
+    /// Only migrations that go this way ([`Direction::of`]); counts like a group
+    /// selector in the rule's specificity.
+    pub direction: Option<Direction>,
     pub when: Vec<Condition>,
     /// The conditions as written (shown in decisions and listings).
     pub when_text: Vec<String>,
@@ -297,15 +336,26 @@ pub struct Rule {
 impl Rule {
     /// (selector ranks, has conditions): larger is more specific.
     pub fn specificity(&self) -> (u8, bool) {
-        (self.from.rank() + self.to.rank(), !self.when.is_empty())
+        let direction = u8::from(self.direction.is_some());
+        (
+            self.from.rank() + self.to.rank() + direction,
+            !self.when.is_empty(),
+        )
     }
 
     fn is_catch_all(&self) -> bool {
-        self.from == Selector::Any && self.to == Selector::Any && self.when.is_empty()
+        self.from == Selector::Any
+            && self.to == Selector::Any
+            && self.direction.is_none()
+            && self.when.is_empty()
     }
 
     fn selects(&self, source: &Plan, target: &Plan) -> bool {
-        self.from.matches(source) && self.to.matches(target)
+        self.from.matches(source)
+            && self.to.matches(target)
+            && self
+                .direction
+                .is_none_or(|d| d == Direction::of(source, target))
     }
 
     fn holds(&self, source: &Plan, target: &Plan, u: &Usage) -> bool {
@@ -399,6 +449,7 @@ struct RuleFormat {
     id: String,
     from: String,
     to: String,
+    direction: Option<String>,
     #[serde(default)]
     when: Vec<String>,
     refuse: Option<RefuseFormat>,
@@ -503,6 +554,14 @@ impl Catalog {
             };
             let from = side(&r.from, "from");
             let to = side(&r.to, "to");
+            let direction = match r.direction.as_deref().map(str::parse::<Direction>) {
+                None => None,
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    err(e);
+                    None
+                }
+            };
             let mut when = Vec::new();
             for c in &r.when {
                 match c.parse::<Condition>() {
@@ -554,6 +613,7 @@ impl Catalog {
                     line,
                     from,
                     to,
+                    direction,
                     when,
                     when_text: r.when,
                     decision,
@@ -1136,6 +1196,117 @@ refuse = { code = "partial_usage", message = "m" }
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].message.contains("no catch-all"), "{e:?}");
         assert_eq!(e[0].line, 0);
+    }
+
+    /// Direction: a rule can speak of every downgrade without listing the pairs; it
+    /// counts like a group in the specificity, and the pair checks see it.
+    #[test]
+    fn direction_selects_upgrades_and_downgrades() {
+        let p = |id: &str| {
+            let c = catalog("");
+            c.plans[&id.parse::<Id>().unwrap()].clone()
+        };
+        for (from, to, want) in [
+            ("flat-1000", "flat-500", Direction::Downgrade),
+            ("flat-500", "flat-1000", Direction::Upgrade),
+            ("flat-500", "color-2000", Direction::Upgrade),
+            ("color-2000", "toner", Direction::Downgrade),
+            ("toner", "flat-500", Direction::Upgrade),
+        ] {
+            assert_eq!(Direction::of(&p(from), &p(to)), want, "{from} → {to}");
+        }
+        // Equal fees: the page cap decides; equal in both: lateral.
+        let mut a = p("flat-500");
+        let mut b = p("flat-500");
+        b.id = "flat-500b".parse().unwrap();
+        assert_eq!(Direction::of(&a, &b), Direction::Lateral);
+        a.service = ServiceKind::FlatRatePrint {
+            monthly_fee: 2900,
+            page_cap: 400,
+        };
+        assert_eq!(Direction::of(&a, &b), Direction::Upgrade);
+
+        let c = catalog(
+            "
+[[rule]]
+id = \"downgrade_over_target_cap\"
+from = \"any\"
+to = \"any\"
+direction = \"downgrade\"
+when = [\"used > target.page_cap\"]
+allow = \"next_period\"
+",
+        );
+        let over = usage(Some(700));
+        assert_eq!(
+            decide(&c, "flat-1000", "flat-500", &over),
+            "downgrade_over_target_cap: next_period"
+        );
+        assert_eq!(
+            decide(&c, "flat-500", "flat-1000", &over),
+            "default: immediate",
+            "an upgrade"
+        );
+        assert_eq!(
+            decide(&c, "flat-1000", "flat-500", &usage(Some(100))),
+            "default: immediate"
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        // A direction rule ties with a group rule of the same rank on a pair both match.
+        let e = errors(&format!(
+            "{PLANS}{CATCH_ALL}
+[[rule]]
+id = \"down\"
+from = \"any\"
+to = \"any\"
+direction = \"downgrade\"
+allow = \"next_period\"
+
+[[rule]]
+id = \"to_mono\"
+from = \"any\"
+to = \"group:mono\"
+allow = \"immediate\"
+"
+        ));
+        assert!(
+            e.iter()
+                .any(|p| p.message.contains("\"down\"") && p.message.contains("\"to_mono\"")),
+            "{e:?}"
+        );
+        // A direction no pair of the selectors can take: unreachable.
+        let c = catalog(
+            "
+[[rule]]
+id = \"never\"
+from = \"plan:flat-500\"
+to = \"plan:color-2000\"
+direction = \"downgrade\"
+allow = \"next_period\"
+",
+        );
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.message.contains("\"never\" is unreachable")),
+            "{:?}",
+            c.warnings
+        );
+        let e = errors(&format!(
+            "{PLANS}{CATCH_ALL}
+[[rule]]
+id = \"sideways\"
+from = \"any\"
+to = \"any\"
+direction = \"sideways\"
+allow = \"immediate\"
+"
+        ));
+        assert!(
+            e[0].message.contains("write upgrade, downgrade or lateral"),
+            "{e:?}"
+        );
     }
 
     #[test]
