@@ -163,13 +163,17 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
     let mut object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(bytes).map_err(json)?;
     let minor = check_protocol::<T>(object.remove(PROTOCOL_FIELD))?;
-    let (msg, unknown) = typed::<T, _>(serde_json::Value::Object(object)).map_err(json)?;
-    match unknown {
-        Some(field) if minor <= PROTOCOL.1 => Err(DecodeError::Invalid {
-            kind: T::KIND,
-            reason: format!("unknown field `{field}`"),
-        }),
-        _ => checked(msg),
+    let unknown_field = |field: String| DecodeError::Invalid {
+        kind: T::KIND,
+        reason: format!("unknown field `{field}`"),
+    };
+    let strict = minor <= PROTOCOL.1;
+    match typed_noting::<T, _>(serde_json::Value::Object(object)) {
+        // A field we do not know is the first thing wrong (as serde's strict mode
+        // says it), also when the message then lacks a field.
+        (_, Some(field)) if strict => Err(unknown_field(field)),
+        (Ok(msg), _) => checked(msg),
+        (Err(e), _) => Err(json(e)),
     }
 }
 
@@ -177,13 +181,21 @@ pub fn decode<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
 fn typed<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
     de: D,
 ) -> Result<(T, Option<String>), D::Error> {
+    let (msg, unknown) = typed_noting::<T, D>(de);
+    Ok((msg?, unknown))
+}
+
+/// [`typed`], keeping the first unknown field also when deserializing fails.
+fn typed_noting<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
+    de: D,
+) -> (Result<T, D::Error>, Option<String>) {
     let mut unknown = None;
     let msg = serde_ignored::deserialize(de, |path| {
         if unknown.is_none() {
             unknown = Some(path.to_string());
         }
-    })?;
-    Ok((msg, unknown))
+    });
+    (msg, unknown)
 }
 
 /// Envelopes of the versions whose every field this build knows, as [`encode`]
@@ -495,6 +507,11 @@ mod tests {
             let newer = text.replacen("1.1", "1.9", 1);
             assert_eq!(decode::<crate::Telemetry>(newer.as_bytes()).unwrap(), t);
         }
+        // An unknown field is named even when the message also lacks a field.
+        let err = decode::<crate::ApplyReport>(br#"{"x\nFORGED":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `x\nFORGED`"), "{err}");
         // Only a newer minor's JSON is not stored as received.
         assert!(strip_envelope(wire.as_bytes()).is_some());
         assert!(strip_envelope(wire.replacen("1.1", "1.9", 1).as_bytes()).is_none());
