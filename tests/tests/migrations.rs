@@ -414,7 +414,7 @@ fn catalog_check_prints_every_problem_with_its_line() {
     );
     let (code, out, err) = cloud_cli("http://127.0.0.1:9", &["catalog", "check", example]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("valid: 4 plans, 8 rules, 0 warnings"), "{out}");
+    assert!(out.contains("valid: 4 plans, 9 rules, 0 warnings"), "{out}");
     let (code, _, err) = cloud_cli(
         "http://127.0.0.1:9",
         &["catalog", "check", "/nonexistent.toml"],
