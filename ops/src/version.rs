@@ -6,7 +6,7 @@ pub const GIT_COMMIT: &str = env!("PLATEN_GIT_COMMIT");
 /// The crate version of the workspace (all Platen crates share it).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// `0.1.0 (commit 1a2b3c4d5e6f, protocol 1.0)`.
+/// `0.1.0 (commit 1a2b3c4d5e6f, protocol 1.1)`.
 pub fn long() -> &'static str {
     static LONG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LONG.get_or_init(|| {
@@ -29,7 +29,10 @@ mod tests {
     fn names_the_commit_and_protocol() {
         let v = super::long();
         assert!(v.starts_with(super::VERSION), "{v}");
-        assert!(v.contains("protocol 1.0"), "{v}");
+        assert!(
+            v.contains(&format!("protocol {}", platen_protocol::PROTOCOL_VERSION)),
+            "{v}"
+        );
         assert!(!super::GIT_COMMIT.is_empty());
     }
 }

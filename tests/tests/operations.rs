@@ -178,8 +178,11 @@ async fn metrics_json_logs_notify_env_and_protocol_refusal() {
     assert!((0.0..60.0).contains(&age), "{text}");
     assert!(m["platen_agent_uptime_seconds"] > 0.0, "{text}");
     assert!(
-        m.keys()
-            .any(|k| k.starts_with("platen_agent_info{") && k.contains("protocol=\"1.0\"")),
+        m.keys().any(|k| k.starts_with("platen_agent_info{")
+            && k.contains(&format!(
+                "protocol=\"{}\"",
+                platen_protocol::PROTOCOL_VERSION
+            ))),
         "{text}"
     );
     assert!(
@@ -336,5 +339,9 @@ fn config_check_lists_every_problem_and_show_redacts() {
         )),
         "{v}"
     );
-    assert!(v.trim_end().ends_with("protocol 1.0)"), "{v}");
+    assert!(
+        v.trim_end()
+            .ends_with(&format!("protocol {})", platen_protocol::PROTOCOL_VERSION)),
+        "{v}"
+    );
 }

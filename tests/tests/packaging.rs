@@ -142,9 +142,10 @@ async fn debian_packages_build_install_and_run() {
     assert_eq!(
         version.trim(),
         format!(
-            "platen-agent {} (commit {}, protocol 1.0)",
+            "platen-agent {} (commit {}, protocol {})",
             env!("CARGO_PKG_VERSION"),
-            commit.trim()
+            commit.trim(),
+            platen_protocol::PROTOCOL_VERSION
         )
     );
     let check = stdout(Command::new("/usr/bin/platen-agent").args([
