@@ -24,12 +24,15 @@ fn inserted(n: u64) -> Inserted {
 }
 
 /// Rows of JSON text decoded, in the order read.
-fn decode_all<T: serde::de::DeserializeOwned>(what: &str, rows: Vec<String>) -> Result<Vec<T>> {
+pub(super) fn decode_all<T: serde::de::DeserializeOwned>(
+    what: &str,
+    rows: Vec<String>,
+) -> Result<Vec<T>> {
     rows.iter().map(|t| decode(what, t)).collect()
 }
 
 /// One column of text of every row.
-async fn texts(
+pub(super) async fn texts(
     c: &mut Conn,
     sql: &'static str,
     params: &[&(dyn ToSql + Sync)],
@@ -55,6 +58,27 @@ async fn text(
 async fn exec(c: &mut Conn, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> PgResult<u64> {
     let st = c.prep(sql).await?;
     c.client.execute(&st, params).await
+}
+
+/// Run `save` (an UPDATE of one change); a change that settles reports it in the
+/// same transaction. Returns the rows updated.
+async fn save_reporting_settlement(
+    c: &mut Conn,
+    save: &'static str,
+    params: &[&(dyn ToSql + Sync)],
+    rec: &ChangeRecord,
+    now: DateTime<Utc>,
+) -> PgResult<u64> {
+    if !rec.setup.settled {
+        return exec(c, save, params).await;
+    }
+    let tx = c.client.transaction().await?;
+    let n = tx.execute(save, params).await?;
+    if n == 1 {
+        report_settled(&tx, rec, now).await?;
+    }
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// The `change.settled` event of `rec`, written in `tx` (the change's tenant read there).
@@ -484,17 +508,7 @@ impl Contracts for PgStore {
             const SAVE: &str =
                 "UPDATE changes SET doc = $2::text::jsonb, due_at = $3, settled = $4 WHERE id = $1";
             let params: [&(dyn ToSql + Sync); 4] = [&rec.change.id, &doc, &due_at, &settled];
-            if !settled {
-                return exec(c, SAVE, &params).await;
-            }
-            // A change that settles reports it, in the same transaction.
-            let tx = c.client.transaction().await?;
-            let n = tx.execute(SAVE, &params).await?;
-            if n == 1 {
-                report_settled(&tx, rec, now).await?;
-            }
-            tx.commit().await?;
-            Ok(n)
+            save_reporting_settlement(c, SAVE, &params, rec, now).await
         })?;
         if n == 0 {
             return Err(StoreError::Invalid {
@@ -568,16 +582,7 @@ impl Contracts for PgStore {
                   WHERE id = $1 AND claimed_by = $5";
             let params: [&(dyn ToSql + Sync); 6] =
                 [&rec.change.id, &doc, &due_at, &settled, &claim.owner, &now];
-            if !settled {
-                return exec(c, SAVE, &params).await;
-            }
-            let tx = c.client.transaction().await?;
-            let n = tx.execute(SAVE, &params).await?;
-            if n == 1 {
-                report_settled(&tx, rec, now).await?;
-            }
-            tx.commit().await?;
-            Ok(n)
+            save_reporting_settlement(c, SAVE, &params, rec, now).await
         })?;
         Ok(n == 1)
     }

@@ -79,25 +79,14 @@ pub(super) async fn write_outbox(
     Ok(())
 }
 
-fn decode_rows<T: serde::de::DeserializeOwned>(what: &str, rows: Vec<String>) -> Result<Vec<T>> {
-    rows.iter().map(|t| decode(what, t)).collect()
-}
-
 impl PgStore {
     fn texts(
         &self,
         sql: &'static str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<String>> {
-        self.pool().with(async |c| {
-            let st = c.prep(sql).await?;
-            Ok(c.client
-                .query(&st, params)
-                .await?
-                .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect())
-        })
+        self.pool()
+            .with(async |c| super::contracts::texts(c, sql, params).await)
     }
 
     fn upsert_delivery(&self, d: &Delivery, release: Option<&str>) -> Result<u64> {
@@ -174,17 +163,17 @@ impl Webhooks for PgStore {
             "SELECT doc::text FROM webhook_endpoints WHERE id = $1",
             &[&id],
         )?;
-        Ok(decode_rows(id, rows)?.pop())
+        Ok(super::contracts::decode_all(id, rows)?.pop())
     }
     fn endpoints(&self) -> Result<Vec<Endpoint>> {
-        decode_rows(
+        super::contracts::decode_all(
             "webhook endpoints",
             self.texts("SELECT doc::text FROM webhook_endpoints ORDER BY id", &[])?,
         )
     }
     fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
         let rows = self.texts("SELECT doc::text FROM webhook_events WHERE id = $1", &[&id])?;
-        Ok(decode_rows(id, rows)?.pop())
+        Ok(super::contracts::decode_all(id, rows)?.pop())
     }
     fn webhook_events(&self, after: u64, limit: usize) -> Result<Vec<(u64, WebhookEvent)>> {
         let (after, limit) = (after as i64, limit as i64);
@@ -204,7 +193,7 @@ impl Webhooks for PgStore {
             .collect()
     }
     fn deliveries_of(&self, event_id: &str) -> Result<Vec<Delivery>> {
-        decode_rows(
+        super::contracts::decode_all(
             event_id,
             self.texts(
                 "SELECT doc::text FROM webhook_deliveries WHERE event_id = $1 ORDER BY endpoint",
@@ -214,7 +203,7 @@ impl Webhooks for PgStore {
     }
     fn deliveries(&self, state: DeliveryState, limit: usize) -> Result<Vec<Delivery>> {
         let limit = limit as i64;
-        decode_rows(
+        super::contracts::decode_all(
             "webhook deliveries",
             self.texts(
                 "SELECT doc::text FROM webhook_deliveries WHERE state = $1
@@ -250,7 +239,7 @@ impl Webhooks for PgStore {
                 .map(|r| r.get::<_, String>(0))
                 .collect::<Vec<_>>())
         })?;
-        decode_rows("claimed deliveries", rows)
+        super::contracts::decode_all("claimed deliveries", rows)
     }
     fn save_delivery(&self, claim: &Claim, d: &Delivery) -> Result<bool> {
         Ok(self.upsert_delivery(d, Some(&claim.owner))? == 1)
@@ -286,7 +275,7 @@ impl Webhooks for PgStore {
                 "SELECT doc::text FROM webhook_deliveries WHERE endpoint = $1 AND event_id = $2",
                 &[&ep.id.as_str(), &event_id],
             )?;
-            let mut d = decode_rows::<Delivery>(event_id, existing)?
+            let mut d = super::contracts::decode_all::<Delivery>(event_id, existing)?
                 .pop()
                 .unwrap_or_else(|| Delivery::new(&ep.id, event_id, now));
             d.state = DeliveryState::Pending;

@@ -266,11 +266,12 @@ impl SledStore {
             setup: SetupState::default(),
         });
         let now = Utc::now();
-        let endpoints = self.live_endpoints()?;
-        let reseller = match self.migration(id)? {
-            Some(m) => self.reseller_of(&m.decision.tenant)?,
-            None => None,
+        // Only an executed migration reports itself (a cancel or a supersession not).
+        let tenant = match (&state, self.migration(id)?) {
+            (MigrationState::Executed { .. }, Some(m)) => Some(m.decision.tenant),
+            _ => None,
         };
+        let outbox = self.outbox(tenant.as_ref())?;
         let r = (
             &self.migrations,
             &self.scheduled,
@@ -320,17 +321,9 @@ impl SledStore {
                     m.state = state.clone();
                     migrations.insert(id.as_bytes(), encode(&m))?;
                     scheduled.remove(id.as_bytes())?;
-                    let outbox = super::webhooks::OutboxTx {
-                        reseller: reseller.as_ref(),
-                        events,
-                        order,
-                        seq,
-                        deliveries,
-                        due: wh_due,
-                    };
                     let reported: Vec<_> =
                         crate::model::migration_event(&m, now).into_iter().collect();
-                    outbox.write(&reported, &endpoints, now)?;
+                    outbox.write((events, order, seq, deliveries, wh_due), &reported, now)?;
                     Ok(true)
                 },
             );
@@ -430,14 +423,7 @@ impl Contracts for SledStore {
         let reported: Vec<_> = crate::model::migration_event(m, m.decision.decided_at)
             .into_iter()
             .collect();
-        let (endpoints, reseller) = if reported.is_empty() {
-            (Vec::new(), None)
-        } else {
-            (
-                self.live_endpoints()?,
-                self.reseller_of(&m.decision.tenant)?,
-            )
-        };
+        let outbox = self.outbox((!reported.is_empty()).then_some(&m.decision.tenant))?;
         let r = (
             &self.migrations,
             &self.scheduled,
@@ -470,15 +456,7 @@ impl Contracts for SledStore {
                     if m.state == MigrationState::Scheduled {
                         scheduled.insert(m.id.as_bytes(), encode(&Due::of(m)))?;
                     }
-                    super::webhooks::OutboxTx {
-                        reseller: reseller.as_ref(),
-                        events,
-                        order,
-                        seq,
-                        deliveries,
-                        due,
-                    }
-                    .write(&reported, &endpoints, now)?;
+                    outbox.write((events, order, seq, deliveries, due), &reported, now)?;
                     Ok(Inserted::New)
                 },
             );
@@ -623,19 +601,16 @@ impl Contracts for SledStore {
         let id = rec.change.id.as_str();
         let now = Utc::now();
         // A change that settles reports it, in the same transaction.
-        let (reported, endpoints, reseller) = match rec.setup.settled {
-            true => match self.tenant_of(&rec.change.contract)? {
-                Some(t) => (
-                    crate::model::settled_event(&t, rec, now)
-                        .into_iter()
-                        .collect(),
-                    self.live_endpoints()?,
-                    self.reseller_of(&t)?,
-                ),
-                None => (Vec::new(), Vec::new(), None),
-            },
-            false => (Vec::new(), Vec::new(), None),
+        let tenant = match rec.setup.settled {
+            true => self.tenant_of(&rec.change.contract)?,
+            false => None,
         };
+        let reported: Vec<_> = tenant
+            .as_ref()
+            .and_then(|t| crate::model::settled_event(t, rec, now))
+            .into_iter()
+            .collect();
+        let outbox = self.outbox(tenant.as_ref())?;
         (
             &self.changes,
             &self.due,
@@ -650,15 +625,7 @@ impl Contracts for SledStore {
                 |(changes, due, due_of, events, order, seq, deliveries, wh_due)| {
                     changes.insert(id.as_bytes(), value.as_slice())?;
                     set_due(due, due_of, id, due_at)?;
-                    super::webhooks::OutboxTx {
-                        reseller: reseller.as_ref(),
-                        events,
-                        order,
-                        seq,
-                        deliveries,
-                        due: wh_due,
-                    }
-                    .write(&reported, &endpoints, now)
+                    outbox.write((events, order, seq, deliveries, wh_due), &reported, now)
                 },
             )
             .map_err(|e| tx_error(e, id))?;
@@ -851,10 +818,7 @@ impl Contracts for SledStore {
             }
             None => Vec::new(),
         };
-        let (endpoints, reseller) = match reported.first() {
-            None => (Vec::new(), None),
-            Some(e) => (self.live_endpoints()?, self.reseller_of(&e.tenant)?),
-        };
+        let outbox = self.outbox(reported.first().map(|e| &e.tenant))?;
         use sled::transaction::ConflictableTransactionError;
         use sled::Transactional;
         let added = (
@@ -874,15 +838,7 @@ impl Contracts for SledStore {
                     index.insert(once.as_bytes(), key.as_bytes())?;
                 }
                 timeline.insert(key.as_bytes(), value.as_slice())?;
-                super::webhooks::OutboxTx {
-                    reseller: reseller.as_ref(),
-                    events,
-                    order,
-                    seq,
-                    deliveries,
-                    due,
-                }
-                .write(&reported, &endpoints, entry.at)?;
+                outbox.write((events, order, seq, deliveries, due), &reported, entry.at)?;
                 Ok::<bool, ConflictableTransactionError<()>>(true)
             })
             .map_err(|e| tx_error(e, &key))?;
@@ -910,8 +866,7 @@ impl Contracts for SledStore {
         );
         // The events it reports go in the same transaction (the outbox).
         let events = crate::model::ledger_events(e);
-        let endpoints = self.live_endpoints()?;
-        let reseller = self.reseller_of(&e.tenant)?;
+        let outbox = self.outbox(Some(&e.tenant))?;
         let now = Utc::now();
         let r = (
             &self.ledger,
@@ -931,15 +886,7 @@ impl Contracts for SledStore {
                     ledger.insert(e.key.as_bytes(), value.as_slice())?;
                     by_contract.insert(by_c.as_bytes(), &[] as &[u8])?;
                     by_tenant.insert(by_t.as_bytes(), &[] as &[u8])?;
-                    super::webhooks::OutboxTx {
-                        reseller: reseller.as_ref(),
-                        events: events_t,
-                        order,
-                        seq,
-                        deliveries,
-                        due,
-                    }
-                    .write(&events, &endpoints, now)?;
+                    outbox.write((events_t, order, seq, deliveries, due), &events, now)?;
                     Ok(Inserted::New)
                 },
             )

@@ -16,16 +16,22 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<()>>;
 
-/// The trees an event is written to, inside a caller's transaction.
-pub(super) struct OutboxTx<'a> {
-    /// The tenant's reseller, stamped on each event (read before the transaction:
-    /// a plain read inside a sled transaction waits for the transaction forever).
-    pub reseller: Option<&'a platen_protocol::Id>,
-    pub events: &'a TransactionalTree,
-    pub order: &'a TransactionalTree,
-    pub seq: &'a TransactionalTree,
-    pub deliveries: &'a TransactionalTree,
-    pub due: &'a TransactionalTree,
+/// The outbox trees of a caller's transaction: events, write order, sequence
+/// numbers, deliveries, the deliveries' due index.
+pub(super) type OutboxTrees<'a> = (
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+    &'a TransactionalTree,
+);
+
+/// What a write needs to report its facts, read before its transaction (a plain
+/// read inside a sled transaction waits for that transaction forever): the endpoints
+/// that may want the events and the tenant's reseller, stamped on each event.
+pub(super) struct Outbox {
+    endpoints: Vec<Endpoint>,
+    reseller: Option<platen_protocol::Id>,
 }
 
 fn next(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
@@ -43,31 +49,32 @@ fn due_index_key(d: &Delivery) -> Option<String> {
     d.next_at.map(|t| due_key(t, &d.key()))
 }
 
-impl OutboxTx<'_> {
-    /// Write `events` (numbered in the transaction) with a pending delivery to each
-    /// endpoint that wants it.
+impl Outbox {
+    /// Write `events` in the caller's transaction (numbered there), each with a
+    /// pending delivery to every endpoint that wants it; an event stored already is
+    /// not written again.
     pub fn write(
         &self,
+        (events_t, order_t, seq_t, deliveries_t, due_t): OutboxTrees<'_>,
         events: &[WebhookEvent],
-        endpoints: &[Endpoint],
         now: DateTime<Utc>,
     ) -> TxResult<()> {
         for e in events {
-            if self.events.get(e.id.as_bytes())?.is_some() {
+            if events_t.get(e.id.as_bytes())?.is_some() {
                 continue;
             }
             let mut e = e.clone();
-            e.reseller = self.reseller.cloned();
-            e.seq = next(self.seq, e.contract.as_str().as_bytes())?;
-            let order = next(self.seq, b"")?;
-            self.events.insert(e.id.as_bytes(), encode(&e))?;
-            self.order.insert(&order.to_be_bytes(), e.id.as_bytes())?;
-            for ep in endpoints.iter().filter(|ep| ep.wants(&e)) {
+            e.reseller = self.reseller.clone();
+            e.seq = next(seq_t, e.contract.as_str().as_bytes())?;
+            let order = next(seq_t, b"")?;
+            events_t.insert(e.id.as_bytes(), encode(&e))?;
+            order_t.insert(&order.to_be_bytes(), e.id.as_bytes())?;
+            for ep in self.endpoints.iter().filter(|ep| ep.wants(&e)) {
                 let d = Delivery::new(&ep.id, &e.id, now);
                 if let Some(k) = due_index_key(&d) {
-                    self.due.insert(k.as_bytes(), &[] as &[u8])?;
+                    due_t.insert(k.as_bytes(), &[] as &[u8])?;
                 }
-                self.deliveries.insert(d.key().as_bytes(), encode(&d))?;
+                deliveries_t.insert(d.key().as_bytes(), encode(&d))?;
             }
         }
         Ok(())
@@ -118,12 +125,19 @@ impl SledStore {
             .map(|c: crate::model::Contract| c.tenant))
     }
 
-    /// The reseller of a tenant, if it has one.
-    pub(super) fn reseller_of(
-        &self,
-        tenant: &platen_protocol::Id,
-    ) -> Result<Option<platen_protocol::Id>> {
-        Ok(self.tenant(tenant.as_str())?.and_then(|t| t.reseller))
+    /// The [`Outbox`] of a write that reports facts of `tenant`; `None`: the write
+    /// reports nothing, so nothing is read.
+    pub(super) fn outbox(&self, tenant: Option<&platen_protocol::Id>) -> Result<Outbox> {
+        let Some(tenant) = tenant else {
+            return Ok(Outbox {
+                endpoints: Vec::new(),
+                reseller: None,
+            });
+        };
+        Ok(Outbox {
+            endpoints: self.live_endpoints()?,
+            reseller: self.tenant(tenant.as_str())?.and_then(|t| t.reseller),
+        })
     }
 
     /// The tenant and contract of a change whose timeline is appended to, only when
