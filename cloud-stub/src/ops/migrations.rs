@@ -326,7 +326,8 @@ impl Migrations {
     fn execute(&self, m: &Migration) -> Result<bool, OpError> {
         let d = &m.decision;
         let contract = self.contracts.contract(d.contract.as_str())?;
-        for _ in 0..3 {
+        let _turn = self.contracts.building_turn();
+        for _ in 0..super::SEQ_ATTEMPTS {
             let last = self.contracts.last_change(&contract)?;
             if last.change.plan != d.from_plan {
                 let reason = format!(

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+/// How often a change is built again on top of a concurrent one that took its
+/// sequence number before giving up with a conflict.
+pub(crate) const SEQ_ATTEMPTS: usize = 5;
+
 /// Most printers one contract may cover.
 pub const MAX_PRINTERS: usize = 1000;
 
@@ -224,6 +228,11 @@ pub struct Ops {
     /// The plan catalog and migration rules, when one is loaded.
     catalog: Option<Arc<Catalog>>,
     policy: Policy,
+    /// Held while a change is built on the contract's last one and stored: in one
+    /// process, changes (API requests, executed migrations) take their sequence
+    /// numbers in turn; between instances the store's unique key decides and the
+    /// loser builds again ([`SEQ_ATTEMPTS`]).
+    building: Arc<std::sync::Mutex<()>>,
 }
 
 fn check_settings(settings: &BTreeMap<String, SettingValue>) -> Result<(), OpError> {
@@ -246,6 +255,7 @@ impl Ops {
             engine,
             catalog: None,
             policy: Policy::default(),
+            building: Arc::default(),
         }
     }
 
@@ -421,45 +431,64 @@ impl Ops {
     /// catalog's rules decide: there is no other way to change a plan.
     pub fn change_contract(&self, id: &str, req: ChangeRequest) -> Result<ContractChange, OpError> {
         let contract = self.contract(id)?;
-        let last = self.last_change(&contract)?;
-        if let Some(p) = &req.plan {
+        let same_plan = |last: &ChangeRecord| -> Result<(), OpError> {
+            let Some(p) = &req.plan else { return Ok(()) };
             self.plan(p)?;
-            if *p != last.change.plan {
-                return Err(OpError::new(
-                    Kind::Invalid,
-                    "use_migrations",
-                    format!(
-                        "plan changes go through POST /v1/migrations, where the catalog's rules decide whether and when {} may move to {p}",
-                        contract.tenant
-                    ),
-                ));
+            if *p == last.change.plan {
+                return Ok(());
             }
-        }
+            Err(OpError::new(
+                Kind::Invalid,
+                "use_migrations",
+                format!(
+                    "plan changes go through POST /v1/migrations, where the catalog's rules decide whether and when {} may move to {p}",
+                    contract.tenant
+                ),
+            ))
+        };
+        let mut last = self.last_change(&contract)?;
+        same_plan(&last)?;
         if req.settings.is_empty() {
             return Err(OpError::invalid("nothing to change: give settings"));
         }
         let effective_at = self.policy.effective_at(req.effective_at, Utc::now())?;
-        let mut settings = last.change.settings.clone();
-        settings.extend(req.settings.clone());
-        let change = self.next_change(
-            &contract,
-            &last,
-            ChangeKind::SettingsChange {
-                settings: req.settings,
-            },
-            last.change.plan.clone(),
-            settings,
-            effective_at,
-        )?;
-        if self.store.add_change(&change)? == Inserted::Exists {
-            return Err(OpError::new(
-                Kind::Conflict,
-                "conflict",
-                "a concurrent change took this sequence number; retry",
-            ));
+        // The request names settings, not a sequence number: when another change
+        // (an executed migration, another instance's request) takes the next
+        // number first, this one goes on top of it.
+        let _turn = self.building_turn();
+        for attempt in 0..SEQ_ATTEMPTS {
+            if attempt > 0 {
+                last = self.last_change(&contract)?;
+                same_plan(&last)?;
+            }
+            let mut settings = last.change.settings.clone();
+            settings.extend(req.settings.clone());
+            let change = self.next_change(
+                &contract,
+                &last,
+                ChangeKind::SettingsChange {
+                    settings: req.settings.clone(),
+                },
+                last.change.plan.clone(),
+                settings,
+                effective_at,
+            )?;
+            if self.store.add_change(&change)? == Inserted::New {
+                self.requested(&change)?;
+                return Ok(change);
+            }
         }
-        self.requested(&change)?;
-        Ok(change)
+        Err(OpError::new(
+            Kind::Conflict,
+            "conflict",
+            "the contract kept changing while this change was made; retry",
+        ))
+    }
+
+    /// This process's turn to build and store a change (see [`Ops::building`]).
+    fn building_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while building leaves nothing half-done in the lock's `()`.
+        self.building.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn last_change(&self, contract: &Contract) -> Result<ChangeRecord, OpError> {
@@ -749,6 +778,46 @@ mod tests {
             e.code, "invalid",
             "same plan, no settings: nothing to change"
         );
+    }
+
+    /// Changes requested at once on one contract (several API requests, a migration
+    /// executing) each get their own sequence number: none is refused because
+    /// another took the number it first read.
+    #[test]
+    fn concurrent_changes_of_one_contract_all_land() {
+        let (_d, o) = ops();
+        setup(&o);
+        o.create_contract(new_contract("c1")).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5 {
+                        let settings = BTreeMap::from([(
+                            "sysContact".to_string(),
+                            SettingValue::Text(format!("t{t}-{i}")),
+                        )]);
+                        let req = ChangeRequest {
+                            plan: None,
+                            settings,
+                            effective_at: None,
+                        };
+                        o.change_contract("c1", req).expect("change lands");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let seqs: Vec<u32> = o
+            .store
+            .changes_of(&"c1".parse().unwrap())
+            .unwrap()
+            .iter()
+            .map(|c| c.change.seq)
+            .collect();
+        assert_eq!(seqs, (1..=21).collect::<Vec<_>>());
     }
 
     /// Ids that are prefixes, suffixes and dotted variants of each other, across
