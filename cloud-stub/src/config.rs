@@ -27,6 +27,7 @@ pub const ENV_ROOTS: &[&str] = &[
     "ingest",
     "store",
     "webhooks",
+    "fleet",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -56,6 +57,30 @@ pub struct CloudConfig {
     pub store: StoreSection,
     #[serde(default)]
     pub webhooks: WebhooksSection,
+    #[serde(default)]
+    pub fleet: FleetSection,
+}
+
+/// `[fleet]`: how the cloud judges its printers from telemetry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// A printer under contract with no reading newer than this is stale and
+    /// reported as `printer.stale`; keep it above the agents' `telemetry.heartbeat_secs`.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_secs: u64,
+}
+
+fn default_stale_after() -> u64 {
+    crate::fleet::stale::DEFAULT_STALE_AFTER.as_secs()
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            stale_after_secs: default_stale_after(),
+        }
+    }
 }
 
 /// `[webhooks]`: how events are delivered to the endpoints (which are managed through
@@ -406,6 +431,9 @@ impl ConfigFile for CloudConfig {
         if !(100..=3_600_000).contains(&self.webhooks.first_retry_ms) {
             bad("webhooks.first_retry_ms", "must be 100 to 3600000");
         }
+        if !(60..=2_592_000).contains(&self.fleet.stale_after_secs) {
+            bad("fleet.stale_after_secs", "must be 60 to 2592000 (30 days)");
+        }
         if self.engine.claim_lease_secs < 5 {
             bad("engine.claim_lease_secs", "must be at least 5");
         }
@@ -522,6 +550,7 @@ impl CloudConfig {
                 tick: Duration::from_millis(self.engine.tick_ms).max(Duration::from_millis(200)),
                 claim_lease: Duration::from_secs(self.engine.claim_lease_secs),
             },
+            stale_after: Duration::from_secs(self.fleet.stale_after_secs),
             catalog,
             tokens_file: self.api.tokens_file.clone(),
             api_limits: self.api.limits(),

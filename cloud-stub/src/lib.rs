@@ -8,6 +8,8 @@
 //! * [`store`] — the storage port and its backends (sled, PostgreSQL);
 //! * [`billing`] — billing periods, compensation, usage from counter samples (pure);
 //! * [`plans`] — the plan catalog and its migration rules (pure);
+//! * [`fleet`] — when a printer under contract has gone quiet (a pure rule) and the
+//!   sweep that reports it;
 //! * [`link`] — the broker link ([`Cloud`]): publish desired configs, ingest reports,
 //!   telemetry and health;
 //! * [`engine`] — drives every open change: publish, confirm, fault, settle, pay;
@@ -20,6 +22,7 @@
 pub mod billing;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod http;
 pub mod link;
 pub mod model;

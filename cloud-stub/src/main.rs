@@ -105,6 +105,10 @@ enum Command {
         /// 2 min, … every 4 h by default), for three days.
         #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
         webhook_first_retry_ms: u64,
+        /// A printer under contract with no reading newer than this is stale
+        /// (`printer.stale`); keep it above the agents' telemetry heartbeat.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+        stale_after_secs: u64,
         /// Plan catalog and migration rules (TOML; see packaging/catalog.example.toml).
         /// Without one, plans are created through the API and migrations are refused.
         #[arg(long)]
@@ -866,6 +870,7 @@ struct ServeExtras {
     /// `--leave-group`: retire the instance instead of serving.
     leave_group: bool,
     webhooks: platen_cloud::webhooks::WebhookConfig,
+    stale_after: Duration,
 }
 
 async fn serve(
@@ -897,6 +902,7 @@ async fn serve(
         api_listen,
         engine,
         webhooks: extras.webhooks,
+        stale_after: extras.stale_after,
         catalog,
         api_limits: extras.api.limits(),
         policy: extras.api.policy(),
@@ -1323,6 +1329,7 @@ async fn main() -> ExitCode {
             claim_lease_secs,
             webhook_timeout_secs,
             webhook_first_retry_ms,
+            stale_after_secs,
             catalog,
             signing_key,
             signing_key_id,
@@ -1378,6 +1385,7 @@ async fn main() -> ExitCode {
                     tick: Duration::from_millis(*tick_ms).max(Duration::from_millis(200)),
                     claim_lease: Duration::from_secs(*claim_lease_secs),
                 },
+                stale_after: Duration::from_secs(*stale_after_secs),
             };
             return serve(&cli, *api_listen, engine, catalog.as_deref(), extras).await;
         }

@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// How webhook deliveries are made.
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// A printer under contract with no reading newer than this is stale
+    /// ([`crate::fleet::stale`]).
+    pub stale_after: Duration,
     /// Plan catalog and migration rules (none: plans through the API, no migrations).
     pub catalog: Option<Catalog>,
     /// API bearer tokens ([`crate::http::auth`]). None: an open API, refused unless
@@ -93,6 +96,7 @@ pub struct Server {
     scheduler: JoinHandle<()>,
     retention: JoinHandle<()>,
     deliverer: JoinHandle<()>,
+    stale_watch: JoinHandle<()>,
     api: (oneshot::Sender<()>, JoinHandle<()>),
 }
 
@@ -142,6 +146,10 @@ impl Server {
         .map_err(ServerError::Webhooks)?;
         let webhook_counters = deliverer.counters();
         let deliverer = deliverer.spawn(stop_rx.clone());
+        let stale_watch = spawn_stale_watch(
+            crate::fleet::watch::StaleWatch::new(ops.store().clone(), cfg.stale_after),
+            stop_rx.clone(),
+        );
         let retention = spawn_retention(
             ops.clone(),
             (cfg.telemetry_retention, cfg.history_retention),
@@ -200,6 +208,7 @@ impl Server {
             scheduler,
             retention,
             deliverer,
+            stale_watch,
             api: (api_stop, api_task),
         })
     }
@@ -215,6 +224,7 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.scheduler).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.retention).await;
         let _ = tokio::time::timeout(Duration::from_secs(15), self.deliverer).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.stale_watch).await;
         let _ = self.api.0.send(());
         let abort = self.api.1.abort_handle();
         if tokio::time::timeout(Duration::from_secs(2), self.api.1)
@@ -229,6 +239,39 @@ impl Server {
 
 /// Runs scheduled migrations when their time comes: on start (catching up on any that
 /// fell due while the cloud was down) and then every `tick`.
+/// The stale-printer sweep ([`crate::fleet::watch`]), after its grace period, off
+/// the runtime's threads.
+fn spawn_stale_watch(
+    watch: crate::fleet::watch::StaleWatch,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (every, grace) = (watch.every(), watch.grace());
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = stop.changed() => return,
+        }
+        let watch = std::sync::Arc::new(std::sync::Mutex::new(watch));
+        loop {
+            let w = watch.clone();
+            let swept = tokio::task::spawn_blocking(move || match w.lock() {
+                Ok(mut w) => w.sweep(chrono::Utc::now()).map_err(|e| e.to_string()),
+                Err(_) => Err("the sweep panicked before".to_string()),
+            })
+            .await;
+            match swept {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %e, "stale printer sweep: will retry"),
+                Err(e) => warn!(error = %e, "stale printer sweep failed; will retry"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
 fn spawn_scheduler(
     migrations: Migrations,
     tick: Duration,

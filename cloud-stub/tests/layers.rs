@@ -6,8 +6,8 @@ use std::path::Path;
 
 /// Lowest first.
 const LAYERS: &[&str] = &[
-    "model", "store", "billing", "plans", "link", "engine", "webhooks", "ops", "http", "server",
-    "config",
+    "model", "store", "billing", "plans", "fleet", "link", "engine", "webhooks", "ops", "http",
+    "server", "config",
 ];
 
 /// What `crate::X` names at the crate root beyond the modules (re-exports of `link`).

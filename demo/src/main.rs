@@ -434,6 +434,7 @@ async fn start_contract_cloud(
             ..Default::default()
         },
         webhooks: Default::default(),
+        stale_after: platen_cloud::fleet::stale::DEFAULT_STALE_AFTER,
         catalog: Some(
             platen_cloud::plans::catalog::Catalog::parse(CATALOG)
                 .map_err(|e| format!("example catalog: {e}"))?,

@@ -10,6 +10,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use platen_cloud::billing::period;
 use platen_cloud::model::ReceivedReport;
 use platen_cloud::model::Sample;
+use platen_cloud::model::{printer_stale_event, Quiet};
 use platen_cloud::model::{Actor, Migration, MigrationDecision, MigrationState};
 use platen_cloud::model::{AgentSeen, Cause, PrinterSeen};
 use platen_cloud::model::{Attempt, DeliveryState, Endpoint, SigningSecret, SHIPMENT_ORDERED};
@@ -992,6 +993,10 @@ const BODIES: &[(&str, Body)] = &[
         "webhook_events_reach_a_resellers_endpoint_for_its_tenants_only",
         webhook_events_reach_a_resellers_endpoint_for_its_tenants_only,
     ),
+    (
+        "stale_printer_events_are_written_once_per_quiet_spell",
+        stale_printer_events_are_written_once_per_quiet_spell,
+    ),
 ];
 
 fn endpoint(name: &str, events: &[&str]) -> Endpoint {
@@ -1250,6 +1255,67 @@ fn webhook_events_reach_a_resellers_endpoint_for_its_tenants_only(s: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!(k_event.reseller, None);
+}
+
+/// An event whose fact is stored already (a printer gone quiet) is written once,
+/// whoever writes it how often: numbered after the contract's other events, stamped
+/// with the tenant's reseller, delivered to the endpoints that want it.
+fn stale_printer_events_are_written_once_per_quiet_spell(s: &Store) {
+    s.add_reseller(&Reseller {
+        id: id("r1"),
+        name: "R1".into(),
+    })
+    .unwrap();
+    tenant(s, "acme", Some("r1"));
+    let (k, start) = contract("acme", "k", &["p1"]);
+    s.create_contract(&k, &start, false).unwrap();
+    s.add_endpoint(&endpoint("stale-only", &["printer.stale"]))
+        .unwrap();
+    s.add_endpoint(&endpoint("credits-only", &["credit.issued"]))
+        .unwrap();
+    s.add_ledger(&ledger_entry(&k, "k.1", "2026-03", 10))
+        .unwrap();
+    let quiet = |last: Option<DateTime<Utc>>| Quiet {
+        tenant: id("acme"),
+        contract: id("k"),
+        printer: id("p1"),
+        last_reading: last,
+        stale_at: last.unwrap_or(t(1, 0)) + Duration::hours(1),
+        stale_after: std::time::Duration::from_secs(3600),
+        agent: Some(id("gw")),
+        answering: Some(false),
+    };
+    let first = printer_stale_event(&quiet(Some(t(2, 10))));
+    assert_eq!(
+        s.add_events(std::slice::from_ref(&first), t(2, 12))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.add_events(std::slice::from_ref(&first), t(2, 13))
+            .unwrap(),
+        0
+    );
+    let second = printer_stale_event(&quiet(Some(t(3, 10))));
+    assert_eq!(
+        s.add_events(&[first.clone(), second.clone()], t(3, 12))
+            .unwrap(),
+        1
+    );
+    let stored = s.webhook_event(&first.id).unwrap().unwrap();
+    assert_eq!(stored.seq, 2, "after the credit's event");
+    assert_eq!(stored.reseller, Some(id("r1")));
+    assert_eq!(stored.data["cause"], "printer_not_answering");
+    assert_eq!(s.webhook_event(&second.id).unwrap().unwrap().seq, 3);
+    let to: Vec<String> = s
+        .deliveries_of(&first.id)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.endpoint.to_string())
+        .collect();
+    assert_eq!(to, vec!["stale-only"]);
+    let all = s.webhook_events(0, 100).unwrap();
+    assert_eq!(all.len(), 3, "one credit, two quiet spells");
 }
 
 /// Run every body on a fresh store from `open`; panic naming the failed ones.

@@ -6,8 +6,11 @@
 //! Webhooks reference library from PyPI (`tests/tools/verify_webhooks.py`), not with
 //! Platen's code.
 //!
+//! A second test has a printer go quiet twice — it stops answering its agent, then
+//! the agent dies — and checks one `printer.stale` per quiet spell, saying which.
+//!
 //! Real processes: Mosquitto, the simulator, the agent, `platen-provider`,
-//! `platen-cloud serve` (first retry 100 ms, receiver timeout 1 s).
+//! `platen-cloud serve` (first retry 100 ms, receiver timeout 1 s; stale after 4 s).
 
 use axum::http::HeaderMap;
 use platen_e2e::*;
@@ -578,4 +581,135 @@ async fn credits_reach_the_billing_system_signed_through_outages_and_a_crash() {
     assert_eq!(verify_independently(dir.path(), &secret2, &rotated), 1);
     assert_eq!(verify_independently(dir.path(), &secret1, &rotated), 1);
     let _ = &provider;
+}
+
+/// `printer.stale` (#21): a printer under contract that stops answering its agent,
+/// and later an agent that stops sending, each go stale once — one event per quiet
+/// spell, however many sweeps see it — and the events say which side went quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_printer_that_goes_quiet_is_reported_stale_once_per_spell() {
+    const STALE_AFTER: u64 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(false);
+    let mut sim = Sim::start(&["p1"]);
+    let provider = ProviderProc::start();
+    let cloud = CloudProc::start_with(
+        broker.port,
+        &dir.path().join("cloud"),
+        &provider.url,
+        &["--stale-after-secs", &STALE_AFTER.to_string()],
+    );
+    let mut agent = AgentProc::start(
+        dir.path(),
+        &(agent_toml(
+            "gw-s",
+            broker.port,
+            &dir.path().join("state"),
+            &[PrinterEntry::new("p1", sim.addr("p1"))],
+        ) + "\n[telemetry]\ninterval_secs = 1\nheartbeat_secs = 1\n"),
+    );
+    let mut rx = Receiver::new();
+    rx.up().await;
+    until("the cloud answers", 30, async || {
+        let (s, _) = api(&cloud, "GET", "/v1/webhooks/endpoints", None).await;
+        (s == 200).then_some(())
+    })
+    .await;
+    let (s, v) = api(
+        &cloud,
+        "POST",
+        "/v1/webhooks/endpoints",
+        Some(json!({"id": "fleet", "url": rx.url(), "events": ["printer.stale"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    for (path, body) in [
+        ("/v1/tenants", json!({"id": "acme", "name": "Acme"})),
+        (
+            "/v1/plans",
+            json!({"id": "basic", "name": "Basic", "service": {"kind": "basic", "monthly_fee": FEE}}),
+        ),
+        (
+            "/v1/contracts",
+            json!({"id": "c1", "tenant": "acme", "printers": ["p1"], "plan": "basic",
+                   "time_zone": "UTC", "currency": "EUR"}),
+        ),
+    ] {
+        let (s, v) = api(&cloud, "POST", path, Some(body)).await;
+        assert_eq!(s, 201, "{path}: {v}");
+    }
+    until("telemetry", 30, async || {
+        let (_, v) = api(&cloud, "GET", "/v1/contracts/c1/usage", None).await;
+        (v["seen"]["telemetry"] == "complete").then_some(())
+    })
+    .await;
+    let stale = |rx: &Receiver| -> Vec<Value> {
+        rx.got()
+            .iter()
+            .map(|g| serde_json::from_str::<Value>(&g.body).unwrap())
+            .collect()
+    };
+
+    // The printer stops answering: the agent keeps sending its last reading.
+    sim.command("drop p1 1000000");
+    let first = until("stale: not answering", 30, async || {
+        stale(&rx).into_iter().next()
+    })
+    .await;
+    assert_eq!(first["type"], "printer.stale");
+    let d = &first["data"];
+    assert_eq!(
+        (&d["printer"], &d["contract"], &d["agent"], &d["cause"]),
+        (
+            &json!("p1"),
+            &json!("c1"),
+            &json!("gw-s"),
+            &json!("printer_not_answering")
+        ),
+        "{first}"
+    );
+    assert!(d["last_reading_at"].is_string(), "{first}");
+    assert_eq!(d["stale_after_secs"], STALE_AFTER);
+
+    // It answers again, then the agent dies: a second spell, its own event.
+    sim.command("drop p1 0");
+    until("fresh telemetry", 30, async || {
+        let (_, v) = api(&cloud, "GET", "/v1/contracts/c1/usage", None).await;
+        let read = v["detail"]["printers"]["p1"]["samples"]
+            .as_u64()
+            .unwrap_or(0);
+        (read >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agent.kill9();
+    let second = until("stale: agent silent", 30, async || {
+        stale(&rx).into_iter().nth(1)
+    })
+    .await;
+    assert_eq!(second["data"]["cause"], "agent_silent", "{second}");
+    assert_ne!(second["data"]["event_id"], first["data"]["event_id"]);
+    assert!(
+        second["data"]["last_reading_at"].as_str() > first["data"]["last_reading_at"].as_str(),
+        "a later reading: {first} {second}"
+    );
+
+    // Swept many times more: nothing new, and each event went out once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = stale(&rx);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let (_, events) = api(&cloud, "GET", "/v1/webhooks/events", None).await;
+    let stale_ids: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == "printer.stale")
+        .map(|e| e["event"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stale_ids,
+        [&first["data"]["event_id"], &second["data"]["event_id"]],
+        "{events}"
+    );
+    let _ = (&sim, &provider, &broker);
 }

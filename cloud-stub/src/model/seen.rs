@@ -24,6 +24,36 @@ pub struct PrinterSeen {
     pub since: DateTime<Utc>,
 }
 
+/// A printer under contract whose telemetry has gone quiet: no reading newer than
+/// `stale_after` (see `fleet::stale`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quiet {
+    pub tenant: Id,
+    pub contract: Id,
+    pub printer: Id,
+    /// When its newest stored reading was taken; none since the contract began.
+    pub last_reading: Option<DateTime<Utc>>,
+    /// When it became stale: the newest reading (or the contract's start) plus
+    /// `stale_after`.
+    pub stale_at: DateTime<Utc>,
+    pub stale_after: std::time::Duration,
+    /// The agent that last reported it, and whether that agent's last word was that
+    /// the printer answers (none: never heard of).
+    pub agent: Option<Id>,
+    pub answering: Option<bool>,
+}
+
+impl Quiet {
+    /// Which side went quiet, as far as the cloud can tell.
+    pub fn cause(&self) -> &'static str {
+        match (self.last_reading, self.answering) {
+            (None, _) => "never_reported",
+            (Some(_), Some(false)) => "printer_not_answering",
+            (Some(_), _) => "agent_silent",
+        }
+    }
+}
+
 /// The cause of a fault, with its evidence.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "side", rename_all = "snake_case")]

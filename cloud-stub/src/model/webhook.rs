@@ -9,6 +9,7 @@
 
 use super::evidence::{ChangeRecord, Event, LedgerEntry};
 use super::migration::{Migration, MigrationState};
+use super::seen::Quiet;
 use chrono::{DateTime, Duration, Utc};
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
@@ -22,8 +23,9 @@ pub const CHANGE_FAULT: &str = "change.fault";
 pub const CHANGE_SETTLED: &str = "change.settled";
 pub const MIGRATION_EXECUTED: &str = "migration.executed";
 pub const MIGRATION_REFUSED: &str = "migration.refused";
+pub const PRINTER_STALE: &str = "printer.stale";
 /// Every type an endpoint may filter on.
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 9] = [
     CREDIT_ISSUED,
     CREDIT_CORRECTED,
     PAGES_GRANTED,
@@ -32,6 +34,7 @@ pub const EVENT_TYPES: [&str; 8] = [
     CHANGE_SETTLED,
     MIGRATION_EXECUTED,
     MIGRATION_REFUSED,
+    PRINTER_STALE,
 ];
 
 fn event(
@@ -136,6 +139,28 @@ pub fn migration_event(m: &Migration, at: DateTime<Utc>) -> Option<WebhookEvent>
         o.extend(x.clone());
     }
     Some(event(kind, &m.id, (&d.tenant, &d.contract), at, data))
+}
+
+/// The event of a printer under contract whose telemetry went quiet
+/// ([`crate::fleet::stale`]): once per quiet spell, which its newest reading names
+/// (`never` when none came since the contract began), so every instance that sees it
+/// writes the same event and a reading after it starts a new spell.
+pub fn printer_stale_event(q: &Quiet) -> WebhookEvent {
+    let last = q
+        .last_reading
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "never".into());
+    event(
+        PRINTER_STALE,
+        &format!("{}/{}/{last}", q.contract, q.printer),
+        (&q.tenant, &q.contract),
+        q.stale_at,
+        serde_json::json!({
+            "tenant": q.tenant, "contract": q.contract, "printer": q.printer,
+            "last_reading_at": q.last_reading, "stale_after_secs": q.stale_after.as_secs(),
+            "agent": q.agent, "printer_answering": q.answering, "cause": q.cause(),
+        }),
+    )
 }
 
 /// One event, as stored and (its `body`) as delivered.

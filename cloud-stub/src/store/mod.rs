@@ -377,6 +377,10 @@ pub trait Webhooks {
     fn put_endpoint(&self, e: &Endpoint) -> Result<()>;
     fn endpoint(&self, id: &str) -> Result<Option<Endpoint>>;
     fn endpoints(&self) -> Result<Vec<Endpoint>>;
+    /// Write events whose fact is stored already — a printer gone quiet: the time of
+    /// its newest reading — each with its sequence number and deliveries; an event
+    /// stored already is not written again. Returns how many were new.
+    fn add_events(&self, events: &[WebhookEvent], now: DateTime<Utc>) -> Result<usize>;
     fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>>;
     /// Events in the order they were written, after the `after`-th, at most `limit`.
     fn webhook_events(&self, after: u64, limit: usize) -> Result<Vec<(u64, WebhookEvent)>>;

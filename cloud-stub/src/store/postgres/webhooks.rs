@@ -17,10 +17,11 @@ pub(super) async fn write_outbox(
     tx: &tokio_postgres::Transaction<'_>,
     events: &[WebhookEvent],
     now: DateTime<Utc>,
-) -> PgResult<()> {
+) -> PgResult<usize> {
     if events.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
+    let mut written = 0;
     let mut endpoints = Vec::new();
     for row in tx
         .query("SELECT id, doc::text FROM webhook_endpoints", &[])
@@ -75,8 +76,9 @@ pub(super) async fn write_outbox(
             )
             .await?;
         }
+        written += 1;
     }
-    Ok(())
+    Ok(written)
 }
 
 impl PgStore {
@@ -171,6 +173,18 @@ impl Webhooks for PgStore {
             self.texts("SELECT doc::text FROM webhook_endpoints ORDER BY id", &[])?,
         )
     }
+    fn add_events(&self, events: &[WebhookEvent], now: DateTime<Utc>) -> Result<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.pool().with(async |c| {
+            let tx = c.client.transaction().await?;
+            let n = write_outbox(&tx, events, now).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
     fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
         let rows = self.texts("SELECT doc::text FROM webhook_events WHERE id = $1", &[&id])?;
         Ok(super::contracts::decode_all(id, rows)?.pop())

@@ -99,7 +99,7 @@ pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("plain data serializes")
 }
 
-fn tx_error(e: sled::transaction::TransactionError<()>, key: &str) -> StoreError {
+pub(super) fn tx_error(e: sled::transaction::TransactionError<()>, key: &str) -> StoreError {
     match e {
         sled::transaction::TransactionError::Storage(e) => e.into(),
         sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {

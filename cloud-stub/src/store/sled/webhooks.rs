@@ -7,10 +7,10 @@
 //! for pending deliveries. Claims on deliveries share the in-memory claims table
 //! with changes (delivery keys hold a space, change ids cannot).
 
-use super::contracts::{due_key, encode};
+use super::contracts::{due_key, encode, tx_error};
 use super::{Held, SledStore};
 use crate::model::{Delivery, DeliveryState, Endpoint, WebhookEvent};
-use crate::store::{decode, Claim, Contracts, Inserted, Result, StoreError, Webhooks};
+use crate::store::{decode, Claim, Contracts, Inserted, Result, Webhooks};
 use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
@@ -52,13 +52,14 @@ fn due_index_key(d: &Delivery) -> Option<String> {
 impl Outbox {
     /// Write `events` in the caller's transaction (numbered there), each with a
     /// pending delivery to every endpoint that wants it; an event stored already is
-    /// not written again.
+    /// not written again. Returns how many were written.
     pub fn write(
         &self,
         (events_t, order_t, seq_t, deliveries_t, due_t): OutboxTrees<'_>,
         events: &[WebhookEvent],
         now: DateTime<Utc>,
-    ) -> TxResult<()> {
+    ) -> TxResult<usize> {
+        let mut written = 0;
         for e in events {
             if events_t.get(e.id.as_bytes())?.is_some() {
                 continue;
@@ -76,8 +77,9 @@ impl Outbox {
                 }
                 deliveries_t.insert(d.key().as_bytes(), encode(&d))?;
             }
+            written += 1;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -104,13 +106,7 @@ impl SledStore {
                 deliveries.insert(key.as_bytes(), encode(d))?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| match e {
-                sled::transaction::TransactionError::Storage(e) => StoreError::from(e),
-                sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt {
-                    key: key.clone(),
-                    message: "unreadable record in a transaction".into(),
-                },
-            })?;
+            .map_err(|e| tx_error(e, &key))?;
         self.db.flush()?;
         Ok(())
     }
@@ -200,6 +196,30 @@ impl Webhooks for SledStore {
             })
             .collect()
     }
+    fn add_events(&self, events: &[WebhookEvent], now: DateTime<Utc>) -> Result<usize> {
+        use sled::Transactional;
+        let mut written = 0;
+        // One transaction per event: each is stamped with its own tenant's reseller.
+        for e in events {
+            let outbox = self.outbox(Some(&e.tenant))?;
+            written += (
+                &self.wh_events,
+                &self.wh_order,
+                &self.wh_seq,
+                &self.wh_deliveries,
+                &self.wh_due,
+            )
+                .transaction(|(a, b, c, d, f)| {
+                    outbox.write((a, b, c, d, f), std::slice::from_ref(e), now)
+                })
+                .map_err(|err| tx_error(err, &e.id))?;
+        }
+        if written > 0 {
+            self.db.flush()?;
+        }
+        Ok(written)
+    }
+
     fn webhook_event(&self, id: &str) -> Result<Option<WebhookEvent>> {
         match self.wh_events.get(id.as_bytes())? {
             Some(v) => Ok(Some(decode(id, &v)?)),

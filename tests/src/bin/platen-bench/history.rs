@@ -177,6 +177,7 @@ async fn one_size(broker: &Mosquitto, n: usize, burst: usize, idle: Duration) ->
             ..Default::default()
         },
         webhooks: Default::default(),
+        stale_after: platen_cloud::fleet::stale::DEFAULT_STALE_AFTER,
         catalog: Some(Catalog::parse(CATALOG).expect("catalog")),
         tokens_file: None,
         api_limits: Default::default(),
