@@ -203,7 +203,7 @@ async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
             "GET",
             "/v1/ledger?tenant=acme",
             None,
-            [200, 200, 403, 200, 403],
+            [200, 200, 200, 200, 200],
         ),
         case(
             "POST",
@@ -217,7 +217,7 @@ async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
             "POST",
             "/v1/migrations",
             Some(json!({"tenant": "acme", "contract": "c1", "plan": "mono-500", "dry_run": true})),
-            [200, 200, 403, 200, 403],
+            [200, 200, 404, 200, 404],
         ),
         case("GET", "/v1/migrations", None, [200, 200, 200, 200, 200]),
         case("GET", mig_path, None, [200, 200, 404, 200, 404]),
@@ -280,6 +280,143 @@ async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
     // The health check needs no token.
     let (s, _) = api.call(None, "GET", "/healthz", None).await;
     assert_eq!(s, 200);
+}
+
+/// What a caller may not see answers exactly as if it did not exist: for each actor
+/// and each endpoint that names something (`NAME` in the templates), the request
+/// naming another's object and
+/// the same request naming one that does not exist get the same status, code and
+/// message (but for the name), and a filter on another's tenant lists nothing.
+#[tokio::test]
+async fn what_a_caller_may_not_see_answers_as_if_it_did_not_exist() {
+    let api = start().await;
+    let (s, m) = api
+        .call(
+            Some("operator"),
+            "POST",
+            "/v1/migrations",
+            Some(json!({"tenant": "acme", "contract": "c1", "plan": "color-2000"})),
+        )
+        .await;
+    assert!(s == 201 || s == 422, "{s} {m}");
+    let mid = m["migration"]["id"]
+        .as_str()
+        .or(m["id"].as_str())
+        .unwrap_or_else(|| panic!("{m}"))
+        .to_string();
+    let (s, v) = api
+        .call(
+            Some("reseller:r1"),
+            "POST",
+            "/v1/webhooks/endpoints",
+            Some(json!({"id": "r1-billing", "url": "http://127.0.0.1:9/hook"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    // (method, path, body) with `NAME` where the hidden object's name goes.
+    let named: Vec<(&str, String, Option<String>)> = vec![
+        ("GET", "/v1/contracts/NAME".into(), None),
+        ("GET", "/v1/contracts/NAME/timeline".into(), None),
+        ("GET", "/v1/contracts/NAME/usage".into(), None),
+        (
+            "POST",
+            "/v1/contracts/NAME/changes".into(),
+            Some(r#"{"settings": {"sysContact": "x"}}"#.into()),
+        ),
+        (
+            "POST",
+            "/v1/migrations".into(),
+            Some(
+                r#"{"tenant": "acme", "contract": "NAME", "plan": "mono-500", "dry_run": true}"#
+                    .into(),
+            ),
+        ),
+    ];
+    let tenant_named: Vec<(&str, String, Option<String>)> = vec![(
+        "POST",
+        "/v1/migrations".into(),
+        Some(r#"{"tenant": "NAME", "plan": "mono-500", "dry_run": true}"#.into()),
+    )];
+    let migration_named: Vec<(&str, String, Option<String>)> = vec![
+        ("GET", "/v1/migrations/NAME".into(), None),
+        ("DELETE", "/v1/migrations/NAME".into(), None),
+    ];
+    let endpoint_named: Vec<(&str, String, Option<String>)> = vec![
+        (
+            "POST",
+            "/v1/webhooks/endpoints/NAME/rotate".into(),
+            Some("{}".into()),
+        ),
+        ("POST", "/v1/webhooks/endpoints/NAME/disable".into(), None),
+        ("POST", "/v1/webhooks/endpoints/NAME/enable".into(), None),
+    ];
+    // (who, requests, the hidden name, a missing name)
+    let mut checks = Vec::new();
+    for who in ["tenant:other", "reseller:r2"] {
+        checks.push((who, &named, "c1", "c404"));
+        checks.push((who, &tenant_named, "acme", "nobody"));
+        checks.push((who, &migration_named, mid.as_str(), "m404.1"));
+    }
+    checks.push(("reseller:r2", &endpoint_named, "r1-billing", "nope"));
+    let mut compared = 0;
+    for (who, requests, hidden, missing) in checks {
+        for (method, path, body) in requests.iter() {
+            let request = |name: &str| {
+                let path = path.replace("NAME", name);
+                let body = body
+                    .as_ref()
+                    .map(|b| serde_json::from_str::<Value>(&b.replace("NAME", name)).unwrap());
+                (path, body)
+            };
+            let (p1, b1) = request(hidden);
+            let (s1, v1) = api.call(Some(who), method, &p1, b1).await;
+            let (p2, b2) = request(missing);
+            let (s2, v2) = api.call(Some(who), method, &p2, b2).await;
+            let what = format!("{method} {path} as {who}");
+            assert_eq!(s1, s2, "{what}: {v1} vs {v2}");
+            assert_eq!(s1, 404, "{what}: {v1}");
+            assert_eq!(v1["error"]["code"], v2["error"]["code"], "{what}");
+            assert_eq!(
+                v1["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .replace(hidden, missing),
+                v2["error"]["message"].as_str().unwrap(),
+                "{what}"
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 2 * (5 + 1 + 2) + 3);
+
+    // Filters naming another's tenant or contract list nothing, as a missing one.
+    for who in ["tenant:other", "reseller:r2"] {
+        for q in [
+            "/v1/ledger?tenant=NAME",
+            "/v1/contracts?tenant=NAME",
+            "/v1/migrations?tenant=NAME",
+        ] {
+            for name in ["acme", "nobody"] {
+                let path = q.replace("NAME", name);
+                assert_eq!(
+                    api_get(&api, who, &path).await,
+                    json!([]),
+                    "{path} as {who}"
+                );
+            }
+        }
+        for q in ["/v1/ledger?contract=NAME", "/v1/migrations?contract=NAME"] {
+            for name in ["c1", "c404"] {
+                let path = q.replace("NAME", name);
+                assert_eq!(
+                    api_get(&api, who, &path).await,
+                    json!([]),
+                    "{path} as {who}"
+                );
+            }
+        }
+    }
 }
 
 async fn api_get(api: &Api, who: &str, path: &str) -> Value {

@@ -110,7 +110,7 @@ async fn cli_drives_the_api_and_errors_are_machine_readable() {
             "POST",
             "/v1/contracts/c9/changes",
             Some(serde_json::json!({"plan": "gold"})),
-            422,
+            404,
             "unknown_plan",
         ),
         (

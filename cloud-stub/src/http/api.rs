@@ -53,8 +53,11 @@
 //!
 //! Creating tenants, plans, contracts, resellers and settings changes is the
 //! operator's. 401 `unauthenticated` without a valid token, 403 `forbidden` for an
-//! action the actor may not take, 404 for a contract or migration it may not see
-//! (as if it did not exist). `/healthz` needs no token; it answers `ok`, or 503 with
+//! action the actor may not take on something it may see. Whatever a caller may not
+//! see answers exactly as if it did not exist, on every endpoint: 404 with the same
+//! code and message for a contract, tenant, migration or webhook endpoint named in a
+//! path or body, and nothing listed for one named in a query filter; visibility is
+//! checked before the action. `/healthz` needs no token; it answers `ok`, or 503 with
 //! the reason while the tokens file cannot be used or the state store does not
 //! answer (a storage failure answers 503 `storage_unavailable` on every endpoint).
 //!
@@ -478,11 +481,8 @@ async fn get_ledger(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(400, "bad_request", e.body_text()))?;
     let (after, limit) = page_params(pq)?;
-    if let Some(t) = &q.tenant {
-        if !sees_tenant(&o, &c, t)? {
-            return Err(forbidden(&c, &format!("read the ledger of tenant {t}")));
-        }
-    }
+    // A tenant the caller may not see reads as one without entries, as if it did
+    // not exist.
     // Read by key: the contract's or the tenant's index (a tenant's own by default).
     let tenant = scoped_tenant(&c, q.tenant.as_ref());
     let after = after.as_deref();

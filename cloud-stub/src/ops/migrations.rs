@@ -118,10 +118,11 @@ impl Migrations {
         tenant: &Id,
         contract: Option<&Id>,
     ) -> Result<Contract, OpError> {
-        let t = self
-            .contracts
+        // A tenant the actor may not act for answers as one that does not exist.
+        self.contracts
             .store
             .tenant(tenant.as_str())?
+            .filter(|t| may_act_for(actor, t))
             .ok_or_else(|| {
                 OpError::new(
                     Kind::NotFound,
@@ -129,13 +130,6 @@ impl Migrations {
                     format!("no tenant {tenant}"),
                 )
             })?;
-        if !may_act_for(actor, &t) {
-            return Err(OpError::new(
-                Kind::Forbidden,
-                "forbidden",
-                format!("{actor} may not act for tenant {tenant}"),
-            ));
-        }
         let mut own: Vec<Contract> = self.contracts.store.contracts_of_tenant(tenant)?;
         match contract {
             Some(id) => own.into_iter().find(|c| &c.id == id).ok_or_else(|| {
@@ -206,7 +200,7 @@ impl Migrations {
         let from = self.catalog_plan(&last.change.plan)?;
         let to = catalog.plans.get(&req.plan).cloned().ok_or_else(|| {
             OpError::new(
-                Kind::Invalid,
+                Kind::NotFound,
                 "unknown_plan",
                 format!("no plan {} in the catalog", req.plan),
             )
@@ -409,13 +403,14 @@ impl Migrations {
     }
 
     pub fn cancel(&self, actor: &Actor, id: &str) -> Result<Migration, OpError> {
-        let m = self.contracts.store.migration(id)?.ok_or_else(|| {
+        let missing = || {
             OpError::new(
                 Kind::NotFound,
                 "unknown_migration",
                 format!("no migration {id}"),
             )
-        })?;
+        };
+        let m = self.contracts.store.migration(id)?.ok_or_else(missing)?;
         let tenant = self
             .contracts
             .store
@@ -423,12 +418,9 @@ impl Migrations {
             .ok_or_else(|| {
                 OpError::new(Kind::Internal, "storage", "migration of an unknown tenant")
             })?;
+        // Another's migration answers as one that does not exist.
         if !may_act_for(actor, &tenant) {
-            return Err(OpError::new(
-                Kind::Forbidden,
-                "forbidden",
-                format!("{actor} may not act for tenant {}", tenant.id),
-            ));
+            return Err(missing());
         }
         let state = MigrationState::Cancelled {
             by: actor.clone(),
@@ -769,8 +761,13 @@ mod tests {
         );
         assert_eq!(w.plan_now(), "mono-500");
         for who in ["reseller:r2", "tenant:other"] {
+            // Another's tenant answers as one that does not exist.
             let e = w.ask(who, "color-2000", true).unwrap_err();
-            assert_eq!((e.kind, e.code), (Kind::Forbidden, "forbidden"), "{who}");
+            assert_eq!(
+                (e.kind, e.code),
+                (Kind::NotFound, "unknown_tenant"),
+                "{who}"
+            );
         }
         let e = w.ask("operator", "mono-500", false).unwrap_err();
         assert_eq!(e.code, "same_plan");
@@ -789,7 +786,7 @@ mod tests {
             .migrations
             .cancel(&"reseller:r2".parse().unwrap(), &m.id)
             .unwrap_err();
-        assert_eq!(e.kind, Kind::Forbidden);
+        assert_eq!((e.kind, e.code), (Kind::NotFound, "unknown_migration"));
         let c = w
             .migrations
             .cancel(&"reseller:r1".parse().unwrap(), &m.id)

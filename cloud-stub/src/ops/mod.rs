@@ -304,7 +304,7 @@ impl Ops {
         if let Some(r) = &t.reseller {
             if self.store.reseller(r.as_str())?.is_none() {
                 return Err(OpError::new(
-                    Kind::Invalid,
+                    Kind::NotFound,
                     "unknown_reseller",
                     format!("no reseller {r}"),
                 ));
@@ -343,13 +343,13 @@ impl Ops {
     fn plan(&self, id: &Id) -> Result<Plan, OpError> {
         self.store
             .plan(id.as_str())?
-            .ok_or_else(|| OpError::new(Kind::Invalid, "unknown_plan", format!("no plan {id}")))
+            .ok_or_else(|| OpError::not_found("unknown_plan", format!("no plan {id}")))
     }
 
     pub fn create_contract(&self, n: NewContract) -> Result<(Contract, ContractChange), OpError> {
         if self.store.tenant(n.tenant.as_str())?.is_none() {
             return Err(OpError::new(
-                Kind::Invalid,
+                Kind::NotFound,
                 "unknown_tenant",
                 format!("no tenant {}", n.tenant),
             ));
@@ -694,7 +694,7 @@ mod tests {
                     tenant: "nobody".parse().unwrap(),
                     ..new_contract("c1")
                 },
-                Kind::Invalid,
+                Kind::NotFound,
                 "unknown_tenant",
             ),
             (
@@ -702,7 +702,7 @@ mod tests {
                     plan: "nope".parse().unwrap(),
                     ..new_contract("c1")
                 },
-                Kind::Invalid,
+                Kind::NotFound,
                 "unknown_plan",
             ),
             (
