@@ -17,19 +17,24 @@ use std::path::Path;
 pub const DEFAULT_PROFILE: &str = include_str!("../profiles/default.toml");
 
 /// Other built-in profiles, by name.
-pub const BUILTIN: &[(&str, &str)] = &[(
-    "konica-minolta",
-    include_str!("../profiles/konica-minolta.toml"),
-)];
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        "konica-minolta",
+        include_str!("../profiles/konica-minolta.toml"),
+    ),
+    ("hp", include_str!("../profiles/hp.toml")),
+    ("xerox", include_str!("../profiles/xerox.toml")),
+    ("canon", include_str!("../profiles/canon.toml")),
+];
 
 /// Printer makers by IANA enterprise number (the arc after 1.3.6.1.4.1 in
 /// sysObjectID), with the built-in profile that reads their vendor counters, if any.
 pub const MAKERS: &[(u32, &str, Option<&str>)] = &[
-    (11, "HP", None),
-    (1602, "Canon", None),
+    (11, "HP", Some("hp")),
+    (1602, "Canon", Some("canon")),
     (367, "Ricoh", None),
     (1347, "Kyocera", None),
-    (253, "Xerox", None),
+    (253, "Xerox", Some("xerox")),
     (2435, "Brother", None),
     (641, "Lexmark", None),
     (2385, "Sharp", None),
@@ -275,6 +280,8 @@ struct RawCounter {
     name: String,
     oid: String,
     unit: Option<String>,
+    /// What it counts: a [`platen_protocol::telemetry::CounterKind`] by name.
+    kind: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +376,19 @@ impl Profile {
             {
                 return Err(invalid(format!("{at}: duplicate counter name")));
             }
+            let kind = match c.kind.as_deref() {
+                None => None,
+                Some(k) => Some(
+                    platen_protocol::telemetry::CounterKind::parse(k).ok_or_else(|| {
+                        invalid(format!(
+                            "{at}.kind: {k:?}; one of {}",
+                            platen_protocol::telemetry::CounterKind::ALL
+                                .map(|k| k.name())
+                                .join(", ")
+                        ))
+                    })?,
+                ),
+            };
             counters.push(crate::printer_mib::VendorCounter {
                 oid: c
                     .oid
@@ -376,6 +396,7 @@ impl Profile {
                     .map_err(|m| invalid(format!("{at}.oid: {m}")))?,
                 name: c.name,
                 unit: c.unit,
+                kind,
             });
         }
         if let Some(b) = &raw.profile.billing_counter {
@@ -826,6 +847,43 @@ type = "text"
         );
         // A prerequisite not in the config does not hold anything back.
         assert_eq!(p.apply_order(&["b", "d"]), vec!["b", "d"]);
+    }
+
+    /// Every maker's built-in profile exists, cites the public source of its OIDs,
+    /// gives each counter a kind and bills from the standard life count (one source
+    /// per printer; the vendor counters are reported beside it).
+    #[test]
+    fn built_in_vendor_profiles_cite_their_sources_and_kind_every_counter() {
+        for (_, maker, profile) in MAKERS {
+            let Some(name) = profile else { continue };
+            let (_, text) = BUILTIN
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("{maker}: no built-in profile {name}"));
+            let p = Profile::parse(text, name).unwrap();
+            assert_eq!(p.name, *name);
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("#   ") && l.contains('/')),
+                "{name}: no source (an indented repository path) in its header"
+            );
+            assert!(!p.counters.is_empty(), "{name}");
+            for c in &p.counters {
+                assert!(c.kind.is_some(), "{name}: {} has no kind", c.name);
+                assert!(
+                    text.contains(&c.oid.to_string()),
+                    "{name}: {} not in the text",
+                    c.oid
+                );
+            }
+            assert_eq!(p.billing_counter.as_deref(), Some("prtMarkerLifeCount.1"));
+        }
+        let bad = "[profile]\nname='x'\n[[counter]]\nname='c'\noid='1.3.6'\nkind='pages'\n";
+        let err = Profile::parse(bad, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("counter[0] (c).kind") && err.contains("print_black"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -191,6 +191,7 @@ pub async fn diag(
                     status: None,
                     settings: vec![],
                     counters: vec![],
+                    counter_checks: vec![],
                     supplies: vec![],
                     alerts: vec![],
                     trays: vec![],
@@ -451,6 +452,7 @@ pub async fn discover(a: DiscoverArgs) -> ExitCode {
                 f.model.as_deref().unwrap_or("-"),
                 f.serial.as_deref().unwrap_or("-")
             );
+            println!("{:<21} profile {}: {}", "", f.profile, f.profile_reason);
         }
     }
     ExitCode::SUCCESS

@@ -15,7 +15,7 @@ use crate::poll::collect;
 use crate::printer_mib::{decode, Severity, TelemetrySpec};
 use crate::snmp::{ErrorStatus, Snmp, SnmpError, SnmpValue};
 use chrono::Utc;
-use platen_protocol::diag::{LastReport, PrinterDiag, Problem, SettingCheck};
+use platen_protocol::diag::{CounterCheck, LastReport, PrinterDiag, Problem, SettingCheck};
 use platen_protocol::telemetry::{Level, SupplyClass, SupplyState};
 use platen_protocol::{Id, SettingValue, Topic};
 use serde::{Deserialize, Serialize};
@@ -103,6 +103,7 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
         status: None,
         settings: Vec::new(),
         counters: Vec::new(),
+        counter_checks: Vec::new(),
         supplies: Vec::new(),
         alerts: Vec::new(),
         trays: Vec::new(),
@@ -153,6 +154,8 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
             tray_findings(id, &r, &mut out);
             out.identity = Some(r.identity);
             out.status = Some(r.status);
+            out.counter_checks = crate::counters::checks(&r.counters);
+            counter_check_findings(id, &out.counter_checks, &mut out.warnings);
             out.counters = r.counters;
             out.supplies = r.supplies;
             out.alerts = r.alerts;
@@ -287,6 +290,28 @@ fn counter_findings(
         ),
         hint,
     ));
+}
+
+/// Counters that do not add up are a warning: a contract billing from them would
+/// bill what the maker's split does not account for.
+fn counter_check_findings(id: &Id, checks: &[CounterCheck], out: &mut Vec<Problem>) {
+    for c in checks.iter().filter(|c| !c.adds_up()) {
+        out.push(problem(
+            "counters",
+            format!(
+                "printer {id}: {} = {} but {} ({}) = {}: they do not add up ({:+})",
+                c.parts.join(" + "),
+                c.parts_value,
+                c.whole,
+                c.whole_source,
+                c.whole_value,
+                c.difference()
+            ),
+            "check the profile's [[counter]] OIDs and kinds on this model (the maker's MIB or \
+             its web page of counters) before a contract bills from them"
+                .into(),
+        ));
+    }
 }
 
 /// An empty paper tray is a warning (the printer feeds from the others; the error
@@ -755,10 +780,29 @@ pub fn render_table(d: &DiagOutput) -> String {
             for c in &p.counters {
                 let _ = writeln!(
                     s,
-                    "  {:<28} {:>12} {}",
+                    "  {:<28} {:<12} {:>12} {}",
                     c.name,
+                    c.kind.map_or("-", |k| k.name()),
                     c.value,
                     c.unit.as_deref().unwrap_or("")
+                );
+            }
+            for c in &p.counter_checks {
+                let verdict = match c.difference() {
+                    0 => "adds up".to_string(),
+                    d if c.adds_up() => {
+                        format!("adds up within {d} (pages the split does not count)")
+                    }
+                    d => format!("DOES NOT ADD UP ({d:+})"),
+                };
+                let _ = writeln!(
+                    s,
+                    "  check: {} = {} against {} ({}) = {}: {verdict}",
+                    c.parts.join(" + "),
+                    c.parts_value,
+                    c.whole,
+                    c.whole_source,
+                    c.whole_value
                 );
             }
         }
@@ -900,6 +944,7 @@ mod tests {
             status: None,
             settings: vec![],
             counters: vec![],
+            counter_checks: vec![],
             supplies: vec![],
             alerts: vec![],
             trays: vec![],
@@ -1123,6 +1168,36 @@ mod tests {
     }
 
     #[test]
+    fn counters_that_do_not_add_up_are_a_warning() {
+        let check = |whole: u64, parts: u64| CounterCheck {
+            whole: "total".into(),
+            whole_source: "prtMarkerLifeCount.1".into(),
+            whole_value: whole,
+            parts: vec!["black".into(), "color".into()],
+            parts_value: parts,
+        };
+        let mut w = Vec::new();
+        counter_check_findings(
+            &"p1".parse().unwrap(),
+            &[
+                check(1000, 1000),
+                check(1000, 995),
+                check(1000, 900),
+                check(1000, 1001),
+            ],
+            &mut w,
+        );
+        let messages: Vec<&str> = w.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "printer p1: black + color = 900 but total (prtMarkerLifeCount.1) = 1000: they do not add up (+100)",
+                "printer p1: black + color = 1001 but total (prtMarkerLifeCount.1) = 1000: they do not add up (-1)",
+            ]
+        );
+    }
+
+    #[test]
     fn a_printer_without_a_page_counter_is_named_with_the_profile_that_would_help() {
         let default = crate::catalog::Profile::builtin_default();
         let reading = |oid: &str| Reading {
@@ -1142,7 +1217,8 @@ mod tests {
         assert!(
             hint("1.3.6.1.4.1.18334.1.1.1.2.1.181.2.4").contains("profile = \"konica-minolta\"")
         );
-        assert!(hint("1.3.6.1.4.1.253.8.62.1").contains("no built-in profile reads Xerox's"));
+        assert!(hint("1.3.6.1.4.1.253.8.62.1").contains("profile = \"xerox\""));
+        assert!(hint("1.3.6.1.4.1.367.1.1").contains("no built-in profile reads Ricoh's"));
         assert!(hint("1.3.6.1.4.1.99999.1").contains("write a profile"));
         // With a counter, nothing to say.
         let mut r = reading("1.3.6.1.4.1.253.8.62.1");
@@ -1151,6 +1227,7 @@ mod tests {
             oid: "1.3.6.1.2.1.43.10.2.1.4.1.1".into(),
             unit: None,
             value: 7,
+            kind: None,
         });
         r.billing_counter = Some("prtMarkerLifeCount.1".into());
         let mut d = blank();

@@ -6,7 +6,9 @@
 //! are skipped silently: most addresses in a range have nothing on them.
 
 use crate::apply::get_values;
-use crate::printer_mib::{text, HR_DEVICE_DESCR, PRT_SERIAL, PRT_SUPPLIES_ENTRY, SYS_DESCR};
+use crate::printer_mib::{
+    text, HR_DEVICE_DESCR, PRT_SERIAL, PRT_SUPPLIES_ENTRY, SYS_DESCR, SYS_OBJECT_ID,
+};
 use crate::snmp::{AsyncSnmp, ObjectId, SharedTransport, Snmp, SnmpError, Target};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
@@ -63,7 +65,54 @@ pub struct Found {
     pub model: Option<String>,
     pub serial: Option<String>,
     pub sys_descr: Option<String>,
+    pub sys_object_id: Option<String>,
     pub device_index: u32,
+    /// The settings profile to use and why ([`pick_profile`]).
+    pub profile: String,
+    pub profile_reason: String,
+}
+
+/// The profile for a printer: its maker's built-in one when there is one (told by
+/// the IANA enterprise number in sysObjectID, else by the maker's name in
+/// sysDescr), the default otherwise; with the reason, for the technician.
+pub fn pick_profile(sys_object_id: Option<&str>, sys_descr: Option<&str>) -> (String, String) {
+    if let Some(oid) = sys_object_id {
+        if let Some((maker, profile)) = crate::catalog::maker(oid) {
+            return match profile {
+                Some(p) => (
+                    p.to_string(),
+                    format!("sysObjectID {oid} is {maker}'s: its profile reads {maker}'s own page counters"),
+                ),
+                None => (
+                    "default".into(),
+                    format!("sysObjectID {oid} is {maker}'s; no built-in profile reads its own counters yet"),
+                ),
+            };
+        }
+    }
+    if let Some(descr) = sys_descr {
+        // Whole words only ("HP" is not the "hp" in "http").
+        let words: Vec<String> = descr
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        for (_, maker, profile) in crate::catalog::MAKERS {
+            if let Some(p) = profile {
+                let name: Vec<String> = maker.split(' ').map(str::to_lowercase).collect();
+                if words.windows(name.len()).any(|w| w == name.as_slice()) {
+                    return (
+                        p.to_string(),
+                        format!("sysDescr names {maker} (sysObjectID does not): its profile reads {maker}'s own page counters"),
+                    );
+                }
+            }
+        }
+    }
+    (
+        "default".into(),
+        "maker not recognised: the standard Printer MIB only".into(),
+    )
 }
 
 impl Found {
@@ -90,6 +139,10 @@ impl Found {
         if let Some(sn) = &self.serial {
             s.push_str(&format!("# serial: {sn}\n"));
         }
+        s.push_str(&format!(
+            "profile = {:?}  # {}\n",
+            self.profile, self.profile_reason
+        ));
         s
     }
 }
@@ -101,10 +154,13 @@ pub async fn probe<S: Snmp>(
     port: u16,
 ) -> Result<Option<Found>, SnmpError> {
     let sys: ObjectId = SYS_DESCR.parse().map_err(SnmpError::Other)?;
-    let sys_descr = get_values(snmp, std::slice::from_ref(&sys))
-        .await?
-        .first()
-        .and_then(text);
+    let sys_oid: ObjectId = SYS_OBJECT_ID.parse().map_err(SnmpError::Other)?;
+    let system = get_values(snmp, &[sys, sys_oid]).await?;
+    let sys_descr = system.first().and_then(text);
+    let sys_object_id = match system.get(1) {
+        Some(crate::snmp::SnmpValue::ObjectId(o)) => Some(o.to_string()),
+        _ => None,
+    };
     let device = crate::apply::discover_device_index(snmp)
         .await
         .unwrap_or(None);
@@ -132,13 +188,17 @@ pub async fn probe<S: Snmp>(
             .and_then(text)
             .filter(|s| !s.is_empty())
     };
+    let (profile, profile_reason) = pick_profile(sys_object_id.as_deref(), sys_descr.as_deref());
     Ok(Some(Found {
         address: address.to_string(),
         port,
         model: t(0).or_else(|| sys_descr.clone()),
         serial: t(1),
         sys_descr,
+        sys_object_id,
         device_index: d,
+        profile,
+        profile_reason,
     }))
 }
 
@@ -211,7 +271,10 @@ mod tests {
             model: Some("Brother MFC-L2710DW series".into()),
             serial: Some("E7123".into()),
             sys_descr: None,
+            sys_object_id: Some("1.3.6.1.4.1.2435.2.3.9.1".into()),
             device_index: 1,
+            profile: "default".into(),
+            profile_reason: "sysObjectID 1.3.6.1.4.1.2435.2.3.9.1 is Brother's".into(),
         };
         let t = f.as_toml();
         assert!(
@@ -226,5 +289,58 @@ mod tests {
         );
         let c = crate::config::AgentConfig::parse(&cfg, std::path::Path::new("x.toml")).unwrap();
         assert_eq!(c.printers[0].address, "10.0.0.5");
+        assert_eq!(c.printers[0].profile, "default");
+    }
+
+    #[test]
+    fn the_profile_is_picked_by_maker_with_the_reason() {
+        let cases = [
+            (
+                Some("1.3.6.1.4.1.18334.1.1.1.2.1.181.2.4"),
+                None,
+                "konica-minolta",
+                "Konica Minolta's",
+            ),
+            (Some("1.3.6.1.4.1.11.2.3.9.1"), None, "hp", "HP's"),
+            (Some(".1.3.6.1.4.1.253.8.62.1.35"), None, "xerox", "Xerox's"),
+            (Some("1.3.6.1.4.1.1602.4.3"), None, "canon", "Canon's"),
+            (
+                Some("1.3.6.1.4.1.367.1.1"),
+                None,
+                "default",
+                "no built-in profile",
+            ),
+            // A print server's own sysObjectID: the description names the maker.
+            (
+                Some("1.3.6.1.4.1.99999.1"),
+                Some("HP ETHERNET MULTI-ENVIRONMENT"),
+                "hp",
+                "sysDescr names HP",
+            ),
+            (
+                None,
+                Some("Canon iR-ADV C5535"),
+                "canon",
+                "sysDescr names Canon",
+            ),
+            (
+                None,
+                Some("KONICA MINOLTA bizhub C250i"),
+                "konica-minolta",
+                "sysDescr names Konica Minolta",
+            ),
+            (
+                None,
+                Some("see http://printer.example/"),
+                "default",
+                "not recognised",
+            ),
+            (None, None, "default", "not recognised"),
+        ];
+        for (oid, descr, profile, why) in cases {
+            let (p, reason) = pick_profile(oid, descr);
+            assert_eq!(p, profile, "{oid:?} {descr:?}");
+            assert!(reason.contains(why), "{oid:?}: {reason}");
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod backoff;
 pub mod catalog;
 pub mod config;
+pub mod counters;
 pub mod diag;
 pub mod discover;
 pub mod drift;

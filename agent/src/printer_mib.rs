@@ -16,8 +16,8 @@
 use crate::snmp::{ObjectId, SnmpValue};
 use chrono::{DateTime, Utc};
 use platen_protocol::telemetry::{
-    Alert, Counter, Identity, InputTray, Level, Reading, SpecialLevel, Status, Supply, SupplyClass,
-    SupplyState, MAX_ROWS, MAX_TEXT,
+    Alert, Counter, CounterKind, Identity, InputTray, Level, Reading, SpecialLevel, Status, Supply,
+    SupplyClass, SupplyState, MAX_ROWS, MAX_TEXT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,6 +48,7 @@ pub struct VendorCounter {
     pub name: String,
     pub oid: ObjectId,
     pub unit: Option<String>,
+    pub kind: Option<platen_protocol::telemetry::CounterKind>,
 }
 
 /// What to read beyond the standard objects, and how to judge supplies.
@@ -666,6 +667,7 @@ pub fn decode(
                 oid: marker.child(4).child(d).child(m).to_string(),
                 unit: units.get(&m).and_then(|u| int(u)).map(unit_name),
                 value: unsigned(v)?,
+                kind: Some(CounterKind::Total),
             })
         })
         .collect();
@@ -676,6 +678,7 @@ pub fn decode(
                 oid: vc.oid.to_string(),
                 unit: vc.unit.clone(),
                 value,
+                kind: vc.kind,
             });
         }
     }

@@ -322,6 +322,7 @@ mod tests {
                 oid: "1.3.6.1.2.1.43.10.2.1.4.1.1".into(),
                 unit: Some("impressions".into()),
                 value: pages,
+                kind: None,
             }],
             billing_counter: Some("prtMarkerLifeCount.1".into()),
             supplies: vec![toner_supply(toner)],

@@ -143,19 +143,31 @@ fn konica_service_requested_bit_waste_box_special_values_vendor_counters() {
     assert_eq!(r.billing_value(), Some(33810));
     // No prtMarkerCounterUnit: the unit is absent, not guessed.
     assert_eq!(r.counters[0].unit, None);
-    let vendor: Vec<(&str, u64)> = r.counters[1..]
+    let vendor: Vec<(&str, Option<&str>, u64)> = r.counters[1..]
         .iter()
-        .map(|c| (c.name.as_str(), c.value))
+        .map(|c| (c.name.as_str(), c.kind.map(|k| k.name()), c.value))
         .collect();
+    // The profile's total (…5.7.2.1.1.0) is not in this recording; its duplex count is.
     assert_eq!(
         vendor,
         vec![
-            ("copyBlack", 3672),
-            ("printBlack", 22876),
-            ("copyColor", 544),
-            ("printColor", 6711)
+            ("copyBlack", Some("copy_black"), 3672),
+            ("printBlack", Some("print_black"), 22876),
+            ("copyColor", Some("copy_color"), 544),
+            ("printColor", Some("print_color"), 6711),
+            ("duplex", Some("duplex"), 7357),
         ]
     );
+    assert_eq!(r.counters[0].kind.map(|k| k.name()), Some("total"));
+    // Black + colour against the life count: 7 pages the split does not count.
+    let checks = platen_agent::counters::checks(&r.counters);
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    let c = &checks[0];
+    assert_eq!(
+        (c.parts_value, c.whole_value, c.whole_source.as_str()),
+        (33803, 33810, "prtMarkerLifeCount.1")
+    );
+    assert!(c.adds_up(), "{c:?}");
     assert_eq!(supply(&r, 4).description, "Toner (Black)");
     assert_eq!(supply(&r, 4).percent_remaining, Some(86));
     let waste = supply(&r, 13);

@@ -14,16 +14,17 @@
 //! refused with [`DecodeError::UnsupportedProtocol`].
 //!
 //! Versions: 1.0 the first; 1.1 adds `trays` (input trays) to telemetry readings and
-//! diagnostics.
+//! diagnostics; 1.2 adds `kind` to page counters (what each counts: total, black,
+//! colour, print, copy, …).
 
 use crate::{ApplyReport, DesiredConfig, Health};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The protocol version this build speaks: `(major, minor)`.
-pub const PROTOCOL: (u16, u16) = (1, 1);
+pub const PROTOCOL: (u16, u16) = (1, 2);
 /// [`PROTOCOL`] as it appears on the wire.
-pub const PROTOCOL_VERSION: &str = "1.1";
+pub const PROTOCOL_VERSION: &str = "1.2";
 /// The envelope field that carries the protocol version.
 pub const PROTOCOL_FIELD: &str = "protocol";
 
@@ -200,9 +201,13 @@ fn typed_noting<'de, T: DeserializeOwned, D: serde::Deserializer<'de>>(
 
 /// Envelopes of the versions whose every field this build knows, as [`encode`]
 /// writes them.
-const KNOWN_ENVELOPES: [&str; 2] = ["{\"protocol\":\"1.0\",", "{\"protocol\":\"1.1\","];
+const KNOWN_ENVELOPES: [&str; 3] = [
+    "{\"protocol\":\"1.0\",",
+    "{\"protocol\":\"1.1\",",
+    "{\"protocol\":\"1.2\",",
+];
 
-/// The message after the envelope as [`encode`] writes it (`{"protocol":"1.1",`) for
+/// The message after the envelope as [`encode`] writes it (`{"protocol":"1.2",`) for
 /// a version this build knows every field of, or `None`. `{` followed by these bytes
 /// is the message's own JSON: a receiver that decoded it can store it without
 /// serialising it again (a newer minor version may carry fields it would not read
@@ -433,20 +438,20 @@ mod tests {
         let c: DesiredConfig = decode(GOLDEN_DESIRED.as_bytes()).unwrap();
         let wire = String::from_utf8(encode(&c)).unwrap();
         assert!(
-            wire.starts_with("{\"protocol\":\"1.1\",\"printer_id\""),
+            wire.starts_with("{\"protocol\":\"1.2\",\"printer_id\""),
             "{wire}"
         );
-        let bare = wire.replacen("\"protocol\":\"1.1\",", "", 1);
+        let bare = wire.replacen("\"protocol\":\"1.2\",", "", 1);
         assert_eq!(
             decode::<DesiredConfig>(bare.as_bytes()).unwrap(),
             c,
             "absent = 1.0"
         );
-        let older = wire.replacen("1.1", "1.0", 1);
+        let older = wire.replacen("1.2", "1.0", 1);
         assert_eq!(decode::<DesiredConfig>(older.as_bytes()).unwrap(), c);
-        let minor = wire.replacen("1.1", "1.7", 1);
+        let minor = wire.replacen("1.2", "1.7", 1);
         assert_eq!(decode::<DesiredConfig>(minor.as_bytes()).unwrap(), c);
-        let major = wire.replacen("1.1", "2.0", 1);
+        let major = wire.replacen("1.2", "2.0", 1);
         let err = decode::<DesiredConfig>(major.as_bytes()).unwrap_err();
         assert!(
             matches!(err, DecodeError::UnsupportedProtocol { .. }),
@@ -454,22 +459,22 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "desired config uses protocol 2.0; this build speaks 1.1 (upgrade it)"
+            "desired config uses protocol 2.0; this build speaks 1.2 (upgrade it)"
         );
         assert_eq!(peek_protocol(major.as_bytes()).as_deref(), Some("2.0"));
         for bad in ["1", "1.x", "", "1.0.0", "99999999.0", "-1.0"] {
-            let text = wire.replacen("\"1.1\"", &format!("{bad:?}"), 1);
+            let text = wire.replacen("\"1.2\"", &format!("{bad:?}"), 1);
             let err = decode::<DesiredConfig>(text.as_bytes()).unwrap_err();
             assert!(err.to_string().contains("MAJOR.MINOR"), "{bad}: {err}");
         }
-        let number = wire.replacen("\"1.1\"", "1.1", 1);
+        let number = wire.replacen("\"1.2\"", "1.2", 1);
         assert!(decode::<DesiredConfig>(number.as_bytes()).is_err());
         assert!(
             KNOWN_ENVELOPES.contains(&format!("{{\"protocol\":\"{PROTOCOL_VERSION}\",").as_str()),
             "add this version's envelope to KNOWN_ENVELOPES"
         );
         // The fast path and the general path agree, errors included.
-        let spaced = wire.replacen("{\"protocol\":\"1.1\",", "{ \"protocol\" : \"1.1\" ,", 1);
+        let spaced = wire.replacen("{\"protocol\":\"1.2\",", "{ \"protocol\" : \"1.2\" ,", 1);
         assert_eq!(decode::<DesiredConfig>(spaced.as_bytes()).unwrap(), c);
         let bad = wire.replacen("\"version\":7", "\"version\":\"7\"", 1);
         let err = decode::<DesiredConfig>(bad.as_bytes())
@@ -479,7 +484,7 @@ mod tests {
         // An empty struct still gets a well-formed envelope.
         assert_eq!(
             with_envelope(b"{}".to_vec(), false),
-            b"{\"protocol\":\"1.1\"}"
+            b"{\"protocol\":\"1.2\"}"
         );
     }
 
@@ -494,8 +499,8 @@ mod tests {
         let nested = wire.replacen("\"uptime_cs\":", "\"fan_rpm\":900,\"uptime_cs\":", 1);
         assert_ne!(nested, wire, "the golden reading has uptime_cs");
         for (text, field) in [(&top, "mood"), (&nested, "fan_rpm")] {
-            for version in ["1.0", "1.1"] {
-                let msg = text.replacen("1.1", version, 1);
+            for version in ["1.0", "1.1", "1.2"] {
+                let msg = text.replacen("1.2", version, 1);
                 let err = decode::<crate::Telemetry>(msg.as_bytes())
                     .unwrap_err()
                     .to_string();
@@ -504,7 +509,7 @@ mod tests {
                     "{version}: {err}"
                 );
             }
-            let newer = text.replacen("1.1", "1.9", 1);
+            let newer = text.replacen("1.2", "1.9", 1);
             assert_eq!(decode::<crate::Telemetry>(newer.as_bytes()).unwrap(), t);
         }
         // An unknown field is named even when the message also lacks a field.
@@ -514,7 +519,7 @@ mod tests {
         assert!(err.contains("unknown field `x\nFORGED`"), "{err}");
         // Only a newer minor's JSON is not stored as received.
         assert!(strip_envelope(wire.as_bytes()).is_some());
-        assert!(strip_envelope(wire.replacen("1.1", "1.9", 1).as_bytes()).is_none());
+        assert!(strip_envelope(wire.replacen("1.2", "1.9", 1).as_bytes()).is_none());
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct PrinterDiag {
     /// Paper input trays; since protocol 1.1, absent when none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trays: Vec<InputTray>,
+    /// Whether the page counters add up where they should (black + colour = total…);
+    /// since protocol 1.2, absent when there is nothing to compare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_checks: Vec<CounterCheck>,
     pub last_report: Option<LastReport>,
     pub problems: Vec<Problem>,
     /// Things to fix that do not stop the printer from working (say, a default
@@ -64,6 +68,33 @@ pub struct PrinterDiag {
 impl PrinterDiag {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+/// Parts of a count against their whole, as read in one poll: `black + color` against
+/// `total`, say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterCheck {
+    /// The whole's kind (`total`, `print`, …) and where its value came from.
+    pub whole: String,
+    pub whole_source: String,
+    pub whole_value: u64,
+    /// The parts' kinds and their sum.
+    pub parts: Vec<String>,
+    pub parts_value: u64,
+}
+
+impl CounterCheck {
+    /// How far the parts are from the whole: positive when the whole counts more.
+    pub fn difference(&self) -> i128 {
+        i128::from(self.whole_value) - i128::from(self.parts_value)
+    }
+
+    /// Equal, or the parts a little below the whole (within 1 %: pages the split
+    /// does not count, such as reports, or counters read a moment apart).
+    pub fn adds_up(&self) -> bool {
+        let d = self.difference();
+        d == 0 || (d > 0 && d * 100 <= i128::from(self.whole_value))
     }
 }
 

@@ -12,7 +12,7 @@
 //! - [`DriftReport`]: verified settings changed outside Platen (code 203).
 //! - [`diag`]: remote diagnostics request and response.
 //! - [`codec`]: strict decoding with a size limit; unknown fields are errors (but in a
-//!   message of a newer minor version); every message carries `"protocol": "1.1"` and
+//!   message of a newer minor version); every message carries `"protocol": "1.2"` and
 //!   a newer major version is refused.
 //!
 //! The codes are documented in the guide's protocol page (`docs/src/protocol.md`); golden examples live in

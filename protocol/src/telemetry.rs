@@ -136,6 +136,77 @@ pub struct Counter {
     /// prtMarkerCounterUnit by name (`impressions`, `sheets`, …) when known.
     pub unit: Option<String>,
     pub value: u64,
+    /// What it counts (since 1.2; absent when the profile does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CounterKind>,
+}
+
+/// What a page counter counts, so a contract can bill black and colour, prints and
+/// copies apart. Several counters may have one kind (Canon counts black large and
+/// small format apart): their sum is the kind's count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterKind {
+    /// Every page (impression) the printer made.
+    Total,
+    Black,
+    Color,
+    /// Pages printed from a computer, in any colour.
+    Print,
+    Copy,
+    PrintBlack,
+    PrintColor,
+    CopyBlack,
+    CopyColor,
+    /// Received faxes printed.
+    Fax,
+    /// Pages scanned (not printed).
+    Scan,
+    /// Two-sided sheets (not pages).
+    Duplex,
+    /// Anything else; also what a kind from a newer protocol reads as.
+    #[serde(other)]
+    Other,
+}
+
+impl CounterKind {
+    pub const ALL: [CounterKind; 13] = [
+        CounterKind::Total,
+        CounterKind::Black,
+        CounterKind::Color,
+        CounterKind::Print,
+        CounterKind::Copy,
+        CounterKind::PrintBlack,
+        CounterKind::PrintColor,
+        CounterKind::CopyBlack,
+        CounterKind::CopyColor,
+        CounterKind::Fax,
+        CounterKind::Scan,
+        CounterKind::Duplex,
+        CounterKind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CounterKind::Total => "total",
+            CounterKind::Black => "black",
+            CounterKind::Color => "color",
+            CounterKind::Print => "print",
+            CounterKind::Copy => "copy",
+            CounterKind::PrintBlack => "print_black",
+            CounterKind::PrintColor => "print_color",
+            CounterKind::CopyBlack => "copy_black",
+            CounterKind::CopyColor => "copy_color",
+            CounterKind::Fax => "fax",
+            CounterKind::Scan => "scan",
+            CounterKind::Duplex => "duplex",
+            CounterKind::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CounterKind> {
+        CounterKind::ALL.into_iter().find(|k| k.name() == s)
+    }
 }
 
 /// prtMarkerSuppliesLevel / MaxCapacity: an amount or one of the special values.
@@ -359,5 +430,32 @@ impl Event {
             Event::AlertCleared { .. } => "alert_cleared",
             Event::StatusChanged { .. } => "status_changed",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_kinds_round_trip_and_unknown_ones_read_as_other() {
+        for k in CounterKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+            assert_eq!(serde_json::from_str::<CounterKind>(&json).unwrap(), k);
+            assert_eq!(CounterKind::parse(k.name()), Some(k));
+        }
+        // A kind a newer protocol adds: this build reads it as `other`.
+        let c: Counter = serde_json::from_str(
+            r#"{"name":"x","oid":"1.3.6","unit":null,"value":1,"kind":"scan_color"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.kind, Some(CounterKind::Other));
+        // Absent before 1.2, and not written when unknown.
+        let c: Counter =
+            serde_json::from_str(r#"{"name":"x","oid":"1.3.6","unit":null,"value":1}"#).unwrap();
+        assert_eq!(c.kind, None);
+        assert!(!serde_json::to_string(&c).unwrap().contains("kind"));
+        assert_eq!(CounterKind::parse("pages"), None);
     }
 }

@@ -269,6 +269,13 @@ fn discover_finds_printers_on_loopback_addresses() {
         out.contains(&format!("127.0.0.4:{port}")) && out.contains("Xerox AltaLink"),
         "{out}"
     );
+    // Its maker's profile, picked by the enterprise number in sysObjectID, with why;
+    // the simulator's own printer gets the default.
+    assert!(
+        out.contains("profile xerox: sysObjectID 1.3.6.1.4.1.253.8.62.1.35.2.3.1.1 is Xerox's"),
+        "{out}"
+    );
+    assert!(out.contains("profile default: "), "{out}");
     // Pasteable config entries, checked by the agent's own config loader.
     let o = agent_cmd(&[
         "discover",
@@ -363,7 +370,10 @@ fn diag_explains_error_bits_and_missing_page_counters() {
         out.contains("xerox [counters] printer xerox has no usable page counter"),
         "{out}"
     );
-    assert!(out.contains("no built-in profile reads Xerox's"), "{out}");
+    assert!(
+        out.contains("set profile = \"xerox\" for printer xerox"),
+        "{out}"
+    );
     // The KM recording has prtMarkerLifeCount: no counter warning for it; its tray 7
     // is empty (a warning, with the trays in the text).
     assert!(!out.contains("km [counters]"), "{out}");
