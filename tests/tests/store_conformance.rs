@@ -845,6 +845,7 @@ fn sample(read_at: DateTime<Utc>, value: u64) -> Sample {
         counter: Some("total".into()),
         value: Some(value),
         supplies: SuppliesState::Ok,
+        others: Vec::new(),
     }
 }
 

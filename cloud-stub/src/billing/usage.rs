@@ -17,9 +17,9 @@
 //! storage port (its readings).
 
 use crate::model::Period;
-use crate::model::{ContractUsage, PrinterUsage, Reset, Sample};
+use crate::model::{ContractUsage, OtherCounter, PrinterUsage, Reset, Sample};
 use crate::model::{SuppliesState, TelemetryState};
-use platen_protocol::telemetry::{ResetKind, SupplyClass, SupplyState};
+use platen_protocol::telemetry::{CounterKind, ResetKind, SupplyClass, SupplyState};
 use platen_protocol::{Id, Telemetry};
 use std::collections::BTreeMap;
 
@@ -37,6 +37,16 @@ impl Sample {
                     .iter()
                     .filter_map(|s| (s.class == SupplyClass::Consumed).then_some(s.state)),
             ),
+            others: r
+                .counters
+                .iter()
+                .filter(|c| Some(&c.name) != r.billing_counter.as_ref())
+                .map(|c| OtherCounter {
+                    name: c.name.clone(),
+                    kind: c.kind,
+                    value: c.value,
+                })
+                .collect(),
         })
     }
 }
@@ -80,9 +90,10 @@ pub fn pages_in(samples: &[Sample], period: &Period) -> Option<PrinterUsage> {
         .collect();
     let last = *inside.last()?;
     let before = samples.iter().rev().find(|s| s.read_at < period.start);
-    let counted: Vec<&Sample> = before
-        .into_iter()
-        .chain(inside.iter().copied())
+    let window: Vec<&Sample> = before.into_iter().chain(inside.iter().copied()).collect();
+    let counted: Vec<&Sample> = window
+        .iter()
+        .copied()
         .filter(|s| s.value.is_some() && s.counter.is_some())
         .collect();
     let mut pages: u64 = 0;
@@ -150,7 +161,30 @@ pub fn pages_in(samples: &[Sample], period: &Period) -> Option<PrinterUsage> {
         to_value: counted.last().and_then(|s| s.value),
         resets,
         supplies: last.supplies,
+        by_kind: pages_by_kind(&window),
     })
+}
+
+/// Pages per kind from the other counters of consecutive samples (oldest first):
+/// each counter's steps up, summed per kind. A step down (a reset, a replaced board)
+/// counts nothing, and a counter missing from either sample of a step is skipped:
+/// the split is what the counters show, never an estimate. Usage — what a contract
+/// is billed — stays the billing counter's, with its reset handling.
+pub fn pages_by_kind(samples: &[&Sample]) -> BTreeMap<CounterKind, u64> {
+    let mut out: BTreeMap<CounterKind, u64> = BTreeMap::new();
+    for w in samples.windows(2) {
+        for new in &w[1].others {
+            let Some(kind) = new.kind else { continue };
+            let Some(old) = w[0].others.iter().find(|o| o.name == new.name) else {
+                continue;
+            };
+            if new.value >= old.value {
+                let e = out.entry(kind).or_insert(0);
+                *e = e.saturating_add(new.value - old.value);
+            }
+        }
+    }
+    out
 }
 
 pub fn contract_usage(period: &Period, printers: &BTreeMap<Id, Vec<Sample>>) -> ContractUsage {
@@ -199,6 +233,7 @@ mod tests {
 
     fn s(read_at: DateTime<Utc>, value: u64) -> Sample {
         Sample {
+            others: Vec::new(),
             read_at,
             message_id: format!("gw:p1:t{value}"),
             counter: Some("prtMarkerLifeCount.1".into()),
@@ -209,6 +244,60 @@ mod tests {
 
     fn march() -> Period {
         period::month(chrono_tz::UTC, 2026, 3)
+    }
+
+    /// The other counters of a reading travel with its sample, and the period's
+    /// pages per kind are their steps up; a step down counts nothing, a counter
+    /// missing from one sample of a step is skipped; billing usage is untouched.
+    #[test]
+    fn pages_per_kind_from_the_other_counters() {
+        let t: Telemetry =
+            platen_protocol::decode(include_bytes!("../../../protocol/golden/telemetry.json"))
+                .unwrap();
+        let sample = Sample::of(&t).unwrap();
+        assert_eq!(sample.counter.as_deref(), Some("prtMarkerLifeCount.1"));
+        assert_eq!(
+            sample.others,
+            [OtherCounter {
+                name: "printBlack".into(),
+                kind: Some(CounterKind::PrintBlack),
+                value: 22876
+            }]
+        );
+        let with = |at: DateTime<Utc>, total: u64, counters: &[(&str, CounterKind, u64)]| {
+            let mut x = s(at, total);
+            x.others = counters
+                .iter()
+                .map(|(n, k, v)| OtherCounter {
+                    name: n.to_string(),
+                    kind: Some(*k),
+                    value: *v,
+                })
+                .collect();
+            x
+        };
+        use CounterKind::{Black, Color};
+        let samples = [
+            // Before the period: the baseline.
+            with(
+                at(1, 0) - chrono::Duration::days(2),
+                100,
+                &[("b", Black, 60), ("c", Color, 40)],
+            ),
+            with(at(2, 0), 130, &[("b", Black, 80), ("c", Color, 50)]),
+            // The colour counter went down (a replaced board): that step counts nothing.
+            with(at(3, 0), 140, &[("b", Black, 85), ("c", Color, 5)]),
+            // The black counter did not answer this time: no black step here…
+            with(at(4, 0), 150, &[("c", Color, 10)]),
+            // …nor from the sample without it.
+            with(at(5, 0), 160, &[("b", Black, 95), ("c", Color, 15)]),
+        ];
+        let u = pages_in(&samples, &march()).unwrap();
+        assert_eq!(u.pages, 60);
+        assert_eq!(
+            u.by_kind,
+            BTreeMap::from([(Black, 20 + 5), (Color, 10 + 5 + 5)])
+        );
     }
 
     #[test]

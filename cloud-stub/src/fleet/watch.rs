@@ -126,6 +126,7 @@ mod tests {
             counter: Some("total".into()),
             value: Some(1),
             supplies: SuppliesState::Ok,
+            others: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::model::{SuppliesState, TelemetryState};
 use chrono::{DateTime, Utc};
+use platen_protocol::telemetry::CounterKind;
 use platen_protocol::Id;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,6 +17,20 @@ pub struct Sample {
     pub counter: Option<String>,
     pub value: Option<u64>,
     pub supplies: SuppliesState,
+    /// The reading's other page counters (vendor counters with their kinds), kept
+    /// beside the billing one for contracts that bill black and colour or prints and
+    /// copies apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<OtherCounter>,
+}
+
+/// A page counter read beside the billing one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtherCounter {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<CounterKind>,
+    pub value: u64,
 }
 
 /// Why usage did not simply follow the counter between two samples.
@@ -59,6 +74,10 @@ pub struct PrinterUsage {
     pub resets: Vec<Reset>,
     /// Worst consumable supply state in the last sample.
     pub supplies: SuppliesState,
+    /// Pages per counter kind in the period, from the other counters
+    /// ([`crate::billing::usage::pages_by_kind`]); informational — usage is `pages`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_kind: BTreeMap<CounterKind, u64>,
 }
 
 /// A contract's usage in one period: every printer's, and what the rules see.
