@@ -28,6 +28,7 @@ pub const ENV_ROOTS: &[&str] = &[
     "diagnostics",
     "metrics",
     "signing",
+    "traps",
     "printer",
 ];
 
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub signing: SigningConfig,
+    #[serde(default)]
+    pub traps: TrapsConfig,
     #[serde(default, rename = "printer")]
     pub printers: Vec<PrinterConfig>,
 }
@@ -168,6 +171,33 @@ impl SigningConfig {
                 .iter()
                 .map(|k| (k.id.as_str(), k.public_key.as_str())),
         )
+    }
+}
+
+/// SNMP notifications (traps and informs) from the printers: each one is a reason to
+/// poll its printer now, never data (see [`crate::traps`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrapsConfig {
+    /// Address to listen on (`0.0.0.0:162`, the standard port, needs
+    /// CAP_NET_BIND_SERVICE). Absent: no listener.
+    pub listen: Option<SocketAddr>,
+    /// At most one poll per printer address this often, however many notifications
+    /// arrive (a spoofed flood costs one poll per interval).
+    #[serde(default = "default_trap_gap")]
+    pub min_interval_ms: u64,
+}
+
+fn default_trap_gap() -> u64 {
+    5000
+}
+
+impl Default for TrapsConfig {
+    fn default() -> Self {
+        TrapsConfig {
+            listen: None,
+            min_interval_ms: default_trap_gap(),
+        }
     }
 }
 
@@ -449,6 +479,9 @@ impl ConfigFile for AgentConfig {
         }
         if self.apply.max_set_attempts == 0 {
             bad("apply.max_set_attempts", "must be at least 1");
+        }
+        if self.traps.min_interval_ms < 100 {
+            bad("traps.min_interval_ms", "must be at least 100");
         }
         let t = &self.telemetry;
         if t.interval_secs == 0 {

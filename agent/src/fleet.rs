@@ -23,7 +23,7 @@ use platen_protocol::telemetry::{SupplyClass, SupplyState};
 use platen_protocol::{codec, Id, Telemetry, Topic};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info};
 
@@ -70,11 +70,18 @@ struct Outcome<S> {
 impl<S: Snmp + 'static> Fleet<S> {
     /// Poll every printer once.
     pub async fn sweep(&mut self) -> SweepStats {
+        self.sweep_some(|_| true).await
+    }
+
+    /// Poll the printers `which` picks, once.
+    pub async fn sweep_some(&mut self, which: impl Fn(&Id) -> bool) -> SweepStats {
         let started = Instant::now();
         let sem = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut set = JoinSet::new();
-        let n = self.printers.len();
-        for p in self.printers.drain(..) {
+        let (picked, rest): (Vec<_>, Vec<_>) = self.printers.drain(..).partition(|p| which(&p.id));
+        self.printers = rest;
+        let n = picked.len();
+        for p in picked {
             let sem = sem.clone();
             let (th, store, board, drift_every, telemetry) = (
                 self.thresholds.clone(),
@@ -113,8 +120,14 @@ impl<S: Snmp + 'static> Fleet<S> {
         stats
     }
 
-    /// Sweep every `interval` until `stop`.
-    pub async fn run(mut self, interval: Duration, mut stop: watch::Receiver<bool>) {
+    /// Sweep every `interval` until `stop`; between sweeps, poll at once the printers
+    /// `pokes` names (an SNMP notification came from them: [`crate::traps`]).
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        mut pokes: Option<mpsc::Receiver<Vec<Id>>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             let started = Instant::now();
             let s = self.sweep().await;
@@ -126,10 +139,35 @@ impl<S: Snmp + 'static> Fleet<S> {
                 ms = s.elapsed.as_millis() as u64,
                 "telemetry sweep"
             );
-            let wait = interval.saturating_sub(started.elapsed());
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
+            let next = tokio::time::Instant::from_std(started + interval);
+            loop {
+                let poke = async {
+                    match pokes.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = stop.changed() => return,
+                    got = poke => match got {
+                        Some(ids) => {
+                            let s = self.sweep_some(|id| ids.contains(id)).await;
+                            info!(
+                                printers = s.printers,
+                                answered = s.answered,
+                                messages = s.messages,
+                                ms = s.elapsed.as_millis() as u64,
+                                "polled on an SNMP notification"
+                            );
+                        }
+                        // The listener stopped: sweeps go on.
+                        None => pokes = None,
+                    },
+                }
+                if *stop.borrow() {
+                    return;
+                }
             }
             if *stop.borrow() {
                 return;

@@ -27,5 +27,6 @@ pub mod snmp;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod traps;
 pub use platen_ops::tls;
 pub mod verdict;

@@ -20,6 +20,7 @@
 //! | `platen_mqtt_reconnects_total` | counter | |
 //! | `platen_inbound_refused_total` | counter | `topic` (desired, diag), `reason` (malformed, oversized, wrong_printer, unknown_printer, stale, signature, protocol, invalid_topic) |
 //! | `platen_telemetry_age_seconds` | gauge | `printer`: time since the last good reading (since start before the first) |
+//! | `platen_traps_total` | counter | `outcome` (poll, rate_limited, unknown_source) |
 
 use crate::snmp::SnmpError;
 use crate::status::Board;
@@ -71,6 +72,11 @@ struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PrinterLabel {
     printer: String,
 }
@@ -97,6 +103,7 @@ pub struct Metrics {
     mqtt_reconnects: Counter,
     telemetry_age: Family<PrinterLabel, FloatGauge>,
     refused: Family<RefusedLabels, Counter>,
+    traps: Family<OutcomeLabel, Counter>,
 }
 
 /// The process's metrics.
@@ -129,6 +136,7 @@ impl Metrics {
             mqtt_reconnects: Counter::default(),
             telemetry_age: Family::default(),
             refused: Family::default(),
+            traps: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -186,7 +194,21 @@ impl Metrics {
             "Inbound MQTT messages refused, by topic kind and reason",
             m.refused.clone(),
         );
+        registry.register(
+            "traps",
+            "SNMP notifications received from printers, by what came of them",
+            m.traps.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A notification arrived (`poll`, `rate_limited` or `unknown_source`).
+    pub fn trap(&self, outcome: &str) {
+        self.traps
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     /// An inbound message was refused (it is also logged with the reason).

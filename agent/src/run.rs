@@ -61,6 +61,52 @@ pub enum RunError {
         setting: String,
         profile: String,
     },
+    #[error("traps.listen: {0}")]
+    Traps(String),
+}
+
+/// Bind the notification listener ([`crate::traps`]) and start it; returns what the
+/// fleet poller hears it on. Printers are known by their addresses (host names are
+/// resolved once, here); v1/v2c notifications must carry one of the printers'
+/// communities.
+async fn start_trap_listener(
+    cfg: &AgentConfig,
+    addr: std::net::SocketAddr,
+    stop: watch::Receiver<bool>,
+    workers: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<tokio::sync::mpsc::Receiver<Vec<Id>>>, RunError> {
+    let mut by_address = Vec::new();
+    for p in &cfg.printers {
+        match tokio::net::lookup_host((p.address.as_str(), p.port)).await {
+            Ok(addrs) => by_address.extend(addrs.map(|a| (a.ip(), p.id.clone()))),
+            Err(e) => warn!(printer = %p.id, address = %p.address, error = %e,
+                "cannot resolve the printer's address: its notifications will not be recognised"),
+        }
+    }
+    let communities: Vec<crate::secret::Secret> = cfg
+        .printers
+        .iter()
+        .filter(|p| p.snmp_version != crate::config::SnmpVersion::V3)
+        .map(|p| p.community.clone())
+        .collect();
+    if communities.is_empty() {
+        warn!("traps.listen is set but no printer uses SNMPv1/v2c: notifications from SNMPv3 printers are not taken yet; no listener");
+        return Ok(None);
+    }
+    let sources =
+        crate::traps::Sources::new(by_address, Duration::from_millis(cfg.traps.min_interval_ms));
+    // The listener binds before the agent reports itself running: a port in use is
+    // an error at start, not a warning later.
+    let receiver = crate::snmp::Notifications::bind(addr, &communities)
+        .await
+        .map_err(RunError::Traps)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    workers.push(tokio::spawn(async move {
+        if let Err(e) = crate::traps::listen(receiver, sources, tx, stop).await {
+            error!(error = %e, "SNMP notification listener stopped");
+        }
+    }));
+    Ok(Some(rx))
 }
 
 /// How long a graceful stop waits for the workers (applies in flight) together.
@@ -329,9 +375,17 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         } else {
             cfg.drift.interval_secs
         };
-        workers.push(tokio::spawn(
-            fleet.run(Duration::from_secs(every), stop_rx.clone()),
-        ));
+        let pokes = match (t.enabled, cfg.traps.listen) {
+            (true, Some(addr)) => {
+                start_trap_listener(&cfg, addr, stop_rx.clone(), &mut workers).await?
+            }
+            _ => None,
+        };
+        workers.push(tokio::spawn(fleet.run(
+            Duration::from_secs(every),
+            pokes,
+            stop_rx.clone(),
+        )));
     }
 
     let mut filters = mqtt::desired_filters(cfg.printers.iter().map(|p| (p.tenant(&cfg), &p.id)));

@@ -712,6 +712,41 @@ impl AsyncSnmp {
     }
 }
 
+/// SNMP notifications (traps, informs; v1/v2c with one of the given communities)
+/// received on a socket. Only each one's source address comes out: Platen never takes
+/// a notification's contents as data (see `crate::traps`).
+pub struct Notifications(async_snmp::notification::NotificationReceiver);
+
+impl Notifications {
+    pub async fn bind(
+        addr: std::net::SocketAddr,
+        communities: &[crate::secret::Secret],
+    ) -> Result<Notifications, String> {
+        let mut b =
+            async_snmp::notification::NotificationReceiver::builder().bind(addr.to_string());
+        for c in communities {
+            b = b.community(c.expose());
+        }
+        b.build()
+            .await
+            .map(Notifications)
+            .map_err(|e| format!("cannot listen for SNMP notifications on {addr}: {e}"))
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.0.local_addr()
+    }
+
+    /// The source of the next acceptable notification (an inform is answered).
+    pub async fn next_source(&self) -> Result<std::net::SocketAddr, String> {
+        self.0
+            .recv()
+            .await
+            .map(|n| n.source)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -565,6 +565,34 @@ pub async fn serve(
     })
 }
 
+/// The Printer MIB's printerV2Alert notification (RFC 3805 §2.2.13).
+pub const PRINTER_V2_ALERT: &str = "1.3.6.1.2.1.43.18.2.0.1";
+
+/// Send an SNMPv2c printerV2Alert trap from `from` (a printer's address: the
+/// receiver tells printers apart by it) to `to`, as a printer does when an alert is
+/// raised. `uptime_cs`: the printer's sysUpTime.
+pub async fn send_alert_trap(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    community: &str,
+    uptime_cs: u32,
+) -> Result<(), String> {
+    let transport = async_snmp::transport::UdpTransport::builder()
+        .bind(SocketAddr::new(from, 0).to_string())
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = async_snmp::Client::builder(to.to_string(), async_snmp::Auth::v2c(community))
+        .build_with(&transport)
+        .await
+        .map_err(|e| e.to_string())?;
+    let oid: Oid = PRINTER_V2_ALERT.parse().map_err(|e| format!("{e:?}"))?;
+    client
+        .send_trap(&oid, uptime_cs, Vec::new())
+        .await
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,9 @@
 //! `reboot <id>`, `read-only <id> <oid>`, `writable <id> <oid>`, `delay <id> <ms>`,
 //! `drop <id> <n>` (leave the next n requests unanswered; `drop <id> 0` answers
 //! again), `set <id> OID|TAG|VALUE` (snmprec syntax: change a value as if on the
-//! printer's panel — supply levels, the page counter, alerts, settings) and
-//! `unset <id> <oid>`.
+//! printer's panel — supply levels, the page counter, alerts, settings),
+//! `unset <id> <oid>` and `trap <id> <host:port>` (send a v2c printerV2Alert
+//! notification from the printer's address, as a printer does on a new alert).
 
 use clap::Parser;
 use platen_printer_sim::{oid, serve, snmprec, Faults, Running, SimPrinter};
@@ -182,6 +183,15 @@ async fn main() -> ExitCode {
                     }
                 }
                 ["unset", id, o] => find(id).and_then(|p| p.remove(&oid(o)).then_some(())),
+                // An alert trap from the printer's address to host:port.
+                ["trap", id, to] => match (running.iter().find(|r| r.id == *id), to.parse()) {
+                    (Some(r), Ok(to)) => {
+                        platen_printer_sim::send_alert_trap(r.addr.ip(), to, &cli.community, 0)
+                            .await
+                            .ok()
+                    }
+                    _ => None,
+                },
                 [] => Some(()),
                 _ => None,
             };

@@ -26,6 +26,7 @@ fn the_benchmark_command_runs_every_section_and_writes_json() {
         "decisions",
         "footprint",
         "history",
+        "traps",
     ] {
         let n = figures.iter().filter(|f| f["section"] == section).count();
         assert!(n >= 3, "section {section} has {n} figures:\n{stdout}");
@@ -36,8 +37,9 @@ fn the_benchmark_command_runs_every_section_and_writes_json() {
     }
     let goals = v["goals"].as_array().expect("goals");
     // apply p50 and p99, fleet rate and timeout, ingest on sled and on PostgreSQL,
-    // footprint RSS × 2 and binary; history: three p95 ratios, idle CPU, the burst.
-    assert_eq!(goals.len(), 14, "{stdout}");
+    // footprint RSS × 2 and binary; history: three p95 ratios, idle CPU, the burst;
+    // traps: trap → telemetry.
+    assert_eq!(goals.len(), 15, "{stdout}");
     for g in goals {
         let ratio = g["ratio"].as_f64().unwrap_or(f64::NAN);
         assert!(ratio.is_finite(), "goal {g}");

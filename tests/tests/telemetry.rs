@@ -405,3 +405,97 @@ async fn a_reboot_is_detected_on_a_recorded_printer() {
         after.uptime_cs
     );
 }
+
+/// SNMP notifications (#23): a printer's trap makes the agent poll it at once, so a
+/// new alert reaches the broker in well under the sweep interval (an hour here);
+/// traps from an address no printer has, and a flood from the printer's own, cost
+/// at most one poll per `min_interval_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_makes_the_agent_poll_its_printer_now() {
+    const ALERT: &str = "1.3.6.1.2.1.43.18.1.1";
+    let mut w = world(&["p1"]);
+    let tap = Tap::start(w.broker.port, "trap-tap", &["platen/v1/acme/+/telemetry"]).await;
+    let trap_port = free_udp_port();
+    let metrics_port = free_tcp_port();
+    let cfg = agent_toml(
+        "gw-trap",
+        w.broker.port,
+        &w.dir.path().join("state"),
+        &[PrinterEntry::new("p1", w.sim.addr("p1"))],
+    ) + &format!(
+        "\n[telemetry]\ninterval_secs = 3600\nheartbeat_secs = 3600\n\n[traps]\nlisten = \"127.0.0.1:{trap_port}\"\nmin_interval_ms = 3000\n\n[metrics]\nenabled = true\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+    );
+    let agent = AgentProc::start(w.dir.path(), &cfg);
+    let log = || agent.log();
+    tap.wait_for(
+        Duration::from_secs(15),
+        "startup telemetry",
+        log,
+        |m: &[Telemetry]| {
+            m.iter()
+                .find(|t| t.reasons.contains(&Trigger::Startup))
+                .cloned()
+        },
+    )
+    .await;
+    let before = tap.decoded::<Telemetry>().len();
+
+    // A new alert on the panel, and the printer's trap about it.
+    w.sim.command(&format!("set p1 {ALERT}.2.1.2|2|3")); // severity: critical
+    w.sim.command(&format!("set p1 {ALERT}.4.1.2|2|8")); // group: input
+    w.sim.command(&format!("set p1 {ALERT}.7.1.2|2|808")); // code: inputMediaSupplyEmpty
+    w.sim
+        .command(&format!("set p1 {ALERT}.8.1.2|4|Tray 2 empty"));
+    let sent = std::time::Instant::now();
+    w.sim.command(&format!("trap p1 127.0.0.1:{trap_port}"));
+    let raised = tap
+        .wait_for(
+            Duration::from_secs(10),
+            "the alert after the trap",
+            log,
+            |m: &[Telemetry]| {
+                m.iter().find_map(|t| {
+                    t.events
+                        .iter()
+                        .any(|e| matches!(e, Event::AlertRaised { .. }))
+                        .then(|| t.clone())
+                })
+            },
+        )
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        raised
+            .reading
+            .as_ref()
+            .unwrap()
+            .alerts
+            .iter()
+            .any(|a| a.description.as_deref() == Some("Tray 2 empty")),
+        "{raised:?}"
+    );
+    eprintln!("trap → telemetry on the broker: {} ms", took.as_millis());
+
+    // A flood of traps right after: rate limited, at most one more poll (nothing
+    // changed, so no message either way).
+    for _ in 0..20 {
+        w.sim.command(&format!("trap p1 127.0.0.1:{trap_port}"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = format!("http://127.0.0.1:{metrics_port}");
+    let count = async |outcome: &str| {
+        metric(
+            &metrics,
+            &format!("platen_traps_total{{outcome=\"{outcome}\"}}"),
+        )
+        .await
+    };
+    assert_eq!(count("poll").await, 1);
+    assert_eq!(count("rate_limited").await, 20);
+    assert_eq!(
+        tap.decoded::<Telemetry>().len(),
+        before + 1,
+        "one message: the alert's"
+    );
+    let _ = &w.dir;
+}

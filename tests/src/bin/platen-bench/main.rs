@@ -23,6 +23,7 @@ mod history;
 mod ingest;
 mod mqtt;
 mod table;
+mod traps;
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ struct Args {
     /// Small sizes (a smoke run of every section, seconds instead of minutes).
     #[arg(long)]
     quick: bool,
-    /// Run only these sections (apply, fleet, ingest, decisions, footprint, history).
+    /// Run only these sections (apply, fleet, ingest, decisions, footprint, history, traps).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the figures as JSON here.
@@ -129,6 +130,9 @@ async fn main() {
         let (small, large, burst) = sizes.history;
         let idle = std::time::Duration::from_secs(if args.quick { 2 } else { 10 });
         history::run(&mut r, small, large, burst, idle).await;
+    }
+    if want("traps") {
+        traps::run(&mut r, if args.quick { 5 } else { 50 }).await;
     }
     println!("{}", r.render());
     let json = r.to_json(machine());
