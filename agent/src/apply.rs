@@ -189,7 +189,7 @@ fn judge(it: &mut Item, value: &SnmpValue) -> Reading {
 }
 
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1u32 << attempt.min(10))
+    platen_ops::backoff::doubled(base, attempt.min(10), Duration::MAX)
 }
 
 /// Apply `desired` to the printer behind `snmp`. `device` caches the hrDeviceIndex

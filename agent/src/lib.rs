@@ -8,7 +8,6 @@
 //! and deletes it only on the broker's PUBACK.
 
 pub mod apply;
-pub mod backoff;
 pub mod catalog;
 pub mod config;
 pub mod counters;
@@ -22,6 +21,7 @@ pub mod poll;
 pub mod printer_mib;
 pub mod reconciler;
 pub mod run;
+pub use platen_ops::backoff;
 pub use platen_ops::secret;
 pub mod snmp;
 pub mod status;

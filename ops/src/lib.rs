@@ -11,7 +11,9 @@
 //! - [`systemd`]: `READY=1`, `WATCHDOG=1`, `STATUS=…` to `$NOTIFY_SOCKET`; no-ops
 //!   outside systemd.
 //! - [`cli`]: tool commands end quietly when their reader goes away (`| head`).
+//! - [`backoff`]: the one backoff (doubling waits with jitter, capped), for both.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod logging;

@@ -37,6 +37,7 @@ use crate::model::{Contract, Plan};
 use crate::store::{Claim, Inserted, Store, StoreError};
 use crate::Cloud;
 use chrono::{DateTime, Utc};
+use platen_ops::backoff::{doubled as backoff, Backoff};
 use platen_protocol::{Code, DesiredConfig, Id, SettingValue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -196,10 +197,6 @@ const PASS_LIMIT: usize = 256;
 /// broker and the provider) fits well within a claim's lease.
 pub const CLAIM_BATCH: usize = 8;
 
-fn backoff(base: Duration, attempts: u32, max: Duration) -> Duration {
-    base.saturating_mul(1u32 << attempts.min(16)).min(max)
-}
-
 fn chrono_dur(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -262,12 +259,35 @@ impl Engine {
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut events = self.cloud.subscribe_events();
+        // While steps fail (the store does not answer), wait longer between tries, up
+        // to a minute, and say so when it starts, once it has lasted, and when it ends
+        // — not at every tick.
+        let mut failing = Backoff::new(self.cfg.tick, Duration::from_secs(60));
+        let mut failures = 0u64;
         loop {
-            if let Err(e) = self.step_due().await {
-                warn!(error = %e, "engine step failed; retrying");
-            }
+            let wait = match self.step_due().await {
+                Ok(()) => {
+                    if failures > 0 {
+                        info!(failures, "engine steps succeed again");
+                    }
+                    failures = 0;
+                    failing.reset();
+                    self.cfg.tick
+                }
+                Err(e) => {
+                    failures += 1;
+                    let long = failing.at_max();
+                    let wait = failing.next_delay();
+                    if failures == 1 {
+                        warn!(error = %e, "engine step failed; retrying, backing off");
+                    } else if long && failures.is_multiple_of(10) {
+                        warn!(error = %e, failures, "engine steps still failing");
+                    }
+                    wait
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.tick) => {}
+                _ = tokio::time::sleep(wait) => {}
                 r = next_report(&mut events) => {
                     if let Err(e) = self.wake_for_report(r) {
                         warn!(error = %e, "engine: could not wake the report's change");

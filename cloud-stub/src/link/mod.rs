@@ -17,6 +17,7 @@ use crate::model::{AgentSeen, PrinterSeen, ReceivedReport};
 use crate::store::{self, Store, StoreError, Stored};
 use chrono::Utc;
 use limits::{Buckets, IngestLimits};
+use platen_ops::backoff::Backoff;
 use platen_protocol::{
     codec, ApplyReport, DesiredConfig, Health, HealthStatus, Id, Topic, MAX_INCOMING_PACKET_BYTES,
     MAX_MESSAGE_BYTES,
@@ -335,13 +336,13 @@ impl Cloud {
         };
         let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel::<rumqttc::Publish>();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
+            let mut reconnect = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack)))
                         if ack.code == ConnectReturnCode::Success =>
                     {
-                        delay = Duration::from_millis(100);
+                        reconnect.reset();
                         let _ = conn_tx.send(true);
                         // Every reconnect may be a fresh session: subscribe again.
                         let _ = client.try_subscribe(reports_filter.clone(), QoS::AtLeastOnce);
@@ -368,8 +369,7 @@ impl Cloud {
                     Err(e) => {
                         let _ = conn_tx.send(false);
                         debug!(error = %e, "cloud: broker connection lost");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(reconnect.next_delay()).await;
                     }
                 }
             }
@@ -381,14 +381,13 @@ impl Cloud {
                 // What could not be stored is tried again, backing off, before
                 // anything newer: the store may be down for a while.
                 let mut pending = std::mem::take(&mut batch);
-                let mut delay = Duration::from_millis(100);
+                let mut retry = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
                 loop {
                     pending = c.ingest_batch(pending).await;
                     if pending.is_empty() {
                         break;
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(retry.next_delay()).await;
                 }
             }
         });

@@ -1,8 +1,16 @@
-//! Exponential backoff with jitter, for broker reconnects.
+//! The one backoff of Platen's daemons: waits that double after each failure, up to a
+//! cap.
 //!
-//! Each failure doubles the base delay from `min` up to `max`; the delay returned is
-//! the base scaled by a jitter factor in [0.5, 1.5) so a fleet of gateways does not
-//! reconnect in lockstep after a broker restart. A successful connection resets it.
+//! [`Backoff`] is the stateful form, for a loop that retries until it succeeds
+//! (broker reconnects, a store that does not answer): each failure doubles the base
+//! delay from `min` up to `max`; the delay returned is the base scaled by a jitter
+//! factor in [0.5, 1.5) so a fleet of gateways does not reconnect in lockstep after
+//! a broker restart; a success resets it. [`doubled`] is the stateless form, for a
+//! wait computed from an attempt count that is stored elsewhere (SET retries, provider
+//! retries of a change).
+//!
+//! Schedules that are domain rules — a change's republication wait, the webhook
+//! retry schedule of the Standard Webhooks recommendation — live with their rules.
 
 use std::time::Duration;
 
@@ -39,11 +47,31 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.base = self.min;
     }
+
+    /// Whether the base has reached `max` (a loop that has failed this long may say
+    /// so once, rather than at every attempt).
+    pub fn at_max(&self) -> bool {
+        self.base >= self.max
+    }
+}
+
+/// `base` doubled `times` times (at most 2¹⁶ ×), at most `max`.
+pub fn doubled(base: Duration, times: u32, max: Duration) -> Duration {
+    base.saturating_mul(1u32 << times.min(16)).min(max)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doubled_waits_are_capped() {
+        let s = Duration::from_secs;
+        let got: Vec<Duration> = (0..6).map(|n| doubled(s(1), n, s(20))).collect();
+        assert_eq!(got, [s(1), s(2), s(4), s(8), s(16), s(20)]);
+        assert_eq!(doubled(s(1), u32::MAX, Duration::MAX), s(65536));
+        assert_eq!(doubled(Duration::MAX, 3, Duration::MAX), Duration::MAX);
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
