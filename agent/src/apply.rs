@@ -465,182 +465,8 @@ fn finish(res: Results, superseded: bool) -> Outcome {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
 
-    /// An in-memory printer for unit tests of the apply logic.
-    #[derive(Default)]
-    pub struct FakePrinter {
-        pub values: Mutex<HashMap<ObjectId, SnmpValue>>,
-        pub set_errors: Mutex<HashMap<ObjectId, Vec<SnmpError>>>,
-        /// Reads of an OID that still return the old value after a SET.
-        pub stale_reads: Mutex<HashMap<ObjectId, u32>>,
-        pub old: Mutex<HashMap<ObjectId, SnmpValue>>,
-        pub timeout_all: bool,
-        pub timeout_gets_after_set: bool,
-        pub sets: Mutex<Vec<ObjectId>>,
-        /// The OIDs of each multi-object SET PDU.
-        pub batches: Mutex<Vec<Vec<ObjectId>>>,
-        pub gets: Mutex<u32>,
-    }
-
-    fn o(s: &str) -> ObjectId {
-        s.parse().unwrap()
-    }
-
-    fn timeout() -> SnmpError {
-        SnmpError::Timeout {
-            target: "127.0.0.1:1".into(),
-            retries: 2,
-        }
-    }
-
-    impl FakePrinter {
-        pub fn standard() -> FakePrinter {
-            let f = FakePrinter::default();
-            {
-                let mut v = f.values.lock().unwrap();
-                v.insert(
-                    o("1.3.6.1.2.1.1.4.0"),
-                    SnmpValue::OctetString(b"old contact".to_vec()),
-                );
-                v.insert(
-                    o("1.3.6.1.2.1.1.5.0"),
-                    SnmpValue::OctetString(b"sim".to_vec()),
-                );
-                v.insert(
-                    o("1.3.6.1.2.1.1.6.0"),
-                    SnmpValue::OctetString(b"Unknown".to_vec()),
-                );
-                v.insert(
-                    o("1.3.6.1.2.1.25.3.2.1.2.1"),
-                    SnmpValue::ObjectId(o("1.3.6.1.2.1.25.3.1.1")),
-                );
-                v.insert(
-                    o("1.3.6.1.2.1.25.3.2.1.2.3"),
-                    SnmpValue::ObjectId(o(HR_DEVICE_PRINTER)),
-                );
-                v.insert(o("1.3.6.1.2.1.43.5.1.1.6.3"), SnmpValue::Integer(1));
-                v.insert(o("1.3.6.1.2.1.43.5.1.1.13.3"), SnmpValue::Integer(3));
-            }
-            f
-        }
-        fn read(&self, oid: &ObjectId) -> SnmpValue {
-            let mut stale = self.stale_reads.lock().unwrap();
-            if let Some(n) = stale.get_mut(oid) {
-                if *n > 0 {
-                    *n -= 1;
-                    if let Some(v) = self.old.lock().unwrap().get(oid) {
-                        return v.clone();
-                    }
-                }
-            }
-            self.values
-                .lock()
-                .unwrap()
-                .get(oid)
-                .cloned()
-                .unwrap_or(SnmpValue::NoSuchObject)
-        }
-    }
-
-    impl Snmp for FakePrinter {
-        async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-            *self.gets.lock().unwrap() += 1;
-            if self.timeout_all
-                || (self.timeout_gets_after_set && !self.sets.lock().unwrap().is_empty())
-            {
-                return Err(timeout());
-            }
-            Ok(oids.iter().map(|o| self.read(o)).collect())
-        }
-        async fn set(&self, oid: &ObjectId, value: SnmpValue) -> Result<SnmpValue, SnmpError> {
-            self.sets.lock().unwrap().push(oid.clone());
-            if self.timeout_all {
-                return Err(timeout());
-            }
-            if let Some(errs) = self.set_errors.lock().unwrap().get_mut(oid) {
-                if !errs.is_empty() {
-                    return Err(errs.remove(0));
-                }
-            }
-            let mut vals = self.values.lock().unwrap();
-            match vals.get(oid) {
-                None => Ok(SnmpValue::NoSuchObject),
-                Some(old) => {
-                    self.old.lock().unwrap().insert(oid.clone(), old.clone());
-                    vals.insert(oid.clone(), value.clone());
-                    Ok(value)
-                }
-            }
-        }
-        /// All or nothing, like an RFC 3416 agent: a pending error or an unknown
-        /// object fails the whole PDU (pending errors are not consumed).
-        async fn set_many(
-            &self,
-            items: &[(ObjectId, SnmpValue)],
-        ) -> Result<Vec<SnmpValue>, SnmpError> {
-            self.batches
-                .lock()
-                .unwrap()
-                .push(items.iter().map(|(o, _)| o.clone()).collect());
-            self.sets
-                .lock()
-                .unwrap()
-                .extend(items.iter().map(|(o, _)| o.clone()));
-            if self.timeout_all {
-                return Err(timeout());
-            }
-            for (i, (oid, _)) in items.iter().enumerate() {
-                if let Some(e) = self
-                    .set_errors
-                    .lock()
-                    .unwrap()
-                    .get(oid)
-                    .and_then(|e| e.first())
-                {
-                    return Err(match e {
-                        SnmpError::Status { status, .. } => SnmpError::Status {
-                            status: *status,
-                            index: i as u32 + 1,
-                        },
-                        other => other.clone(),
-                    });
-                }
-                if !self.values.lock().unwrap().contains_key(oid) {
-                    return Err(SnmpError::Status {
-                        status: ErrorStatus::NoCreation,
-                        index: i as u32 + 1,
-                    });
-                }
-            }
-            let mut vals = self.values.lock().unwrap();
-            for (oid, value) in items {
-                if let Some(old) = vals.insert(oid.clone(), value.clone()) {
-                    self.old.lock().unwrap().insert(oid.clone(), old);
-                }
-            }
-            Ok(items.iter().map(|(_, v)| v.clone()).collect())
-        }
-        async fn walk(
-            &self,
-            prefix: &ObjectId,
-            limit: usize,
-        ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
-            if self.timeout_all {
-                return Err(timeout());
-            }
-            let vals = self.values.lock().unwrap();
-            let mut rows: Vec<_> = vals
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            rows.truncate(limit);
-            Ok(rows)
-        }
-    }
+    use crate::snmp::fake::{o, FakePrinter};
 
     fn params() -> ApplyParams {
         ApplyParams {
@@ -852,28 +678,14 @@ pub(crate) mod tests {
     #[tokio::test(start_paused = true)]
     async fn set_answered_with_no_such_instance_is_404() {
         // snmpsim's behaviour: error-status noError, varbind noSuchInstance.
-        let f = FakePrinter::standard();
-        f.values.lock().unwrap().insert(
+        let q = FakePrinter {
+            set_answer: Some(SnmpValue::NoSuchInstance),
+            ..FakePrinter::standard()
+        };
+        q.values.lock().unwrap().insert(
             o("1.3.6.1.2.1.1.6.0"),
             SnmpValue::OctetString(b"a".to_vec()),
         );
-        struct Quirky(FakePrinter);
-        impl Snmp for Quirky {
-            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-                self.0.get(oids).await
-            }
-            async fn set(&self, _: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
-                Ok(SnmpValue::NoSuchInstance)
-            }
-            async fn walk(
-                &self,
-                p: &ObjectId,
-                l: usize,
-            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
-                self.0.walk(p, l).await
-            }
-        }
-        let q = Quirky(f);
         let mut dev = None;
         let out = apply(
             &q,
@@ -942,37 +754,11 @@ pub(crate) mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_that_times_out_makes_everything_504_without_more_traffic() {
-        let f = FakePrinter::standard();
         // The pre-read answers; the SET does not.
-        struct DeafToSets(FakePrinter);
-        impl Snmp for DeafToSets {
-            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-                self.0.get(oids).await
-            }
-            async fn set(&self, o: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
-                self.0.sets.lock().unwrap().push(o.clone());
-                Err(timeout())
-            }
-            async fn set_many(
-                &self,
-                items: &[(ObjectId, SnmpValue)],
-            ) -> Result<Vec<SnmpValue>, SnmpError> {
-                self.0
-                    .sets
-                    .lock()
-                    .unwrap()
-                    .extend(items.iter().map(|(o, _)| o.clone()));
-                Err(timeout())
-            }
-            async fn walk(
-                &self,
-                p: &ObjectId,
-                l: usize,
-            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
-                self.0.walk(p, l).await
-            }
-        }
-        let d = DeafToSets(f);
+        let d = FakePrinter {
+            timeout_sets: true,
+            ..FakePrinter::standard()
+        };
         let cfg = desired(&[
             ("sysContact", t("a")),
             ("sysLocation", t("b")),
@@ -991,7 +777,7 @@ pub(crate) mod tests {
         let c = codes(&out);
         assert!(c.iter().all(|(_, code, _)| *code == 504), "{c:?}");
         assert_eq!(
-            d.0.sets.lock().unwrap().len(),
+            d.sets.lock().unwrap().len(),
             3,
             "the one batch and nothing after it: {c:?}"
         );
@@ -1116,32 +902,11 @@ type = "text"
 
     #[tokio::test(start_paused = true)]
     async fn v1_no_such_name_on_get_is_isolated() {
-        struct V1(FakePrinter);
-        impl Snmp for V1 {
-            async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-                let vals = self.0.get(oids).await?;
-                match vals.iter().position(|v| v.is_exception()) {
-                    Some(i) => Err(SnmpError::Status {
-                        status: ErrorStatus::NoSuchName,
-                        index: i as u32 + 1,
-                    }),
-                    None => Ok(vals),
-                }
-            }
-            async fn set(&self, o: &ObjectId, v: SnmpValue) -> Result<SnmpValue, SnmpError> {
-                self.0.set(o, v).await
-            }
-            async fn walk(
-                &self,
-                p: &ObjectId,
-                l: usize,
-            ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
-                self.0.walk(p, l).await
-            }
-        }
-        let f = FakePrinter::standard();
-        f.values.lock().unwrap().remove(&o("1.3.6.1.2.1.1.5.0"));
-        let v1 = V1(f);
+        let v1 = FakePrinter {
+            v1: true,
+            ..FakePrinter::standard()
+        };
+        v1.values.lock().unwrap().remove(&o("1.3.6.1.2.1.1.5.0"));
         let mut dev = None;
         let cfg = desired(&[("sysName", t("x")), ("sysLocation", t("y"))]);
         let out = apply(

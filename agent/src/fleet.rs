@@ -313,57 +313,18 @@ pub fn state_name(s: SupplyState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snmp::{ObjectId, SnmpError, SnmpValue};
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+    use crate::snmp::fake::FakePrinter;
+    use std::sync::atomic::Ordering::SeqCst;
 
-    /// A printer that is down until `up` is set; counts what it is asked.
-    #[derive(Clone, Default)]
-    struct Flaky(Arc<Counts>);
-    #[derive(Default)]
-    struct Counts {
-        up: AtomicBool,
-        requests: AtomicU32,
-        once: AtomicU32,
-    }
-
-    impl Flaky {
-        fn answer(&self) -> Result<(), SnmpError> {
-            if self.0.up.load(SeqCst) {
-                Ok(())
-            } else {
-                Err(SnmpError::Timeout {
-                    target: "127.0.0.1:1".into(),
-                    retries: 2,
-                })
-            }
-        }
-    }
-
-    impl Snmp for Flaky {
-        async fn get(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-            self.0.requests.fetch_add(1, SeqCst);
-            self.answer().map(|_| vec![SnmpValue::Null; oids.len()])
-        }
-        async fn get_once(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
-            self.0.once.fetch_add(1, SeqCst);
-            self.answer().map(|_| vec![SnmpValue::Null; oids.len()])
-        }
-        async fn set(&self, _: &ObjectId, _: SnmpValue) -> Result<SnmpValue, SnmpError> {
-            self.answer().map(|_| SnmpValue::Null)
-        }
-        async fn walk(
-            &self,
-            _: &ObjectId,
-            _: usize,
-        ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
-            self.0.requests.fetch_add(1, SeqCst);
-            self.answer().map(|_| Vec::new())
-        }
+    /// Requests of a full poll: GETs and walks.
+    fn requests(f: &FakePrinter) -> u32 {
+        *f.gets.lock().unwrap() + f.walks.load(SeqCst)
     }
 
     #[tokio::test]
     async fn a_printer_known_to_be_down_costs_one_request_without_retries() {
-        let snmp = Flaky::default();
+        let snmp = Arc::new(FakePrinter::standard());
+        snmp.down.store(true, SeqCst);
         let id: Id = "p1".parse().unwrap();
         let mut fleet = Fleet {
             printers: vec![FleetPrinter {
@@ -385,21 +346,17 @@ mod tests {
         };
         // First poll: not known to be down yet, the full poll with its retries.
         assert_eq!(fleet.sweep().await.unanswered, 1);
-        let first = snmp.0.requests.load(SeqCst);
+        let first = requests(&snmp);
         assert!(first >= 1);
-        assert_eq!(snmp.0.once.load(SeqCst), 0);
+        assert_eq!(snmp.once.load(SeqCst), 0);
         // Known to be down: one probe, nothing else.
         assert_eq!(fleet.sweep().await.unanswered, 1);
-        assert_eq!(snmp.0.once.load(SeqCst), 1);
-        assert_eq!(
-            snmp.0.requests.load(SeqCst),
-            first,
-            "no full poll while down"
-        );
+        assert_eq!(snmp.once.load(SeqCst), 1);
+        assert_eq!(requests(&snmp), first, "no full poll while down");
         // Back: the probe answers and the full poll follows in the same sweep.
-        snmp.0.up.store(true, SeqCst);
+        snmp.down.store(false, SeqCst);
         assert_eq!(fleet.sweep().await.answered, 1);
-        assert_eq!(snmp.0.once.load(SeqCst), 2);
-        assert!(snmp.0.requests.load(SeqCst) > first);
+        assert_eq!(snmp.once.load(SeqCst), 2);
+        assert!(requests(&snmp) > first);
     }
 }

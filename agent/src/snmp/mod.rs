@@ -747,6 +747,46 @@ impl Notifications {
     }
 }
 
+/// A shared client is a client (the fleet poller and the apply loop share one
+/// printer's client; so do unit tests and their fakes).
+impl<T: Snmp> Snmp for std::sync::Arc<T> {
+    fn get(
+        &self,
+        oids: &[ObjectId],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send {
+        (**self).get(oids)
+    }
+    fn set(
+        &self,
+        oid: &ObjectId,
+        value: SnmpValue,
+    ) -> impl Future<Output = Result<SnmpValue, SnmpError>> + Send {
+        (**self).set(oid, value)
+    }
+    fn set_many(
+        &self,
+        items: &[(ObjectId, SnmpValue)],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send {
+        (**self).set_many(items)
+    }
+    fn get_once(
+        &self,
+        oids: &[ObjectId],
+    ) -> impl Future<Output = Result<Vec<SnmpValue>, SnmpError>> + Send {
+        (**self).get_once(oids)
+    }
+    fn walk(
+        &self,
+        prefix: &ObjectId,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(ObjectId, SnmpValue)>, SnmpError>> + Send {
+        (**self).walk(prefix, limit)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
 #[cfg(test)]
 mod tests {
     use super::*;
