@@ -25,6 +25,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("hp", include_str!("../profiles/hp.toml")),
     ("xerox", include_str!("../profiles/xerox.toml")),
     ("canon", include_str!("../profiles/canon.toml")),
+    ("ricoh", include_str!("../profiles/ricoh.toml")),
 ];
 
 /// Printer makers by IANA enterprise number (the arc after 1.3.6.1.4.1 in
@@ -32,7 +33,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
 pub const MAKERS: &[(u32, &str, Option<&str>)] = &[
     (11, "HP", Some("hp")),
     (1602, "Canon", Some("canon")),
-    (367, "Ricoh", None),
+    (367, "Ricoh", Some("ricoh")),
     (1347, "Kyocera", None),
     (253, "Xerox", Some("xerox")),
     (2435, "Brother", None),
@@ -282,6 +283,16 @@ struct RawCounter {
     unit: Option<String>,
     /// What it counts: a [`platen_protocol::telemetry::CounterKind`] by name.
     kind: Option<String>,
+    /// A table counter: the column whose row holds `code` picks the row of `oid`'s
+    /// column (`{ type_column = "…", code = 10 }`).
+    row: Option<RawRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRow {
+    type_column: String,
+    code: i64,
 }
 
 #[derive(Deserialize)]
@@ -394,6 +405,16 @@ impl Profile {
                     .oid
                     .parse()
                     .map_err(|m| invalid(format!("{at}.oid: {m}")))?,
+                row_of: match c.row {
+                    None => None,
+                    Some(r) => Some(crate::printer_mib::TableRow {
+                        type_column: r
+                            .type_column
+                            .parse()
+                            .map_err(|m| invalid(format!("{at}.row.type_column: {m}")))?,
+                        code: r.code,
+                    }),
+                },
                 name: c.name,
                 unit: c.unit,
                 kind,

@@ -1218,7 +1218,8 @@ mod tests {
             hint("1.3.6.1.4.1.18334.1.1.1.2.1.181.2.4").contains("profile = \"konica-minolta\"")
         );
         assert!(hint("1.3.6.1.4.1.253.8.62.1").contains("profile = \"xerox\""));
-        assert!(hint("1.3.6.1.4.1.367.1.1").contains("no built-in profile reads Ricoh's"));
+        assert!(hint("1.3.6.1.4.1.367.1.1").contains("profile = \"ricoh\""));
+        assert!(hint("1.3.6.1.4.1.1347.41.1").contains("no built-in profile reads Kyocera's"));
         assert!(hint("1.3.6.1.4.1.99999.1").contains("write a profile"));
         // With a counter, nothing to say.
         let mut r = reading("1.3.6.1.4.1.253.8.62.1");

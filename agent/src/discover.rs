@@ -304,8 +304,9 @@ mod tests {
             (Some("1.3.6.1.4.1.11.2.3.9.1"), None, "hp", "HP's"),
             (Some(".1.3.6.1.4.1.253.8.62.1.35"), None, "xerox", "Xerox's"),
             (Some("1.3.6.1.4.1.1602.4.3"), None, "canon", "Canon's"),
+            (Some("1.3.6.1.4.1.367.1.1"), None, "ricoh", "Ricoh's"),
             (
-                Some("1.3.6.1.4.1.367.1.1"),
+                Some("1.3.6.1.4.1.1347.41.1"),
                 None,
                 "default",
                 "no built-in profile",

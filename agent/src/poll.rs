@@ -58,7 +58,7 @@ pub async fn collect<S: Snmp>(
     let get = get_values(snmp, &scalars);
     let walks = async {
         let mut rows = Vec::new();
-        for t in table_oids() {
+        for t in table_oids(spec) {
             match snmp.walk(&t, WALK_LIMIT).await {
                 Ok(r) => rows.extend(r),
                 Err(e) if fatal(&e) => return Err(e),

@@ -46,9 +46,20 @@ fn oid(s: &str) -> ObjectId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VendorCounter {
     pub name: String,
+    /// The object to GET; with `row_of`, the value column of the maker's table.
     pub oid: ObjectId,
     pub unit: Option<String>,
     pub kind: Option<platen_protocol::telemetry::CounterKind>,
+    /// For a counter in a table whose rows differ per model (Ricoh): the row is the
+    /// one whose `type_column` holds `code`; its value is in `oid`'s column.
+    pub row_of: Option<TableRow>,
+}
+
+/// Where a table counter's row is found ([`VendorCounter::row_of`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRow {
+    pub type_column: ObjectId,
+    pub code: i64,
 }
 
 /// What to read beyond the standard objects, and how to judge supplies.
@@ -103,13 +114,18 @@ pub fn scalar_oids(device: u32, spec: &TelemetrySpec) -> Vec<ObjectId> {
     ] {
         v.push(oid(base).child(device));
     }
-    v.extend(spec.vendor_counters.iter().map(|c| c.oid.clone()));
+    v.extend(
+        spec.vendor_counters
+            .iter()
+            .filter(|c| c.row_of.is_none())
+            .map(|c| c.oid.clone()),
+    );
     v
 }
 
-/// The tables one poll walks (marker counters, supplies, alerts, and the input
-/// trays' columns that say what is in them).
-pub fn table_oids() -> Vec<ObjectId> {
+/// The tables one poll walks (marker counters, supplies, alerts, the input trays'
+/// columns that say what is in them, and the columns of table vendor counters).
+pub fn table_oids(spec: &TelemetrySpec) -> Vec<ObjectId> {
     let mut v = vec![
         oid(PRT_MARKER_ENTRY).child(3),
         oid(PRT_MARKER_ENTRY).child(4),
@@ -117,7 +133,34 @@ pub fn table_oids() -> Vec<ObjectId> {
         oid(PRT_ALERT_ENTRY),
     ];
     v.extend(INPUT_COLUMNS.iter().map(|c| oid(PRT_INPUT_ENTRY).child(*c)));
+    for c in &spec.vendor_counters {
+        if let Some(row) = &c.row_of {
+            for col in [&row.type_column, &c.oid] {
+                if !v.contains(col) {
+                    v.push(col.clone());
+                }
+            }
+        }
+    }
     v
+}
+
+/// A table counter's value: the row of `row.type_column` holding `row.code`, read in
+/// the `value_column` (rows are matched by their whole index suffix).
+fn table_counter(
+    values: &BTreeMap<ObjectId, SnmpValue>,
+    value_column: &ObjectId,
+    row: &TableRow,
+) -> Option<(ObjectId, u64)> {
+    let n = row.type_column.0.len();
+    let index = values
+        .range(row.type_column.clone()..)
+        .take_while(|(k, _)| k.starts_with(&row.type_column))
+        .find(|(_, v)| int(v) == Some(row.code))
+        .map(|(k, _)| k.0[n..].to_vec())?;
+    let at = ObjectId(value_column.0.iter().chain(index.iter()).copied().collect());
+    let value = get(values, &at).and_then(unsigned)?;
+    Some((at, value))
 }
 
 /// prtInputTable columns read: type, capacity unit, max capacity, current level,
@@ -672,10 +715,16 @@ pub fn decode(
         })
         .collect();
     for vc in &spec.vendor_counters {
-        if let Some(value) = get(values, &vc.oid).and_then(unsigned) {
+        let found = match &vc.row_of {
+            None => get(values, &vc.oid)
+                .and_then(unsigned)
+                .map(|v| (vc.oid.clone(), v)),
+            Some(row) => table_counter(values, &vc.oid, row),
+        };
+        if let Some((at, value)) = found {
             counters.push(Counter {
                 name: vc.name.clone(),
-                oid: vc.oid.to_string(),
+                oid: at.to_string(),
                 unit: vc.unit.clone(),
                 value,
                 kind: vc.kind,
@@ -784,6 +833,61 @@ pub fn decode(
 
 #[cfg(test)]
 mod tests {
+    /// A table counter (Ricoh) is found by the row whose type column holds its code,
+    /// wherever the model puts that row; a code no row has gives no counter.
+    #[test]
+    fn table_counters_are_found_by_their_type_code() {
+        let profile = crate::catalog::Profile::load("ricoh").unwrap();
+        let spec = TelemetrySpec {
+            vendor_counters: profile.counters.clone(),
+            billing_counter: profile.billing_counter.clone(),
+            ..TelemetrySpec::default()
+        };
+        let types: ObjectId = "1.3.6.1.4.1.367.3.2.1.2.19.5.1.2".parse().unwrap();
+        let values_col: ObjectId = "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9".parse().unwrap();
+        // Walked once per poll, each column once.
+        let tables = table_oids(&spec);
+        assert_eq!(tables.iter().filter(|t| **t == types).count(), 1);
+        assert_eq!(tables.iter().filter(|t| **t == values_col).count(), 1);
+        assert!(!scalar_oids(1, &spec).contains(&values_col));
+        // This model's rows, in its own order: (row, type code, value).
+        let rows = [
+            (1, 400, 700),
+            (2, 10, 1000),
+            (3, 402, 150),
+            (4, 401, 550),
+            (7, 403, 0),
+        ];
+        let mut values = BTreeMap::new();
+        for (r, code, v) in rows {
+            values.insert(types.child(r), SnmpValue::Integer(code));
+            values.insert(values_col.child(r), SnmpValue::Integer(v));
+        }
+        let reading = decode(&values, 1, &spec, chrono::Utc::now());
+        let got: Vec<(&str, &str, u64)> = reading
+            .counters
+            .iter()
+            .map(|c| (c.name.as_str(), c.oid.as_str(), c.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ricohTotal", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.2", 1000),
+                ("ricohPrintTotal", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.1", 700),
+                ("ricohPrintBlack", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.4", 550),
+                ("ricohPrintColor", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.3", 150),
+                ("ricohPrintColor2", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.7", 0),
+            ]
+        );
+        let checks = crate::counters::checks(&reading.counters);
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.whole == "print" && c.parts_value == 700 && c.adds_up()),
+            "{checks:?}"
+        );
+    }
+
     use super::*;
 
     #[test]
