@@ -175,7 +175,7 @@ impl SigningConfig {
 }
 
 /// SNMP notifications (traps and informs) from the printers: each one is a reason to
-/// poll its printer now, never data (see [`crate::traps`]).
+/// poll its printer now, never data (see [`crate::telemetry::traps`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrapsConfig {

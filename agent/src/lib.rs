@@ -1,32 +1,44 @@
 //! `platen-agent`: runs beside printers, applies desired configuration over SNMP and
-//! reports the outcome over MQTT, durably.
+//! reports the outcome over MQTT, durably; reports telemetry; answers technicians.
 //!
-//! Data flow (see `ARCHITECTURE.md`):
-//! MQTT `config/desired` → [`mqtt`] (manual ack) → [`store`] (sled, flushed) → ack →
-//! [`reconciler`] (one task per printer) → [`apply`] (SET, settle, GET read-back,
-//! [`verdict`]) → report into the [`store`] outbox (flushed) → [`mqtt`] publishes it
-//! and deletes it only on the broker's PUBACK.
+//! Folders by concern, lowest layer first (each uses only the layers before it;
+//! `agent/tests/layers.rs` checks every `crate::` path, ARCHITECTURE.md the map):
+//! * [`config`], [`store`] (sled: desired configs, the outbox), and from
+//!   `platen-ops` [`secret`], [`tls`], [`backoff`] — the base;
+//! * [`observe`] — the metrics registry and the status board;
+//! * [`snmp`] — the client behind our `Snmp` trait, reads, the Printer MIB decoding,
+//!   verdicts of a read-back;
+//! * [`apply`] — settings profiles, applying a desired config, the per-printer
+//!   reconciler, drift checks;
+//! * [`telemetry`] — polls, the fleet poller, the tracker that decides what to send,
+//!   counter checks, SNMP notifications;
+//! * [`link`] — the broker link (MQTT, the outbox pump);
+//! * [`tools`] — the technician's commands (diag, discover, status), the metrics
+//!   endpoint;
+//! * [`run`] — the daemon: everything started together and stopped explicitly.
+//!
+//! Data flow: MQTT `config/desired` → [`link`] (manual ack) → [`store`] (flushed) →
+//! ack → [`apply::reconciler`] (one task per printer) → [`apply`] (SET, settle, GET
+//! read-back, [`snmp::verdict`]) → report into the [`store`] outbox (flushed) →
+//! [`link`] publishes it and deletes it only on the broker's PUBACK.
 
-pub mod apply;
-pub mod catalog;
-pub mod config;
-pub mod counters;
-pub mod diag;
-pub mod discover;
-pub mod drift;
-pub mod fleet;
-pub mod metrics;
-pub mod mqtt;
-pub mod poll;
-pub mod printer_mib;
-pub mod reconciler;
-pub mod run;
 pub use platen_ops::backoff;
 pub use platen_ops::secret;
-pub mod snmp;
-pub mod status;
-pub mod store;
-pub mod telemetry;
-pub mod traps;
 pub use platen_ops::tls;
-pub mod verdict;
+
+pub mod config;
+pub mod store;
+
+pub mod observe;
+
+pub mod snmp;
+
+pub mod apply;
+
+pub mod telemetry;
+
+pub mod link;
+
+pub mod tools;
+
+pub mod run;

@@ -6,7 +6,7 @@ use platen_ops::config::ConfigFile;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-mod cli;
+use platen_agent::tools::cli;
 
 #[derive(Parser)]
 #[command(
@@ -161,7 +161,7 @@ fn check(file: &std::path::Path) -> Result<usize, (usize, String)> {
             problems.push(format!("{}: broker.tls: {e}", file.display()));
         }
     }
-    if let Err(e) = platen_agent::run::load_profiles(&cfg) {
+    if let Err(e) = platen_agent::apply::profile::load_all(&cfg) {
         problems.push(format!("{}: {e}", file.display()));
     }
     // The same check `run` makes: a file with credentials that others can read.

@@ -2,19 +2,19 @@
 //! handler, one reconciler per printer, the fleet poller (telemetry and drift) and
 //! the status writer; stop them in order on shutdown.
 
+use crate::apply::drift::DriftCheck;
+use crate::apply::profile::{Profile, ProfileError};
+use crate::apply::reconciler::{PrinterLock, PrinterTask};
 use crate::apply::ApplyParams;
-use crate::catalog::{Profile, ProfileError};
-use crate::config::{AgentConfig, PrinterConfig, SnmpVersion};
-use crate::diag::{diagnose, DiagParams};
-use crate::drift::DriftCheck;
-use crate::fleet::{Fleet, FleetPrinter};
-use crate::mqtt::{self, MqttLink};
-use crate::printer_mib::TelemetrySpec;
-use crate::reconciler::{PrinterLock, PrinterTask};
+use crate::config::{AgentConfig, SnmpVersion};
+use crate::link::mqtt::{self, MqttLink};
+use crate::observe::status::Board;
+use crate::snmp::printer_mib::TelemetrySpec;
 use crate::snmp::{AsyncSnmp, SharedTransport, SnmpError, Target};
-use crate::status::Board;
 use crate::store::{Offer, OutboxEntry, Store, StoreError};
+use crate::telemetry::fleet::{Fleet, FleetPrinter};
 use crate::telemetry::{Thresholds, Tracker};
+use crate::tools::diag::{diagnose, DiagParams};
 use chrono::Utc;
 use platen_protocol::{codec, DesiredConfig, DiagRequest, DiagResponse, Id, Topic};
 use std::collections::{HashMap, VecDeque};
@@ -55,17 +55,11 @@ pub enum RunError {
         #[source]
         source: StoreError,
     },
-    #[error("printer {printer}: reapply_on_drift names {setting}, which profile {profile} does not have")]
-    UnknownReapply {
-        printer: Id,
-        setting: String,
-        profile: String,
-    },
     #[error("traps.listen: {0}")]
     Traps(String),
 }
 
-/// Bind the notification listener ([`crate::traps`]) and start it; returns what the
+/// Bind the notification listener ([`crate::telemetry::traps`]) and start it; returns what the
 /// fleet poller hears it on. Printers are known by their addresses (host names are
 /// resolved once, here); v1/v2c notifications must carry one of the printers'
 /// communities.
@@ -93,8 +87,10 @@ async fn start_trap_listener(
         warn!("traps.listen is set but no printer uses SNMPv1/v2c: notifications from SNMPv3 printers are not taken yet; no listener");
         return Ok(None);
     }
-    let sources =
-        crate::traps::Sources::new(by_address, Duration::from_millis(cfg.traps.min_interval_ms));
+    let sources = crate::telemetry::traps::Sources::new(
+        by_address,
+        Duration::from_millis(cfg.traps.min_interval_ms),
+    );
     // The listener binds before the agent reports itself running: a port in use is
     // an error at start, not a warning later.
     let receiver = crate::snmp::Notifications::bind(addr, &communities)
@@ -102,7 +98,7 @@ async fn start_trap_listener(
         .map_err(RunError::Traps)?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     workers.push(tokio::spawn(async move {
-        if let Err(e) = crate::traps::listen(receiver, sources, tx, stop).await {
+        if let Err(e) = crate::telemetry::traps::listen(receiver, sources, tx, stop).await {
             error!(error = %e, "SNMP notification listener stopped");
         }
     }));
@@ -182,58 +178,11 @@ impl AgentHandle {
             s.pid = 0;
             s.written_at = Some(Utc::now());
         });
-        if let Err(e) = crate::status::write_snapshot(&self.state_dir, &self.board.get()) {
+        if let Err(e) = crate::observe::status::write_snapshot(&self.state_dir, &self.board.get()) {
             warn!(error = %e, "writing the final status file");
         }
         info!("agent stopped");
     }
-}
-
-/// Connection parameters for a printer from its config entry.
-pub fn target(p: &PrinterConfig) -> Target {
-    Target {
-        address: p.address.clone(),
-        port: p.port,
-        credentials: match (&p.snmp_version, &p.v3) {
-            (SnmpVersion::V3, Some(v3)) => crate::snmp::Credentials::V3(v3.clone()),
-            (SnmpVersion::V1, _) => crate::snmp::Credentials::V1(p.community.clone()),
-            _ => crate::snmp::Credentials::V2c(p.community.clone()),
-        },
-        timeout: p.timeout(),
-        retries: p.retries,
-    }
-}
-
-/// The telemetry spec for a printer with `profile`.
-pub fn spec(cfg: &AgentConfig, profile: &Profile) -> TelemetrySpec {
-    TelemetrySpec {
-        vendor_counters: profile.counters.clone(),
-        billing_counter: profile.billing_counter.clone(),
-        low_percent: cfg.telemetry.low_percent,
-    }
-}
-
-/// Load every profile the config names (once each) and check `reapply_on_drift`.
-pub fn load_profiles(cfg: &AgentConfig) -> Result<HashMap<String, Arc<Profile>>, RunError> {
-    let mut profiles: HashMap<String, Arc<Profile>> = HashMap::new();
-    for p in &cfg.printers {
-        if !profiles.contains_key(&p.profile) {
-            profiles.insert(p.profile.clone(), Arc::new(Profile::load(&p.profile)?));
-        }
-        let profile = &profiles[&p.profile];
-        if let Some(s) = p
-            .reapply_on_drift
-            .iter()
-            .find(|s| *s != "*" && profile.get(s).is_none())
-        {
-            return Err(RunError::UnknownReapply {
-                printer: p.id.clone(),
-                setting: s.clone(),
-                profile: profile.name.clone(),
-            });
-        }
-    }
-    Ok(profiles)
 }
 
 /// What a remote diagnostics request needs for one printer.
@@ -266,7 +215,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         .as_ref()
         .map(crate::tls::client_config)
         .transpose()?;
-    let profiles = load_profiles(&cfg)?;
+    let profiles = crate::apply::profile::load_all(&cfg)?;
     let trusted = cfg.signing.trusted().map_err(RunError::Keys)?;
     if trusted.is_empty() {
         warn!("desired-config signatures are not checked: [signing] trusted_keys is empty");
@@ -290,7 +239,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
     let mut fleet_printers = Vec::new();
     for p in &cfg.printers {
         let profile = profiles[&p.profile].clone();
-        let snmp = AsyncSnmp::connect(&target(p), &transport)
+        let snmp = AsyncSnmp::connect(&Target::of(p), &transport)
             .await
             .map_err(|source| RunError::Snmp {
                 printer: p.id.clone(),
@@ -302,7 +251,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
         let (tx, rx) = watch::channel(stored);
         routes.insert((tenant.clone(), p.id.clone()), tx);
         let lock: PrinterLock = Arc::default();
-        let spec = Arc::new(spec(&cfg, &profile));
+        let spec = Arc::new(crate::telemetry::spec(&cfg, &profile));
         diag_ctx.insert(
             (tenant.clone(), p.id.clone()),
             DiagContext {
@@ -312,7 +261,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                 spec: spec.clone(),
                 target: format!("{}:{}", p.address, p.port),
                 version: version_name(p.snmp_version),
-                default_community: target(p).credentials.default_community(),
+                default_community: Target::of(p).credentials.default_community(),
             },
         );
         let drift = (cfg.drift.interval_secs > 0).then(|| {
@@ -446,14 +395,14 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
                     }
                     None => {
                         warn!(topic = %p.topic, "diagnostics request for a printer this agent does not manage");
-                        crate::metrics::get().refused("diag", "unknown_printer");
+                        crate::observe::metrics::get().refused("diag", "unknown_printer");
                     }
                 }
                 continue;
             }
             if let Some(reason) = l.storage_fault() {
                 error!(topic = %p.topic, reason, "desired config refused: the state store cannot be written; not acknowledged");
-                crate::metrics::get().refused("desired", "storage");
+                crate::observe::metrics::get().refused("desired", "storage");
                 // Beyond the cap, the broker resends it after the next reconnect.
                 if held.len() < MAX_HELD {
                     held.push_back(p);
@@ -484,7 +433,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, RunError> {
     )));
     if cfg.metrics.enabled {
         let listen = cfg.metrics.listen;
-        let server = crate::metrics::serve(
+        let server = crate::tools::metrics_endpoint::serve(
             listen,
             store.clone(),
             board.clone(),
@@ -606,7 +555,7 @@ async fn answer_diag(
         Ok(r) => r,
         Err(e) => {
             warn!(printer = %printer, error = %e, "diagnostics request refused");
-            crate::metrics::get().refused("diag", "malformed");
+            crate::observe::metrics::get().refused("diag", "malformed");
             return;
         }
     };
@@ -680,7 +629,7 @@ async fn status_writer(
     mut stop: watch::Receiver<bool>,
 ) {
     // Gateways often run on flash: write when something changed, else every 30 s.
-    let mut last: Option<(crate::status::Snapshot, std::time::Instant)> = None;
+    let mut last: Option<(crate::observe::status::Snapshot, std::time::Instant)> = None;
     let watchdog = platen_ops::systemd::watchdog_interval();
     let mut last_status = String::new();
     loop {
@@ -713,7 +662,10 @@ async fn status_writer(
         if !unchanged {
             snap.written_at = Some(Utc::now());
             let (d, s2) = (dir.clone(), snap.clone());
-            match tokio::task::spawn_blocking(move || crate::status::write_snapshot(&d, &s2)).await
+            match tokio::task::spawn_blocking(move || {
+                crate::observe::status::write_snapshot(&d, &s2)
+            })
+            .await
             {
                 Ok(Ok(())) => last = Some((snap, std::time::Instant::now())),
                 Ok(Err(e)) => warn!(error = %e, "writing the status file"),
@@ -738,7 +690,7 @@ async fn handle_desired(
     topic: &str,
     payload: &[u8],
 ) -> Result<(), StoreError> {
-    let refused = |reason: &str| crate::metrics::get().refused("desired", reason);
+    let refused = |reason: &str| crate::observe::metrics::get().refused("desired", reason);
     let (tenant, printer) = match topic.parse::<Topic>() {
         Ok(Topic::DesiredConfig { tenant, printer }) => (tenant, printer),
         Ok(other) => {
@@ -885,32 +837,6 @@ async fn refuse(
             payload,
         ))
         .await?;
-    crate::metrics::get().report(&report);
+    crate::observe::metrics::get().report(&report);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reapply_names_must_be_in_the_profile() {
-        let base = "agent_id='a'\ntenant='t'\nstate_dir='/tmp/x'\n[broker]\nhost='h'\n[[printer]]\nid='p1'\naddress='h'\ncommunity='c'\n";
-        let ok = AgentConfig::parse(
-            &format!("{base}reapply_on_drift=['sysLocation', '*']\n"),
-            std::path::Path::new("a.toml"),
-        )
-        .unwrap();
-        assert!(load_profiles(&ok).is_ok());
-        let bad = AgentConfig::parse(
-            &format!("{base}reapply_on_drift=['sysLocaton']\n"),
-            std::path::Path::new("a.toml"),
-        )
-        .unwrap();
-        let err = load_profiles(&bad).unwrap_err().to_string();
-        assert!(
-            err.contains("printer p1: reapply_on_drift names sysLocaton"),
-            "{err}"
-        );
-    }
 }

@@ -2,7 +2,7 @@
 //! `tests/fixtures/snmprec/README.md`), asserted against the recorded values.
 
 use chrono::Utc;
-use platen_agent::printer_mib::{decode, device_index, TelemetrySpec};
+use platen_agent::snmp::printer_mib::{decode, device_index, TelemetrySpec};
 use platen_agent::snmp::{from_value, ObjectId, SnmpValue};
 use platen_protocol::telemetry::{Level, Reading, SpecialLevel, Supply, SupplyClass, SupplyState};
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ fn epson_empty_error_state_and_inks_at_one_percent_are_low() {
 
 #[test]
 fn konica_service_requested_bit_waste_box_special_values_vendor_counters() {
-    let profile = platen_agent::catalog::Profile::load("konica-minolta").unwrap();
+    let profile = platen_agent::apply::profile::Profile::load("konica-minolta").unwrap();
     let spec = TelemetrySpec {
         vendor_counters: profile.counters.clone(),
         billing_counter: profile.billing_counter.clone(),
@@ -160,7 +160,7 @@ fn konica_service_requested_bit_waste_box_special_values_vendor_counters() {
     );
     assert_eq!(r.counters[0].kind.map(|k| k.name()), Some("total"));
     // Black + colour against the life count: 7 pages the split does not count.
-    let checks = platen_agent::counters::checks(&r.counters);
+    let checks = platen_agent::telemetry::counters::checks(&r.counters);
     assert_eq!(checks.len(), 1, "{checks:?}");
     let c = &checks[0];
     assert_eq!(

@@ -6,7 +6,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(p) = platen_agent::catalog::Profile::parse(text, "fuzz.toml") {
+    if let Ok(p) = platen_agent::apply::profile::Profile::parse(text, "fuzz.toml") {
         let names = p.names();
         let _ = p.apply_order(&names);
     }

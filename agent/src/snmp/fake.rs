@@ -3,8 +3,8 @@
 //! and come back, and that counts what it was asked. (End-to-end tests use the
 //! simulator, `platen-printer-sim`, over real UDP.)
 
+use super::printer_mib::HR_DEVICE_PRINTER;
 use super::{ErrorStatus, ObjectId, Snmp, SnmpError, SnmpValue};
-use crate::catalog::HR_DEVICE_PRINTER;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU32};

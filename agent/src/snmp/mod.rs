@@ -8,6 +8,10 @@
 //!
 //! Communities are handed to async-snmp and never formatted by this module.
 
+pub mod printer_mib;
+pub mod reads;
+pub mod verdict;
+
 use crate::secret::Secret;
 use std::fmt;
 use std::future::Future;
@@ -152,6 +156,38 @@ pub enum SnmpError {
     Security(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl Target {
+    /// Connection parameters for a printer from its config entry.
+    pub fn of(p: &crate::config::PrinterConfig) -> Target {
+        use crate::config::SnmpVersion;
+        Target {
+            address: p.address.clone(),
+            port: p.port,
+            credentials: match (&p.snmp_version, &p.v3) {
+                (SnmpVersion::V3, Some(v3)) => Credentials::V3(v3.clone()),
+                (SnmpVersion::V1, _) => Credentials::V1(p.community.clone()),
+                _ => Credentials::V2c(p.community.clone()),
+            },
+            timeout: p.timeout(),
+            retries: p.retries,
+        }
+    }
+}
+
+impl SnmpError {
+    /// The error's kind, as the metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SnmpError::Timeout { .. } => "timeout",
+            SnmpError::Status { .. } => "status",
+            SnmpError::Network(_) => "network",
+            SnmpError::Malformed(_) => "malformed",
+            SnmpError::Security(_) => "security",
+            SnmpError::Other(_) => "other",
+        }
+    }
 }
 
 /// What the agent needs from SNMP. One instance talks to one printer.
@@ -305,7 +341,7 @@ pub struct AsyncSnmp {
     target: String,
     retries: u32,
     /// Latency/error recording for the printer; `None` for one-off clients (diag, discover).
-    probe: Option<std::sync::Arc<crate::metrics::SnmpProbe>>,
+    probe: Option<std::sync::Arc<crate::observe::metrics::SnmpProbe>>,
     /// SNMPv3: the printer's engine id as discovered, watched for changes.
     engine: Option<std::sync::Arc<EngineWatch>>,
 }
@@ -393,19 +429,19 @@ impl AsyncSnmp {
     /// Record latency and errors of this client's requests under `printer`.
     pub fn with_metrics(mut self, printer: &str) -> Self {
         self.probe = Some(std::sync::Arc::new(
-            crate::metrics::get().snmp_probe(printer),
+            crate::observe::metrics::get().snmp_probe(printer),
         ));
         self
     }
 
     fn record<T>(
         &self,
-        op: crate::metrics::SnmpOp,
+        op: crate::observe::metrics::SnmpOp,
         started: std::time::Instant,
         r: &Result<T, SnmpError>,
     ) {
         if let Some(p) = &self.probe {
-            p.record(op, started.elapsed(), r.as_ref().err());
+            p.record(op, started.elapsed(), r.as_ref().err().map(SnmpError::kind));
         }
         if let Some(w) = &self.engine {
             w.check(&self.target);
@@ -578,7 +614,7 @@ impl Snmp for AsyncSnmp {
         let r = self
             .with_v3_checks(|| self.get_inner(&self.client, self.retries, oids))
             .await;
-        self.record(crate::metrics::SnmpOp::Get, started, &r);
+        self.record(crate::observe::metrics::SnmpOp::Get, started, &r);
         r
     }
 
@@ -587,21 +623,21 @@ impl Snmp for AsyncSnmp {
         let r = self
             .with_v3_checks(|| self.set_inner(oid, value.clone()))
             .await;
-        self.record(crate::metrics::SnmpOp::Set, started, &r);
+        self.record(crate::observe::metrics::SnmpOp::Set, started, &r);
         r
     }
 
     async fn set_many(&self, items: &[(ObjectId, SnmpValue)]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.with_v3_checks(|| self.set_many_inner(items)).await;
-        self.record(crate::metrics::SnmpOp::Set, started, &r);
+        self.record(crate::observe::metrics::SnmpOp::Set, started, &r);
         r
     }
 
     async fn get_once(&self, oids: &[ObjectId]) -> Result<Vec<SnmpValue>, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.get_inner(&self.once, 0, oids).await;
-        self.record(crate::metrics::SnmpOp::Get, started, &r);
+        self.record(crate::observe::metrics::SnmpOp::Get, started, &r);
         r
     }
 
@@ -612,7 +648,7 @@ impl Snmp for AsyncSnmp {
     ) -> Result<Vec<(ObjectId, SnmpValue)>, SnmpError> {
         let started = std::time::Instant::now();
         let r = self.with_v3_checks(|| self.walk_inner(prefix, limit)).await;
-        self.record(crate::metrics::SnmpOp::Walk, started, &r);
+        self.record(crate::observe::metrics::SnmpOp::Walk, started, &r);
         r
     }
 }
@@ -714,7 +750,7 @@ impl AsyncSnmp {
 
 /// SNMP notifications (traps, informs; v1/v2c with one of the given communities)
 /// received on a socket. Only each one's source address comes out: Platen never takes
-/// a notification's contents as data (see `crate::traps`).
+/// a notification's contents as data (see `crate::telemetry::traps`).
 pub struct Notifications(async_snmp::notification::NotificationReceiver);
 
 impl Notifications {

@@ -8,12 +8,12 @@
 //! answering printers with 256 in flight.
 
 use crate::table::{Bound, Results};
-use platen_agent::fleet::{Fleet, FleetPrinter, SweepStats};
-use platen_agent::printer_mib::TelemetrySpec;
+use platen_agent::observe::status::Board;
 use platen_agent::secret::Secret;
+use platen_agent::snmp::printer_mib::TelemetrySpec;
 use platen_agent::snmp::{AsyncSnmp, ObjectId, SharedTransport, Snmp, Target};
-use platen_agent::status::Board;
 use platen_agent::store::Store;
+use platen_agent::telemetry::fleet::{Fleet, FleetPrinter, SweepStats};
 use platen_agent::telemetry::{Thresholds, Tracker};
 use platen_e2e::Sim;
 use std::sync::Arc;

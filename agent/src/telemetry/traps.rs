@@ -113,7 +113,7 @@ pub async fn listen(
             }
         };
         let route = sources.route(source.ip(), Instant::now());
-        crate::metrics::get().trap(route.outcome());
+        crate::observe::metrics::get().trap(route.outcome());
         match route {
             Route::Poll(ids) => {
                 debug!(%source, printers = ?ids, "SNMP notification: polling now");

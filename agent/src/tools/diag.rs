@@ -8,12 +8,12 @@
 //! and publishes and receives on the agent's own echo topic. Rendering is in
 //! [`render_table`]; the JSON form is the serde form of [`DiagOutput`].
 
-use crate::apply::get_values;
-use crate::catalog::Profile;
+use crate::apply::profile::Profile;
 use crate::config::AgentConfig;
-use crate::poll::collect;
-use crate::printer_mib::{decode, Severity, TelemetrySpec};
+use crate::snmp::printer_mib::{decode, Severity, TelemetrySpec};
+use crate::snmp::reads::get_values;
 use crate::snmp::{ErrorStatus, Snmp, SnmpError, SnmpValue};
+use crate::telemetry::poll::collect;
 use chrono::Utc;
 use platen_protocol::diag::{CounterCheck, LastReport, PrinterDiag, Problem, SettingCheck};
 use platen_protocol::telemetry::{Level, SupplyClass, SupplyState};
@@ -125,8 +125,8 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
     }
     // 1. Reachability and credentials.
     let probe: Vec<_> = [
-        crate::printer_mib::SYS_UPTIME,
-        crate::printer_mib::SYS_DESCR,
+        crate::snmp::printer_mib::SYS_UPTIME,
+        crate::snmp::printer_mib::SYS_DESCR,
     ]
     .iter()
     .filter_map(|o| o.parse().ok())
@@ -154,7 +154,7 @@ pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
             tray_findings(id, &r, &mut out);
             out.identity = Some(r.identity);
             out.status = Some(r.status);
-            out.counter_checks = crate::counters::checks(&r.counters);
+            out.counter_checks = crate::telemetry::counters::checks(&r.counters);
             counter_check_findings(id, &out.counter_checks, &mut out.warnings);
             out.counters = r.counters;
             out.supplies = r.supplies;
@@ -269,7 +269,7 @@ fn counter_findings(
         .identity
         .sys_object_id
         .as_deref()
-        .and_then(crate::catalog::maker);
+        .and_then(crate::apply::profile::maker);
     let hint = match maker {
         Some((m, Some(built_in))) if built_in != profile.name => format!(
             "set profile = \"{built_in}\" for printer {id}: it reads {m}'s own page counters"
@@ -339,7 +339,7 @@ fn tray_findings(id: &Id, r: &platen_protocol::telemetry::Reading, out: &mut Pri
 /// says "down", or "warning" without any bit to say why.
 fn status_findings(id: &Id, st: &platen_protocol::telemetry::Status, out: &mut PrinterDiag) {
     for name in &st.errors {
-        match crate::printer_mib::error_bit(name) {
+        match crate::snmp::printer_mib::error_bit(name) {
             Some(b) => {
                 let item = problem(
                     "status",
@@ -511,7 +511,7 @@ pub fn level_text(s: &platen_protocol::telemetry::Supply) -> String {
 pub fn state_text(s: &platen_protocol::telemetry::Supply) -> String {
     match (s.class, s.state) {
         (SupplyClass::Receptacle, SupplyState::SomeRemaining) => "not_full".into(),
-        (_, state) => crate::fleet::state_name(state),
+        (_, state) => crate::telemetry::fleet::state_name(state),
     }
 }
 
@@ -684,7 +684,7 @@ pub fn render_table(d: &DiagOutput) -> String {
         let pages = p
             .counters
             .iter()
-            .find(|c| c.name.starts_with(crate::printer_mib::LIFE_COUNT))
+            .find(|c| c.name.starts_with(crate::snmp::printer_mib::LIFE_COUNT))
             .map(|c| c.value.to_string())
             .unwrap_or_else(|| "-".into());
         let status = p
@@ -770,7 +770,7 @@ pub fn render_table(d: &DiagOutput) -> String {
                     truncate(&t.name, 24),
                     truncate(t.media.as_deref().unwrap_or("-"), 10),
                     level,
-                    crate::fleet::state_name(t.state),
+                    crate::telemetry::fleet::state_name(t.state),
                     if t.manual { " (manual feed)" } else { "" }
                 );
             }
@@ -960,7 +960,7 @@ mod tests {
 
     #[test]
     fn every_error_bit_has_a_severity_a_sentence_and_an_action() {
-        use crate::printer_mib::{error_bits, ERROR_BITS};
+        use crate::snmp::printer_mib::{error_bits, ERROR_BITS};
         // Each named bit, set alone, decodes to its own name and is explained.
         for (n, b) in ERROR_BITS.iter().enumerate() {
             let mut octets = [0u8; 2];
@@ -1199,7 +1199,7 @@ mod tests {
 
     #[test]
     fn a_printer_without_a_page_counter_is_named_with_the_profile_that_would_help() {
-        let default = crate::catalog::Profile::builtin_default();
+        let default = crate::apply::profile::Profile::builtin_default();
         let reading = |oid: &str| Reading {
             identity: platen_protocol::telemetry::Identity {
                 sys_object_id: Some(oid.into()),

@@ -8,8 +8,8 @@
 //! stored but not completed is applied again (SETs are idempotent) and reported with
 //! the same `report_id`.
 
+use crate::apply::profile::Profile;
 use crate::apply::{apply, ApplyParams};
-use crate::catalog::Profile;
 use crate::snmp::Snmp;
 use crate::store::{OutboxEntry, Store, Verified};
 use chrono::Utc;
@@ -128,7 +128,7 @@ impl<S: Snmp> PrinterTask<S> {
             .complete(&self.printer, version, &entry, &verified)
             .await?;
         drop(guard);
-        crate::metrics::get().report(&report);
+        crate::observe::metrics::get().report(&report);
         info!(printer = %self.printer, version, status = %status, failed = ?failed, "report queued");
         Ok(true)
     }

@@ -14,18 +14,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// The built-in profile's text.
-pub const DEFAULT_PROFILE: &str = include_str!("../profiles/default.toml");
+pub const DEFAULT_PROFILE: &str = include_str!("../../profiles/default.toml");
 
 /// Other built-in profiles, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
     (
         "konica-minolta",
-        include_str!("../profiles/konica-minolta.toml"),
+        include_str!("../../profiles/konica-minolta.toml"),
     ),
-    ("hp", include_str!("../profiles/hp.toml")),
-    ("xerox", include_str!("../profiles/xerox.toml")),
-    ("canon", include_str!("../profiles/canon.toml")),
-    ("ricoh", include_str!("../profiles/ricoh.toml")),
+    ("hp", include_str!("../../profiles/hp.toml")),
+    ("xerox", include_str!("../../profiles/xerox.toml")),
+    ("canon", include_str!("../../profiles/canon.toml")),
+    ("ricoh", include_str!("../../profiles/ricoh.toml")),
 ];
 
 /// Printer makers by IANA enterprise number (the arc after 1.3.6.1.4.1 in
@@ -86,10 +86,7 @@ pub fn destructive(oid: &ObjectId) -> Option<&'static str> {
     })
 }
 
-/// hrDeviceType (HOST-RESOURCES-MIB), walked to find the printer's hrDeviceIndex.
-pub const HR_DEVICE_TYPE: &str = "1.3.6.1.2.1.25.3.2.1.2";
-/// hrDevicePrinter, the hrDeviceType value of a printer.
-pub const HR_DEVICE_PRINTER: &str = "1.3.6.1.2.1.25.3.1.5";
+pub use crate::snmp::printer_mib::{HR_DEVICE_PRINTER, HR_DEVICE_TYPE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
@@ -101,6 +98,41 @@ pub enum ProfileError {
     },
     #[error("profile {path}: {message}")]
     Invalid { path: String, message: String },
+    #[error("printer {printer}: reapply_on_drift names {setting}, which profile {profile} does not have")]
+    UnknownReapply {
+        printer: platen_protocol::Id,
+        setting: String,
+        profile: String,
+    },
+}
+
+/// Load every profile the config names (once each) and check each printer's
+/// `reapply_on_drift` against its profile.
+pub fn load_all(
+    cfg: &crate::config::AgentConfig,
+) -> Result<HashMap<String, std::sync::Arc<Profile>>, ProfileError> {
+    let mut profiles: HashMap<String, std::sync::Arc<Profile>> = HashMap::new();
+    for p in &cfg.printers {
+        if !profiles.contains_key(&p.profile) {
+            profiles.insert(
+                p.profile.clone(),
+                std::sync::Arc::new(Profile::load(&p.profile)?),
+            );
+        }
+        let profile = &profiles[&p.profile];
+        if let Some(s) = p
+            .reapply_on_drift
+            .iter()
+            .find(|s| *s != "*" && profile.get(s).is_none())
+        {
+            return Err(ProfileError::UnknownReapply {
+                printer: p.id.clone(),
+                setting: s.clone(),
+                profile: profile.name.clone(),
+            });
+        }
+    }
+    Ok(profiles)
 }
 
 /// Where a setting lives.
@@ -260,7 +292,7 @@ pub struct Profile {
     pub description: String,
     settings: HashMap<String, SettingDef>,
     /// Vendor page counters read with the telemetry (`[[counter]]`).
-    pub counters: Vec<crate::printer_mib::VendorCounter>,
+    pub counters: Vec<crate::snmp::printer_mib::VendorCounter>,
     /// The counter usage is computed from (`billing_counter` in `[profile]`).
     pub billing_counter: Option<String>,
 }
@@ -375,15 +407,15 @@ impl Profile {
         for (i, c) in raw.counters.into_iter().enumerate() {
             let at = format!("counter[{i}] ({})", c.name);
             validate_setting_name(&c.name).map_err(|m| invalid(format!("{at}: {m}")))?;
-            if c.name.starts_with(crate::printer_mib::LIFE_COUNT) {
+            if c.name.starts_with(crate::snmp::printer_mib::LIFE_COUNT) {
                 return Err(invalid(format!(
                     "{at}: names starting with {} are the standard counters",
-                    crate::printer_mib::LIFE_COUNT
+                    crate::snmp::printer_mib::LIFE_COUNT
                 )));
             }
             if counters
                 .iter()
-                .any(|v: &crate::printer_mib::VendorCounter| v.name == c.name)
+                .any(|v: &crate::snmp::printer_mib::VendorCounter| v.name == c.name)
             {
                 return Err(invalid(format!("{at}: duplicate counter name")));
             }
@@ -400,14 +432,14 @@ impl Profile {
                     })?,
                 ),
             };
-            counters.push(crate::printer_mib::VendorCounter {
+            counters.push(crate::snmp::printer_mib::VendorCounter {
                 oid: c
                     .oid
                     .parse()
                     .map_err(|m| invalid(format!("{at}.oid: {m}")))?,
                 row_of: match c.row {
                     None => None,
-                    Some(r) => Some(crate::printer_mib::TableRow {
+                    Some(r) => Some(crate::snmp::printer_mib::TableRow {
                         type_column: r
                             .type_column
                             .parse()
@@ -422,7 +454,7 @@ impl Profile {
         }
         if let Some(b) = &raw.profile.billing_counter {
             let standard = b
-                .strip_prefix(crate::printer_mib::LIFE_COUNT)
+                .strip_prefix(crate::snmp::printer_mib::LIFE_COUNT)
                 .and_then(|r| r.strip_prefix('.'))
                 .is_some_and(|m| m.parse::<u32>().is_ok());
             if !standard && !counters.iter().any(|c| &c.name == b) {
@@ -627,6 +659,27 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reapply_names_must_be_in_the_profile() {
+        let base = "agent_id='a'\ntenant='t'\nstate_dir='/tmp/x'\n[broker]\nhost='h'\n[[printer]]\nid='p1'\naddress='h'\ncommunity='c'\n";
+        let ok = crate::config::AgentConfig::parse(
+            &format!("{base}reapply_on_drift=['sysLocation', '*']\n"),
+            std::path::Path::new("a.toml"),
+        )
+        .unwrap();
+        assert!(load_all(&ok).is_ok());
+        let bad = crate::config::AgentConfig::parse(
+            &format!("{base}reapply_on_drift=['sysLocaton']\n"),
+            std::path::Path::new("a.toml"),
+        )
+        .unwrap();
+        let err = load_all(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("printer p1: reapply_on_drift names sysLocaton"),
+            "{err}"
+        );
+    }
 
     fn default() -> Profile {
         Profile::builtin_default()

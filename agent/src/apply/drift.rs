@@ -12,8 +12,8 @@
 //!   every check; a failed re-apply is not retried until the value changes again; a
 //!   setting that returns to its desired value (or was re-applied) is forgotten.
 
+use crate::apply::profile::Profile;
 use crate::apply::{apply, discover_device_index, get_values, ApplyParams};
-use crate::catalog::Profile;
 use crate::snmp::{ObjectId, Snmp, SnmpError, SnmpValue};
 use crate::store::{OutboxEntry, SeqKind, Store, StoreError, Verified};
 use chrono::Utc;
@@ -92,7 +92,7 @@ pub struct DriftCheck {
     pub params: ApplyParams,
     /// Settings re-applied automatically (`*` = all).
     pub reapply: Vec<String>,
-    pub lock: crate::reconciler::PrinterLock,
+    pub lock: crate::apply::reconciler::PrinterLock,
     /// Drift already reported: setting → value found.
     reported: BTreeMap<String, Option<SettingValue>>,
 }
@@ -105,7 +105,7 @@ impl DriftCheck {
         profile: std::sync::Arc<Profile>,
         params: ApplyParams,
         reapply: Vec<String>,
-        lock: crate::reconciler::PrinterLock,
+        lock: crate::apply::reconciler::PrinterLock,
     ) -> DriftCheck {
         DriftCheck {
             agent,

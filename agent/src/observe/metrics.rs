@@ -22,8 +22,7 @@
 //! | `platen_telemetry_age_seconds` | gauge | `printer`: time since the last good reading (since start before the first) |
 //! | `platen_traps_total` | counter | `outcome` (poll, rate_limited, unknown_source) |
 
-use crate::snmp::SnmpError;
-use crate::status::Board;
+use crate::observe::status::Board;
 use crate::store::Store;
 use chrono::Utc;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -318,22 +317,16 @@ pub struct SnmpProbe {
 
 impl SnmpProbe {
     /// One request took `took`, with this outcome.
-    pub fn record(&self, op: SnmpOp, took: Duration, error: Option<&SnmpError>) {
+    /// One request's latency, and its error's kind (`timeout`, `status`, …) when it
+    /// failed.
+    pub fn record(&self, op: SnmpOp, took: Duration, error_kind: Option<&'static str>) {
         let h = match op {
             SnmpOp::Get => &self.get,
             SnmpOp::Set => &self.set,
             SnmpOp::Walk => &self.walk,
         };
         h.observe(took.as_secs_f64());
-        if let Some(e) = error {
-            let kind = match e {
-                SnmpError::Timeout { .. } => "timeout",
-                SnmpError::Status { .. } => "status",
-                SnmpError::Network(_) => "network",
-                SnmpError::Malformed(_) => "malformed",
-                SnmpError::Security(_) => "security",
-                SnmpError::Other(_) => "other",
-            };
+        if let Some(kind) = error_kind {
             get()
                 .snmp_errors
                 .get_or_create(&ErrorLabels {
@@ -343,44 +336,4 @@ impl SnmpProbe {
                 .inc();
         }
     }
-}
-
-/// Serve `GET /metrics` on `listen` until `stop` turns true.
-pub async fn serve(
-    listen: std::net::SocketAddr,
-    store: Store,
-    board: Board,
-    link: crate::mqtt::MqttLink,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use axum::http::header::CONTENT_TYPE;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "metrics on http://{listen}/metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let (store, board, link) = (store.clone(), board.clone(), link.clone());
-            async move {
-                let body = get().render(&store, &board, link.is_connected());
-                (
-                    [(
-                        CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    body,
-                )
-            }
-        }),
-    );
-    Ok(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.changed().await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::warn!(error = %e, "metrics endpoint stopped");
-        }
-    }))
 }

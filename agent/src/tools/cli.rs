@@ -3,16 +3,15 @@
 //! Exit status: 0 all good, 1 something is wrong (problems listed with hints),
 //! 2 the command could not run (bad config, bad arguments).
 
-use platen_agent::config::AgentConfig;
-use platen_agent::diag::{
+use crate::config::AgentConfig;
+use crate::observe::status::{process_alive, read_snapshot, Snapshot};
+use crate::secret::Secret;
+use crate::snmp::{AsyncSnmp, SharedTransport};
+use crate::store::Store;
+use crate::tools::diag::{
     broker_check, broker_problem, diagnose, outbox_problem, render_table, DiagOutput, DiagParams,
     OutboxCheck,
 };
-use platen_agent::run::{load_profiles, spec, target};
-use platen_agent::secret::Secret;
-use platen_agent::snmp::{AsyncSnmp, SharedTransport};
-use platen_agent::status::{process_alive, read_snapshot, Snapshot};
-use platen_agent::store::Store;
 use platen_protocol::diag::LastReport;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -112,7 +111,7 @@ pub async fn diag(
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let profiles = match load_profiles(&cfg) {
+    let profiles = match crate::apply::profile::load_all(&cfg) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -150,14 +149,14 @@ pub async fn diag(
     let mut set = tokio::task::JoinSet::new();
     for (i, p) in chosen.iter().enumerate() {
         let profile = profiles[&p.profile].clone();
-        let spec = spec(&cfg, &profile);
-        let t = target(p);
+        let spec = crate::telemetry::spec(&cfg, &profile);
+        let t = crate::snmp::Target::of(p);
         let id = p.id.clone();
         let last = local.last_reports.get(p.id.as_str()).cloned();
         let version = match p.snmp_version {
-            platen_agent::config::SnmpVersion::V1 => "v1",
-            platen_agent::config::SnmpVersion::V2c => "v2c",
-            platen_agent::config::SnmpVersion::V3 => "v3",
+            crate::config::SnmpVersion::V1 => "v1",
+            crate::config::SnmpVersion::V2c => "v2c",
+            crate::config::SnmpVersion::V3 => "v3",
         };
         let (transport, sem, bar) = (transport.clone(), sem.clone(), bar.clone());
         set.spawn(async move {
@@ -395,7 +394,7 @@ pub async fn discover(a: DiscoverArgs) -> ExitCode {
         json,
     } = a;
     let range = range.as_str();
-    let addresses = match platen_agent::discover::parse_range(range) {
+    let addresses = match crate::tools::discover::parse_range(range) {
         Ok(a) => a,
         Err(e) => return fail(e),
     };
@@ -405,7 +404,7 @@ pub async fn discover(a: DiscoverArgs) -> ExitCode {
         indicatif::ProgressBar::hidden()
     };
     let b = bar.clone();
-    let found = match platen_agent::discover::sweep(
+    let found = match crate::tools::discover::sweep(
         addresses.clone(),
         port,
         Secret::new(community),

@@ -22,6 +22,10 @@ use platen_protocol::telemetry::{
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const SYS_DESCR: &str = "1.3.6.1.2.1.1.1.0";
+/// hrDeviceType (HOST-RESOURCES-MIB), walked to find the printer's hrDeviceIndex.
+pub const HR_DEVICE_TYPE: &str = "1.3.6.1.2.1.25.3.2.1.2";
+/// hrDevicePrinter, the hrDeviceType value of a printer.
+pub const HR_DEVICE_PRINTER: &str = "1.3.6.1.2.1.25.3.1.5";
 pub const SYS_OBJECT_ID: &str = "1.3.6.1.2.1.1.2.0";
 pub const SYS_UPTIME: &str = "1.3.6.1.2.1.1.3.0";
 pub const HR_DEVICE_DESCR: &str = "1.3.6.1.2.1.25.3.2.1.3";
@@ -87,8 +91,8 @@ impl Default for TelemetrySpec {
 /// The printer's hrDeviceIndex: the first hrDeviceType row equal to hrDevicePrinter,
 /// else 1 (printers without the Host Resources device table use 1 in the Printer MIB).
 pub fn device_index(values: &BTreeMap<ObjectId, SnmpValue>) -> u32 {
-    let prefix = oid(crate::catalog::HR_DEVICE_TYPE);
-    let printer = oid(crate::catalog::HR_DEVICE_PRINTER);
+    let prefix = oid(HR_DEVICE_TYPE);
+    let printer = oid(HR_DEVICE_PRINTER);
     values
         .iter()
         .find_map(|(k, v)| match v {
@@ -837,7 +841,7 @@ mod tests {
     /// wherever the model puts that row; a code no row has gives no counter.
     #[test]
     fn table_counters_are_found_by_their_type_code() {
-        let profile = crate::catalog::Profile::load("ricoh").unwrap();
+        let profile = crate::apply::profile::Profile::load("ricoh").unwrap();
         let spec = TelemetrySpec {
             vendor_counters: profile.counters.clone(),
             billing_counter: profile.billing_counter.clone(),
@@ -879,7 +883,7 @@ mod tests {
                 ("ricohPrintColor2", "1.3.6.1.4.1.367.3.2.1.2.19.5.1.9.7", 0),
             ]
         );
-        let checks = crate::counters::checks(&reading.counters);
+        let checks = crate::telemetry::counters::checks(&reading.counters);
         assert!(
             checks
                 .iter()

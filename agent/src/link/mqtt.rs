@@ -303,7 +303,7 @@ async fn poll_loop(
                     s.connected = true;
                     s.fresh_session = true;
                     s.reconnects += 1;
-                    crate::metrics::get().connected(s.reconnects);
+                    crate::observe::metrics::get().connected(s.reconnects);
                     info!(session_present = ack.session_present, "connected to broker");
                     link.wake.notify_one();
                 } else {

@@ -5,10 +5,10 @@
 //! or prtMarkerSuppliesDescription. Hosts that do not answer within the timeout
 //! are skipped silently: most addresses in a range have nothing on them.
 
-use crate::apply::get_values;
-use crate::printer_mib::{
+use crate::snmp::printer_mib::{
     text, HR_DEVICE_DESCR, PRT_SERIAL, PRT_SUPPLIES_ENTRY, SYS_DESCR, SYS_OBJECT_ID,
 };
+use crate::snmp::reads::get_values;
 use crate::snmp::{AsyncSnmp, ObjectId, SharedTransport, Snmp, SnmpError, Target};
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr};
@@ -77,7 +77,7 @@ pub struct Found {
 /// sysDescr), the default otherwise; with the reason, for the technician.
 pub fn pick_profile(sys_object_id: Option<&str>, sys_descr: Option<&str>) -> (String, String) {
     if let Some(oid) = sys_object_id {
-        if let Some((maker, profile)) = crate::catalog::maker(oid) {
+        if let Some((maker, profile)) = crate::apply::profile::maker(oid) {
             return match profile {
                 Some(p) => (
                     p.to_string(),
@@ -97,7 +97,7 @@ pub fn pick_profile(sys_object_id: Option<&str>, sys_descr: Option<&str>) -> (St
             .filter(|w| !w.is_empty())
             .map(str::to_lowercase)
             .collect();
-        for (_, maker, profile) in crate::catalog::MAKERS {
+        for (_, maker, profile) in crate::apply::profile::MAKERS {
             if let Some(p) = profile {
                 let name: Vec<String> = maker.split(' ').map(str::to_lowercase).collect();
                 if words.windows(name.len()).any(|w| w == name.as_slice()) {
@@ -161,7 +161,7 @@ pub async fn probe<S: Snmp>(
         Some(crate::snmp::SnmpValue::ObjectId(o)) => Some(o.to_string()),
         _ => None,
     };
-    let device = crate::apply::discover_device_index(snmp)
+    let device = crate::snmp::reads::discover_device_index(snmp)
         .await
         .unwrap_or(None);
     let d = match device {

@@ -331,7 +331,7 @@ mod tests {
     }
 
     fn toner_supply(level: u32) -> Supply {
-        let (pct, state) = crate::printer_mib::judge_supply(
+        let (pct, state) = crate::snmp::printer_mib::judge_supply(
             SupplyClass::Consumed,
             Level::Amount(100),
             Level::Amount(level),

@@ -1,15 +1,15 @@
 //! One telemetry poll of one printer: at most two requests in flight (the scalar GET
 //! and the table walks run side by side; the walks one after another).
 //!
-//! The values collected go to [`crate::printer_mib::decode`]; this module only does
+//! The values collected go to [`crate::snmp::printer_mib::decode`]; this module only does
 //! the SNMP traffic. A timeout or network error fails the poll (the printer is
 //! unreachable); any other error on a table (a malformed walk) leaves that table
 //! out of the reading and is logged, so one broken table does not blind the rest.
 //! A printer already known to be down is first [`probe`]d with one request without
 //! retries: dead printers cost a sweep one timeout, not timeout × attempts.
 
-use crate::apply::{discover_device_index, get_values};
-use crate::printer_mib::{scalar_oids, table_oids, TelemetrySpec};
+use crate::snmp::printer_mib::{scalar_oids, table_oids, TelemetrySpec};
+use crate::snmp::reads::{discover_device_index, get_values};
 use crate::snmp::{ObjectId, Snmp, SnmpError, SnmpValue};
 use std::collections::BTreeMap;
 use tracing::debug;

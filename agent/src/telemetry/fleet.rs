@@ -2,7 +2,7 @@
 //! one shared UDP socket.
 //!
 //! A sweep starts one task per printer; a semaphore lets `concurrency` of them poll
-//! at once, each with at most two requests in flight ([`crate::poll`]). An
+//! at once, each with at most two requests in flight ([`crate::telemetry::poll`]). An
 //! unreachable printer holds one permit for its timeout × (retries + 1) the first
 //! time; once it is known to be down it is probed with one request without retries,
 //! outside the concurrency limit, so dead printers add one timeout to a sweep and
@@ -11,12 +11,12 @@
 //! messages go into the durable outbox with their sequence number. Drift checks ride
 //! on the same sweep when they are due.
 
-use crate::drift::DriftCheck;
-use crate::poll::{collect, probe};
-use crate::printer_mib::{decode, TelemetrySpec};
+use crate::apply::drift::DriftCheck;
+use crate::observe::status::Board;
+use crate::snmp::printer_mib::{decode, TelemetrySpec};
 use crate::snmp::Snmp;
-use crate::status::Board;
 use crate::store::{OutboxEntry, SeqKind, Store};
+use crate::telemetry::poll::{collect, probe};
 use crate::telemetry::{Thresholds, Tracker};
 use chrono::Utc;
 use platen_protocol::telemetry::{SupplyClass, SupplyState};
@@ -121,7 +121,7 @@ impl<S: Snmp + 'static> Fleet<S> {
     }
 
     /// Sweep every `interval` until `stop`; between sweeps, poll at once the printers
-    /// `pokes` names (an SNMP notification came from them: [`crate::traps`]).
+    /// `pokes` names (an SNMP notification came from them: [`crate::telemetry::traps`]).
     pub async fn run(
         mut self,
         interval: Duration,
