@@ -37,7 +37,7 @@ pub mod apply;
 
 pub mod telemetry;
 
-pub mod link;
+pub(crate) mod link;
 
 pub mod tools;
 

@@ -22,9 +22,9 @@
 //!
 //! Generic over [`Snmp`], so it runs against the real client and a scripted fake.
 
-pub mod drift;
+pub(crate) mod drift;
 pub mod profile;
-pub mod reconciler;
+pub(crate) mod reconciler;
 
 use crate::apply::profile::{Prepared, Profile, SettingDef};
 use crate::snmp::reads::{discover_device_index, get_values};

@@ -197,10 +197,6 @@ impl MqttLink {
         lock(&self.state).connected
     }
 
-    pub fn reconnects(&self) -> u64 {
-        lock(&self.state).reconnects
-    }
-
     /// Publish under a tag, without waiting. False when not connected or the request
     /// channel is full (the caller retries later).
     fn publish_tagged(&self, tag: Tag, topic: &str, payload: Vec<u8>, retain: bool) -> bool {

@@ -9,8 +9,8 @@
 //! Communities are handed to async-snmp and never formatted by this module.
 
 pub mod printer_mib;
-pub mod reads;
-pub mod verdict;
+pub(crate) mod reads;
+pub(crate) mod verdict;
 
 use crate::secret::Secret;
 use std::fmt;

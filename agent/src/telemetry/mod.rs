@@ -5,9 +5,9 @@
 
 pub mod counters;
 pub mod fleet;
-pub mod poll;
+pub(crate) mod poll;
 pub mod tracker;
-pub mod traps;
+pub(crate) mod traps;
 
 pub use tracker::*;
 

@@ -2,6 +2,6 @@
 //! command-line front ([`cli`]); and the metrics endpoint ([`metrics_endpoint`]).
 
 pub mod cli;
-pub mod diag;
-pub mod discover;
-pub mod metrics_endpoint;
+pub(crate) mod diag;
+pub(crate) mod discover;
+pub(crate) mod metrics_endpoint;
