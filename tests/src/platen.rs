@@ -554,6 +554,39 @@ impl AgentProc {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The agent's status file (`{state_dir}/status.json`, what `platen-agent status`
+    /// reads), if written yet.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        // The config's own state_dir (tests write it where they like).
+        let cfg = std::fs::read_to_string(&self.config).ok()?;
+        let dir = cfg
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("state_dir"))
+            .and_then(|rest| rest.split('"').nth(1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.state_dir.clone());
+        let text = std::fs::read_to_string(dir.join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Wait until the agent's status file says it is connected to the broker (state
+    /// the agent exposes, not its log's wording; the file is refreshed every 2 s).
+    pub fn wait_connected(&self, within: Duration) {
+        let end = Instant::now() + within;
+        while !self
+            .status()
+            .is_some_and(|s| s["broker_connected"] == true && s["pid"] == self.pid().unwrap_or(0))
+        {
+            assert!(
+                Instant::now() < end,
+                "the agent's status never said connected:\n{:?}\n{}",
+                self.status(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Wait until the agent's log contains `needle`; fail with the log otherwise.
     pub fn wait_log(&self, needle: &str, within: Duration) {
         self.wait_log_after(0, needle, within);

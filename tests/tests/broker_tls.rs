@@ -70,7 +70,7 @@ async fn agent_applies_config_over_mutual_tls() {
     let client = s.ca.client(s.dir.path(), "gw-tls");
     let cfg = tls_agent_toml(&s, "gw-tls", &sim, &s.ca.cert_file, &client);
     let agent = AgentProc::start(&agent_dir(&s, "a"), &cfg);
-    agent.wait_log("connected to broker", Duration::from_secs(15));
+    agent.wait_connected(Duration::from_secs(15));
 
     // The cloud uses the broker's plain loopback listener; the agent only has TLS.
     let cloud = start_cloud(s.broker.port, s.dir.path()).await;

@@ -84,7 +84,7 @@ async fn only_configs_signed_by_a_trusted_key_reach_the_printer() {
     ) + &trusted_keys_toml(&[&k1, &k2]);
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     let agent = AgentProc::start(&dir.path().join("a"), &cfg);
-    agent.wait_log("connected to broker", Duration::from_secs(15));
+    agent.wait_connected(Duration::from_secs(15));
     let plain = start_cloud(broker.port, dir.path()).await;
     let cloud = plain.clone().with_signer(Some(k1.clone()));
     // Reports of configs the cloud never published reach the broker, not the
@@ -329,7 +329,7 @@ async fn the_packaged_broker_config_keeps_each_agent_to_its_own_printers() {
     );
     std::fs::create_dir_all(d.join("gw1")).unwrap();
     let agent = AgentProc::start(&d.join("gw1"), &cfg);
-    agent.wait_log("connected to broker", Duration::from_secs(15));
+    agent.wait_connected(Duration::from_secs(15));
     cloud
         .publish_desired(
             &tenant(),
@@ -479,7 +479,7 @@ async fn snmpv3_auth_priv_engine_change_and_no_secret_in_a_trace_log() {
         );
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     let agent = AgentProc::start_with(&dir.path().join("a"), &cfg, &[("RUST_LOG", "trace")], &[]);
-    agent.wait_log("connected to broker", Duration::from_secs(15));
+    agent.wait_connected(Duration::from_secs(15));
     let cloud = start_cloud(broker.port, dir.path()).await;
 
     // authPriv with SHA-256 / AES-128 against net-snmp: applied and read back.
