@@ -66,6 +66,29 @@ pub struct PrinterDiag {
 }
 
 impl PrinterDiag {
+    /// A diagnosis of `printer` at `target` with nothing found yet (not reachable, no
+    /// readings, no problems): what a check fills in.
+    pub fn new(printer_id: Id, target: String, snmp_version: String) -> PrinterDiag {
+        PrinterDiag {
+            printer_id,
+            target,
+            snmp_version,
+            reachable: false,
+            round_trip_ms: None,
+            identity: None,
+            status: None,
+            settings: Vec::new(),
+            counters: Vec::new(),
+            counter_checks: Vec::new(),
+            supplies: Vec::new(),
+            alerts: Vec::new(),
+            trays: Vec::new(),
+            last_report: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }

@@ -645,16 +645,7 @@ pub(crate) mod tests {
             o("1.3.6.1.2.1.1.6.0"),
             SnmpValue::OctetString(b"a".to_vec()),
         );
-        let mut dev = None;
-        let out = apply(
-            &q,
-            &Profile::builtin_default(),
-            &desired(&[("sysLocation", t("x"))]),
-            &mut dev,
-            &params(),
-            || false,
-        )
-        .await;
+        let (out, _) = run(&q, &desired(&[("sysLocation", t("x"))])).await;
         assert_eq!(codes(&out), vec![("sysLocation".into(), 404, 1)]);
     }
 
@@ -723,16 +714,7 @@ pub(crate) mod tests {
             ("sysLocation", t("b")),
             ("prtConsoleDisable", SettingValue::Integer(4)),
         ]);
-        let mut dev = None;
-        let out = apply(
-            &d,
-            &Profile::builtin_default(),
-            &cfg,
-            &mut dev,
-            &params(),
-            || false,
-        )
-        .await;
+        let (out, _) = run(&d, &cfg).await;
         let c = codes(&out);
         assert!(c.iter().all(|(_, code, _)| *code == 504), "{c:?}");
         assert_eq!(
@@ -866,17 +848,8 @@ type = "text"
             ..FakePrinter::standard()
         };
         v1.values.lock().unwrap().remove(&o("1.3.6.1.2.1.1.5.0"));
-        let mut dev = None;
         let cfg = desired(&[("sysName", t("x")), ("sysLocation", t("y"))]);
-        let out = apply(
-            &v1,
-            &Profile::builtin_default(),
-            &cfg,
-            &mut dev,
-            &params(),
-            || false,
-        )
-        .await;
+        let (out, _) = run(&v1, &cfg).await;
         assert_eq!(
             codes(&out),
             vec![("sysLocation".into(), 200, 1), ("sysName".into(), 404, 0)]

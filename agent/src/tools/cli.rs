@@ -181,26 +181,17 @@ pub async fn diag(
                     .await
                 }
                 Err(e) => platen_protocol::PrinterDiag {
-                    printer_id: id.clone(),
-                    target: target_s.clone(),
-                    snmp_version: version.into(),
-                    reachable: false,
-                    round_trip_ms: None,
-                    identity: None,
-                    status: None,
-                    settings: vec![],
-                    counters: vec![],
-                    counter_checks: vec![],
-                    supplies: vec![],
-                    alerts: vec![],
-                    trays: vec![],
                     last_report: last,
                     problems: vec![platen_protocol::diag::Problem {
                         check: "snmp".into(),
                         message: format!("{target_s}: {e}"),
                         hint: format!("check `address` and `port` for printer {id}"),
                     }],
-                    warnings: vec![],
+                    ..platen_protocol::PrinterDiag::new(
+                        id.clone(),
+                        target_s.clone(),
+                        version.into(),
+                    )
                 },
             };
             bar.inc(1);

@@ -93,24 +93,8 @@ pub struct DiagParams<'a> {
 /// Check one printer. Never fails: every failure becomes a problem with a hint.
 pub async fn diagnose<S: Snmp>(snmp: &S, p: DiagParams<'_>) -> PrinterDiag {
     let id = p.printer;
-    let mut out = PrinterDiag {
-        printer_id: id.clone(),
-        target: p.target.clone(),
-        snmp_version: p.snmp_version.into(),
-        reachable: false,
-        round_trip_ms: None,
-        identity: None,
-        status: None,
-        settings: Vec::new(),
-        counters: Vec::new(),
-        counter_checks: Vec::new(),
-        supplies: Vec::new(),
-        alerts: Vec::new(),
-        trays: Vec::new(),
-        last_report: p.last_report.clone(),
-        problems: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut out = PrinterDiag::new(id.clone(), p.target.clone(), p.snmp_version.into());
+    out.last_report = p.last_report.clone();
     if p.default_community.is_some() {
         // Which one is not said: communities are never printed, not even the
         // well-known ones.
@@ -935,22 +919,9 @@ mod tests {
 
     fn blank() -> PrinterDiag {
         PrinterDiag {
-            printer_id: "p1".parse().unwrap(),
-            target: "127.0.0.1:161".into(),
-            snmp_version: "v2c".into(),
             reachable: true,
             round_trip_ms: Some(1.0),
-            identity: None,
-            status: None,
-            settings: vec![],
-            counters: vec![],
-            counter_checks: vec![],
-            supplies: vec![],
-            alerts: vec![],
-            trays: vec![],
-            last_report: None,
-            problems: vec![],
-            warnings: vec![],
+            ..PrinterDiag::new("p1".parse().unwrap(), "127.0.0.1:161".into(), "v2c".into())
         }
     }
 
