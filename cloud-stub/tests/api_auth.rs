@@ -132,24 +132,28 @@ fn case(method: &'static str, path: &'static str, body: Option<Value>, expect: [
     }
 }
 
-#[tokio::test]
-async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
-    let api = start().await;
-    // A stored migration of acme's (refused or accepted, it is stored either way).
+/// A migration of acme's asked by `who`, stored refused or accepted: its id.
+async fn acme_migration(api: &Api, who: &str) -> String {
     let (s, m) = api
         .call(
-            Some("tenant:acme"),
+            Some(who),
             "POST",
             "/v1/migrations",
-            Some(json!({"tenant": "acme", "plan": "color-2000"})),
+            Some(json!({"tenant": "acme", "contract": "c1", "plan": "color-2000"})),
         )
         .await;
     assert!(s == 201 || s == 422, "{s} {m}");
-    let mid = m["migration"]["id"]
+    m["migration"]["id"]
         .as_str()
         .or(m["id"].as_str())
         .unwrap_or_else(|| panic!("{m}"))
-        .to_string();
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
+    let api = start().await;
+    let mid = acme_migration(&api, "tenant:acme").await;
     let mig_path: &'static str = Box::leak(format!("/v1/migrations/{mid}").into_boxed_str());
 
     //                      operator acme other r1   r2
@@ -284,26 +288,13 @@ async fn every_endpoint_answers_each_actor_as_its_scope_allows() {
 
 /// What a caller may not see answers exactly as if it did not exist: for each actor
 /// and each endpoint that names something (`NAME` in the templates), the request
-/// naming another's object and
-/// the same request naming one that does not exist get the same status, code and
-/// message (but for the name), and a filter on another's tenant lists nothing.
+/// naming another's object and the same request naming one that does not exist get
+/// the same status, code and message (but for the name), and a filter on another's
+/// tenant lists nothing.
 #[tokio::test]
 async fn what_a_caller_may_not_see_answers_as_if_it_did_not_exist() {
     let api = start().await;
-    let (s, m) = api
-        .call(
-            Some("operator"),
-            "POST",
-            "/v1/migrations",
-            Some(json!({"tenant": "acme", "contract": "c1", "plan": "color-2000"})),
-        )
-        .await;
-    assert!(s == 201 || s == 422, "{s} {m}");
-    let mid = m["migration"]["id"]
-        .as_str()
-        .or(m["id"].as_str())
-        .unwrap_or_else(|| panic!("{m}"))
-        .to_string();
+    let mid = acme_migration(&api, "operator").await;
     let (s, v) = api
         .call(
             Some("reseller:r1"),
