@@ -783,8 +783,10 @@ impl Notifications {
     }
 }
 
-/// A shared client is a client (the fleet poller and the apply loop share one
-/// printer's client; so do unit tests and their fakes).
+/// A shared fake is a client: a unit test keeps one handle to inspect what the
+/// printer was asked while the code under test owns the other. (`AsyncSnmp` itself
+/// clones cheaply; nothing outside the tests needs this.)
+#[cfg(test)]
 impl<T: Snmp> Snmp for std::sync::Arc<T> {
     fn get(
         &self,
